@@ -1,0 +1,65 @@
+//! Maps and load-time globals shared by every program.
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    Global,
+};
+use probe_common::{
+    misc, KernelOffsets, ScopeFilter, TpLayout, Tuning, EVENT_KIND_COUNT, RST_REASON_SLOTS,
+};
+
+/// Records for userspace. Size is overridden at load time (`--ring-bytes`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Exact per-kind event counts, incremented before any ring-buffer reserve.
+#[map]
+pub static EVENT_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KIND_COUNT, 0);
+
+/// Per-kind ring-buffer reserve failures: records userspace will never see.
+#[map]
+pub static LOST_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KIND_COUNT, 0);
+
+/// Per-kind events whose socket cookie could not be resolved (no socket, or never generated).
+#[map]
+pub static NO_COOKIE_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KIND_COUNT, 0);
+
+/// Sent RSTs per kernel `sk_rst_reason`; the last slot holds unknown and out-of-range reasons.
+#[map]
+pub static RST_REASON_COUNTS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(RST_REASON_SLOTS, 0);
+
+/// Counts that are not one per record kind, indexed by `probe_common::misc`.
+#[map]
+pub static MISC_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(misc::COUNT, 0);
+
+/// Last RTT record time per socket cookie, for the per-flow RTT sample rate limit.
+#[map]
+pub static RTT_LAST: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);
+
+#[unsafe(no_mangle)]
+pub static SCOPE: Global<ScopeFilter> = Global::new(ScopeFilter {
+    netns_cookie: 0,
+    cgroup_id: 0,
+    cgroup_level: 0,
+    _pad: 0,
+});
+
+#[unsafe(no_mangle)]
+pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::EMPTY);
+
+#[unsafe(no_mangle)]
+pub static TUNING: Global<Tuning> = Global::new(Tuning::DEFAULT);
+
+#[unsafe(no_mangle)]
+pub static TP_RST_RECEIVED: Global<TpLayout> = Global::new(TpLayout::EMPTY);
+#[unsafe(no_mangle)]
+pub static TP_RST_SENT: Global<TpLayout> = Global::new(TpLayout::EMPTY);
+#[unsafe(no_mangle)]
+pub static TP_RETRANSMIT_SKB: Global<TpLayout> = Global::new(TpLayout::EMPTY);
+#[unsafe(no_mangle)]
+pub static TP_RETRANSMIT_SYNACK: Global<TpLayout> = Global::new(TpLayout::EMPTY);
+#[unsafe(no_mangle)]
+pub static TP_DESTROY_SOCK: Global<TpLayout> = Global::new(TpLayout::EMPTY);
+#[unsafe(no_mangle)]
+pub static TP_SET_STATE: Global<TpLayout> = Global::new(TpLayout::EMPTY);

@@ -1,0 +1,70 @@
+//! Program entry points. Names are what userspace looks up; each maps a failure to "do nothing".
+use aya_ebpf::{
+    macros::{sock_ops, tracepoint},
+    programs::{SockOpsContext, TracePointContext},
+};
+use probe_common::EventKind;
+
+use crate::{
+    maps::{
+        TP_DESTROY_SOCK, TP_RETRANSMIT_SKB, TP_RETRANSMIT_SYNACK, TP_RST_RECEIVED, TP_RST_SENT,
+        TP_SET_STATE,
+    },
+    sockops, tracepoints,
+};
+
+#[sock_ops]
+pub fn lp_sock_ops(ctx: SockOpsContext) -> u32 {
+    match sockops::handle(&ctx) {
+        Ok(v) => v,
+        Err(_) => 1,
+    }
+}
+
+#[tracepoint]
+pub fn lp_rst_received(ctx: TracePointContext) -> u32 {
+    match tracepoints::handle(&ctx, &TP_RST_RECEIVED.load(), EventKind::RstReceived) {
+        Ok(v) => v,
+        Err(_) => 0,
+    }
+}
+
+#[tracepoint]
+pub fn lp_rst_sent(ctx: TracePointContext) -> u32 {
+    match tracepoints::handle(&ctx, &TP_RST_SENT.load(), EventKind::RstSent) {
+        Ok(v) => v,
+        Err(_) => 0,
+    }
+}
+
+#[tracepoint]
+pub fn lp_retransmit(ctx: TracePointContext) -> u32 {
+    match tracepoints::handle(&ctx, &TP_RETRANSMIT_SKB.load(), EventKind::RetransmitSkb) {
+        Ok(v) => v,
+        Err(_) => 0,
+    }
+}
+
+#[tracepoint]
+pub fn lp_retrans_synack(ctx: TracePointContext) -> u32 {
+    match tracepoints::handle(&ctx, &TP_RETRANSMIT_SYNACK.load(), EventKind::RetransmitSynack) {
+        Ok(v) => v,
+        Err(_) => 0,
+    }
+}
+
+#[tracepoint]
+pub fn lp_destroy_sock(ctx: TracePointContext) -> u32 {
+    match tracepoints::handle(&ctx, &TP_DESTROY_SOCK.load(), EventKind::DestroySock) {
+        Ok(v) => v,
+        Err(_) => 0,
+    }
+}
+
+#[tracepoint]
+pub fn lp_set_state(ctx: TracePointContext) -> u32 {
+    match tracepoints::handle(&ctx, &TP_SET_STATE.load(), EventKind::StateChange) {
+        Ok(v) => v,
+        Err(_) => 0,
+    }
+}

@@ -1,0 +1,169 @@
+//! Tracepoint programs. Every field offset comes from a `TpLayout` global filled from the
+//! kernel's tracefs `format` file at load time.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    programs::TracePointContext,
+};
+use probe_common::{addr_style, flags, misc, EventKind, FlowEvent, TpLayout, ABSENT};
+
+use crate::{
+    emit::{count_event, count_misc, count_no_cookie, count_rst_reason, emit},
+    sock::{self, Scope},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const TCP_SYN_SENT: u8 = 2;
+const TCP_CLOSE: u8 = 7;
+/// Slot of `RST_REASON_COUNTS` for "this kernel does not report a reason".
+const REASON_UNKNOWN: u32 = u32::MAX;
+
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: u16) -> Option<T> {
+    if offset == ABSENT {
+        return None;
+    }
+    unsafe { ctx.read_at::<T>(usize::from(offset)) }.ok()
+}
+
+#[inline(always)]
+fn field_u64(ctx: &TracePointContext, offset: u16) -> u64 {
+    field::<u64>(ctx, offset).unwrap_or(0)
+}
+
+/// Fills family, ports and addresses from the record.
+#[inline(always)]
+fn fill_addrs(ctx: &TracePointContext, layout: &TpLayout, ev: &mut FlowEvent) {
+    if layout.addr_style == addr_style::SOCKADDR {
+        // struct sockaddr_in / sockaddr_in6: family, be16 port, then v4 address at 4 or
+        // v6 address at 8 (after flowinfo).
+        let Some(local) = field::<[u8; 28]>(ctx, layout.saddr) else {
+            return;
+        };
+        let Some(remote) = field::<[u8; 28]>(ctx, layout.daddr) else {
+            return;
+        };
+        ev.family = u16::from_ne_bytes([local[0], local[1]]);
+        ev.sport = u16::from_be_bytes([local[2], local[3]]);
+        ev.dport = u16::from_be_bytes([remote[2], remote[3]]);
+        if ev.family == AF_INET6 {
+            ev.flags |= flags::IPV6;
+            ev.saddr.copy_from_slice(&local[8..24]);
+            ev.daddr.copy_from_slice(&remote[8..24]);
+        } else {
+            ev.saddr[..4].copy_from_slice(&local[4..8]);
+            ev.daddr[..4].copy_from_slice(&remote[4..8]);
+        }
+        return;
+    }
+    ev.sport = field::<u16>(ctx, layout.sport).unwrap_or(0);
+    ev.dport = field::<u16>(ctx, layout.dport).unwrap_or(0);
+    // Kernels without `family` store IPv4 sockets as v4-mapped IPv6 addresses; report IPv6 and
+    // let the decoder unmap them.
+    ev.family = field::<u16>(ctx, layout.family).unwrap_or(AF_INET6);
+    if ev.family == AF_INET && layout.saddr != ABSENT {
+        ev.saddr[..4].copy_from_slice(&field::<[u8; 4]>(ctx, layout.saddr).unwrap_or([0; 4]));
+        ev.daddr[..4].copy_from_slice(&field::<[u8; 4]>(ctx, layout.daddr).unwrap_or([0; 4]));
+    } else {
+        ev.family = AF_INET6;
+        ev.flags |= flags::IPV6;
+        ev.saddr = field::<[u8; 16]>(ctx, layout.saddr_v6).unwrap_or([0; 16]);
+        ev.daddr = field::<[u8; 16]>(ctx, layout.daddr_v6).unwrap_or([0; 16]);
+    }
+}
+
+/// Shared body of every tracepoint program.
+#[inline(always)]
+pub fn handle(ctx: &TracePointContext, layout: &TpLayout, kind: EventKind) -> Result<u32, i64> {
+    if layout.valid == 0 {
+        return Ok(0);
+    }
+    if kind == EventKind::StateChange
+        && field::<u16>(ctx, layout.protocol) != Some(IPPROTO_TCP)
+    {
+        return Ok(0);
+    }
+    let sk = field_u64(ctx, layout.skaddr);
+    let skb = field_u64(ctx, layout.skbaddr);
+    let Scope::In(netns) = sock::check(sk, skb) else {
+        return Ok(0);
+    };
+
+    let mut ev = FlowEvent {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        kind: kind as u32,
+        ..FlowEvent::default()
+    };
+    if let Some(n) = netns {
+        ev.netns_cookie = n;
+        ev.flags |= flags::NETNS;
+    }
+
+    // States.
+    if kind == EventKind::StateChange {
+        ev.old_state = field::<i32>(ctx, layout.oldstate).unwrap_or(0) as u8;
+        ev.new_state = field::<i32>(ctx, layout.newstate).unwrap_or(0) as u8;
+    } else {
+        let state = match field::<i32>(ctx, layout.state) {
+            Some(s) => s as u8,
+            None => sock::sk_state(sk).unwrap_or(0),
+        };
+        ev.old_state = state;
+        ev.new_state = state;
+    }
+
+    count_event(kind);
+    if kind == EventKind::StateChange && ev.old_state == TCP_SYN_SENT && ev.new_state == TCP_CLOSE
+    {
+        count_misc(misc::CONNECT_FAILED);
+    }
+    if kind == EventKind::RstSent {
+        match field::<u32>(ctx, layout.reason) {
+            Some(reason) => {
+                ev.reason = reason;
+                ev.flags |= flags::REASON;
+                count_rst_reason(reason);
+            }
+            None => count_rst_reason(REASON_UNKNOWN),
+        }
+    }
+
+    // Cookie: the record's own field where the kernel has one, else read from the socket
+    // (for SYN-ACK retransmits, from the request socket).
+    let cookie_sk = if kind == EventKind::RetransmitSynack {
+        field_u64(ctx, layout.req)
+    } else {
+        sk
+    };
+    let cookie = match field::<u64>(ctx, layout.sock_cookie) {
+        Some(c) if c != 0 => c,
+        _ => sock::sk_cookie(cookie_sk),
+    };
+    if cookie != 0 {
+        ev.cookie = cookie;
+        ev.flags |= flags::COOKIE;
+    } else {
+        count_no_cookie(kind);
+    }
+    if sk == 0 {
+        ev.flags |= flags::NO_SOCKET;
+    }
+    if let Some(err) = field::<i32>(ctx, layout.err) {
+        ev.args[0] = err as u32;
+    }
+
+    // connect() moves the socket to SYN_SENT in the caller's context: the one moment a
+    // tracepoint knows which process owns the socket.
+    if kind == EventKind::StateChange && ev.new_state == TCP_SYN_SENT {
+        ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if let Ok(comm) = bpf_get_current_comm() {
+            ev.comm = comm;
+        }
+        ev.flags |= flags::PID;
+    }
+
+    fill_addrs(ctx, layout, &mut ev);
+    emit(kind, &ev);
+    Ok(0)
+}

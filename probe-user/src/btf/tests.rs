@@ -1,0 +1,794 @@
+use std::{path::Path, process::Command, time::Instant};
+
+use probe_common::KernelOffsets;
+
+use super::*;
+
+const INT: u32 = 1;
+const PTR: u32 = 2;
+const ARRAY: u32 = 3;
+const STRUCT: u32 = 4;
+const UNION: u32 = 5;
+const ENUM: u32 = 6;
+const FWD: u32 = 7;
+const TYPEDEF: u32 = 8;
+const VOLATILE: u32 = 9;
+const CONST: u32 = 10;
+const RESTRICT: u32 = 11;
+const FUNC: u32 = 12;
+const FUNC_PROTO: u32 = 13;
+const VAR: u32 = 14;
+const DATASEC: u32 = 15;
+const FLOAT: u32 = 16;
+const DECL_TAG: u32 = 17;
+const TYPE_TAG: u32 = 18;
+const ENUM64: u32 = 19;
+
+/// Writes BTF the way pahole does: header, type section, string section.
+struct Builder {
+    types: Vec<u8>,
+    strings: Vec<u8>,
+    next_id: u32,
+}
+
+impl Builder {
+    fn new() -> Builder {
+        Builder {
+            types: Vec::new(),
+            strings: vec![0],
+            next_id: 1,
+        }
+    }
+
+    fn name(&mut self, s: &str) -> u32 {
+        if s.is_empty() {
+            return 0;
+        }
+        let off = self.strings.len() as u32;
+        self.strings.extend_from_slice(s.as_bytes());
+        self.strings.push(0);
+        off
+    }
+
+    fn words(&mut self, words: &[u32]) {
+        for w in words {
+            self.types.extend_from_slice(&w.to_ne_bytes());
+        }
+    }
+
+    /// A `struct btf_type`; the caller appends the kind's trailing data.
+    fn ty(&mut self, name: &str, kind: u32, kind_flag: bool, vlen: u32, size_or_type: u32) -> u32 {
+        let name = self.name(name);
+        let info = (u32::from(kind_flag) << 31) | (kind << 24) | vlen;
+        self.words(&[name, info, size_or_type]);
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
+    fn int(&mut self, name: &str, size: u32, bit_offset: u32, bits: u32) -> u32 {
+        let id = self.ty(name, INT, false, 0, size);
+        self.words(&[(bit_offset << 16) | bits]);
+        id
+    }
+
+    fn modifier(&mut self, kind: u32, name: &str, target: u32) -> u32 {
+        self.ty(name, kind, false, 0, target)
+    }
+
+    fn array(&mut self, elem: u32, index: u32, nelems: u32) -> u32 {
+        let id = self.ty("", ARRAY, false, 0, 0);
+        self.words(&[elem, index, nelems]);
+        id
+    }
+
+    /// Members are (name, type, raw offset word).
+    fn composite(
+        &mut self,
+        kind: u32,
+        name: &str,
+        size: u32,
+        kind_flag: bool,
+        members: &[(&str, u32, u32)],
+    ) -> u32 {
+        let id = self.ty(name, kind, kind_flag, members.len() as u32, size);
+        for &(member, type_id, offset) in members {
+            let member = self.name(member);
+            self.words(&[member, type_id, offset]);
+        }
+        id
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let type_len = self.types.len() as u32;
+        let mut out = Vec::new();
+        out.extend_from_slice(&0xeb9fu16.to_ne_bytes());
+        out.push(1);
+        out.push(0);
+        for w in [24, 0, type_len, type_len, self.strings.len() as u32] {
+            out.extend_from_slice(&w.to_ne_bytes());
+        }
+        out.extend_from_slice(&self.types);
+        out.extend_from_slice(&self.strings);
+        out
+    }
+}
+
+/// Offset word of a bitfield member in a kind_flag struct.
+fn bitfield(bit_offset: u32, bits: u32) -> u32 {
+    (bits << 24) | bit_offset
+}
+
+/// One of every kind, plus the structs the lookups are tested on.
+fn sample() -> Builder {
+    let mut b = Builder::new();
+    let int = b.int("int", 4, 0, 32);
+    let u8t = b.int("unsigned char", 1, 0, 8);
+    let u64t = b.int("long long unsigned int", 8, 0, 64);
+    let vptr = b.modifier(PTR, "", 0);
+    let inner = b.composite(
+        STRUCT,
+        "inner",
+        16,
+        false,
+        &[("a", int, 0), ("b", u64t, 64)],
+    );
+    let inner_t = b.modifier(TYPEDEF, "inner_t", inner);
+    let const_inner = b.modifier(CONST, "", inner_t);
+    let anon_struct = b.composite(STRUCT, "", 8, false, &[("x", int, 0), ("y", int, 32)]);
+    let anon_union = b.composite(
+        UNION,
+        "",
+        8,
+        false,
+        &[("u_val", u64t, 0), ("u_ptr", vptr, 0), ("", anon_struct, 0)],
+    );
+    let arr4 = b.array(int, int, 4);
+    let tagged = b.modifier(TYPE_TAG, "rcu", vptr);
+    let flex = b.array(tagged, int, 0);
+    let state = b.ty("state", ENUM, false, 2, 4);
+    b.words(&[b.strings.len() as u32, 0]);
+    let _ = b.name("ST_A");
+    b.words(&[0, 1]);
+    let _wide = b.ty("wide", ENUM64, false, 1, 8);
+    b.words(&[0, 1, 2]);
+    let _float = b.ty("double", FLOAT, false, 0, 8);
+    let _fwd = b.ty("later", FWD, false, 0, 0);
+    let vol_u8 = b.modifier(VOLATILE, "", u8t);
+    let _restrict = b.modifier(RESTRICT, "", vptr);
+    let proto = b.ty("", FUNC_PROTO, false, 2, int);
+    b.words(&[0, int, 0, vptr]);
+    let _func = b.ty("f", FUNC, false, 1, proto);
+    let var = b.ty("v", VAR, false, 0, int);
+    b.words(&[1]);
+    let _sec = b.ty(".data", DATASEC, false, 1, 4);
+    b.words(&[var, 0, 4]);
+    let outer = b.composite(
+        STRUCT,
+        "outer",
+        56,
+        true,
+        &[
+            ("first", int, 0),
+            ("", anon_union, 64),
+            ("nested", const_inner, 128),
+            ("flags", u8t, bitfield(256, 3)),
+            ("mode", u8t, bitfield(259, 5)),
+            ("whole", u8t, bitfield(264, 8)),
+            ("st", vol_u8, 272),
+            ("kind", state, 288),
+            ("arr", arr4, 320),
+            ("tail", flex, 448),
+        ],
+    );
+    let _decl = b.ty("annotation", DECL_TAG, false, 0, outer);
+    b.words(&[u32::MAX]);
+    let outer_ptr = b.modifier(PTR, "", outer);
+    let bf3 = b.int("int", 4, 0, 3);
+    let bf_shifted = b.int("int", 4, 2, 3);
+    b.composite(
+        STRUCT,
+        "legacy",
+        8,
+        false,
+        &[
+            ("lo", bf3, 0),
+            ("hi", bf3, 3),
+            ("mid", bf_shifted, 8),
+            ("full", int, 32),
+        ],
+    );
+    b.composite(STRUCT, "dup", 0, false, &[]);
+    b.composite(STRUCT, "dup", 8, false, &[("m", int, 32)]);
+    b.composite(STRUCT, "holder", 8, false, &[("p", outer_ptr, 0)]);
+    b.composite(STRUCT, "broken", 8, false, &[("z", 999, 0)]);
+    b.composite(STRUCT, "voidy", 8, false, &[("v", 0, 0)]);
+    let looped = b.next_id;
+    b.modifier(TYPEDEF, "loop", looped);
+    b.composite(STRUCT, "loopy", 8, false, &[("l", looped, 0)]);
+    b
+}
+
+fn sample_btf() -> Btf {
+    match Btf::from_bytes(&sample().bytes()) {
+        Ok(btf) => btf,
+        Err(e) => panic!("sample BTF does not parse: {e}"),
+    }
+}
+
+#[test]
+fn parses_every_kind() {
+    let b = sample();
+    let btf = Btf::from_bytes(&b.bytes()).expect("parses");
+    assert_eq!(btf.type_count(), b.next_id as usize);
+    assert!(format!("{btf:?}").contains("types"));
+}
+
+#[test]
+fn offsets_and_anonymous_descent() {
+    let btf = sample_btf();
+    let cases = [
+        ("first", 0),
+        ("u_val", 8),
+        ("u_ptr", 8),
+        ("x", 8),
+        ("y", 12),
+        ("nested", 16),
+        ("nested.a", 16),
+        ("nested.b", 24),
+        ("whole", 33),
+        ("st", 34),
+        ("kind", 36),
+        ("arr", 40),
+        ("tail", 56),
+    ];
+    for (path, want) in cases {
+        assert_eq!(
+            btf.member_offset("outer", path).ok(),
+            Some(want),
+            "outer.{path}"
+        );
+    }
+    assert_eq!(btf.member_offset("inner", "b").ok(), Some(8));
+    assert_eq!(btf.member_offset("legacy", "full").ok(), Some(4));
+    // The empty `dup` comes first; the one with the member is used.
+    assert_eq!(btf.member_offset("dup", "m").ok(), Some(4));
+}
+
+#[test]
+fn sizes_follow_typedefs_and_modifiers() {
+    let btf = sample_btf();
+    let cases = [
+        ("first", 4),
+        ("u_val", 8),
+        ("u_ptr", 8),
+        ("y", 4),
+        ("nested", 16),
+        ("nested.b", 8),
+        ("whole", 1),
+        ("st", 1),
+        ("kind", 4),
+        ("arr", 16),
+        ("tail", 0),
+    ];
+    for (path, want) in cases {
+        assert_eq!(
+            btf.member_size("outer", path).ok(),
+            Some(want),
+            "outer.{path}"
+        );
+    }
+    assert_eq!(btf.member_size("holder", "p").ok(), Some(8));
+    let shape = btf.member_shape("outer", "tail").expect("shape");
+    assert_eq!(shape.kind, Kind::Array);
+    assert_eq!(shape.elem, Some(Kind::Ptr));
+}
+
+#[test]
+fn bitfields_need_whole_bytes() {
+    let btf = sample_btf();
+    for path in ["flags", "mode"] {
+        let err = btf.member_offset("outer", path).expect_err(path);
+        assert!(matches!(err, BtfError::Bitfield { .. }), "{path}: {err}");
+        assert!(btf.member_size("outer", path).is_err());
+        assert!(btf.has_member("outer", path));
+    }
+    let err = btf.member_offset("outer", "mode").expect_err("mode");
+    assert!(
+        err.to_string().contains("5 bits at bit offset 259"),
+        "{err}"
+    );
+    // Without kind_flag the INT encoding carries the bitfield.
+    for path in ["lo", "hi", "mid"] {
+        let err = btf.member_offset("legacy", path).expect_err(path);
+        assert!(matches!(err, BtfError::Bitfield { .. }), "{path}: {err}");
+    }
+    let err = btf.member_offset("legacy", "mid").expect_err("mid");
+    assert!(err.to_string().contains("bit offset 10"), "{err}");
+}
+
+#[test]
+fn lookup_errors_name_struct_and_path() {
+    let btf = sample_btf();
+    let err = btf
+        .member_offset("nosuch", "a.b")
+        .expect_err("unknown struct");
+    assert!(matches!(err, BtfError::UnknownStruct { .. }));
+    let msg = err.to_string();
+    assert!(msg.contains("`nosuch`") && msg.contains("`a.b`"), "{msg}");
+
+    let err = btf
+        .member_offset("outer", "nested.zz")
+        .expect_err("unknown member");
+    assert!(matches!(err, BtfError::UnknownMember { .. }));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("`outer`") && msg.contains("`nested.zz`") && msg.contains("`zz`"),
+        "{msg}"
+    );
+    assert!(!btf.has_member("outer", "nested.zz"));
+    assert!(btf.has_member("outer", "nested.b"));
+
+    let err = btf
+        .member_offset("outer", "first.x")
+        .expect_err("int has no members");
+    assert!(
+        matches!(err, BtfError::NotComposite { kind: "int", .. }),
+        "{err}"
+    );
+    // Pointers are not followed: the target lives elsewhere in memory.
+    let err = btf.member_offset("holder", "p.first").expect_err("pointer");
+    assert!(
+        matches!(
+            err,
+            BtfError::NotComposite {
+                kind: "pointer",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    for path in ["", "nested..a", ".first", "first."] {
+        let err = btf.member_offset("outer", path).expect_err(path);
+        assert!(matches!(err, BtfError::BadPath { .. }), "{path:?}: {err}");
+    }
+    let err = btf.member_size("broken", "z").expect_err("bad type id");
+    assert!(matches!(err, BtfError::BadTypeId { id: 999 }), "{err}");
+    let err = btf.member_size("voidy", "v").expect_err("void");
+    assert!(
+        matches!(err, BtfError::NoSize { kind: "void", .. }),
+        "{err}"
+    );
+    let err = btf.member_size("loopy", "l").expect_err("typedef loop");
+    assert!(matches!(err, BtfError::TypeLoop { .. }), "{err}");
+}
+
+fn set_u32(data: &mut [u8], pos: usize, value: u32) {
+    data[pos..pos + 4].copy_from_slice(&value.to_ne_bytes());
+}
+
+#[test]
+fn rejects_truncated_data() {
+    let data = sample().bytes();
+    for len in [0, 1, 10, 23] {
+        let err = Btf::from_bytes(&data[..len]).expect_err("short header");
+        assert!(matches!(err, BtfError::Truncated { .. }), "{len}: {err}");
+    }
+    let err = Btf::from_bytes(&data[..data.len() - 1]).expect_err("short strings");
+    assert!(
+        matches!(
+            err,
+            BtfError::SectionBounds {
+                section: "string",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // A type section that stops inside a type.
+    let mut cut = data.clone();
+    let type_len = u32::from_ne_bytes(cut[12..16].try_into().expect("4 bytes"));
+    set_u32(&mut cut, 12, type_len - 4);
+    let err = Btf::from_bytes(&cut).expect_err("cut type");
+    assert!(matches!(err, BtfError::TruncatedType { .. }), "{err}");
+    // Section lengths that overflow.
+    let mut huge = data.clone();
+    set_u32(&mut huge, 16, u32::MAX);
+    set_u32(&mut huge, 20, u32::MAX);
+    assert!(matches!(
+        Btf::from_bytes(&huge),
+        Err(BtfError::SectionBounds { .. })
+    ));
+}
+
+#[test]
+fn rejects_bad_header() {
+    let data = sample().bytes();
+    let mut swapped = data.clone();
+    swapped.swap(0, 1);
+    let err = Btf::from_bytes(&swapped).expect_err("byte-swapped");
+    assert!(matches!(err, BtfError::ByteSwapped));
+    assert!(err.to_string().contains("byte-swapped"), "{err}");
+
+    let mut magic = data.clone();
+    magic[..2].copy_from_slice(&0x1234u16.to_ne_bytes());
+    let err = Btf::from_bytes(&magic).expect_err("bad magic");
+    assert!(matches!(err, BtfError::BadMagic { found: 0x1234 }), "{err}");
+    assert!(err.to_string().contains("0x1234"), "{err}");
+
+    let mut version = data.clone();
+    version[2] = 2;
+    assert!(matches!(
+        Btf::from_bytes(&version),
+        Err(BtfError::BadVersion(2))
+    ));
+    let mut flags = data.clone();
+    flags[3] = 1;
+    assert!(matches!(
+        Btf::from_bytes(&flags),
+        Err(BtfError::BadFlags(1))
+    ));
+    let mut hdr_len = data.clone();
+    set_u32(&mut hdr_len, 4, 8);
+    assert!(matches!(
+        Btf::from_bytes(&hdr_len),
+        Err(BtfError::BadHeader(_))
+    ));
+    let mut no_nul = data.clone();
+    let last = no_nul.len() - 1;
+    no_nul[last] = b'x';
+    assert!(matches!(
+        Btf::from_bytes(&no_nul),
+        Err(BtfError::BadHeader(_))
+    ));
+}
+
+#[test]
+fn missing_kernel_btf_message() {
+    let err = BtfError::NoKernelBtf {
+        path: VMLINUX_BTF.into(),
+    };
+    assert!(err
+        .to_string()
+        .starts_with("kernel has no BTF (CONFIG_DEBUG_INFO_BTF); linkprobe needs it"));
+}
+
+#[test]
+fn rejects_unknown_kind() {
+    let mut b = Builder::new();
+    b.int("int", 4, 0, 32);
+    b.ty("future", 25, false, 0, 0);
+    let err = Btf::from_bytes(&b.bytes()).expect_err("kind 25");
+    assert!(
+        matches!(err, BtfError::UnknownKind { id: 2, kind: 25 }),
+        "{err}"
+    );
+}
+
+#[test]
+fn accepts_longer_header() {
+    // Newer headers may grow; sections are relative to hdr_len.
+    let data = sample().bytes();
+    let mut long = data[..24].to_vec();
+    long.extend_from_slice(&[0; 8]);
+    set_u32(&mut long, 4, 32);
+    long.extend_from_slice(&data[24..]);
+    let btf = Btf::from_bytes(&long).expect("parses");
+    assert_eq!(btf.member_offset("outer", "nested.b").ok(), Some(24));
+}
+
+/// The shape of a pre-5.7 kernel: tagged `sock_cgroup_data`, `union kernfs_node_id`,
+/// `ancestor_ids`, no `net_cookie`, no `sk_buff` / `net_device`.
+#[test]
+fn kernel_offsets_on_an_old_layout() {
+    let mut b = Builder::new();
+    let int = b.int("int", 4, 0, 32);
+    let u8t = b.int("unsigned char", 1, 0, 8);
+    let u32t = b.int("unsigned int", 4, 0, 32);
+    let u64t = b.int("long long unsigned int", 8, 0, 64);
+    let s64 = b.int("long long int", 8, 0, 64);
+    let net = b.composite(STRUCT, "net", 8, false, &[("count", int, 0)]);
+    let net_ptr = b.modifier(PTR, "", net);
+    let pnet = b.composite(STRUCT, "", 8, false, &[("net", net_ptr, 0)]);
+    let pnet_t = b.modifier(TYPEDEF, "possible_net_t", pnet);
+    let atomic = b.composite(STRUCT, "", 8, false, &[("counter", s64, 0)]);
+    let atomic_t = b.modifier(TYPEDEF, "atomic64_t", atomic);
+    let vol_u8 = b.modifier(VOLATILE, "", u8t);
+    let common = b.composite(
+        STRUCT,
+        "sock_common",
+        24,
+        false,
+        &[
+            ("skc_state", vol_u8, 0),
+            ("skc_net", pnet_t, 64),
+            ("skc_cookie", atomic_t, 128),
+        ],
+    );
+    let tagged = b.composite(
+        STRUCT,
+        "",
+        8,
+        true,
+        &[
+            ("is_data", u8t, bitfield(0, 1)),
+            ("padding", u8t, bitfield(1, 7)),
+        ],
+    );
+    let cgrp_union = b.composite(UNION, "", 8, false, &[("", tagged, 0), ("val", u64t, 0)]);
+    let cgrp_data = b.composite(STRUCT, "sock_cgroup_data", 8, false, &[("", cgrp_union, 0)]);
+    b.composite(
+        STRUCT,
+        "sock",
+        40,
+        false,
+        &[("__sk_common", common, 0), ("sk_cgrp_data", cgrp_data, 256)],
+    );
+    let ino = b.composite(
+        STRUCT,
+        "",
+        8,
+        false,
+        &[("ino", u32t, 0), ("generation", u32t, 32)],
+    );
+    let kn_id = b.composite(
+        UNION,
+        "kernfs_node_id",
+        8,
+        false,
+        &[("", ino, 0), ("id", u64t, 0)],
+    );
+    let kn = b.composite(
+        STRUCT,
+        "kernfs_node",
+        16,
+        false,
+        &[("count", int, 0), ("id", kn_id, 64)],
+    );
+    let kn_ptr = b.modifier(PTR, "", kn);
+    let ids = b.array(u64t, int, 0);
+    b.composite(
+        STRUCT,
+        "cgroup",
+        24,
+        false,
+        &[
+            ("kn", kn_ptr, 0),
+            ("level", int, 64),
+            ("ancestor_ids", ids, 128),
+        ],
+    );
+    let btf = Btf::from_bytes(&b.bytes()).expect("parses");
+    let (o, notes) = kernel_offsets(&btf);
+    assert_eq!(o.sk_cookie, 16);
+    assert_eq!(o.sk_net, 8);
+    assert_eq!(o.sk_state, 0);
+    assert_eq!(o.net_cookie, KernelOffsets::ABSENT);
+    assert_eq!(o.skb_dev, KernelOffsets::ABSENT);
+    assert_eq!(o.dev_net, KernelOffsets::ABSENT);
+    assert_eq!(o.sk_cgroup, 32);
+    assert_eq!(o.cgroup_kn, 0);
+    assert_eq!(o.kn_id, 8);
+    assert_eq!(o.cgroup_level, 8);
+    assert_eq!(o.cgroup_ancestors, KernelOffsets::ABSENT);
+    assert_eq!(o.valid, 0, "no net_cookie");
+    let all = notes.join("\n");
+    for want in [
+        "net.net_cookie (kernel < 5.7)",
+        "sk_buff.dev",
+        "net_device.nd_net.net",
+        "sock.sk_cgrp_data.cgroup (kernel < 5.15): using sock.sk_cgrp_data.val",
+        "cgroup.ancestors (kernel < 5.19; its cgroup.ancestor_ids is not used): cgroup filter \
+         matches the exact cgroup only",
+    ] {
+        assert!(all.contains(want), "missing note {want:?} in:\n{all}");
+    }
+    assert_eq!(notes.len(), 5, "{all}");
+}
+
+fn kernel_release() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+#[test]
+fn running_kernel_offsets() {
+    let read_start = Instant::now();
+    let data = match std::fs::read(VMLINUX_BTF) {
+        Ok(data) => data,
+        Err(e) => {
+            eprintln!("skipping: cannot read {VMLINUX_BTF}: {e}");
+            return;
+        }
+    };
+    let read_time = read_start.elapsed();
+    let start = Instant::now();
+    let btf = Btf::from_bytes(&data).expect("vmlinux BTF parses");
+    let parse_time = start.elapsed();
+    eprintln!(
+        "read {} bytes of vmlinux BTF in {read_time:?}, parsed {} types in {parse_time:?}",
+        data.len(),
+        btf.type_count()
+    );
+    let start = Instant::now();
+    let (o, _) = kernel_offsets(&btf);
+    eprintln!("kernel_offsets took {:?}", start.elapsed());
+    assert_eq!(
+        Btf::from_sys_fs().map(|b| kernel_offsets(&b).0).ok(),
+        Some(o)
+    );
+    let (o, notes) = kernel_offsets(&btf);
+    eprintln!("{o:#?}");
+    for note in &notes {
+        eprintln!("note: {note}");
+    }
+    let release = kernel_release();
+    if release.is_some_and(|r| r >= (5, 19)) {
+        let fields = [
+            ("sk_cookie", o.sk_cookie),
+            ("sk_net", o.sk_net),
+            ("sk_state", o.sk_state),
+            ("net_cookie", o.net_cookie),
+            ("skb_dev", o.skb_dev),
+            ("dev_net", o.dev_net),
+            ("sk_cgroup", o.sk_cgroup),
+            ("cgroup_kn", o.cgroup_kn),
+            ("kn_id", o.kn_id),
+            ("cgroup_level", o.cgroup_level),
+            ("cgroup_ancestors", o.cgroup_ancestors),
+        ];
+        for (name, value) in fields {
+            assert_ne!(value, KernelOffsets::ABSENT, "{name}: {notes:?}");
+        }
+        assert_eq!(o.valid, 1);
+        assert!(notes.is_empty(), "{notes:?}");
+    } else {
+        eprintln!("kernel {release:?} < 5.19: not requiring every offset");
+    }
+    let common = btf
+        .member_size("sock", "__sk_common")
+        .expect("sock_common size");
+    for (name, value) in [
+        ("sk_cookie", o.sk_cookie),
+        ("sk_net", o.sk_net),
+        ("sk_state", o.sk_state),
+    ] {
+        if value != KernelOffsets::ABSENT {
+            assert!(
+                value < common,
+                "{name} {value} outside sock_common ({common})"
+            );
+        }
+    }
+    cross_check_with_bpftool(&btf, &o);
+}
+
+/// Member bit offset and struct size from `bpftool btf dump ... format raw`.
+fn bpftool_member(dump: &str, struct_name: &str, member: &str) -> Option<(u64, u64)> {
+    let header = format!("STRUCT '{struct_name}' size=");
+    let mut lines = dump.lines().skip_while(|l| !l.contains(&header));
+    let size = lines
+        .next()?
+        .split_once(" size=")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let prefix = format!("'{member}' ");
+    let bits = lines
+        .take_while(|l| l.starts_with('\t'))
+        .find(|l| l.trim_start().starts_with(&prefix))?
+        .split_once("bits_offset=")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((bits, size))
+}
+
+fn cross_check_with_bpftool(btf: &Btf, o: &KernelOffsets) {
+    let Some(bpftool) = [
+        "/usr/sbin/bpftool",
+        "/usr/bin/bpftool",
+        "/usr/local/sbin/bpftool",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists()) else {
+        eprintln!("skipping bpftool cross-check: bpftool not found");
+        return;
+    };
+    let out = match Command::new(bpftool)
+        .args(["btf", "dump", "file", VMLINUX_BTF, "format", "raw"])
+        .output()
+    {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => {
+            eprintln!(
+                "skipping bpftool cross-check: bpftool failed: {}",
+                out.status
+            );
+            return;
+        }
+        Err(e) => {
+            eprintln!("skipping bpftool cross-check: {e}");
+            return;
+        }
+    };
+    let dump = String::from_utf8_lossy(&out.stdout);
+    // Byte offset per bpftool, when the dump has it.
+    let bytes = |struct_name: &str, member: &str| {
+        let found = bpftool_member(&dump, struct_name, member);
+        if found.is_none() {
+            eprintln!("bpftool dump has no {struct_name}.{member}");
+        }
+        found.map(|(bits, _)| bits / 8)
+    };
+    let mut checked = 0;
+    for (struct_name, member) in [
+        ("sock_common", "skc_cookie"),
+        ("sock_common", "skc_state"),
+        ("sock_common", "skc_net"),
+        ("sock", "__sk_common"),
+        ("sock", "sk_cgrp_data"),
+        ("net", "net_cookie"),
+        ("cgroup", "kn"),
+        ("cgroup", "level"),
+        ("cgroup", "ancestors"),
+        ("kernfs_node", "id"),
+        ("net_device", "nd_net"),
+    ] {
+        if let Some(want) = bytes(struct_name, member) {
+            let ours = btf
+                .member_offset(struct_name, member)
+                .unwrap_or_else(|e| panic!("{struct_name}.{member}: {e}"));
+            assert_eq!(u64::from(ours), want, "{struct_name}.{member}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 8,
+        "only {checked} members found in the bpftool dump"
+    );
+    // The composed KernelOffsets fields agree too.
+    let sk_common = bytes("sock", "__sk_common");
+    let composed = [
+        (
+            "sk_cookie",
+            o.sk_cookie,
+            sk_common.zip(bytes("sock_common", "skc_cookie")),
+        ),
+        (
+            "sk_state",
+            o.sk_state,
+            sk_common.zip(bytes("sock_common", "skc_state")),
+        ),
+        (
+            "net_cookie",
+            o.net_cookie,
+            bytes("net", "net_cookie").zip(Some(0)),
+        ),
+        ("cgroup_kn", o.cgroup_kn, bytes("cgroup", "kn").zip(Some(0))),
+        (
+            "cgroup_level",
+            o.cgroup_level,
+            bytes("cgroup", "level").zip(Some(0)),
+        ),
+        ("kn_id", o.kn_id, bytes("kernfs_node", "id").zip(Some(0))),
+    ];
+    for (name, ours, parts) in composed {
+        if let Some((a, b)) = parts {
+            assert_eq!(u64::from(ours), a + b, "{name}");
+            checked += 1;
+        }
+    }
+    if let Some((_, size)) = bpftool_member(&dump, "sock_common", "skc_cookie") {
+        let ours = btf.member_size("sock", "__sk_common").expect("size");
+        assert_eq!(u64::from(ours), size, "sizeof(struct sock_common)");
+        checked += 1;
+    }
+    eprintln!("bpftool agrees on {checked} offsets and sizes");
+}

@@ -1,0 +1,19 @@
+//! linkprobe userspace: loads the eBPF probes, drains their ring buffer and turns records into
+//! typed events. The event path flows one way:
+//! probes (`loader`) → ring (`reader`) → `decode` → `event` → `output` (→ flow table, detectors,
+//! exporter and API in later modules) → CLI.
+pub mod btf;
+pub mod cli;
+pub mod counters;
+pub mod daemon;
+pub mod decode;
+pub mod event;
+pub mod loader;
+pub mod lock;
+pub mod mounts;
+pub mod output;
+pub mod preflight;
+pub mod reader;
+pub mod rst_reason;
+pub mod scope;
+pub mod tracefs;

@@ -1,0 +1,39 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use probe_user::{
+    cli::{Cli, Command},
+    daemon, lock,
+};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("linkprobe: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Daemon(args) => {
+            let _lock = lock::acquire(&args.run_dir)?;
+            let loaded = daemon::start(&args.probe)?;
+            runtime.block_on(daemon::run(&args.probe, loaded))?;
+        }
+        Command::Trace(args) => {
+            let loaded = daemon::start(&args)?;
+            runtime.block_on(daemon::run(&args, loaded))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! Renders events, the probe table and counters for humans (text) and programs (JSON lines).
+//! The JSON field names are a contract: tests and users' scripts read them.
+use std::{io::Write, net::SocketAddr};
+
+use serde::Serialize;
+
+use crate::{
+    counters::KernelCounters,
+    event::{kind_name, Detail, Event, Role, SockStats},
+    loader::{ProbeState, ProbeStatus},
+    rst_reason::ReasonNames,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One aligned line per event.
+    Text,
+    /// One JSON object per line (`type` = ready | event | counters).
+    Json,
+    /// Nothing per event (counters still print at exit).
+    None,
+}
+
+/// Flat JSON view of an [`Event`]; absent details are omitted.
+#[derive(Debug, Serialize)]
+pub struct EventView<'a> {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    pub ts_ns: u64,
+    pub kind: &'static str,
+    pub cookie: Option<u64>,
+    pub netns_cookie: Option<u64>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_socket: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub err: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrans_seq: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrans_segs: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rto_retransmits: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_sample_us: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatsView {
+    pub srtt_us: u32,
+    pub total_retrans: u32,
+    pub segs_in: u32,
+    pub segs_out: u32,
+    pub data_segs_in: u32,
+    pub data_segs_out: u32,
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+}
+
+impl From<&SockStats> for StatsView {
+    fn from(s: &SockStats) -> Self {
+        StatsView {
+            srtt_us: s.srtt_us,
+            total_retrans: s.total_retrans,
+            segs_in: s.segs_in,
+            segs_out: s.segs_out,
+            data_segs_in: s.data_segs_in,
+            data_segs_out: s.data_segs_out,
+            bytes_received: s.bytes_received,
+            bytes_acked: s.bytes_acked,
+        }
+    }
+}
+
+impl<'a> EventView<'a> {
+    pub fn new(ev: &'a Event, reasons: &ReasonNames) -> Self {
+        let mut v = EventView {
+            record: "event",
+            ts_ns: ev.ts_ns,
+            kind: kind_name(ev.detail.kind()),
+            cookie: ev.cookie,
+            netns_cookie: ev.netns_cookie,
+            local: ev.local,
+            remote: ev.remote,
+            state: None,
+            old_state: None,
+            new_state: None,
+            reason: None,
+            no_socket: None,
+            pid: None,
+            comm: None,
+            err: None,
+            retrans_seq: None,
+            retrans_segs: None,
+            rto_retransmits: None,
+            rtt_sample_us: None,
+            stats: None,
+        };
+        match &ev.detail {
+            Detail::Connect { stats } | Detail::Established { stats, .. } => {
+                v.stats = Some(stats.into());
+            }
+            Detail::SockOpsState { from, to, stats } => {
+                v.old_state = Some(from.name());
+                v.new_state = Some(to.name());
+                v.stats = Some(stats.into());
+            }
+            Detail::SockOpsRetrans {
+                seq,
+                segs,
+                result,
+                stats,
+            } => {
+                v.retrans_seq = Some(*seq);
+                v.retrans_segs = Some(*segs);
+                v.err = Some(*result);
+                v.stats = Some(stats.into());
+            }
+            Detail::Rto {
+                retransmits, stats, ..
+            } => {
+                v.rto_retransmits = Some(*retransmits);
+                v.stats = Some(stats.into());
+            }
+            Detail::Rtt { sample_us, stats } => {
+                v.rtt_sample_us = Some(*sample_us);
+                v.stats = Some(stats.into());
+            }
+            Detail::RstReceived { state } | Detail::Destroy { state } => {
+                v.state = Some(state.name());
+            }
+            Detail::RstSent {
+                state,
+                reason,
+                no_socket,
+            } => {
+                v.state = Some(state.name());
+                v.reason = reason.map(|r| reasons.name(r));
+                v.no_socket = Some(*no_socket);
+            }
+            Detail::Retransmit { state, err } => {
+                v.state = Some(state.name());
+                v.err = Some(*err);
+            }
+            Detail::RetransmitSynack => {}
+            Detail::StateChange { from, to, process } => {
+                v.old_state = Some(from.name());
+                v.new_state = Some(to.name());
+                if let Some(p) = process {
+                    v.pid = Some(p.pid);
+                    v.comm = Some(&p.comm);
+                }
+            }
+        }
+        v
+    }
+}
+
+/// One human-readable line.
+pub fn text_line(ev: &Event, reasons: &ReasonNames) -> String {
+    let cookie = ev
+        .cookie
+        .map_or_else(|| "-".to_owned(), |c| format!("{c:#x}"));
+    let detail = match &ev.detail {
+        Detail::Connect { .. } => String::new(),
+        Detail::Established { role, stats } => format!(
+            "{} srtt={}us",
+            match role {
+                Role::Client => "client",
+                Role::Server => "server",
+            },
+            stats.srtt_us
+        ),
+        Detail::SockOpsState { from, to, stats } => format!(
+            "{from}->{to} retrans={} segs_out={} bytes_acked={}",
+            stats.total_retrans, stats.segs_out, stats.bytes_acked
+        ),
+        Detail::SockOpsRetrans { seq, segs, result, .. } => {
+            format!("seq={seq} segs={segs} result={result}")
+        }
+        Detail::Rto { retransmits, .. } => format!("retransmits={retransmits}"),
+        Detail::Rtt { sample_us, stats } => {
+            format!("sample={sample_us}us srtt={}us", stats.srtt_us)
+        }
+        Detail::RstReceived { state } | Detail::Destroy { state } => format!("state={state}"),
+        Detail::RstSent {
+            state,
+            reason,
+            no_socket,
+        } => format!(
+            "state={state} reason={}{}",
+            reason.map_or_else(|| "-".to_owned(), |r| reasons.name(r)),
+            if *no_socket { " no_socket" } else { "" }
+        ),
+        Detail::Retransmit { state, err } => format!("state={state} err={err}"),
+        Detail::RetransmitSynack => String::new(),
+        Detail::StateChange { from, to, process } => match process {
+            Some(p) => format!("{from}->{to} pid={} comm={}", p.pid, p.comm),
+            None => format!("{from}->{to}"),
+        },
+    };
+    format!(
+        "{:>14.6} {:<20} cookie={:<18} {} -> {} {}",
+        ev.ts_ns as f64 / 1e9,
+        kind_name(ev.detail.kind()),
+        cookie,
+        ev.local,
+        ev.remote,
+        detail
+    )
+}
+
+/// The per-probe attach table, one row per probe.
+pub fn probe_table(probes: &[ProbeStatus]) -> String {
+    let mut out = format!(
+        "{:<18} {:<32} {:<9} {:<28} {}\n",
+        "PROBE", "HOOK", "STATE", "NEEDS KERNEL", "DETAIL"
+    );
+    for p in probes {
+        let (state, detail) = match &p.state {
+            ProbeState::Attached => ("attached", p.spec.provides.to_owned()),
+            ProbeState::Off(why) => ("OFF", why.clone()),
+        };
+        out.push_str(&format!(
+            "{:<18} {:<32} {:<9} {:<28} {}\n",
+            p.spec.program, p.target, state, p.spec.requires, detail
+        ));
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct ProbeView<'a> {
+    name: &'static str,
+    hook: &'a str,
+    attached: bool,
+    reason: Option<&'a str>,
+}
+
+/// JSON line announcing that probes are attached.
+pub fn ready_json(probes: &[ProbeStatus]) -> String {
+    let probes: Vec<ProbeView<'_>> = probes
+        .iter()
+        .map(|p| ProbeView {
+            name: p.spec.program,
+            hook: &p.target,
+            attached: p.state == ProbeState::Attached,
+            reason: match &p.state {
+                ProbeState::Attached => None,
+                ProbeState::Off(why) => Some(why),
+            },
+        })
+        .collect();
+    json_line(&serde_json::json!({ "type": "ready", "probes": probes }))
+}
+
+#[derive(Serialize)]
+struct CountersView<'a> {
+    #[serde(rename = "type")]
+    record: &'static str,
+    /// Records decoded by this process, per kind.
+    records: &'a std::collections::BTreeMap<&'static str, u64>,
+    decode_errors: u64,
+    #[serde(flatten)]
+    kernel: &'a KernelCounters,
+}
+
+/// JSON line with the kernel counters and what this process received.
+pub fn counters_json(
+    kernel: &KernelCounters,
+    records: &std::collections::BTreeMap<&'static str, u64>,
+    decode_errors: u64,
+) -> String {
+    json_line(&CountersView {
+        record: "counters",
+        records,
+        decode_errors,
+        kernel,
+    })
+}
+
+fn json_line<T: Serialize>(value: &T) -> String {
+    // Serialising our own plain structs cannot fail; fall back to an error object regardless.
+    serde_json::to_string(value)
+        .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
+}
+
+/// Writes one line to stdout, flushing so pipes see events as they happen.
+pub fn emit_line(out: &mut impl Write, line: &str) -> std::io::Result<()> {
+    writeln!(out, "{line}")?;
+    out.flush()
+}

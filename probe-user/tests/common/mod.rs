@@ -1,0 +1,29 @@
+//! Shared harness for the real-kernel tests: a network namespace per test, nftables rules and
+//! nstat counters inside it, and a `linkprobe trace` process scoped to it.
+
+pub mod netns;
+pub mod tracer;
+pub mod workload;
+
+/// Whether this process can run real-kernel tests; prints the reason when it cannot.
+pub fn can_run_kernel_tests(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skip {test}: real-kernel tests need root (CAP_BPF, CAP_SYS_ADMIN)");
+        return false;
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        eprintln!("skip {test}: kernel has no BTF");
+        return false;
+    }
+    for tool in ["ip", "nft", "nstat"] {
+        let found = std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join(tool).exists())
+        });
+        assert!(
+            found,
+            "{tool} is missing: run `cargo xtask setup` (installs iproute2 and nftables)"
+        );
+    }
+    true
+}

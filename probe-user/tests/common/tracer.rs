@@ -1,0 +1,188 @@
+//! A `linkprobe trace -o json` process scoped to one namespace, and what it printed.
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+pub struct Tracer {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    pub ready: Value,
+}
+
+/// Everything the tracer printed, split by record type.
+pub struct Trace {
+    pub events: Vec<Value>,
+    pub counters: Value,
+    pub stderr: String,
+}
+
+impl Tracer {
+    pub fn start(netns: &str, extra: &[&str]) -> Tracer {
+        Self::spawn(
+            Command::new(env!("CARGO_BIN_EXE_linkprobe"))
+                .args(["trace", "-o", "json", "--netns", netns, "--drain-interval-ms", "20"])
+                .args(extra),
+        )
+    }
+
+    fn spawn(cmd: &mut Command) -> Tracer {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn linkprobe");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[linkprobe] {line}");
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let first = lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("linkprobe did not become ready; is it running as root?"));
+        let ready: Value = serde_json::from_str(&first).expect("ready line is JSON");
+        assert_eq!(ready["type"], "ready", "first line: {first}");
+        Tracer {
+            child,
+            lines,
+            stderr: Some(stderr),
+            ready,
+        }
+    }
+
+    /// Names of the probes that attached.
+    pub fn attached(&self) -> BTreeSet<String> {
+        self.ready["probes"]
+            .as_array()
+            .expect("probes")
+            .iter()
+            .filter(|p| p["attached"] == true)
+            .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// SIGINT, then collect every line until exit.
+    pub fn stop(mut self) -> Trace {
+        // Let the drain timer pick up the last records and the kernel finish socket teardown.
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("wait linkprobe");
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        assert!(status.success(), "linkprobe exited with {status}\n{stderr}");
+        let mut events = Vec::new();
+        let mut counters = Value::Null;
+        for line in self.lines.try_iter() {
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            match v["type"].as_str() {
+                Some("event") => events.push(v),
+                Some("counters") => counters = v,
+                other => panic!("unexpected record type {other:?}: {line}"),
+            }
+        }
+        assert!(counters.is_object(), "no counters line\n{stderr}");
+        Trace {
+            events,
+            counters,
+            stderr,
+        }
+    }
+}
+
+/// A test that panics before `stop` must not leave probes attached.
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Trace {
+    pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.events.iter().filter(move |e| e["kind"] == kind)
+    }
+
+    pub fn count(&self, kind: &str) -> u64 {
+        self.of_kind(kind).count() as u64
+    }
+
+    /// Kernel counter `section.key` (e.g. `events.rst_sent`).
+    pub fn kernel(&self, section: &str, key: &str) -> u64 {
+        self.counters[section][key].as_u64().unwrap_or(0)
+    }
+
+    pub fn misc(&self, key: &str) -> u64 {
+        self.counters[key].as_u64().unwrap_or(0)
+    }
+
+    /// Cookies of the events of one kind.
+    pub fn cookies(&self, kind: &str) -> Vec<u64> {
+        self.of_kind(kind).filter_map(|e| e["cookie"].as_u64()).collect()
+    }
+
+    /// Every event of one socket, in time order.
+    pub fn flow(&self, cookie: u64) -> Vec<&Value> {
+        let mut v: Vec<&Value> = self
+            .events
+            .iter()
+            .filter(|e| e["cookie"].as_u64() == Some(cookie))
+            .collect();
+        v.sort_by_key(|e| e["ts_ns"].as_u64());
+        v
+    }
+
+    /// No record was lost in the ring and every kernel count reached us as a record
+    /// (except RTT callbacks, which are sampled by design).
+    pub fn assert_nothing_lost(&self) {
+        let lost = self.counters["lost"].as_object().expect("lost");
+        for (kind, n) in lost {
+            assert_eq!(n.as_u64(), Some(0), "records lost for {kind}");
+        }
+        let events = self.counters["events"].as_object().expect("events");
+        for (kind, n) in events {
+            if kind == "rtt" {
+                continue;
+            }
+            let records = self.counters["records"][kind].as_u64().unwrap_or(0);
+            assert_eq!(n.as_u64(), Some(records), "kernel count vs records for {kind}");
+        }
+        assert_eq!(self.counters["decode_errors"], 0);
+    }
+}
+
+impl Tracer {
+    /// The host daemon (with its lock in `run_dir`), scoped to a namespace.
+    pub fn start_daemon(netns: &str, run_dir: &str) -> Tracer {
+        Self::spawn(
+            Command::new(env!("CARGO_BIN_EXE_linkprobe")).args([
+                "daemon", "--run-dir", run_dir, "-o", "json", "--netns", netns,
+            ]),
+        )
+    }
+}

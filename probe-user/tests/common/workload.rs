@@ -1,0 +1,138 @@
+//! Socket operations with known outcomes. Each returns the socket cookies it created
+//! (`SO_COOKIE`, the same value the kernel programs report).
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+use socket2::{Domain, Socket, Type};
+
+/// `SO_COOKIE` (include/uapi/asm-generic/socket.h).
+const SO_COOKIE: libc::c_int = 57;
+
+pub fn cookie(fd: &impl AsRawFd) -> u64 {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd and out-pointer of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "SO_COOKIE: {}", std::io::Error::last_os_error());
+    cookie
+}
+
+/// A TCP socket with its cookie taken before connect, so the kernel events carry it.
+pub fn client_socket() -> (Socket, u64) {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let c = cookie(&s);
+    (s, c)
+}
+
+/// Connects `n` times to a port nobody listens on; every attempt must be refused.
+pub fn refused_connects(port: u16, n: usize) -> Vec<u64> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    (0..n)
+        .map(|_| {
+            let (s, c) = client_socket();
+            let err = s.connect(&addr.into()).expect_err("connect to a closed port");
+            assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+            c
+        })
+        .collect()
+}
+
+/// Accepts `n` connections and aborts each with SO_LINGER 0 (an RST instead of a FIN).
+/// Returns (client cookies, server cookies).
+pub fn linger_zero_aborts(n: usize) -> (Vec<u64>, Vec<u64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut clients = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        let (s, c) = client_socket();
+        s.connect(&addr.into()).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        servers.push(cookie(&accepted));
+        let accepted = Socket::from(accepted);
+        accepted
+            .set_linger(Some(Duration::ZERO))
+            .expect("SO_LINGER 0");
+        drop(accepted);
+        // The client sees the reset on its next read.
+        let mut stream: TcpStream = s.into();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 1];
+        let err = stream.read(&mut buf).expect_err("read after RST");
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+        clients.push(c);
+    }
+    (clients, servers)
+}
+
+/// Connects to a port whose SYNs are dropped; TCP_SYNCNT limits the retries so the connect
+/// times out after `syn_retries` retransmits. Runs the attempts concurrently.
+pub fn syn_timeouts(port: u16, n: usize, syn_retries: u32) -> Vec<u64> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let sockets: Vec<(Socket, u64)> = (0..n)
+        .map(|_| {
+            let (s, c) = client_socket();
+            set_syncnt(&s, syn_retries);
+            (s, c)
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for (s, _) in &sockets {
+            scope.spawn(move || {
+                let err = s.connect(&addr.into()).expect_err("connect with SYNs dropped");
+                assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+            });
+        }
+    });
+    sockets.into_iter().map(|(_, c)| c).collect()
+}
+
+/// A connected pair on loopback: (client, client cookie, server, server cookie).
+pub fn connected_pair(listener: &TcpListener) -> (TcpStream, u64, TcpStream, u64) {
+    let addr = listener.local_addr().expect("addr");
+    let (s, c) = client_socket();
+    s.connect(&addr.into()).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    let sc = cookie(&server);
+    (s.into(), c, server, sc)
+}
+
+/// Sends `data` from `from` and reads it fully on `to`.
+pub fn transfer(from: &mut TcpStream, to: &mut TcpStream, data: &[u8]) {
+    from.write_all(data).expect("write");
+    to.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut got = vec![0u8; data.len()];
+    to.read_exact(&mut got).expect("read");
+    assert_eq!(got, data);
+}
+
+/// TCP_SYNCNT: how many SYN retransmits before connect gives up.
+fn set_syncnt(s: &Socket, retries: u32) {
+    let v = retries as libc::c_int;
+    // SAFETY: valid fd and a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_SYNCNT,
+            std::ptr::from_ref(&v).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_SYNCNT: {}", std::io::Error::last_os_error());
+}

@@ -1,0 +1,388 @@
+//! Real-kernel tests: real programs attached, real sockets, each in a network namespace the
+//! test creates. Every count is compared with an independent oracle: the test's own operation
+//! counts, the cookies of its own sockets (`SO_COOKIE`), and `nstat` deltas of the namespace.
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::TcpListener,
+    process::Command,
+    sync::RwLock,
+    time::Duration,
+};
+
+use common::{
+    can_run_kernel_tests,
+    netns::{delta, nft, TestNetns},
+    tracer::Tracer,
+    workload,
+};
+
+/// Scenario tests share the kernel (read); the clean-detach test needs it to itself (write).
+static KERNEL: RwLock<()> = RwLock::new(());
+
+const ALL_PROBES: [&str; 7] = [
+    "lp_sock_ops",
+    "lp_rst_received",
+    "lp_rst_sent",
+    "lp_retransmit",
+    "lp_retrans_synack",
+    "lp_destroy_sock",
+    "lp_set_state",
+];
+
+fn set(v: &[u64]) -> BTreeSet<u64> {
+    v.iter().copied().collect()
+}
+
+fn report(test: &str, figures: &[(&str, u64, u64)]) {
+    eprintln!("== {test}: linkprobe vs oracle");
+    for (what, ours, oracle) in figures {
+        eprintln!("   {what:<40} linkprobe={ours:<6} oracle={oracle}");
+    }
+}
+
+#[test]
+fn refused_connects_are_received_rsts_with_client_cookies() {
+    if !can_run_kernel_tests("refused_connects") {
+        return;
+    }
+    let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
+    const N: usize = 25;
+    let ns = TestNetns::new("refused");
+    let tracer = Tracer::start(&ns.name, &[]);
+    assert_eq!(tracer.attached(), ALL_PROBES.iter().map(|s| s.to_string()).collect());
+    let before = ns.nstat();
+    let cookies = ns.enter(|| workload::refused_connects(9, N));
+    let after = ns.nstat();
+    let trace = tracer.stop();
+    trace.assert_nothing_lost();
+
+    let out_rsts = delta(&before, &after, "TcpOutRsts");
+    let attempt_fails = delta(&before, &after, "TcpAttemptFails");
+    let active_opens = delta(&before, &after, "TcpActiveOpens");
+    report(
+        "refused connects",
+        &[
+            ("rst_received (kernel count)", trace.kernel("events", "rst_received"), N as u64),
+            ("rst_sent (kernel count) vs TcpOutRsts", trace.kernel("events", "rst_sent"), out_rsts),
+            ("connect_failed vs TcpAttemptFails", trace.misc("connect_failed"), attempt_fails),
+            ("connect vs TcpActiveOpens", trace.kernel("events", "connect"), active_opens),
+        ],
+    );
+    assert_eq!(out_rsts, N as u64, "nstat TcpOutRsts");
+    assert_eq!(trace.kernel("events", "rst_received"), N as u64);
+    assert_eq!(set(&trace.cookies("rst_received")), set(&cookies));
+    assert_eq!(trace.kernel("events", "rst_sent"), out_rsts);
+    // The refusing side has no socket: those RSTs are counted as cookie-less, not dropped.
+    assert_eq!(trace.kernel("no_cookie", "rst_sent"), N as u64);
+    assert!(trace.of_kind("rst_sent").all(|e| e["no_socket"] == true && e["cookie"].is_null()));
+    assert!(trace
+        .of_kind("rst_sent")
+        .all(|e| e["remote"].as_str().is_some_and(|r| r.starts_with("127.0.0.1:"))
+            && e["local"] == "127.0.0.1:9"));
+    assert_eq!(trace.misc("connect_failed"), attempt_fails);
+    assert_eq!(attempt_fails, N as u64);
+    assert_eq!(trace.kernel("events", "connect"), active_opens);
+    assert_eq!(set(&trace.cookies("connect")), set(&cookies));
+    for c in &cookies {
+        let flow = trace.flow(*c);
+        let kinds: Vec<&str> = flow.iter().filter_map(|e| e["kind"].as_str()).collect();
+        assert!(kinds.contains(&"connect") && kinds.contains(&"rst_received"), "{kinds:?}");
+        let failed = flow.iter().any(|e| {
+            e["kind"] == "state_change" && e["old_state"] == "SYN_SENT" && e["new_state"] == "CLOSE"
+        });
+        assert!(failed, "no SYN_SENT->CLOSE for cookie {c}: {kinds:?}");
+    }
+}
+
+#[test]
+fn linger_zero_aborts_are_sent_rsts_with_cookie_and_reason() {
+    if !can_run_kernel_tests("linger_zero_aborts") {
+        return;
+    }
+    let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
+    const N: usize = 25;
+    let ns = TestNetns::new("linger");
+    let tracer = Tracer::start(&ns.name, &[]);
+    let before = ns.nstat();
+    let (clients, servers) = ns.enter(|| workload::linger_zero_aborts(N));
+    let after = ns.nstat();
+    let trace = tracer.stop();
+    trace.assert_nothing_lost();
+
+    let out_rsts = delta(&before, &after, "TcpOutRsts");
+    let passive = delta(&before, &after, "TcpPassiveOpens");
+    report(
+        "SO_LINGER 0 aborts",
+        &[
+            ("rst_sent (kernel count) vs TcpOutRsts", trace.kernel("events", "rst_sent"), out_rsts),
+            ("rst_received (kernel count)", trace.kernel("events", "rst_received"), N as u64),
+            ("passive_established vs TcpPassiveOpens", trace.kernel("events", "passive_established"), passive),
+        ],
+    );
+    assert_eq!(out_rsts, N as u64);
+    assert_eq!(trace.kernel("events", "rst_sent"), out_rsts);
+    assert_eq!(set(&trace.cookies("rst_sent")), set(&servers));
+    assert_eq!(trace.kernel("no_cookie", "rst_sent"), 0);
+    assert_eq!(set(&trace.cookies("rst_received")), set(&clients));
+    assert_eq!(trace.kernel("events", "passive_established"), passive);
+    assert_eq!(set(&trace.cookies("passive_established")), set(&servers));
+    // The kernel says why it reset: every sent RST carries a named reason, and the per-reason
+    // counters add up to the total.
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    for e in trace.of_kind("rst_sent") {
+        let reason = e["reason"].as_str().expect("reason on kernels >= 6.10");
+        assert!(!reason.starts_with("reason_"), "unnamed reason {reason}");
+        *reasons.entry(reason.to_owned()).or_default() += 1;
+    }
+    eprintln!("   reasons: {reasons:?}");
+    let counted: BTreeMap<String, u64> =
+        serde_json::from_value(trace.counters["rst_reasons"].clone()).expect("rst_reasons");
+    assert_eq!(reasons, counted);
+}
+
+#[test]
+fn dropped_syns_retransmit_per_cookie_then_time_out() {
+    if !can_run_kernel_tests("dropped_syns") {
+        return;
+    }
+    let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
+    const N: usize = 4;
+    const SYN_RETRIES: u32 = 2;
+    let ns = TestNetns::new("syndrop");
+    ns.nft(
+        "table inet lptest {\n chain input {\n type filter hook input priority 0;\n \
+         tcp dport 7777 tcp flags & (syn | ack) == syn drop\n }\n}\n",
+    );
+    let tracer = Tracer::start(&ns.name, &[]);
+    let before = ns.nstat();
+    let cookies = ns.enter(|| workload::syn_timeouts(7777, N, SYN_RETRIES));
+    let after = ns.nstat();
+    let trace = tracer.stop();
+    trace.assert_nothing_lost();
+
+    let retrans_segs = delta(&before, &after, "TcpRetransSegs");
+    let attempt_fails = delta(&before, &after, "TcpAttemptFails");
+    let sent_ok: Vec<u64> = trace
+        .of_kind("retransmit")
+        .filter(|e| e["err"].as_i64().unwrap_or(0) == 0)
+        .filter_map(|e| e["cookie"].as_u64())
+        .collect();
+    report(
+        "dropped SYNs",
+        &[
+            ("retransmits (err=0) vs TcpRetransSegs", sent_ok.len() as u64, retrans_segs),
+            ("connect_failed vs TcpAttemptFails", trace.misc("connect_failed"), attempt_fails),
+        ],
+    );
+    // The oracle is the namespace's own count: how many SYN retransmits TCP_SYNCNT allows
+    // depends on the kernel (linear SYN timeouts since 6.5), so only its lower bound is ours.
+    assert!(retrans_segs >= N as u64 * u64::from(SYN_RETRIES), "{retrans_segs}");
+    assert_eq!(sent_ok.len() as u64, retrans_segs);
+    let mut per_cookie = BTreeSet::new();
+    for c in &cookies {
+        let flow = trace.flow(*c);
+        let syn_retrans = flow
+            .iter()
+            .filter(|e| e["kind"] == "retransmit" && e["state"] == "SYN_SENT")
+            .count() as u64;
+        assert!(syn_retrans >= u64::from(SYN_RETRIES), "SYN retransmits of cookie {c}");
+        per_cookie.insert(syn_retrans);
+        let timed_out = flow.iter().any(|e| {
+            e["kind"] == "state_change" && e["old_state"] == "SYN_SENT" && e["new_state"] == "CLOSE"
+        });
+        assert!(timed_out, "cookie {c} never left SYN_SENT");
+        assert!(flow.iter().all(|e| e["kind"] != "rst_received"), "a timeout is not a reset");
+        // The retransmissions are spaced by the RTO (1 s initially, then doubling).
+        let times: Vec<u64> = flow
+            .iter()
+            .filter(|e| e["kind"] == "retransmit")
+            .filter_map(|e| e["ts_ns"].as_u64())
+            .collect();
+        assert!(times.windows(2).all(|w| w[1] - w[0] >= 900_000_000), "{times:?}");
+    }
+    assert_eq!(per_cookie.len(), 1, "every socket retried alike: {per_cookie:?}");
+    assert_eq!(per_cookie.iter().sum::<u64>() * N as u64, retrans_segs);
+    assert_eq!(trace.misc("connect_failed"), attempt_fails);
+    assert_eq!(attempt_fails, N as u64);
+}
+
+#[test]
+fn data_dropped_for_a_window_retransmits_under_the_connect_cookie() {
+    if !can_run_kernel_tests("data_drop") {
+        return;
+    }
+    let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
+    let ns = TestNetns::new("datadrop");
+    let tracer = Tracer::start(&ns.name, &[]);
+    let before = ns.nstat();
+    let ns_name = ns.name.clone();
+    let (client_cookie, server_cookie) = ns.enter(move || {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (mut client, cc, mut server, sc) = workload::connected_pair(&listener);
+        workload::transfer(&mut client, &mut server, b"warm-up");
+        // Drop segments carrying data to the server for ~1.5 s; ACKs (no payload) pass.
+        let add = format!(
+            "table inet lpdata {{\n chain input {{\n type filter hook input priority 0;\n \
+             tcp dport {port} meta length > 100 drop\n }}\n}}\n"
+        );
+        nft(&ns_name, &add);
+        let sender = std::thread::spawn(move || {
+            use std::io::Write as _;
+            client.write_all(&[7u8; 600]).expect("write");
+            client
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        nft(&ns_name, "delete table inet lpdata\n");
+        let mut client = sender.join().expect("sender");
+        let mut got = vec![0u8; 600];
+        use std::io::Read as _;
+        server
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        server.read_exact(&mut got).expect("data arrives after the window");
+        workload::transfer(&mut client, &mut server, b"after");
+        (cc, sc)
+    });
+    let after = ns.nstat();
+    let trace = tracer.stop();
+    trace.assert_nothing_lost();
+
+    let retrans_segs = delta(&before, &after, "TcpRetransSegs");
+    let ours: Vec<&serde_json::Value> = trace
+        .of_kind("retransmit")
+        .filter(|e| e["err"].as_i64().unwrap_or(0) == 0)
+        .collect();
+    report(
+        "data dropped for 1.5 s",
+        &[("retransmits (err=0) vs TcpRetransSegs", ours.len() as u64, retrans_segs)],
+    );
+    assert!(retrans_segs >= 2, "the window should force retransmits, got {retrans_segs}");
+    assert_eq!(ours.len() as u64, retrans_segs);
+    assert!(ours.iter().all(|e| e["cookie"].as_u64() == Some(client_cookie)));
+    let connect = trace.cookies("connect");
+    assert_eq!(connect, vec![client_cookie], "connect event carries the same cookie");
+    assert!(trace.cookies("passive_established").contains(&server_cookie));
+    // sock_ops saw the same flow retransmit and the RTO fire.
+    let flow = trace.flow(client_cookie);
+    assert!(flow.iter().any(|e| e["kind"] == "sockops_retrans"));
+    assert!(flow.iter().any(|e| e["kind"] == "rto"));
+}
+
+#[test]
+fn normal_connection_keeps_one_cookie_from_connect_to_destroy() {
+    if !can_run_kernel_tests("normal_connection") {
+        return;
+    }
+    let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
+    let ns = TestNetns::new("normal");
+    let tracer = Tracer::start(&ns.name, &[]);
+    let before = ns.nstat();
+    let (client_cookie, server_cookie) = ns.enter(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (mut client, cc, mut server, sc) = workload::connected_pair(&listener);
+        workload::transfer(&mut client, &mut server, b"hello");
+        workload::transfer(&mut server, &mut client, b"world");
+        drop(client);
+        // Wait for the FIN, then close our side too.
+        use std::io::Read as _;
+        let mut buf = [0u8; 1];
+        assert_eq!(server.read(&mut buf).expect("read EOF"), 0);
+        drop(server);
+        (cc, sc)
+    });
+    let after = ns.nstat();
+    let trace = tracer.stop();
+    trace.assert_nothing_lost();
+    report(
+        "normal connect/close",
+        &[
+            ("connect vs TcpActiveOpens", trace.kernel("events", "connect"), delta(&before, &after, "TcpActiveOpens")),
+            ("passive_established vs TcpPassiveOpens", trace.kernel("events", "passive_established"), delta(&before, &after, "TcpPassiveOpens")),
+        ],
+    );
+    assert_eq!(trace.kernel("events", "connect"), delta(&before, &after, "TcpActiveOpens"));
+    assert_eq!(
+        trace.kernel("events", "passive_established"),
+        delta(&before, &after, "TcpPassiveOpens")
+    );
+    assert_eq!(trace.kernel("events", "rst_sent") + trace.kernel("events", "rst_received"), 0);
+
+    let client: Vec<&str> = trace
+        .flow(client_cookie)
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    eprintln!("   client timeline: {client:?}");
+    let pos = |k: &str| client.iter().position(|x| *x == k);
+    let (connect, established, destroy) = (pos("connect"), pos("active_established"), pos("destroy"));
+    assert!(connect.is_some() && established.is_some() && destroy.is_some(), "{client:?}");
+    assert!(connect < established && established < destroy, "{client:?}");
+    assert_eq!(client.last(), Some(&"destroy"), "destroy is the last event: {client:?}");
+    assert!(client.contains(&"sockops_state") && client.contains(&"state_change"));
+    // connect() ran in this process: the SYN_SENT transition names it.
+    let owner = trace
+        .flow(client_cookie)
+        .into_iter()
+        .find(|e| e["kind"] == "state_change" && e["new_state"] == "SYN_SENT")
+        .expect("SYN_SENT transition");
+    assert_eq!(owner["pid"].as_u64(), Some(u64::from(std::process::id())));
+
+    let server: Vec<&str> = trace
+        .flow(server_cookie)
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    eprintln!("   server timeline: {server:?}");
+    assert_eq!(server.first(), Some(&"passive_established"), "{server:?}");
+    assert_eq!(server.last(), Some(&"destroy"), "{server:?}");
+}
+
+#[test]
+fn daemon_is_single_instance_and_detaches_cleanly() {
+    if !can_run_kernel_tests("clean_detach") {
+        return;
+    }
+    // Nothing else may hold probes while we check that none of ours are left.
+    let _exclusive = KERNEL.write().unwrap_or_else(|e| e.into_inner());
+    let run_dir = std::env::temp_dir().join(format!("linkprobe-detach-{}", std::process::id()));
+    let run_dir = run_dir.to_str().expect("utf-8").to_owned();
+    let ns = TestNetns::new("detach");
+    let first = Tracer::start_daemon(&ns.name, &run_dir);
+    let second = Command::new(env!("CARGO_BIN_EXE_linkprobe"))
+        .args(["daemon", "--run-dir", &run_dir, "-o", "none"])
+        .output()
+        .expect("second daemon");
+    let msg = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{msg}");
+    assert!(msg.contains("already running"), "{msg}");
+    assert!(ours_loaded(), "probes should be loaded while the daemon runs");
+    let trace = first.stop();
+    trace.assert_nothing_lost();
+    assert!(!ours_loaded(), "programs or cgroup links left after exit");
+    let _ = std::fs::remove_dir_all(&run_dir);
+}
+
+/// Whether any `lp_*` program is loaded or any is attached to the cgroup2 root.
+fn ours_loaded() -> bool {
+    let progs = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    let text = String::from_utf8_lossy(&progs.stdout);
+    let loaded = ALL_PROBES.iter().any(|p| text.contains(&format!("name {p} ")) || text.contains(&format!("name {p}\n")));
+    let root = std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .expect("cgroup2 mount");
+    let cg = Command::new("bpftool")
+        .args(["cgroup", "show", &root])
+        .output()
+        .expect("bpftool cgroup show");
+    let attached = String::from_utf8_lossy(&cg.stdout).contains("lp_sock_ops");
+    loaded || attached
+}

@@ -10,7 +10,8 @@ use aya_ebpf::{
 use probe_common::{EventKind, FlowEvent, RST_REASON_SLOTS};
 
 use crate::maps::{
-    EVENTS, EVENT_COUNTS, LOST_COUNTS, MISC_COUNTS, NO_COOKIE_COUNTS, RST_REASON_COUNTS, TUNING,
+    EVENTS, EVENT_COUNTS, LOST_COUNTS, MISC_COUNTS, NO_COOKIE_COUNTS, RST_REASON_COUNTS, SCRATCH,
+    TUNING,
 };
 
 #[inline(always)]
@@ -46,15 +47,21 @@ pub fn count_rst_reason(reason: u32) {
     bump(&RST_REASON_COUNTS, slot);
 }
 
+/// The per-CPU scratch record, zeroed. `None` only if the map lookup fails, which the
+/// verifier forces us to handle.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut FlowEvent> {
+    let ev = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot, used by one program at a time on this CPU.
+    let ev = unsafe { &mut *ev };
+    *ev = FlowEvent::default();
+    Some(ev)
+}
+
 /// Sends one record, counting the loss when the ring is full. Wakes userspace only once a
 /// batch has accumulated; the daemon also drains on a short timer, so a quiet ring still gets read.
 #[inline(always)]
 pub fn emit(kind: EventKind, event: &FlowEvent) {
-    let Some(mut entry) = EVENTS.reserve::<FlowEvent>(0) else {
-        bump(&LOST_COUNTS, kind as u32);
-        return;
-    };
-    entry.write(*event);
     let ring = core::ptr::from_ref(&EVENTS).cast_mut().cast::<c_void>();
     let pending = unsafe { bpf_ringbuf_query(ring, u64::from(BPF_RB_AVAIL_DATA)) };
     let flags = if pending >= TUNING.load().wakeup_bytes {
@@ -62,5 +69,7 @@ pub fn emit(kind: EventKind, event: &FlowEvent) {
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(u64::from(flags));
+    if EVENTS.output::<FlowEvent>(event, u64::from(flags)).is_err() {
+        bump(&LOST_COUNTS, kind as u32);
+    }
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     Global,
 };
 use probe_common::{
-    misc, KernelOffsets, ScopeFilter, TpLayout, Tuning, EVENT_KIND_COUNT, RST_REASON_SLOTS,
+    misc, FlowEvent, KernelOffsets, ScopeFilter, TpLayout, Tuning, EVENT_KIND_COUNT, RST_REASON_SLOTS,
 };
 
 /// Records for userspace. Size is overridden at load time (`--ring-bytes`).
@@ -36,6 +36,25 @@ pub static MISC_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(misc::C
 /// Last RTT record time per socket cookie, for the per-flow RTT sample rate limit.
 #[map]
 pub static RTT_LAST: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Per-CPU scratch record: a `FlowEvent` is too large to build on the 512-byte BPF stack
+/// next to everything else a program keeps there.
+#[map]
+pub static SCRATCH: PerCpuArray<FlowEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Process that called connect() on a socket, keyed by the socket's kernel address. The
+/// SYN_SENT transition is the only tracepoint in process context and comes before the cookie
+/// exists, so later events of the same socket look the owner up here.
+#[map]
+pub static SK_OWNER: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65_536, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Owner {
+    pub pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
 
 #[unsafe(no_mangle)]
 pub static SCOPE: Global<ScopeFilter> = Global::new(ScopeFilter {

@@ -15,10 +15,10 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use aya_log_ebpf::warn;
-use probe_common::{flags, misc, EventKind, FlowEvent};
+use probe_common::{flags, misc, EventKind};
 
 use crate::{
-    emit::{count_event, count_misc, count_no_cookie, emit},
+    emit::{count_event, count_misc, count_no_cookie, emit, scratch},
     maps::{RTT_LAST, SCOPE, TUNING},
 };
 
@@ -89,25 +89,25 @@ pub fn handle(ctx: &SockOpsContext) -> Result<u32, i64> {
     }
 
     let ops = unsafe { &*ctx.ops };
-    let mut ev = FlowEvent {
-        ts_ns: now,
-        cookie,
-        netns_cookie: netns,
-        kind: kind as u32,
-        flags: flags::NETNS | flags::STATS,
-        family: family as u16,
-        sport: ctx.local_port() as u16,
-        dport: u32::from_be(ctx.remote_port()) as u16,
-        srtt_us: ops.srtt_us >> 3,
-        total_retrans: ops.total_retrans,
-        segs_in: ops.segs_in,
-        segs_out: ops.segs_out,
-        data_segs_in: ops.data_segs_in,
-        data_segs_out: ops.data_segs_out,
-        bytes_received: ops.bytes_received,
-        bytes_acked: ops.bytes_acked,
-        ..FlowEvent::default()
+    let Some(ev) = scratch() else {
+        return Ok(SOCK_OPS_OK);
     };
+    ev.ts_ns = now;
+    ev.cookie = cookie;
+    ev.netns_cookie = netns;
+    ev.kind = kind as u32;
+    ev.flags = flags::NETNS | flags::STATS;
+    ev.family = family as u16;
+    ev.sport = ctx.local_port() as u16;
+    ev.dport = u32::from_be(ctx.remote_port()) as u16;
+    ev.srtt_us = ops.srtt_us >> 3;
+    ev.total_retrans = ops.total_retrans;
+    ev.segs_in = ops.segs_in;
+    ev.segs_out = ops.segs_out;
+    ev.data_segs_in = ops.data_segs_in;
+    ev.data_segs_out = ops.data_segs_out;
+    ev.bytes_received = ops.bytes_received;
+    ev.bytes_acked = ops.bytes_acked;
     if cookie != 0 {
         ev.flags |= flags::COOKIE;
     }
@@ -134,7 +134,7 @@ pub fn handle(ctx: &SockOpsContext) -> Result<u32, i64> {
         ev.saddr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
         ev.daddr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
     }
-    emit(kind, &ev);
+    emit(kind, ev);
     Ok(SOCK_OPS_OK)
 }
 

@@ -7,7 +7,8 @@ use aya_ebpf::{
 use probe_common::{addr_style, flags, misc, EventKind, FlowEvent, TpLayout, ABSENT};
 
 use crate::{
-    emit::{count_event, count_misc, count_no_cookie, count_rst_reason, emit},
+    emit::{count_event, count_misc, count_no_cookie, count_rst_reason, emit, scratch},
+    maps::{Owner, SK_OWNER},
     sock::{self, Scope},
 };
 
@@ -90,11 +91,11 @@ pub fn handle(ctx: &TracePointContext, layout: &TpLayout, kind: EventKind) -> Re
         return Ok(0);
     };
 
-    let mut ev = FlowEvent {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        kind: kind as u32,
-        ..FlowEvent::default()
+    let Some(ev) = scratch() else {
+        return Ok(0);
     };
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.kind = kind as u32;
     if let Some(n) = netns {
         ev.netns_cookie = n;
         ev.flags |= flags::NETNS;
@@ -153,17 +154,38 @@ pub fn handle(ctx: &TracePointContext, layout: &TpLayout, kind: EventKind) -> Re
         ev.args[0] = err as u32;
     }
 
-    // connect() moves the socket to SYN_SENT in the caller's context: the one moment a
-    // tracepoint knows which process owns the socket.
+    attach_owner(kind, sk, ev);
+    fill_addrs(ctx, layout, ev);
+    emit(kind, ev);
+    Ok(0)
+}
+
+/// connect() moves the socket to SYN_SENT in the caller's context: the one moment a tracepoint
+/// knows which process owns the socket. Remember it for the socket's later events.
+#[inline(always)]
+fn attach_owner(kind: EventKind, sk: u64, ev: &mut FlowEvent) {
+    if sk == 0 {
+        return;
+    }
     if kind == EventKind::StateChange && ev.new_state == TCP_SYN_SENT {
-        ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        if let Ok(comm) = bpf_get_current_comm() {
-            ev.comm = comm;
-        }
+        let owner = Owner {
+            pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            _pad: 0,
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        };
+        // A full map evicts the oldest entry (LRU); a failed insert only loses the owner.
+        let _ = SK_OWNER.insert(&sk, &owner, 0);
+        ev.pid = owner.pid;
+        ev.comm = owner.comm;
+        ev.flags |= flags::PID;
+        return;
+    }
+    if let Some(owner) = unsafe { SK_OWNER.get(&sk) } {
+        ev.pid = owner.pid;
+        ev.comm = owner.comm;
         ev.flags |= flags::PID;
     }
-
-    fill_addrs(ctx, layout, &mut ev);
-    emit(kind, &ev);
-    Ok(0)
+    if kind == EventKind::DestroySock {
+        let _ = SK_OWNER.remove(&sk);
+    }
 }

@@ -53,6 +53,10 @@ pub fn decode_record(raw: &FlowEvent) -> Result<Event, DecodeError> {
         netns_cookie: (raw.flags & flags::NETNS != 0).then_some(raw.netns_cookie),
         local,
         remote,
+        process: (raw.flags & flags::PID != 0).then(|| Process {
+            pid: raw.pid,
+            comm: comm(&raw.comm),
+        }),
         detail,
     })
 }
@@ -144,14 +148,9 @@ fn destroy(raw: &FlowEvent) -> Detail {
 }
 
 fn state_change(raw: &FlowEvent) -> Detail {
-    let process = (raw.flags & flags::PID != 0).then(|| Process {
-        pid: raw.pid,
-        comm: comm(&raw.comm),
-    });
     Detail::StateChange {
         from: TcpState(raw.old_state),
         to: TcpState(raw.new_state),
-        process,
     }
 }
 
@@ -248,19 +247,20 @@ mod tests {
     }
 
     #[test]
-    fn state_change_carries_process() {
+    fn owner_process_is_decoded() {
         let mut raw = record(EventKind::StateChange);
         raw.flags |= flags::PID;
         raw.pid = 1234;
         raw.comm[..4].copy_from_slice(b"curl");
         raw.old_state = 7;
         raw.new_state = 2;
-        let Detail::StateChange { from, to, process } = decode_record(&raw).unwrap().detail else {
+        let ev = decode_record(&raw).unwrap();
+        let Detail::StateChange { from, to } = ev.detail else {
             panic!("wrong variant");
         };
         assert_eq!((from, to), (TcpState::CLOSE, TcpState::SYN_SENT));
         assert_eq!(
-            process,
+            ev.process,
             Some(Process {
                 pid: 1234,
                 comm: "curl".into()

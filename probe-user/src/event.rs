@@ -114,11 +114,7 @@ pub enum Detail {
     /// tcp:tcp_destroy_sock.
     Destroy { state: TcpState },
     /// sock:inet_sock_set_state for TCP.
-    StateChange {
-        from: TcpState,
-        to: TcpState,
-        process: Option<Process>,
-    },
+    StateChange { from: TcpState, to: TcpState },
 }
 
 impl Detail {
@@ -175,5 +171,7 @@ pub struct Event {
     pub netns_cookie: Option<u64>,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// The process that called connect() on this socket, where the kernel side knew it.
+    pub process: Option<Process>,
     pub detail: Detail,
 }

@@ -158,14 +158,14 @@ impl<'a> EventView<'a> {
                 v.err = Some(*err);
             }
             Detail::RetransmitSynack => {}
-            Detail::StateChange { from, to, process } => {
+            Detail::StateChange { from, to } => {
                 v.old_state = Some(from.name());
                 v.new_state = Some(to.name());
-                if let Some(p) = process {
-                    v.pid = Some(p.pid);
-                    v.comm = Some(&p.comm);
-                }
             }
+        }
+        if let Some(p) = &ev.process {
+            v.pid = Some(p.pid);
+            v.comm = Some(&p.comm);
         }
         v
     }
@@ -209,19 +209,19 @@ pub fn text_line(ev: &Event, reasons: &ReasonNames) -> String {
         ),
         Detail::Retransmit { state, err } => format!("state={state} err={err}"),
         Detail::RetransmitSynack => String::new(),
-        Detail::StateChange { from, to, process } => match process {
-            Some(p) => format!("{from}->{to} pid={} comm={}", p.pid, p.comm),
-            None => format!("{from}->{to}"),
-        },
+        Detail::StateChange { from, to } => format!("{from}->{to}"),
     };
+    let owner = ev
+        .process
+        .as_ref()
+        .map_or_else(String::new, |p| format!(" pid={} comm={}", p.pid, p.comm));
     format!(
-        "{:>14.6} {:<20} cookie={:<18} {} -> {} {}",
+        "{:>14.6} {:<20} cookie={:<18} {} -> {} {detail}{owner}",
         ev.ts_ns as f64 / 1e9,
         kind_name(ev.detail.kind()),
         cookie,
         ev.local,
         ev.remote,
-        detail
     )
 }
 

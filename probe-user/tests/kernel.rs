@@ -329,6 +329,12 @@ fn normal_connection_keeps_one_cookie_from_connect_to_destroy() {
         .find(|e| e["kind"] == "state_change" && e["new_state"] == "SYN_SENT")
         .expect("SYN_SENT transition");
     assert_eq!(owner["pid"].as_u64(), Some(u64::from(std::process::id())));
+    // Later tracepoint events of the socket carry the owner too, now with the cookie.
+    let destroy_event = trace.flow(client_cookie).into_iter().rev().find(|e| e["kind"] == "destroy");
+    assert_eq!(
+        destroy_event.and_then(|e| e["pid"].as_u64()),
+        Some(u64::from(std::process::id()))
+    );
 
     let server: Vec<&str> = trace
         .flow(server_cookie)
@@ -373,16 +379,83 @@ fn ours_loaded() -> bool {
         .expect("bpftool (installed by cargo xtask setup)");
     let text = String::from_utf8_lossy(&progs.stdout);
     let loaded = ALL_PROBES.iter().any(|p| text.contains(&format!("name {p} ")) || text.contains(&format!("name {p}\n")));
-    let root = std::fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
-        .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        .expect("cgroup2 mount");
     let cg = Command::new("bpftool")
-        .args(["cgroup", "show", &root])
+        .args(["cgroup", "show", &cgroup2_root()])
         .output()
         .expect("bpftool cgroup show");
     let attached = String::from_utf8_lossy(&cg.stdout).contains("lp_sock_ops");
     loaded || attached
+}
+
+#[test]
+fn cgroup_filter_counts_only_sockets_of_that_cgroup() {
+    if !can_run_kernel_tests("cgroup_filter") {
+        return;
+    }
+    let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
+    const INSIDE: usize = 5;
+    const OUTSIDE: usize = 7;
+    let root = cgroup2_root();
+    let cgroup = format!("{root}/lpt-cg-{}", std::process::id());
+    std::fs::create_dir(&cgroup).expect("create test cgroup");
+    let ns = TestNetns::new("cgroup");
+    let tracer = Tracer::start(&ns.name, &["--cgroup", &cgroup]);
+    // Refused connects from a shell that first moves itself into the cgroup...
+    // `ip netns exec` remounts /sys, so join the cgroup before entering the namespace.
+    let connects = format!(
+        "for i in $(seq {INSIDE}); do (exec 3<>/dev/tcp/127.0.0.1/9) 2>/dev/null || true; done"
+    );
+    let script = format!(
+        "echo $$ > {cgroup}/cgroup.procs && exec ip netns exec {} bash -c '{connects}'",
+        ns.name
+    );
+    let status = Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .expect("bash");
+    assert!(status.success());
+    // ...and from this process, outside it.
+    let outside = ns.enter(|| workload::refused_connects(9, OUTSIDE));
+    let trace = tracer.stop();
+    trace.assert_nothing_lost();
+    let _ = std::fs::remove_dir(&cgroup);
+
+    report(
+        "cgroup filter",
+        &[
+            ("rst_received inside the cgroup", trace.kernel("events", "rst_received"), INSIDE as u64),
+            ("connect inside the cgroup", trace.kernel("events", "connect"), INSIDE as u64),
+        ],
+    );
+    assert_eq!(trace.kernel("events", "rst_received"), INSIDE as u64);
+    assert_eq!(trace.kernel("events", "connect"), INSIDE as u64);
+    assert_eq!(trace.misc("connect_failed"), INSIDE as u64);
+    assert!(trace.cookies("rst_received").iter().all(|c| !outside.contains(c)));
+    // RSTs for a closed port have no socket, hence no cgroup: counted as out of known scope.
+    assert_eq!(trace.misc("scope_unknown"), (INSIDE + OUTSIDE) as u64);
+}
+
+fn cgroup2_root() -> String {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .expect("cgroup2 mount")
+}
+
+#[test]
+fn unprivileged_user_gets_one_clear_sentence() {
+    if !can_run_kernel_tests("unprivileged") {
+        return;
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args(["--bounding-set=-all", env!("CARGO_BIN_EXE_linkprobe"), "trace"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{msg}");
+    assert!(msg.contains("linkprobe needs root"), "{msg}");
+    assert_eq!(msg.trim().lines().count(), 1, "one sentence: {msg}");
 }

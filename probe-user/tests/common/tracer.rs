@@ -20,7 +20,6 @@ pub struct Tracer {
 pub struct Trace {
     pub events: Vec<Value>,
     pub counters: Value,
-    pub stderr: String,
 }
 
 impl Tracer {
@@ -105,11 +104,7 @@ impl Tracer {
             }
         }
         assert!(counters.is_object(), "no counters line\n{stderr}");
-        Trace {
-            events,
-            counters,
-            stderr,
-        }
+        Trace { events, counters }
     }
 }
 
@@ -126,10 +121,6 @@ impl Drop for Tracer {
 impl Trace {
     pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.events.iter().filter(move |e| e["kind"] == kind)
-    }
-
-    pub fn count(&self, kind: &str) -> u64 {
-        self.of_kind(kind).count() as u64
     }
 
     /// Kernel counter `section.key` (e.g. `events.rst_sent`).

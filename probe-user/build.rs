@@ -3,7 +3,7 @@
 
 use std::{env, fs, path::PathBuf};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{anyhow, Context as _};
 use aya_build::{Package, Toolchain};
 
 /// The dated nightly whose LLVM major matches bpf-linker's; keep in sync with xtask.

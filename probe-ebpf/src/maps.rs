@@ -5,7 +5,8 @@ use aya_ebpf::{
     Global,
 };
 use probe_common::{
-    misc, FlowEvent, KernelOffsets, ScopeFilter, TpLayout, Tuning, EVENT_KIND_COUNT, RST_REASON_SLOTS,
+    misc, FlowEvent, KernelOffsets, ScopeFilter, TpLayout, Tuning, EVENT_KIND_COUNT,
+    RST_REASON_SLOTS,
 };
 
 /// Records for userspace. Size is overridden at load time (`--ring-bytes`).
@@ -26,8 +27,7 @@ pub static NO_COOKIE_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EV
 
 /// Sent RSTs per kernel `sk_rst_reason`; the last slot holds unknown and out-of-range reasons.
 #[map]
-pub static RST_REASON_COUNTS: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(RST_REASON_SLOTS, 0);
+pub static RST_REASON_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(RST_REASON_SLOTS, 0);
 
 /// Counts that are not one per record kind, indexed by `probe_common::misc`.
 #[map]

@@ -1,4 +1,9 @@
 //! Program entry points. Names are what userspace looks up; each maps a failure to "do nothing".
+#![expect(
+    clippy::manual_unwrap_or,
+    clippy::manual_unwrap_or_default,
+    reason = "entry points keep the explicit `match try_x(ctx)` shape of aya programs"
+)]
 use aya_ebpf::{
     macros::{sock_ops, tracepoint},
     programs::{SockOpsContext, TracePointContext},
@@ -47,7 +52,11 @@ pub fn lp_retransmit(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn lp_retrans_synack(ctx: TracePointContext) -> u32 {
-    match tracepoints::handle(&ctx, &TP_RETRANSMIT_SYNACK.load(), EventKind::RetransmitSynack) {
+    match tracepoints::handle(
+        &ctx,
+        &TP_RETRANSMIT_SYNACK.load(),
+        EventKind::RetransmitSynack,
+    ) {
         Ok(v) => v,
         Err(_) => 0,
     }

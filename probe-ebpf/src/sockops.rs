@@ -65,7 +65,10 @@ pub fn handle(ctx: &SockOpsContext) -> Result<u32, i64> {
         let wanted = ctx.cb_flags() | CALLBACKS;
         if let Err(err) = ctx.set_cb_flags(wanted as i32) {
             count_misc(misc::CB_FLAGS_FAILED);
-            warn!(ctx, "bpf_sock_ops_cb_flags_set failed ({}): socket misses callbacks", err);
+            warn!(
+                ctx,
+                "bpf_sock_ops_cb_flags_set failed ({}): socket misses callbacks", err
+            );
         }
     }
     count_event(kind);
@@ -78,14 +81,14 @@ pub fn handle(ctx: &SockOpsContext) -> Result<u32, i64> {
     if kind == EventKind::Rtt {
         // RTT callbacks come with every ACK: count them all, send one record per flow per
         // sample interval.
-        if let Some(last) = unsafe { RTT_LAST.get(&cookie) } {
+        if let Some(last) = unsafe { RTT_LAST.get(cookie) } {
             if now.saturating_sub(*last) < TUNING.load().rtt_sample_ns {
                 count_misc(misc::RTT_NOT_SAMPLED);
                 return Ok(SOCK_OPS_OK);
             }
         }
         // A failed insert only means the next sample is sent too.
-        let _ = RTT_LAST.insert(&cookie, &now, 0);
+        let _ = RTT_LAST.insert(cookie, now, 0);
     }
 
     let ops = unsafe { &*ctx.ops };

@@ -80,9 +80,7 @@ pub fn handle(ctx: &TracePointContext, layout: &TpLayout, kind: EventKind) -> Re
     if layout.valid == 0 {
         return Ok(0);
     }
-    if kind == EventKind::StateChange
-        && field::<u16>(ctx, layout.protocol) != Some(IPPROTO_TCP)
-    {
+    if kind == EventKind::StateChange && field::<u16>(ctx, layout.protocol) != Some(IPPROTO_TCP) {
         return Ok(0);
     }
     let sk = field_u64(ctx, layout.skaddr);
@@ -115,8 +113,7 @@ pub fn handle(ctx: &TracePointContext, layout: &TpLayout, kind: EventKind) -> Re
     }
 
     count_event(kind);
-    if kind == EventKind::StateChange && ev.old_state == TCP_SYN_SENT && ev.new_state == TCP_CLOSE
-    {
+    if kind == EventKind::StateChange && ev.old_state == TCP_SYN_SENT && ev.new_state == TCP_CLOSE {
         count_misc(misc::CONNECT_FAILED);
     }
     if kind == EventKind::RstSent {
@@ -174,18 +171,18 @@ fn attach_owner(kind: EventKind, sk: u64, ev: &mut FlowEvent) {
             comm: bpf_get_current_comm().unwrap_or([0; 16]),
         };
         // A full map evicts the oldest entry (LRU); a failed insert only loses the owner.
-        let _ = SK_OWNER.insert(&sk, &owner, 0);
+        let _ = SK_OWNER.insert(sk, owner, 0);
         ev.pid = owner.pid;
         ev.comm = owner.comm;
         ev.flags |= flags::PID;
         return;
     }
-    if let Some(owner) = unsafe { SK_OWNER.get(&sk) } {
+    if let Some(owner) = unsafe { SK_OWNER.get(sk) } {
         ev.pid = owner.pid;
         ev.comm = owner.comm;
         ev.flags |= flags::PID;
     }
     if kind == EventKind::DestroySock {
-        let _ = SK_OWNER.remove(&sk);
+        let _ = SK_OWNER.remove(sk);
     }
 }

@@ -19,10 +19,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the host daemon: attach the probes and stream events (one per host).
-    #[command(after_help = "Examples:\n  linkprobe daemon\n  linkprobe daemon -o json --netns blue")]
+    #[command(
+        after_help = "Examples:\n  linkprobe daemon\n  linkprobe daemon -o json --netns blue"
+    )]
     Daemon(DaemonArgs),
     /// Private live view of TCP events (no host lock); same probes and filters as the daemon.
-    #[command(after_help = "Examples:\n  linkprobe trace --netns blue\n  linkprobe trace -o json --cgroup /sys/fs/cgroup/unified/system.slice")]
+    #[command(
+        after_help = "Examples:\n  linkprobe trace --netns blue\n  linkprobe trace -o json --cgroup /sys/fs/cgroup/unified/system.slice"
+    )]
     Trace(ProbeArgs),
 }
 
@@ -58,6 +62,9 @@ pub struct ProbeArgs {
     /// Drain the ring at least this often, in milliseconds (1-1000).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub drain_interval_ms: u64,
+    /// Exit with an error unless every probe attaches (default: run with what this kernel has).
+    #[arg(long)]
+    pub strict: bool,
     /// Minimum gap between two RTT records of one flow, in milliseconds (all RTT callbacks are counted).
     #[arg(long, default_value_t = 1000)]
     pub rtt_sample_ms: u64,
@@ -89,14 +96,19 @@ mod tests {
     #[test]
     fn ring_bytes_must_be_power_of_two() {
         assert_eq!(parse_ring_bytes("8192"), Ok(8192));
-        assert!(parse_ring_bytes("5000").unwrap_err().contains("power of two"));
+        assert!(parse_ring_bytes("5000")
+            .unwrap_err()
+            .contains("power of two"));
         assert!(parse_ring_bytes("1024").is_err());
-        assert!(parse_ring_bytes("lots").unwrap_err().contains("not a whole number"));
+        assert!(parse_ring_bytes("lots")
+            .unwrap_err()
+            .contains("not a whole number"));
     }
 
     #[test]
     fn parses_trace_flags() {
-        let cli = Cli::try_parse_from(["linkprobe", "trace", "-o", "json", "--netns", "blue"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["linkprobe", "trace", "-o", "json", "--netns", "blue"]).unwrap();
         let Command::Trace(args) = cli.command else {
             panic!("expected trace");
         };

@@ -16,10 +16,7 @@ pub enum CounterError {
     #[error("counter map {0} is missing from the eBPF object")]
     Missing(&'static str),
     #[error("reading counter map {map}: {source}")]
-    Read {
-        map: &'static str,
-        source: MapError,
-    },
+    Read { map: &'static str, source: MapError },
 }
 
 /// A snapshot of every kernel counter.

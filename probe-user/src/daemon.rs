@@ -37,6 +37,11 @@ pub enum RunError {
     Reader(#[from] ReaderError),
     #[error(transparent)]
     Counters(#[from] CounterError),
+    #[error(
+        "--strict: {off} of {total} probes are off on this kernel (see the table above); run \
+         without --strict to use the others"
+    )]
+    Strict { off: usize, total: usize },
     #[error("installing the signal handler: {0}")]
     Signal(io::Error),
     #[error("waiting for ring-buffer data: {0}")]
@@ -85,6 +90,13 @@ pub fn start(args: &ProbeArgs) -> Result<Loaded, RunError> {
         log::warn!("{note}");
     }
     eprint!("{}", output::probe_table(&loaded.probes));
+    let off = loaded.probes.len() - loaded.attached_count();
+    if args.strict && off > 0 {
+        return Err(RunError::Strict {
+            off,
+            total: loaded.probes.len(),
+        });
+    }
     eprintln!(
         "linkprobe: ready ({} of {} probes attached)",
         loaded.attached_count(),
@@ -180,16 +192,15 @@ impl<'a> Sink<'a> {
         let line = match self.format {
             Format::None => return,
             Format::Text => output::text_line(&ev, &self.loaded.reason_names),
-            Format::Json => match serde_json::to_string(&EventView::new(
-                &ev,
-                &self.loaded.reason_names,
-            )) {
-                Ok(l) => l,
-                Err(e) => {
-                    log::error!("encoding event: {e}");
-                    return;
+            Format::Json => {
+                match serde_json::to_string(&EventView::new(&ev, &self.loaded.reason_names)) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        log::error!("encoding event: {e}");
+                        return;
+                    }
                 }
-            },
+            }
         };
         let mut out = self.stdout.lock();
         if output::emit_line(&mut out, &line).is_err() {

@@ -200,10 +200,8 @@ mod tests {
 
     fn bytes_of(raw: &FlowEvent) -> Vec<u8> {
         // SAFETY: FlowEvent is repr(C) plain data without padding.
-        unsafe {
-            std::slice::from_raw_parts(std::ptr::from_ref(raw).cast::<u8>(), FLOW_EVENT_SIZE)
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(raw).cast::<u8>(), FLOW_EVENT_SIZE) }
+            .to_vec()
     }
 
     #[test]

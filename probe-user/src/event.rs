@@ -41,8 +41,8 @@ impl fmt::Display for TcpState {
     }
 }
 
-/// Socket counters sock_ops reports with each of its callbacks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Socket counters sock_ops reports with each of its callbacks (JSON field names are a contract).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SockStats {
     pub srtt_us: u32,
     pub total_retrans: u32,
@@ -95,10 +95,7 @@ pub enum Detail {
         stats: SockStats,
     },
     /// sock_ops RTT_CB (sampled per flow).
-    Rtt {
-        sample_us: u32,
-        stats: SockStats,
-    },
+    Rtt { sample_us: u32, stats: SockStats },
     /// tcp:tcp_receive_reset: the peer reset this socket.
     RstReceived { state: TcpState },
     /// tcp:tcp_send_reset: this host sent a reset; `no_socket` when no socket matched.

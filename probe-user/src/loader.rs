@@ -215,7 +215,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         let (target, state) = match spec.hook {
             Hook::SockOps => {
                 let target = format!("cgroup {}", opts.sock_ops_cgroup.display());
-                (target, attach_sock_ops(&mut ebpf, spec, &opts.sock_ops_cgroup)?)
+                (
+                    target,
+                    attach_sock_ops(&mut ebpf, spec, &opts.sock_ops_cgroup)?,
+                )
             }
             Hook::Tracepoint(tp) => {
                 let target = format!("{}:{}", tp.category(), tp.name());
@@ -273,7 +276,10 @@ fn attach_tracepoint(ebpf: &mut Ebpf, spec: ProbeSpec, tp: Tracepoint) -> ProbeS
         Err(e) => return program_error("wrong program type", e),
     };
     if let Err(e) = prog.load() {
-        return ProbeState::Off(format!("the verifier rejected it: {}", verifier_summary(&e)));
+        return ProbeState::Off(format!(
+            "the verifier rejected it: {}",
+            verifier_summary(&e)
+        ));
     }
     match prog.attach(tp.category(), tp.name()) {
         Ok(_) => ProbeState::Attached,

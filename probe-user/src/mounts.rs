@@ -101,15 +101,7 @@ fn mount(fstype: &'static str, target: &str) -> Result<(), MountError> {
     let c = |s: &str| CString::new(s).map_err(|e| err(io::Error::other(e)));
     let (src, tgt, ty) = (c(fstype)?, c(target)?, c(fstype)?);
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            tgt.as_ptr(),
-            ty.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
     if rc == 0 {
         Ok(())
     } else {
@@ -183,6 +175,9 @@ none /mnt/with\\040space ext4 rw 0 0
 
     #[test]
     fn no_cgroup2() {
-        assert_eq!(find_cgroup2(&parse_mounts("sysfs /sys sysfs rw 0 0\n")), None);
+        assert_eq!(
+            find_cgroup2(&parse_mounts("sysfs /sys sysfs rw 0 0\n")),
+            None
+        );
     }
 }

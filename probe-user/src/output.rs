@@ -57,34 +57,7 @@ pub struct EventView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtt_sample_us: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stats: Option<StatsView>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct StatsView {
-    pub srtt_us: u32,
-    pub total_retrans: u32,
-    pub segs_in: u32,
-    pub segs_out: u32,
-    pub data_segs_in: u32,
-    pub data_segs_out: u32,
-    pub bytes_received: u64,
-    pub bytes_acked: u64,
-}
-
-impl From<&SockStats> for StatsView {
-    fn from(s: &SockStats) -> Self {
-        StatsView {
-            srtt_us: s.srtt_us,
-            total_retrans: s.total_retrans,
-            segs_in: s.segs_in,
-            segs_out: s.segs_out,
-            data_segs_in: s.data_segs_in,
-            data_segs_out: s.data_segs_out,
-            bytes_received: s.bytes_received,
-            bytes_acked: s.bytes_acked,
-        }
-    }
+    pub stats: Option<&'a SockStats>,
 }
 
 impl<'a> EventView<'a> {
@@ -113,12 +86,12 @@ impl<'a> EventView<'a> {
         };
         match &ev.detail {
             Detail::Connect { stats } | Detail::Established { stats, .. } => {
-                v.stats = Some(stats.into());
+                v.stats = Some(stats);
             }
             Detail::SockOpsState { from, to, stats } => {
                 v.old_state = Some(from.name());
                 v.new_state = Some(to.name());
-                v.stats = Some(stats.into());
+                v.stats = Some(stats);
             }
             Detail::SockOpsRetrans {
                 seq,
@@ -129,17 +102,17 @@ impl<'a> EventView<'a> {
                 v.retrans_seq = Some(*seq);
                 v.retrans_segs = Some(*segs);
                 v.err = Some(*result);
-                v.stats = Some(stats.into());
+                v.stats = Some(stats);
             }
             Detail::Rto {
                 retransmits, stats, ..
             } => {
                 v.rto_retransmits = Some(*retransmits);
-                v.stats = Some(stats.into());
+                v.stats = Some(stats);
             }
             Detail::Rtt { sample_us, stats } => {
                 v.rtt_sample_us = Some(*sample_us);
-                v.stats = Some(stats.into());
+                v.stats = Some(stats);
             }
             Detail::RstReceived { state } | Detail::Destroy { state } => {
                 v.state = Some(state.name());
@@ -190,7 +163,9 @@ pub fn text_line(ev: &Event, reasons: &ReasonNames) -> String {
             "{from}->{to} retrans={} segs_out={} bytes_acked={}",
             stats.total_retrans, stats.segs_out, stats.bytes_acked
         ),
-        Detail::SockOpsRetrans { seq, segs, result, .. } => {
+        Detail::SockOpsRetrans {
+            seq, segs, result, ..
+        } => {
             format!("seq={seq} segs={segs} result={result}")
         }
         Detail::Rto { retransmits, .. } => format!("retransmits={retransmits}"),

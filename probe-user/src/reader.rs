@@ -28,8 +28,8 @@ impl EventReader {
         let ring = RingBuf::try_from(map)?;
         // SAFETY: the ring owns its map fd, which stays open and unchanged until the AsyncFd
         // (and the ring inside it) is dropped.
-        let ring = unsafe { AsyncFd::register(ring) }
-            .map_err(|e| ReaderError::Register(e.into()))?;
+        let ring =
+            unsafe { AsyncFd::register(ring) }.map_err(|e| ReaderError::Register(e.into()))?;
         Ok(EventReader { ring })
     }
 

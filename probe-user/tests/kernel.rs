@@ -51,7 +51,10 @@ fn refused_connects_are_received_rsts_with_client_cookies() {
     const N: usize = 25;
     let ns = TestNetns::new("refused");
     let tracer = Tracer::start(&ns.name, &[]);
-    assert_eq!(tracer.attached(), ALL_PROBES.iter().map(|s| s.to_string()).collect());
+    assert_eq!(
+        tracer.attached(),
+        ALL_PROBES.iter().map(|s| s.to_string()).collect()
+    );
     let before = ns.nstat();
     let cookies = ns.enter(|| workload::refused_connects(9, N));
     let after = ns.nstat();
@@ -64,10 +67,26 @@ fn refused_connects_are_received_rsts_with_client_cookies() {
     report(
         "refused connects",
         &[
-            ("rst_received (kernel count)", trace.kernel("events", "rst_received"), N as u64),
-            ("rst_sent (kernel count) vs TcpOutRsts", trace.kernel("events", "rst_sent"), out_rsts),
-            ("connect_failed vs TcpAttemptFails", trace.misc("connect_failed"), attempt_fails),
-            ("connect vs TcpActiveOpens", trace.kernel("events", "connect"), active_opens),
+            (
+                "rst_received (kernel count)",
+                trace.kernel("events", "rst_received"),
+                N as u64,
+            ),
+            (
+                "rst_sent (kernel count) vs TcpOutRsts",
+                trace.kernel("events", "rst_sent"),
+                out_rsts,
+            ),
+            (
+                "connect_failed vs TcpAttemptFails",
+                trace.misc("connect_failed"),
+                attempt_fails,
+            ),
+            (
+                "connect vs TcpActiveOpens",
+                trace.kernel("events", "connect"),
+                active_opens,
+            ),
         ],
     );
     assert_eq!(out_rsts, N as u64, "nstat TcpOutRsts");
@@ -76,11 +95,13 @@ fn refused_connects_are_received_rsts_with_client_cookies() {
     assert_eq!(trace.kernel("events", "rst_sent"), out_rsts);
     // The refusing side has no socket: those RSTs are counted as cookie-less, not dropped.
     assert_eq!(trace.kernel("no_cookie", "rst_sent"), N as u64);
-    assert!(trace.of_kind("rst_sent").all(|e| e["no_socket"] == true && e["cookie"].is_null()));
     assert!(trace
         .of_kind("rst_sent")
-        .all(|e| e["remote"].as_str().is_some_and(|r| r.starts_with("127.0.0.1:"))
-            && e["local"] == "127.0.0.1:9"));
+        .all(|e| e["no_socket"] == true && e["cookie"].is_null()));
+    assert!(trace.of_kind("rst_sent").all(|e| e["remote"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("127.0.0.1:"))
+        && e["local"] == "127.0.0.1:9"));
     assert_eq!(trace.misc("connect_failed"), attempt_fails);
     assert_eq!(attempt_fails, N as u64);
     assert_eq!(trace.kernel("events", "connect"), active_opens);
@@ -88,7 +109,10 @@ fn refused_connects_are_received_rsts_with_client_cookies() {
     for c in &cookies {
         let flow = trace.flow(*c);
         let kinds: Vec<&str> = flow.iter().filter_map(|e| e["kind"].as_str()).collect();
-        assert!(kinds.contains(&"connect") && kinds.contains(&"rst_received"), "{kinds:?}");
+        assert!(
+            kinds.contains(&"connect") && kinds.contains(&"rst_received"),
+            "{kinds:?}"
+        );
         let failed = flow.iter().any(|e| {
             e["kind"] == "state_change" && e["old_state"] == "SYN_SENT" && e["new_state"] == "CLOSE"
         });
@@ -116,9 +140,21 @@ fn linger_zero_aborts_are_sent_rsts_with_cookie_and_reason() {
     report(
         "SO_LINGER 0 aborts",
         &[
-            ("rst_sent (kernel count) vs TcpOutRsts", trace.kernel("events", "rst_sent"), out_rsts),
-            ("rst_received (kernel count)", trace.kernel("events", "rst_received"), N as u64),
-            ("passive_established vs TcpPassiveOpens", trace.kernel("events", "passive_established"), passive),
+            (
+                "rst_sent (kernel count) vs TcpOutRsts",
+                trace.kernel("events", "rst_sent"),
+                out_rsts,
+            ),
+            (
+                "rst_received (kernel count)",
+                trace.kernel("events", "rst_received"),
+                N as u64,
+            ),
+            (
+                "passive_established vs TcpPassiveOpens",
+                trace.kernel("events", "passive_established"),
+                passive,
+            ),
         ],
     );
     assert_eq!(out_rsts, N as u64);
@@ -172,13 +208,24 @@ fn dropped_syns_retransmit_per_cookie_then_time_out() {
     report(
         "dropped SYNs",
         &[
-            ("retransmits (err=0) vs TcpRetransSegs", sent_ok.len() as u64, retrans_segs),
-            ("connect_failed vs TcpAttemptFails", trace.misc("connect_failed"), attempt_fails),
+            (
+                "retransmits (err=0) vs TcpRetransSegs",
+                sent_ok.len() as u64,
+                retrans_segs,
+            ),
+            (
+                "connect_failed vs TcpAttemptFails",
+                trace.misc("connect_failed"),
+                attempt_fails,
+            ),
         ],
     );
     // The oracle is the namespace's own count: how many SYN retransmits TCP_SYNCNT allows
     // depends on the kernel (linear SYN timeouts since 6.5), so only its lower bound is ours.
-    assert!(retrans_segs >= N as u64 * u64::from(SYN_RETRIES), "{retrans_segs}");
+    assert!(
+        retrans_segs >= N as u64 * u64::from(SYN_RETRIES),
+        "{retrans_segs}"
+    );
     assert_eq!(sent_ok.len() as u64, retrans_segs);
     let mut per_cookie = BTreeSet::new();
     for c in &cookies {
@@ -187,22 +234,35 @@ fn dropped_syns_retransmit_per_cookie_then_time_out() {
             .iter()
             .filter(|e| e["kind"] == "retransmit" && e["state"] == "SYN_SENT")
             .count() as u64;
-        assert!(syn_retrans >= u64::from(SYN_RETRIES), "SYN retransmits of cookie {c}");
+        assert!(
+            syn_retrans >= u64::from(SYN_RETRIES),
+            "SYN retransmits of cookie {c}"
+        );
         per_cookie.insert(syn_retrans);
         let timed_out = flow.iter().any(|e| {
             e["kind"] == "state_change" && e["old_state"] == "SYN_SENT" && e["new_state"] == "CLOSE"
         });
         assert!(timed_out, "cookie {c} never left SYN_SENT");
-        assert!(flow.iter().all(|e| e["kind"] != "rst_received"), "a timeout is not a reset");
+        assert!(
+            flow.iter().all(|e| e["kind"] != "rst_received"),
+            "a timeout is not a reset"
+        );
         // The retransmissions are spaced by the RTO (1 s initially, then doubling).
         let times: Vec<u64> = flow
             .iter()
             .filter(|e| e["kind"] == "retransmit")
             .filter_map(|e| e["ts_ns"].as_u64())
             .collect();
-        assert!(times.windows(2).all(|w| w[1] - w[0] >= 900_000_000), "{times:?}");
+        assert!(
+            times.windows(2).all(|w| w[1] - w[0] >= 900_000_000),
+            "{times:?}"
+        );
     }
-    assert_eq!(per_cookie.len(), 1, "every socket retried alike: {per_cookie:?}");
+    assert_eq!(
+        per_cookie.len(),
+        1,
+        "every socket retried alike: {per_cookie:?}"
+    );
     assert_eq!(per_cookie.iter().sum::<u64>() * N as u64, retrans_segs);
     assert_eq!(trace.misc("connect_failed"), attempt_fails);
     assert_eq!(attempt_fails, N as u64);
@@ -242,7 +302,9 @@ fn data_dropped_for_a_window_retransmits_under_the_connect_cookie() {
         server
             .set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
-        server.read_exact(&mut got).expect("data arrives after the window");
+        server
+            .read_exact(&mut got)
+            .expect("data arrives after the window");
         workload::transfer(&mut client, &mut server, b"after");
         (cc, sc)
     });
@@ -257,14 +319,29 @@ fn data_dropped_for_a_window_retransmits_under_the_connect_cookie() {
         .collect();
     report(
         "data dropped for 1.5 s",
-        &[("retransmits (err=0) vs TcpRetransSegs", ours.len() as u64, retrans_segs)],
+        &[(
+            "retransmits (err=0) vs TcpRetransSegs",
+            ours.len() as u64,
+            retrans_segs,
+        )],
     );
-    assert!(retrans_segs >= 2, "the window should force retransmits, got {retrans_segs}");
+    assert!(
+        retrans_segs >= 2,
+        "the window should force retransmits, got {retrans_segs}"
+    );
     assert_eq!(ours.len() as u64, retrans_segs);
-    assert!(ours.iter().all(|e| e["cookie"].as_u64() == Some(client_cookie)));
+    assert!(ours
+        .iter()
+        .all(|e| e["cookie"].as_u64() == Some(client_cookie)));
     let connect = trace.cookies("connect");
-    assert_eq!(connect, vec![client_cookie], "connect event carries the same cookie");
-    assert!(trace.cookies("passive_established").contains(&server_cookie));
+    assert_eq!(
+        connect,
+        vec![client_cookie],
+        "connect event carries the same cookie"
+    );
+    assert!(trace
+        .cookies("passive_established")
+        .contains(&server_cookie));
     // sock_ops saw the same flow retransmit and the RTO fire.
     let flow = trace.flow(client_cookie);
     assert!(flow.iter().any(|e| e["kind"] == "sockops_retrans"));
@@ -299,16 +376,30 @@ fn normal_connection_keeps_one_cookie_from_connect_to_destroy() {
     report(
         "normal connect/close",
         &[
-            ("connect vs TcpActiveOpens", trace.kernel("events", "connect"), delta(&before, &after, "TcpActiveOpens")),
-            ("passive_established vs TcpPassiveOpens", trace.kernel("events", "passive_established"), delta(&before, &after, "TcpPassiveOpens")),
+            (
+                "connect vs TcpActiveOpens",
+                trace.kernel("events", "connect"),
+                delta(&before, &after, "TcpActiveOpens"),
+            ),
+            (
+                "passive_established vs TcpPassiveOpens",
+                trace.kernel("events", "passive_established"),
+                delta(&before, &after, "TcpPassiveOpens"),
+            ),
         ],
     );
-    assert_eq!(trace.kernel("events", "connect"), delta(&before, &after, "TcpActiveOpens"));
+    assert_eq!(
+        trace.kernel("events", "connect"),
+        delta(&before, &after, "TcpActiveOpens")
+    );
     assert_eq!(
         trace.kernel("events", "passive_established"),
         delta(&before, &after, "TcpPassiveOpens")
     );
-    assert_eq!(trace.kernel("events", "rst_sent") + trace.kernel("events", "rst_received"), 0);
+    assert_eq!(
+        trace.kernel("events", "rst_sent") + trace.kernel("events", "rst_received"),
+        0
+    );
 
     let client: Vec<&str> = trace
         .flow(client_cookie)
@@ -317,10 +408,18 @@ fn normal_connection_keeps_one_cookie_from_connect_to_destroy() {
         .collect();
     eprintln!("   client timeline: {client:?}");
     let pos = |k: &str| client.iter().position(|x| *x == k);
-    let (connect, established, destroy) = (pos("connect"), pos("active_established"), pos("destroy"));
-    assert!(connect.is_some() && established.is_some() && destroy.is_some(), "{client:?}");
+    let (connect, established, destroy) =
+        (pos("connect"), pos("active_established"), pos("destroy"));
+    assert!(
+        connect.is_some() && established.is_some() && destroy.is_some(),
+        "{client:?}"
+    );
     assert!(connect < established && established < destroy, "{client:?}");
-    assert_eq!(client.last(), Some(&"destroy"), "destroy is the last event: {client:?}");
+    assert_eq!(
+        client.last(),
+        Some(&"destroy"),
+        "destroy is the last event: {client:?}"
+    );
     assert!(client.contains(&"sockops_state") && client.contains(&"state_change"));
     // connect() ran in this process: the SYN_SENT transition names it.
     let owner = trace
@@ -330,7 +429,11 @@ fn normal_connection_keeps_one_cookie_from_connect_to_destroy() {
         .expect("SYN_SENT transition");
     assert_eq!(owner["pid"].as_u64(), Some(u64::from(std::process::id())));
     // Later tracepoint events of the socket carry the owner too, now with the cookie.
-    let destroy_event = trace.flow(client_cookie).into_iter().rev().find(|e| e["kind"] == "destroy");
+    let destroy_event = trace
+        .flow(client_cookie)
+        .into_iter()
+        .rev()
+        .find(|e| e["kind"] == "destroy");
     assert_eq!(
         destroy_event.and_then(|e| e["pid"].as_u64()),
         Some(u64::from(std::process::id()))
@@ -364,7 +467,10 @@ fn daemon_is_single_instance_and_detaches_cleanly() {
     let msg = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{msg}");
     assert!(msg.contains("already running"), "{msg}");
-    assert!(ours_loaded(), "probes should be loaded while the daemon runs");
+    assert!(
+        ours_loaded(),
+        "probes should be loaded while the daemon runs"
+    );
     let trace = first.stop();
     trace.assert_nothing_lost();
     assert!(!ours_loaded(), "programs or cgroup links left after exit");
@@ -378,7 +484,9 @@ fn ours_loaded() -> bool {
         .output()
         .expect("bpftool (installed by cargo xtask setup)");
     let text = String::from_utf8_lossy(&progs.stdout);
-    let loaded = ALL_PROBES.iter().any(|p| text.contains(&format!("name {p} ")) || text.contains(&format!("name {p}\n")));
+    let loaded = ALL_PROBES
+        .iter()
+        .any(|p| text.contains(&format!("name {p} ")) || text.contains(&format!("name {p}\n")));
     let cg = Command::new("bpftool")
         .args(["cgroup", "show", &cgroup2_root()])
         .output()
@@ -423,14 +531,25 @@ fn cgroup_filter_counts_only_sockets_of_that_cgroup() {
     report(
         "cgroup filter",
         &[
-            ("rst_received inside the cgroup", trace.kernel("events", "rst_received"), INSIDE as u64),
-            ("connect inside the cgroup", trace.kernel("events", "connect"), INSIDE as u64),
+            (
+                "rst_received inside the cgroup",
+                trace.kernel("events", "rst_received"),
+                INSIDE as u64,
+            ),
+            (
+                "connect inside the cgroup",
+                trace.kernel("events", "connect"),
+                INSIDE as u64,
+            ),
         ],
     );
     assert_eq!(trace.kernel("events", "rst_received"), INSIDE as u64);
     assert_eq!(trace.kernel("events", "connect"), INSIDE as u64);
     assert_eq!(trace.misc("connect_failed"), INSIDE as u64);
-    assert!(trace.cookies("rst_received").iter().all(|c| !outside.contains(c)));
+    assert!(trace
+        .cookies("rst_received")
+        .iter()
+        .all(|c| !outside.contains(c)));
     // RSTs for a closed port have no socket, hence no cgroup: counted as out of known scope.
     assert_eq!(trace.misc("scope_unknown"), (INSIDE + OUTSIDE) as u64);
 }
@@ -450,12 +569,94 @@ fn unprivileged_user_gets_one_clear_sentence() {
         return;
     }
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
-        .args(["--bounding-set=-all", env!("CARGO_BIN_EXE_linkprobe"), "trace"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .args([
+            "--bounding-set=-all",
+            env!("CARGO_BIN_EXE_linkprobe"),
+            "trace",
+        ])
         .output()
         .expect("setpriv (util-linux)");
     let msg = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{msg}");
     assert!(msg.contains("linkprobe needs root"), "{msg}");
     assert_eq!(msg.trim().lines().count(), 1, "one sentence: {msg}");
+}
+
+#[test]
+fn a_full_ring_loses_records_but_never_counts() {
+    if !can_run_kernel_tests("full_ring") {
+        return;
+    }
+    let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
+    const N: usize = 300;
+    let ns = TestNetns::new("fullring");
+    // A one-page ring drained once a second cannot hold a burst of refused connects.
+    let tracer = Tracer::start(
+        &ns.name,
+        &[
+            "--ring-bytes",
+            "4096",
+            "--drain-interval-ms",
+            "1000",
+            "--wakeup-bytes",
+            "1048576",
+        ],
+    );
+    let before = ns.nstat();
+    ns.enter(|| workload::refused_connects(9, N));
+    let after = ns.nstat();
+    let trace = tracer.stop();
+
+    let total = |section: &str| -> u64 {
+        trace.counters[section]
+            .as_object()
+            .map(|m| m.values().filter_map(serde_json::Value::as_u64).sum())
+            .unwrap_or(0)
+    };
+    let lost_total = total("lost");
+    report(
+        "full ring",
+        &[
+            (
+                "rst_sent (kernel count) vs TcpOutRsts",
+                trace.kernel("events", "rst_sent"),
+                delta(&before, &after, "TcpOutRsts"),
+            ),
+            (
+                "kernel events vs records + lost + RTT not sampled",
+                total("events"),
+                total("records") + lost_total + trace.misc("rtt_not_sampled"),
+            ),
+        ],
+    );
+    assert!(lost_total > 0, "the test must overflow the ring");
+    for (kind, n) in trace.counters["events"].as_object().expect("events") {
+        let records = trace.counters["records"][kind].as_u64().unwrap_or(0);
+        let lost = trace.kernel("lost", kind);
+        let expected = if kind == "rtt" {
+            records + lost + trace.misc("rtt_not_sampled")
+        } else {
+            records + lost
+        };
+        assert_eq!(
+            n.as_u64(),
+            Some(expected),
+            "{kind}: events = records + lost"
+        );
+    }
+    assert_eq!(
+        trace.kernel("events", "rst_sent"),
+        delta(&before, &after, "TcpOutRsts")
+    );
+    assert_eq!(trace.kernel("events", "rst_received"), N as u64);
+    assert_eq!(
+        trace.misc("connect_failed"),
+        delta(&before, &after, "TcpAttemptFails")
+    );
 }

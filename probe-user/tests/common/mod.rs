@@ -17,9 +17,8 @@ pub fn can_run_kernel_tests(test: &str) -> bool {
         return false;
     }
     for tool in ["ip", "nft", "nstat"] {
-        let found = std::env::var_os("PATH").is_some_and(|paths| {
-            std::env::split_paths(&paths).any(|dir| dir.join(tool).exists())
-        });
+        let found = std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).exists()));
         assert!(
             found,
             "{tool} is missing: run `cargo xtask setup` (installs iproute2 and nftables)"

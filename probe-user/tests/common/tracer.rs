@@ -24,11 +24,12 @@ pub struct Trace {
 
 impl Tracer {
     pub fn start(netns: &str, extra: &[&str]) -> Tracer {
-        Self::spawn(
-            Command::new(env!("CARGO_BIN_EXE_linkprobe"))
-                .args(["trace", "-o", "json", "--netns", netns, "--drain-interval-ms", "20"])
-                .args(extra),
-        )
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_linkprobe"));
+        cmd.args(["trace", "-o", "json", "--netns", netns]);
+        if !extra.contains(&"--drain-interval-ms") {
+            cmd.args(["--drain-interval-ms", "20"]);
+        }
+        Self::spawn(cmd.args(extra))
     }
 
     fn spawn(cmd: &mut Command) -> Tracer {
@@ -58,7 +59,7 @@ impl Tracer {
         });
         let first = lines
             .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("linkprobe did not become ready; is it running as root?"));
+            .unwrap_or_else(|_| panic!("linkprobe did not become ready (its stderr is above)"));
         let ready: Value = serde_json::from_str(&first).expect("ready line is JSON");
         assert_eq!(ready["type"], "ready", "first line: {first}");
         Tracer {
@@ -134,7 +135,9 @@ impl Trace {
 
     /// Cookies of the events of one kind.
     pub fn cookies(&self, kind: &str) -> Vec<u64> {
-        self.of_kind(kind).filter_map(|e| e["cookie"].as_u64()).collect()
+        self.of_kind(kind)
+            .filter_map(|e| e["cookie"].as_u64())
+            .collect()
     }
 
     /// Every event of one socket, in time order.
@@ -161,7 +164,11 @@ impl Trace {
                 continue;
             }
             let records = self.counters["records"][kind].as_u64().unwrap_or(0);
-            assert_eq!(n.as_u64(), Some(records), "kernel count vs records for {kind}");
+            assert_eq!(
+                n.as_u64(),
+                Some(records),
+                "kernel count vs records for {kind}"
+            );
         }
         assert_eq!(self.counters["decode_errors"], 0);
     }
@@ -170,10 +177,14 @@ impl Trace {
 impl Tracer {
     /// The host daemon (with its lock in `run_dir`), scoped to a namespace.
     pub fn start_daemon(netns: &str, run_dir: &str) -> Tracer {
-        Self::spawn(
-            Command::new(env!("CARGO_BIN_EXE_linkprobe")).args([
-                "daemon", "--run-dir", run_dir, "-o", "json", "--netns", netns,
-            ]),
-        )
+        Self::spawn(Command::new(env!("CARGO_BIN_EXE_linkprobe")).args([
+            "daemon",
+            "--run-dir",
+            run_dir,
+            "-o",
+            "json",
+            "--netns",
+            netns,
+        ]))
     }
 }

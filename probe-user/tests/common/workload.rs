@@ -42,7 +42,9 @@ pub fn refused_connects(port: u16, n: usize) -> Vec<u64> {
     (0..n)
         .map(|_| {
             let (s, c) = client_socket();
-            let err = s.connect(&addr.into()).expect_err("connect to a closed port");
+            let err = s
+                .connect(&addr.into())
+                .expect_err("connect to a closed port");
             assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
             c
         })
@@ -93,7 +95,9 @@ pub fn syn_timeouts(port: u16, n: usize, syn_retries: u32) -> Vec<u64> {
     std::thread::scope(|scope| {
         for (s, _) in &sockets {
             scope.spawn(move || {
-                let err = s.connect(&addr.into()).expect_err("connect with SYNs dropped");
+                let err = s
+                    .connect(&addr.into())
+                    .expect_err("connect with SYNs dropped");
                 assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
             });
         }

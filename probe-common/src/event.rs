@@ -30,10 +30,20 @@ pub enum EventKind {
     DestroySock = 11,
     /// tracepoint `sock:inet_sock_set_state` (TCP only).
     StateChange = 12,
+    /// In-kernel repeat-RST check fired (same socket, remote endpoint or local port within the
+    /// window). `args[0]` = [`repeat_scope`], `args[1]` = RSTs counted in the window.
+    RepeatRst = 13,
 }
 
 /// Number of [`EventKind`] values; length of the per-kind counter arrays.
-pub const EVENT_KIND_COUNT: u32 = 13;
+pub const EVENT_KIND_COUNT: u32 = 14;
+
+/// `args[0]` of [`EventKind::RepeatRst`] records.
+pub mod repeat_scope {
+    pub const SOCKET: u32 = 0;
+    pub const PEER: u32 = 1;
+    pub const LOCAL_PORT: u32 = 2;
+}
 
 impl EventKind {
     pub const ALL: [EventKind; EVENT_KIND_COUNT as usize] = [
@@ -50,6 +60,7 @@ impl EventKind {
         EventKind::RetransmitSynack,
         EventKind::DestroySock,
         EventKind::StateChange,
+        EventKind::RepeatRst,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -90,6 +101,8 @@ pub mod flags {
     pub const NETNS: u32 = 1 << 5;
     /// The event has no socket: addresses come from the packet.
     pub const NO_SOCKET: u32 = 1 << 6;
+    /// `args[1]` holds the socket's `sk_err` (state changes to CLOSE).
+    pub const SK_ERR: u32 = 1 << 7;
 }
 
 /// One ring-buffer record. Fixed size so the decoder can check it before reading.

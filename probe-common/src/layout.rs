@@ -102,8 +102,11 @@ pub struct KernelOffsets {
     pub cgroup_level: u32,
     /// `cgroup.ancestors` (flexible array of `struct cgroup *`, 5.19+).
     pub cgroup_ancestors: u32,
+    /// `sock.sk_err` (int): why a connection attempt ended.
+    pub sk_err: u32,
     /// Non-zero when userspace filled these from BTF.
     pub valid: u32,
+    pub _pad: u32,
 }
 
 impl KernelOffsets {
@@ -120,7 +123,9 @@ impl KernelOffsets {
         kn_id: Self::ABSENT,
         cgroup_level: Self::ABSENT,
         cgroup_ancestors: Self::ABSENT,
+        sk_err: Self::ABSENT,
         valid: 0,
+        _pad: 0,
     };
 }
 
@@ -155,8 +160,35 @@ impl Tuning {
     };
 }
 
+/// The in-kernel repeat-RST check: a second RST on one socket within `window_ns`, or
+/// `peer_threshold` RSTs with one remote endpoint, or `port_threshold` on one local service
+/// port, within the same window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepeatRstConfig {
+    pub window_ns: u64,
+    pub peer_threshold: u32,
+    pub port_threshold: u32,
+    /// `ip_local_port_range`: ports inside it are ephemeral and never a scope key.
+    pub ephemeral_low: u16,
+    pub ephemeral_high: u16,
+    pub _pad: u32,
+}
+
+impl RepeatRstConfig {
+    pub const DEFAULT: RepeatRstConfig = RepeatRstConfig {
+        window_ns: 1_000_000_000,
+        peer_threshold: 10,
+        port_threshold: 20,
+        ephemeral_low: 32768,
+        ephemeral_high: 60999,
+        _pad: 0,
+    };
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::RepeatRstConfig {}
     unsafe impl aya::Pod for super::TpLayout {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ScopeFilter {}

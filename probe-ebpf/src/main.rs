@@ -10,6 +10,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod programs;
 #[cfg(target_arch = "bpf")]
+mod repeat;
+#[cfg(target_arch = "bpf")]
 mod sock;
 #[cfg(target_arch = "bpf")]
 mod sockops;

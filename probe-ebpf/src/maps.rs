@@ -5,8 +5,8 @@ use aya_ebpf::{
     Global,
 };
 use probe_common::{
-    misc, FlowEvent, KernelOffsets, ScopeFilter, TpLayout, Tuning, EVENT_KIND_COUNT,
-    RST_REASON_SLOTS,
+    misc, FlowEvent, KernelOffsets, RepeatRstConfig, ScopeFilter, TpLayout, Tuning,
+    EVENT_KIND_COUNT, RST_REASON_SLOTS,
 };
 
 /// Records for userspace. Size is overridden at load time (`--ring-bytes`).
@@ -55,6 +55,45 @@ pub struct Owner {
     pub _pad: u32,
     pub comm: [u8; 16],
 }
+
+/// Last RST per socket cookie, for the repeat-RST check.
+#[map]
+pub static RST_HISTORY: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);
+
+/// RSTs per remote endpoint in the current window.
+#[map]
+pub static RST_PEER_HISTORY: LruHashMap<PeerKey, Window> = LruHashMap::with_max_entries(16_384, 0);
+
+/// RSTs per local service port in the current window.
+#[map]
+pub static RST_PORT_HISTORY: LruHashMap<u32, Window> = LruHashMap::with_max_entries(4_096, 0);
+
+/// Sockets the repeat-RST check flagged: cookie → time of the alert.
+#[map]
+pub static ANOMALY_ALERTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
+
+/// A remote endpoint: address (IPv4 in the first 4 bytes) and service port (0 when ephemeral).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PeerKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u16,
+    pub _pad: u32,
+}
+
+/// A fixed counting window.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Window {
+    pub start_ns: u64,
+    pub count: u32,
+    /// 1 once this window raised its alert.
+    pub alerted: u32,
+}
+
+#[unsafe(no_mangle)]
+pub static REPEAT: Global<RepeatRstConfig> = Global::new(RepeatRstConfig::DEFAULT);
 
 #[unsafe(no_mangle)]
 pub static SCOPE: Global<ScopeFilter> = Global::new(ScopeFilter {

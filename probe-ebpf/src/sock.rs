@@ -26,6 +26,12 @@ pub fn sk_cookie(sk: u64) -> u64 {
     read_at::<u64>(sk, OFFSETS.load().sk_cookie).unwrap_or(0)
 }
 
+/// The socket's pending error (errno), read when it moves to CLOSE.
+#[inline(always)]
+pub fn sk_err(sk: u64) -> Option<i32> {
+    read_at::<i32>(sk, OFFSETS.load().sk_err)
+}
+
 #[inline(always)]
 pub fn sk_state(sk: u64) -> Option<u8> {
     read_at::<u8>(sk, OFFSETS.load().sk_state)

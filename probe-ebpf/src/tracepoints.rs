@@ -9,6 +9,7 @@ use probe_common::{addr_style, flags, misc, EventKind, FlowEvent, TpLayout, ABSE
 use crate::{
     emit::{count_event, count_misc, count_no_cookie, count_rst_reason, emit, scratch},
     maps::{Owner, SK_OWNER},
+    repeat,
     sock::{self, Scope},
 };
 
@@ -152,8 +153,18 @@ pub fn handle(ctx: &TracePointContext, layout: &TpLayout, kind: EventKind) -> Re
     }
 
     attach_owner(kind, sk, ev);
+    if kind == EventKind::StateChange && ev.new_state == TCP_CLOSE {
+        if let Some(err) = sock::sk_err(sk) {
+            ev.args[1] = err as u32;
+            ev.flags |= flags::SK_ERR;
+        }
+    }
+
     fill_addrs(ctx, layout, ev);
     emit(kind, ev);
+    if kind == EventKind::RstSent || kind == EventKind::RstReceived {
+        repeat::check(ev);
+    }
     Ok(0)
 }
 

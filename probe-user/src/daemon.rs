@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, io, time::Duration};
 
 use aya_log::EbpfLogger;
-use probe_common::Tuning;
+use probe_common::{RepeatRstConfig, Tuning};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -70,8 +70,24 @@ fn load_options(args: &ProbeArgs) -> Result<LoadOptions, RunError> {
             wakeup_bytes: args.wakeup_bytes,
             rtt_sample_ns: args.rtt_sample_ms.saturating_mul(1_000_000),
         },
+        repeat: repeat_config(),
         ring_bytes: args.ring_bytes,
     })
+}
+
+/// Repeat-RST check settings; ephemeral ports come from this host's `ip_local_port_range`.
+fn repeat_config() -> RepeatRstConfig {
+    let mut cfg = RepeatRstConfig::DEFAULT;
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut ports = range
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u16>().ok());
+    if let (Some(low), Some(high)) = (ports.next(), ports.next()) {
+        cfg.ephemeral_low = low;
+        cfg.ephemeral_high = high;
+    }
+    cfg
 }
 
 /// Everything up to attached probes; prints the table and the ready line.

@@ -2,9 +2,9 @@
 //! `probe_common::FlowEvent` definition the eBPF side writes.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use probe_common::{flags, EventKind, FlowEvent, FLOW_EVENT_SIZE};
+use probe_common::{flags, repeat_scope, EventKind, FlowEvent, FLOW_EVENT_SIZE};
 
-use crate::event::{Detail, Event, Process, Role, SockStats, TcpState};
+use crate::event::{Detail, Event, Process, RepeatScope, Role, SockStats, TcpState};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -15,6 +15,10 @@ pub enum DecodeError {
     Size(usize),
     #[error("unknown event kind {0} in ring-buffer record (eBPF object newer than the daemon?)")]
     Kind(u32),
+    #[error(
+        "unknown repeat-RST scope {0} in ring-buffer record (eBPF object newer than the daemon?)"
+    )]
+    RepeatScope(u32),
 }
 
 /// Decodes one ring-buffer record.
@@ -45,6 +49,7 @@ pub fn decode_record(raw: &FlowEvent) -> Result<Event, DecodeError> {
         EventKind::RetransmitSynack => Detail::RetransmitSynack,
         EventKind::DestroySock => destroy(raw),
         EventKind::StateChange => state_change(raw),
+        EventKind::RepeatRst => repeat_rst(raw)?,
     };
     let (local, remote) = endpoints(raw);
     Ok(Event {
@@ -53,6 +58,7 @@ pub fn decode_record(raw: &FlowEvent) -> Result<Event, DecodeError> {
         netns_cookie: (raw.flags & flags::NETNS != 0).then_some(raw.netns_cookie),
         local,
         remote,
+        sk_err: (raw.flags & flags::SK_ERR != 0).then_some(raw.args[1] as i32),
         process: (raw.flags & flags::PID != 0).then(|| Process {
             pid: raw.pid,
             comm: comm(&raw.comm),
@@ -152,6 +158,19 @@ fn state_change(raw: &FlowEvent) -> Detail {
         from: TcpState(raw.old_state),
         to: TcpState(raw.new_state),
     }
+}
+
+fn repeat_rst(raw: &FlowEvent) -> Result<Detail, DecodeError> {
+    let scope = match raw.args[0] {
+        repeat_scope::SOCKET => RepeatScope::Socket,
+        repeat_scope::PEER => RepeatScope::Peer,
+        repeat_scope::LOCAL_PORT => RepeatScope::LocalPort,
+        other => return Err(DecodeError::RepeatScope(other)),
+    };
+    Ok(Detail::RepeatRst {
+        scope,
+        count: raw.args[1],
+    })
 }
 
 fn comm(bytes: &[u8; 16]) -> String {

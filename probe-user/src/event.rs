@@ -4,6 +4,8 @@ use std::{fmt, net::SocketAddr};
 
 use probe_common::EventKind;
 
+pub use crate::signal::RepeatScope;
+
 /// Kernel TCP states (include/net/tcp_states.h).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TcpState(pub u8);
@@ -112,6 +114,8 @@ pub enum Detail {
     Destroy { state: TcpState },
     /// sock:inet_sock_set_state for TCP.
     StateChange { from: TcpState, to: TcpState },
+    /// The in-kernel repeat-RST check fired; the event carries the RST's cookie and addresses.
+    RepeatRst { scope: RepeatScope, count: u32 },
 }
 
 impl Detail {
@@ -135,6 +139,7 @@ impl Detail {
             Detail::RetransmitSynack => EventKind::RetransmitSynack,
             Detail::Destroy { .. } => EventKind::DestroySock,
             Detail::StateChange { .. } => EventKind::StateChange,
+            Detail::RepeatRst { .. } => EventKind::RepeatRst,
         }
     }
 }
@@ -155,6 +160,7 @@ pub fn kind_name(kind: EventKind) -> &'static str {
         EventKind::RetransmitSynack => "retransmit_synack",
         EventKind::DestroySock => "destroy",
         EventKind::StateChange => "state_change",
+        EventKind::RepeatRst => "repeat_rst",
     }
 }
 
@@ -170,5 +176,8 @@ pub struct Event {
     pub remote: SocketAddr,
     /// The process that called connect() on this socket, where the kernel side knew it.
     pub process: Option<Process>,
+    /// The socket's error (`sk_err`, an errno) when it moved to CLOSE: 111 ECONNREFUSED,
+    /// 110 ETIMEDOUT, 113 EHOSTUNREACH, … `None` on other events or when unreadable.
+    pub sk_err: Option<i32>,
     pub detail: Detail,
 }

@@ -16,4 +16,5 @@ pub mod preflight;
 pub mod reader;
 pub mod rst_reason;
 pub mod scope;
+pub mod signal;
 pub mod tracefs;

@@ -6,7 +6,7 @@ use aya::{
     programs::{links::CgroupAttachMode, SockOps, TracePoint},
     Ebpf, EbpfLoader,
 };
-use probe_common::{KernelOffsets, ScopeFilter, TpLayout, Tuning};
+use probe_common::{KernelOffsets, RepeatRstConfig, ScopeFilter, TpLayout, Tuning};
 
 use crate::{
     btf::{self, Btf},
@@ -140,6 +140,7 @@ pub struct LoadOptions {
     pub sock_ops_cgroup: PathBuf,
     pub scope: ScopeFilter,
     pub tuning: Tuning,
+    pub repeat: RepeatRstConfig,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: u32,
 }
@@ -195,11 +196,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut loader = EbpfLoader::new();
     let scope = opts.scope;
     let tuning = opts.tuning;
+    let repeat = opts.repeat;
     let offsets: KernelOffsets = offsets;
     loader
         .override_global("SCOPE", &scope, true)
         .override_global("OFFSETS", &offsets, true)
         .override_global("TUNING", &tuning, true)
+        .override_global("REPEAT", &repeat, true)
         .map_max_entries("EVENTS", opts.ring_bytes);
     let valid_layouts: Vec<(&'static str, TpLayout)> = layouts
         .iter()

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::{
     counters::KernelCounters,
-    event::{kind_name, Detail, Event, Role, SockStats},
+    event::{kind_name, Detail, Event, RepeatScope, Role, SockStats},
     loader::{ProbeState, ProbeStatus},
     rst_reason::ReasonNames,
 };
@@ -57,6 +57,12 @@ pub struct EventView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtt_sample_us: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub sk_err: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat_scope: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<&'a SockStats>,
 }
 
@@ -82,6 +88,9 @@ impl<'a> EventView<'a> {
             retrans_segs: None,
             rto_retransmits: None,
             rtt_sample_us: None,
+            sk_err: None,
+            repeat_scope: None,
+            repeat_count: None,
             stats: None,
         };
         match &ev.detail {
@@ -135,12 +144,25 @@ impl<'a> EventView<'a> {
                 v.old_state = Some(from.name());
                 v.new_state = Some(to.name());
             }
+            Detail::RepeatRst { scope, count } => {
+                v.repeat_scope = Some(repeat_scope_name(*scope));
+                v.repeat_count = Some(*count);
+            }
         }
+        v.sk_err = ev.sk_err;
         if let Some(p) = &ev.process {
             v.pid = Some(p.pid);
             v.comm = Some(&p.comm);
         }
         v
+    }
+}
+
+fn repeat_scope_name(scope: RepeatScope) -> &'static str {
+    match scope {
+        RepeatScope::Socket => "socket",
+        RepeatScope::Peer => "peer",
+        RepeatScope::LocalPort => "local_port",
     }
 }
 
@@ -184,7 +206,13 @@ pub fn text_line(ev: &Event, reasons: &ReasonNames) -> String {
         ),
         Detail::Retransmit { state, err } => format!("state={state} err={err}"),
         Detail::RetransmitSynack => String::new(),
-        Detail::StateChange { from, to } => format!("{from}->{to}"),
+        Detail::StateChange { from, to } => match ev.sk_err {
+            Some(err) if err != 0 => format!("{from}->{to} sk_err={err}"),
+            _ => format!("{from}->{to}"),
+        },
+        Detail::RepeatRst { scope, count } => {
+            format!("scope={} count={count}", repeat_scope_name(*scope))
+        }
     };
     let owner = ev
         .process

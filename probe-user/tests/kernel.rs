@@ -117,7 +117,26 @@ fn refused_connects_are_received_rsts_with_client_cookies() {
             e["kind"] == "state_change" && e["old_state"] == "SYN_SENT" && e["new_state"] == "CLOSE"
         });
         assert!(failed, "no SYN_SENT->CLOSE for cookie {c}: {kinds:?}");
+        let refused = flow
+            .iter()
+            .any(|e| e["new_state"] == "CLOSE" && e["sk_err"] == 111);
+        assert!(refused, "cookie {c}: the kernel's error is ECONNREFUSED");
     }
+    // 25 RSTs within a second from one peer and on one service port: the kernel's own
+    // repeat-RST check fires once per scope and window.
+    let scopes: BTreeSet<&str> = trace
+        .of_kind("repeat_rst")
+        .filter_map(|e| e["repeat_scope"].as_str())
+        .collect();
+    assert_eq!(
+        scopes,
+        BTreeSet::from(["local_port", "peer"]),
+        "repeat_rst scopes"
+    );
+    assert!(trace
+        .of_kind("repeat_rst")
+        .filter(|e| e["repeat_scope"] == "local_port")
+        .all(|e| e["local"] == "127.0.0.1:9"));
 }
 
 #[test]
@@ -243,6 +262,10 @@ fn dropped_syns_retransmit_per_cookie_then_time_out() {
             e["kind"] == "state_change" && e["old_state"] == "SYN_SENT" && e["new_state"] == "CLOSE"
         });
         assert!(timed_out, "cookie {c} never left SYN_SENT");
+        let etimedout = flow
+            .iter()
+            .any(|e| e["new_state"] == "CLOSE" && e["sk_err"] == 110);
+        assert!(etimedout, "cookie {c}: the kernel's error is ETIMEDOUT");
         assert!(
             flow.iter().all(|e| e["kind"] != "rst_received"),
             "a timeout is not a reset"

@@ -180,6 +180,13 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
     o.kn_id = f.kn_id();
     o.cgroup_level = f.field("cgroup", "level", 4, "missing", EXACT_CGROUP);
     o.cgroup_ancestors = f.cgroup_ancestors();
+    o.sk_err = f.field(
+        "sock",
+        "sk_err",
+        4,
+        "missing",
+        "connect failures cannot be typed as refused/timeout/unreachable",
+    );
     let needed = [o.sk_cookie, o.sk_net, o.net_cookie];
     o.valid = u32::from(needed.iter().all(|&v| v != KernelOffsets::ABSENT));
     (o, f.notes)

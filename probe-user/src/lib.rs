@@ -4,9 +4,11 @@
 //! exporter and API in later modules) → CLI.
 pub mod btf;
 pub mod cli;
+pub mod config;
 pub mod counters;
 pub mod daemon;
 pub mod decode;
+pub mod detect;
 pub mod event;
 pub mod loader;
 pub mod lock;

@@ -570,6 +570,7 @@ fn kernel_offsets_on_an_old_layout() {
     assert_eq!(o.kn_id, 8);
     assert_eq!(o.cgroup_level, 8);
     assert_eq!(o.cgroup_ancestors, KernelOffsets::ABSENT);
+    assert_eq!(o.sk_err, KernelOffsets::ABSENT, "the synthetic sock has no sk_err");
     assert_eq!(o.valid, 0, "no net_cookie");
     let all = notes.join("\n");
     for want in [
@@ -579,10 +580,11 @@ fn kernel_offsets_on_an_old_layout() {
         "sock.sk_cgrp_data.cgroup (kernel < 5.15): using sock.sk_cgrp_data.val",
         "cgroup.ancestors (kernel < 5.19; its cgroup.ancestor_ids is not used): cgroup filter \
          matches the exact cgroup only",
+        "sock.sk_err (missing): connect failures cannot be typed",
     ] {
         assert!(all.contains(want), "missing note {want:?} in:\n{all}");
     }
-    assert_eq!(notes.len(), 5, "{all}");
+    assert_eq!(notes.len(), 6, "{all}");
 }
 
 fn kernel_release() -> Option<(u32, u32)> {

@@ -1,0 +1,960 @@
+//! The daemon's TOML configuration: `[flows]` (flow table), `[detect]` (anomaly detectors) and
+//! `[kernel]` (in-kernel repeat-RST check). Every key is optional and defaults to the value in
+//! `deploy/linkprobe.toml`; unknown keys, wrong types and out-of-range values are errors that
+//! name the file, the dotted key, the value and the allowed range.
+//!
+//! Load with [`Config::load`] (or [`Config::from_toml_str`]), apply command-line overrides with
+//! [`Config::set`] / [`Config::set_override`], then call [`Config::validate`] once more: the
+//! per-key checks run on every `set`, the checks between keys only in `validate`.
+use std::{collections::BTreeMap, fmt, path::Path, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::{Spanned, Value};
+
+/// Lower end of an allowed range.
+#[derive(Clone, Copy, Debug)]
+enum Lo {
+    Ge(f64),
+    Gt(f64),
+}
+
+/// Upper end of an allowed range.
+#[derive(Clone, Copy, Debug)]
+enum Hi {
+    Le(f64),
+    Lt(f64),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Range(Lo, Hi);
+
+impl Range {
+    fn contains(self, v: f64) -> bool {
+        let lo = match self.0 {
+            Lo::Ge(m) => v >= m,
+            Lo::Gt(m) => v > m,
+        };
+        let hi = match self.1 {
+            Hi::Le(m) => v <= m,
+            Hi::Lt(m) => v < m,
+        };
+        lo && hi
+    }
+}
+
+impl fmt::Display for Range {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Lo::Ge(m) => write!(f, "{m} <= value")?,
+            Lo::Gt(m) => write!(f, "{m} < value")?,
+        }
+        match self.1 {
+            Hi::Le(m) => write!(f, " <= {m}"),
+            Hi::Lt(m) => write!(f, " < {m}"),
+        }
+    }
+}
+
+/// A numeric config value: how it is read from TOML and compared with its range.
+trait Field: Copy + fmt::Display {
+    /// What the error says a wrong-typed value should have been.
+    const EXPECTED: &'static str;
+    /// The value as a number for the range check; `None` for the wrong type.
+    fn number(v: &Value) -> Option<f64>;
+    /// The value itself, once its range was checked.
+    fn convert(v: &Value) -> Option<Self>;
+    fn as_f64(self) -> f64;
+}
+
+macro_rules! int_field {
+    ($($t:ty),*) => {$(
+        impl Field for $t {
+            const EXPECTED: &'static str = "a whole number";
+            fn number(v: &Value) -> Option<f64> {
+                v.as_integer().map(|i| i as f64)
+            }
+            fn convert(v: &Value) -> Option<Self> {
+                v.as_integer().and_then(|i| <$t>::try_from(i).ok())
+            }
+            fn as_f64(self) -> f64 {
+                self as f64
+            }
+        }
+    )*};
+}
+int_field!(u32, u64, usize);
+
+impl Field for f64 {
+    const EXPECTED: &'static str = "a number";
+    fn number(v: &Value) -> Option<f64> {
+        match v {
+            Value::Float(f) => Some(*f),
+            Value::Integer(i) => Some(*i as f64),
+            _ => None,
+        }
+    }
+    fn convert(v: &Value) -> Option<Self> {
+        Self::number(v)
+    }
+    fn as_f64(self) -> f64 {
+        self
+    }
+}
+
+/// Why one key's value was rejected (the caller adds the key, origin and position).
+enum FieldError {
+    Unknown,
+    WrongType(&'static str),
+    OutOfRange(Range),
+}
+
+fn parse_field<T: Field>(v: &Value, range: Range) -> Result<T, FieldError> {
+    let n = T::number(v).ok_or(FieldError::WrongType(T::EXPECTED))?;
+    if !range.contains(n) {
+        return Err(FieldError::OutOfRange(range));
+    }
+    T::convert(v).ok_or(FieldError::OutOfRange(range))
+}
+
+/// Declares one config table: the struct with its docs and defaults, its key list, and the
+/// per-key setter and range check. One line per key keeps default, type and range together.
+macro_rules! config_table {
+    (
+        $(#[doc = $sdoc:literal])*
+        pub struct $name:ident in $table:literal {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident: $ty:ty = $default:expr, $lo:expr, $hi:expr;
+            )*
+        }
+    ) => {
+        $(#[doc = $sdoc])*
+        #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
+            }
+        }
+
+        impl $name {
+            /// The table's name in the file.
+            pub const TABLE: &'static str = $table;
+            /// Every key of the table, in file order.
+            pub const KEYS: &'static [&'static str] = &[$( stringify!($field) ),*];
+
+            fn set_value(&mut self, key: &str, v: &Value) -> Result<(), FieldError> {
+                match key {
+                    $( stringify!($field) => {
+                        self.$field = parse_field::<$ty>(v, Range($lo, $hi))?;
+                        Ok(())
+                    } )*
+                    _ => Err(FieldError::Unknown),
+                }
+            }
+
+            /// The first key whose value is outside its range.
+            fn check_ranges(&self) -> Result<(), ConfigError> {
+                $(
+                    let range = Range($lo, $hi);
+                    if !range.contains(Field::as_f64(self.$field)) {
+                        return Err(ConfigError::new(Problem::OutOfRange {
+                            key: format!("{}.{}", $table, stringify!($field)),
+                            value: self.$field.to_string(),
+                            range: range.to_string(),
+                            at: None,
+                        }));
+                    }
+                )*
+                Ok(())
+            }
+        }
+    };
+}
+
+config_table! {
+    /// `[flows]`: the flow table's size and retention.
+    pub struct FlowsConfig in "flows" {
+        /// Flows tracked at once (the flow table's memory bound).
+        max_flows: usize = 65_536, Lo::Ge(16.0), Hi::Le(16_777_216.0);
+        /// Seconds a flow is kept after it closed.
+        retain_closed_secs: u64 = 60, Lo::Ge(0.0), Hi::Le(86_400.0);
+        /// Events kept per flow in its timeline.
+        timeline_len: usize = 32, Lo::Ge(1.0), Hi::Le(1024.0);
+    }
+}
+
+config_table! {
+    /// `[detect]`: anomaly detector thresholds, windows and hysteresis. Windows are 1 s long.
+    pub struct DetectConfig in "detect" {
+        /// Scopes (peer endpoints, local ports, sockets) with detector state at once; when
+        /// full, the least recently active scope without an active anomaly is evicted.
+        max_scopes: usize = 4096, Lo::Ge(16.0), Hi::Le(1_048_576.0);
+        /// Socket cookies kept as evidence per anomaly.
+        evidence_len: usize = 16, Lo::Ge(0.0), Hi::Le(1024.0);
+        /// Cleared anomalies kept for queries.
+        recent_len: usize = 256, Lo::Ge(0.0), Hi::Le(65_536.0);
+        /// Rate and ratio anomalies clear after this many consecutive windows below their
+        /// clear threshold.
+        clear_after: u32 = 3, Lo::Ge(1.0), Hi::Le(3600.0);
+        /// Event anomalies (connect failures, resets after established, SYN retries, kernel
+        /// repeat-RST) clear after this many consecutive windows without an occurrence.
+        event_clear_after: u32 = 10, Lo::Ge(1.0), Hi::Le(3600.0);
+        /// RST storm: at least this many RST/s in one scope ...
+        rst_storm_min_rate: f64 = 20.0, Lo::Gt(0.0), Hi::Le(1e9);
+        /// ... and at least this many times the scope's baseline RST/s.
+        rst_storm_factor: f64 = 10.0, Lo::Ge(1.0), Hi::Le(1e6);
+        /// EWMA weight of each calm window in the baseline.
+        rst_storm_ewma_alpha: f64 = 0.1, Lo::Gt(0.0), Hi::Le(1.0);
+        /// EWMA weight of each window during a storm (0: baseline frozen in storms, so a
+        /// sustained level never becomes normal).
+        rst_storm_adapt_alpha: f64 = 0.002, Lo::Ge(0.0), Hi::Lt(1.0);
+        /// A storm clears below this fraction of its raise threshold.
+        rst_storm_clear_fraction: f64 = 0.5, Lo::Gt(0.0), Hi::Lt(1.0);
+        /// Windows in a row above threshold before a storm is raised.
+        rst_storm_raise_after: u32 = 1, Lo::Ge(1.0), Hi::Le(60.0);
+        /// RST ratio: RSTs per connection over the sliding window above this fraction ...
+        rst_ratio: f64 = 0.05, Lo::Gt(0.0), Hi::Le(1.0);
+        /// ... clears below this fraction ...
+        rst_ratio_clear: f64 = 0.025, Lo::Gt(0.0), Hi::Le(1.0);
+        /// ... and is only judged with at least this many connections in the window.
+        rst_ratio_min_connections: u64 = 20, Lo::Ge(1.0), Hi::Le(1e12);
+        /// Sliding window of the RST ratio, seconds.
+        rst_ratio_window_secs: u32 = 60, Lo::Ge(1.0), Hi::Le(3600.0);
+        /// Windows in a row above threshold before an RST ratio anomaly is raised.
+        rst_ratio_raise_after: u32 = 2, Lo::Ge(1.0), Hi::Le(60.0);
+        /// Retransmit rate: retransmitted / sent data segments over the window above this ...
+        retransmit_ratio: f64 = 0.02, Lo::Gt(0.0), Hi::Le(1.0);
+        /// ... clears below this ...
+        retransmit_ratio_clear: f64 = 0.01, Lo::Gt(0.0), Hi::Le(1.0);
+        /// ... and is only judged with at least this many segments sent in the window.
+        retransmit_min_segments: u64 = 1000, Lo::Ge(1.0), Hi::Le(1e15);
+        /// Sliding window of the retransmit rate, seconds.
+        retransmit_window_secs: u32 = 60, Lo::Ge(1.0), Hi::Le(3600.0);
+        /// Windows in a row above threshold before a retransmit anomaly is raised.
+        retransmit_raise_after: u32 = 2, Lo::Ge(1.0), Hi::Le(60.0);
+        /// A SYN retransmit counts when the first SYN was sent more than this long ago, ms.
+        syn_retry_min_ms: u64 = 1000, Lo::Ge(0.0), Hi::Le(600_000.0);
+    }
+}
+
+config_table! {
+    /// `[kernel]`: the in-kernel repeat-RST check (see `probe_common::RepeatRstConfig`).
+    pub struct KernelConfig in "kernel" {
+        /// Window of the check, ms.
+        repeat_rst_window_ms: u64 = 1000, Lo::Ge(1.0), Hi::Le(60_000.0);
+        /// RSTs with one remote endpoint within the window that raise an alert.
+        repeat_rst_peer_threshold: u32 = 10, Lo::Ge(2.0), Hi::Le(1_000_000.0);
+        /// RSTs on one local service port within the window that raise an alert.
+        repeat_rst_port_threshold: u32 = 20, Lo::Ge(2.0), Hi::Le(1_000_000.0);
+    }
+}
+
+impl KernelConfig {
+    /// Copies these settings into the kernel's repeat-RST globals (ephemeral range untouched).
+    pub fn apply(&self, cfg: &mut probe_common::RepeatRstConfig) {
+        cfg.window_ns = self.repeat_rst_window_ms.saturating_mul(1_000_000);
+        cfg.peer_threshold = self.repeat_rst_peer_threshold;
+        cfg.port_threshold = self.repeat_rst_port_threshold;
+    }
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub flows: FlowsConfig,
+    pub detect: DetectConfig,
+    pub kernel: KernelConfig,
+}
+
+const TABLES: &[&str] = &[FlowsConfig::TABLE, DetectConfig::TABLE, KernelConfig::TABLE];
+
+/// A position in the file, 1-based.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Pos {
+    fn of(text: &str, offset: usize) -> Pos {
+        let before = text.get(..offset).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Pos { line, column }
+    }
+}
+
+/// Where the bad configuration came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A string or an in-memory `Config`.
+    Text,
+    File(PathBuf),
+    /// A command-line `KEY=VALUE` override.
+    Override,
+}
+
+/// What is wrong.
+#[derive(Debug)]
+pub enum Problem {
+    Read(std::io::Error),
+    Syntax {
+        message: String,
+        at: Option<Pos>,
+    },
+    UnknownKey {
+        key: String,
+        /// The table the key was looked up in; `None` at the top level.
+        table: Option<&'static str>,
+        valid: &'static [&'static str],
+        at: Option<Pos>,
+    },
+    NotATable {
+        key: String,
+        at: Option<Pos>,
+    },
+    WrongType {
+        key: String,
+        value: String,
+        expected: &'static str,
+        at: Option<Pos>,
+    },
+    OutOfRange {
+        key: String,
+        value: String,
+        range: String,
+        at: Option<Pos>,
+    },
+    /// Two keys that contradict each other.
+    Inconsistent {
+        key: String,
+        value: String,
+        rule: String,
+    },
+    /// A command-line override without `=`.
+    BadOverride(String),
+}
+
+struct At(Option<Pos>);
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, " at line {}, column {}", p.line, p.column),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Read(e) => write!(f, "cannot read: {e}"),
+            Problem::Syntax { message, at } => write!(f, "TOML syntax error{}: {message}", At(*at)),
+            Problem::UnknownKey {
+                key,
+                table,
+                valid,
+                at,
+            } => {
+                write!(f, "unknown key {key}{}; valid keys ", At(*at))?;
+                match table {
+                    Some(t) => write!(f, "of [{t}]")?,
+                    None => f.write_str("at the top level")?,
+                }
+                write!(f, ": {}", valid.join(", "))
+            }
+            Problem::NotATable { key, at } => {
+                write!(f, "{key}{} must be a table ([{key}])", At(*at))
+            }
+            Problem::WrongType {
+                key,
+                value,
+                expected,
+                at,
+            } => write!(f, "{key} = {value} is not {expected}{}", At(*at)),
+            Problem::OutOfRange {
+                key,
+                value,
+                range,
+                at,
+            } => write!(f, "{key} = {value} is out of range ({range}){}", At(*at)),
+            Problem::Inconsistent { key, value, rule } => write!(f, "{key} = {value} {rule}"),
+            Problem::BadOverride(arg) => {
+                write!(f, "{arg:?} is not KEY=VALUE (e.g. detect.rst_ratio=0.1)")
+            }
+        }
+    }
+}
+
+/// A configuration error: its origin (file, text or override) and the problem.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub origin: Origin,
+    pub problem: Problem,
+}
+
+impl ConfigError {
+    fn new(problem: Problem) -> ConfigError {
+        ConfigError {
+            origin: Origin::Text,
+            problem,
+        }
+    }
+
+    fn with_origin(mut self, origin: Origin) -> ConfigError {
+        self.origin = origin;
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.origin {
+            Origin::Text => write!(f, "config: {}", self.problem),
+            Origin::File(p) => write!(f, "config {}: {}", p.display(), self.problem),
+            Origin::Override => write!(f, "config override: {}", self.problem),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.problem {
+            Problem::Read(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn field_error(
+    e: FieldError,
+    table: &'static str,
+    field: &str,
+    v: &Value,
+    at: Option<Pos>,
+) -> Problem {
+    let key = format!("{table}.{field}");
+    match e {
+        FieldError::Unknown => Problem::UnknownKey {
+            key,
+            table: Some(table),
+            valid: keys_of(table),
+            at,
+        },
+        FieldError::WrongType(expected) => Problem::WrongType {
+            key,
+            value: v.to_string(),
+            expected,
+            at,
+        },
+        FieldError::OutOfRange(range) => Problem::OutOfRange {
+            key,
+            value: v.to_string(),
+            range: range.to_string(),
+            at,
+        },
+    }
+}
+
+fn keys_of(table: &str) -> &'static [&'static str] {
+    match table {
+        "flows" => FlowsConfig::KEYS,
+        "detect" => DetectConfig::KEYS,
+        _ => KernelConfig::KEYS,
+    }
+}
+
+type Spanned2 = BTreeMap<Spanned<String>, Spanned<BTreeMap<Spanned<String>, Spanned<Value>>>>;
+
+impl Config {
+    /// Parses and validates a configuration text.
+    pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        let syntax = |e: toml::de::Error| {
+            ConfigError::new(Problem::Syntax {
+                message: e.message().to_string(),
+                at: e.span().map(|r| Pos::of(s, r.start)),
+            })
+        };
+        // First pass: syntax and the top-level shape, so the second pass cannot fail on it.
+        let top: BTreeMap<Spanned<String>, Spanned<Value>> = toml::from_str(s).map_err(syntax)?;
+        let mut top: Vec<_> = top.into_iter().collect();
+        top.sort_by_key(|(k, _)| k.span().start);
+        for (key, value) in &top {
+            let at = Some(Pos::of(s, key.span().start));
+            if !TABLES.contains(&key.get_ref().as_str()) {
+                return Err(ConfigError::new(Problem::UnknownKey {
+                    key: key.get_ref().clone(),
+                    table: None,
+                    valid: TABLES,
+                    at,
+                }));
+            }
+            if !value.get_ref().is_table() {
+                return Err(ConfigError::new(Problem::NotATable {
+                    key: key.get_ref().clone(),
+                    at,
+                }));
+            }
+        }
+        let tables: Spanned2 = toml::from_str(s).map_err(syntax)?;
+        let mut entries: Vec<(&'static str, Spanned<String>, Spanned<Value>)> = Vec::new();
+        for (table, fields) in tables {
+            let table = match TABLES.iter().find(|t| **t == table.get_ref().as_str()) {
+                Some(t) => *t,
+                None => continue,
+            };
+            for (k, v) in fields.into_inner() {
+                entries.push((table, k, v));
+            }
+        }
+        entries.sort_by_key(|(_, k, _)| k.span().start);
+        let mut cfg = Config::default();
+        for (table, key, value) in entries {
+            cfg.set_value(table, key.get_ref(), value.get_ref())
+                .map_err(|e| {
+                    let at = match e {
+                        FieldError::Unknown => key.span().start,
+                        _ => value.span().start,
+                    };
+                    ConfigError::new(field_error(
+                        e,
+                        table,
+                        key.get_ref(),
+                        value.get_ref(),
+                        Some(Pos::of(s, at)),
+                    ))
+                })?;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a configuration file; errors name the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = Origin::File(path.to_path_buf());
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            problem: Problem::Read(e),
+        })?;
+        Config::from_toml_str(&text).map_err(|e| e.with_origin(origin))
+    }
+
+    fn set_value(&mut self, table: &str, key: &str, v: &Value) -> Result<(), FieldError> {
+        match table {
+            "flows" => self.flows.set_value(key, v),
+            "detect" => self.detect.set_value(key, v),
+            "kernel" => self.kernel.set_value(key, v),
+            _ => Err(FieldError::Unknown),
+        }
+    }
+
+    /// Overrides one key, e.g. `set("detect.rst_storm_min_rate", "50")`. The value is read as
+    /// a TOML value; the key's range is checked here, checks between keys in [`Config::validate`].
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let err = |p: Problem| ConfigError::new(p).with_origin(Origin::Override);
+        let (table, field) = key.split_once('.').unwrap_or((key, ""));
+        let Some(table) = TABLES.iter().copied().find(|t| *t == table) else {
+            return Err(err(Problem::UnknownKey {
+                key: key.to_string(),
+                table: None,
+                valid: TABLES,
+                at: None,
+            }));
+        };
+        let v = parse_value(value.trim());
+        self.set_value(table, field, &v)
+            .map_err(|e| err(field_error(e, table, field, &v, None)))
+    }
+
+    /// Overrides one key from a `KEY=VALUE` argument (the CLI's `--set`).
+    pub fn set_override(&mut self, arg: &str) -> Result<(), ConfigError> {
+        match arg.split_once('=') {
+            Some((k, v)) => self.set(k.trim(), v),
+            None => Err(ConfigError::new(Problem::BadOverride(arg.to_string()))
+                .with_origin(Origin::Override)),
+        }
+    }
+
+    /// Checks every key's range and the rules between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.flows.check_ranges()?;
+        self.detect.check_ranges()?;
+        self.kernel.check_ranges()?;
+        let d = &self.detect;
+        let below = |key: &str, value: f64, other: &str, other_value: f64| {
+            if value < other_value {
+                return Ok(());
+            }
+            Err(ConfigError::new(Problem::Inconsistent {
+                key: format!("detect.{key}"),
+                value: value.to_string(),
+                rule: format!("must be below detect.{other} ({other_value})"),
+            }))
+        };
+        below(
+            "rst_ratio_clear",
+            d.rst_ratio_clear,
+            "rst_ratio",
+            d.rst_ratio,
+        )?;
+        below(
+            "retransmit_ratio_clear",
+            d.retransmit_ratio_clear,
+            "retransmit_ratio",
+            d.retransmit_ratio,
+        )?;
+        if d.rst_storm_adapt_alpha > d.rst_storm_ewma_alpha {
+            return Err(ConfigError::new(Problem::Inconsistent {
+                key: "detect.rst_storm_adapt_alpha".to_string(),
+                value: d.rst_storm_adapt_alpha.to_string(),
+                rule: format!(
+                    "must not exceed detect.rst_storm_ewma_alpha ({})",
+                    d.rst_storm_ewma_alpha
+                ),
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// A command-line value as TOML (`50`, `0.5`, `"x"`); anything else is taken as a string.
+fn parse_value(s: &str) -> Value {
+    toml::from_str::<toml::Table>(&format!("v = {s}"))
+        .ok()
+        .filter(|t| t.len() == 1)
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(s.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../deploy/linkprobe.toml");
+
+    fn err(text: &str) -> String {
+        match Config::from_toml_str(text) {
+            Ok(c) => panic!("accepted {text:?}: {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_validate_and_equal_an_empty_file() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(Config::from_toml_str("").unwrap(), c);
+        assert_eq!(c.flows.max_flows, 65_536);
+        assert_eq!(c.flows.retain_closed_secs, 60);
+        assert_eq!(c.flows.timeline_len, 32);
+        assert_eq!(c.detect.rst_storm_min_rate, 20.0);
+        assert_eq!(c.detect.rst_ratio, 0.05);
+        assert_eq!(c.detect.max_scopes, 4096);
+        assert_eq!(c.kernel.repeat_rst_window_ms, 1000);
+        assert_eq!(c.kernel.repeat_rst_peer_threshold, 10);
+        assert_eq!(c.kernel.repeat_rst_port_threshold, 20);
+    }
+
+    #[test]
+    fn example_file_parses_to_defaults_and_lists_every_key() {
+        assert_eq!(Config::from_toml_str(EXAMPLE).unwrap(), Config::default());
+        for (table, keys) in [
+            ("flows", FlowsConfig::KEYS),
+            ("detect", DetectConfig::KEYS),
+            ("kernel", KernelConfig::KEYS),
+        ] {
+            assert!(EXAMPLE.contains(&format!("[{table}]")));
+            for key in keys {
+                assert!(
+                    EXAMPLE.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                    "{table}.{key} missing from deploy/linkprobe.toml"
+                );
+            }
+        }
+        // The serde derive reads the same file.
+        assert_eq!(
+            toml::from_str::<Config>(EXAMPLE).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = Config::from_toml_str(
+            "[flows]\nmax_flows = 1000\n[detect]\nrst_storm_min_rate = 50\nrst_ratio = 0.1\n\
+             [kernel]\nrepeat_rst_window_ms = 500\n",
+        )
+        .unwrap();
+        assert_eq!(c.flows.max_flows, 1000);
+        assert_eq!(c.detect.rst_storm_min_rate, 50.0);
+        assert_eq!(c.detect.rst_ratio, 0.1);
+        assert_eq!(c.kernel.repeat_rst_window_ms, 500);
+        // Dotted keys at the top level are the same thing.
+        let d = Config::from_toml_str("detect.rst_ratio = 0.1\n").unwrap();
+        assert_eq!(d.detect.rst_ratio, 0.1);
+    }
+
+    #[test]
+    fn out_of_range_values_name_key_value_and_range() {
+        let cases = [
+            ("detect", "rst_ratio", "1.5", "0 < value <= 1"),
+            ("detect", "rst_ratio", "0", "0 < value <= 1"),
+            (
+                "detect",
+                "rst_storm_min_rate",
+                "-1.0",
+                "0 < value <= 1000000000",
+            ),
+            ("detect", "rst_storm_factor", "0.5", "1 <= value <= 1000000"),
+            ("detect", "rst_storm_ewma_alpha", "0.0", "0 < value <= 1"),
+            ("detect", "rst_storm_clear_fraction", "1.0", "0 < value < 1"),
+            ("detect", "max_scopes", "8", "16 <= value <= 1048576"),
+            ("detect", "clear_after", "0", "1 <= value <= 3600"),
+            ("detect", "rst_ratio_window_secs", "0", "1 <= value <= 3600"),
+            (
+                "detect",
+                "retransmit_min_segments",
+                "0",
+                "1 <= value <= 1000000000000000",
+            ),
+            ("detect", "syn_retry_min_ms", "-5", "0 <= value <= 600000"),
+            ("flows", "max_flows", "-1", "16 <= value <= 16777216"),
+            ("flows", "timeline_len", "0", "1 <= value <= 1024"),
+            (
+                "kernel",
+                "repeat_rst_peer_threshold",
+                "1",
+                "2 <= value <= 1000000",
+            ),
+            ("kernel", "repeat_rst_window_ms", "0", "1 <= value <= 60000"),
+        ];
+        for (table, key, value, range) in cases {
+            let msg = err(&format!("[{table}]\n{key} = {value}\n"));
+            let want =
+                format!("config: {table}.{key} = {value} is out of range ({range}) at line 2");
+            assert!(msg.starts_with(&want), "{msg}\nwanted {want}");
+        }
+    }
+
+    #[test]
+    fn every_key_rejects_a_negative_value() {
+        for (table, keys) in [
+            ("flows", FlowsConfig::KEYS),
+            ("detect", DetectConfig::KEYS),
+            ("kernel", KernelConfig::KEYS),
+        ] {
+            for key in keys {
+                let msg = err(&format!("[{table}]\n{key} = -1\n"));
+                assert!(
+                    msg.contains(&format!("{table}.{key} = -1 is out of range (")),
+                    "{msg}"
+                );
+                let mut c = Config::default();
+                let e = c
+                    .set(&format!("{table}.{key}"), "-1")
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.contains(&format!("{table}.{key} = -1 is out of range")),
+                    "{e}"
+                );
+                assert_eq!(
+                    c,
+                    Config::default(),
+                    "a rejected set must not change anything"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn validate_rejects_values_set_in_code() {
+        let mut c = Config::default();
+        c.detect.rst_ratio = 1.5;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "config: detect.rst_ratio = 1.5 is out of range (0 < value <= 1)"
+        );
+        let mut c = Config::default();
+        c.detect.rst_storm_ewma_alpha = f64::NAN;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.flows.max_flows = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("flows.max_flows = 0"));
+    }
+
+    #[test]
+    fn keys_that_contradict_each_other() {
+        let msg = err("[detect]\nrst_ratio = 0.05\nrst_ratio_clear = 0.05\n");
+        assert_eq!(
+            msg,
+            "config: detect.rst_ratio_clear = 0.05 must be below detect.rst_ratio (0.05)"
+        );
+        let msg = err("[detect]\nretransmit_ratio_clear = 0.5\n");
+        assert!(
+            msg.contains(
+                "detect.retransmit_ratio_clear = 0.5 must be below detect.retransmit_ratio (0.02)"
+            ),
+            "{msg}"
+        );
+        let msg = err("[detect]\nrst_storm_adapt_alpha = 0.5\n");
+        assert!(
+            msg.contains("must not exceed detect.rst_storm_ewma_alpha (0.1)"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        let msg = err("[detect]\nrst_ratio = \"high\"\n");
+        assert_eq!(
+            msg,
+            "config: detect.rst_ratio = \"high\" is not a number at line 2, column 13"
+        );
+        let msg = err("[flows]\nmax_flows = 1.5\n");
+        assert!(
+            msg.contains("flows.max_flows = 1.5 is not a whole number"),
+            "{msg}"
+        );
+        let msg = err("detect = 5\n");
+        assert!(
+            msg.contains("detect at line 1, column 1 must be a table"),
+            "{msg}"
+        );
+        let msg = err("[detect.sub]\nx = 1\n");
+        assert!(msg.contains("unknown key detect.sub"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_keys_list_the_valid_ones() {
+        let msg = err("[detect]\nrst_ratio = 0.1\nrst_ratoi = 0.1\n");
+        assert!(
+            msg.starts_with("config: unknown key detect.rst_ratoi at line 3, column 1; valid keys of [detect]: max_scopes, evidence_len,"),
+            "{msg}"
+        );
+        assert!(msg.contains("rst_ratio, rst_ratio_clear"), "{msg}");
+        let msg = err("[flows]\n[detector]\nx = 1\n");
+        assert_eq!(
+            msg,
+            "config: unknown key detector at line 2, column 2; valid keys at the top level: flows, detect, kernel"
+        );
+        let msg = err("[kernel]\nwindow = 3\n");
+        assert!(msg.ends_with("valid keys of [kernel]: repeat_rst_window_ms, repeat_rst_peer_threshold, repeat_rst_port_threshold"), "{msg}");
+    }
+
+    #[test]
+    fn syntax_errors_have_line_and_column() {
+        let msg = err("[flows]\nmax_flows = 10\n[detect\n");
+        assert!(
+            msg.starts_with("config: TOML syntax error at line 3, column "),
+            "{msg}"
+        );
+        let msg = err("[flows]\nmax_flows = = 3\n");
+        assert!(
+            msg.starts_with("config: TOML syntax error at line 2, column 13"),
+            "{msg}"
+        );
+        let msg = err("[flows]\nmax_flows = 1\nmax_flows = 2\n");
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir =
+            std::env::temp_dir().join(format!("linkprobe-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("linkprobe.toml");
+        std::fs::write(&path, "[detect]\nrst_ratio = 1.5\n").unwrap();
+        let msg = Config::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "config {}: detect.rst_ratio = 1.5 is out of range (0 < value <= 1) at line 2, column 13",
+                path.display()
+            )
+        );
+        std::fs::write(&path, EXAMPLE).unwrap();
+        assert_eq!(Config::load(&path).unwrap(), Config::default());
+        let missing = dir.join("missing.toml");
+        let e = Config::load(&missing).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with(&format!("config {}: cannot read: ", missing.display())));
+        assert!(std::error::Error::source(&e).is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn set_overrides_keys() {
+        let mut c = Config::default();
+        c.set("detect.rst_storm_min_rate", "50").unwrap();
+        c.set("flows.max_flows", "1000").unwrap();
+        c.set("detect.rst_ratio", " 0.1 ").unwrap();
+        c.set_override("kernel.repeat_rst_port_threshold=40")
+            .unwrap();
+        c.set_override("detect.clear_after = 5").unwrap();
+        assert_eq!(c.detect.rst_storm_min_rate, 50.0);
+        assert_eq!(c.flows.max_flows, 1000);
+        assert_eq!(c.detect.rst_ratio, 0.1);
+        assert_eq!(c.kernel.repeat_rst_port_threshold, 40);
+        assert_eq!(c.detect.clear_after, 5);
+        c.validate().unwrap();
+
+        let e = |r: Result<(), ConfigError>| r.unwrap_err().to_string();
+        assert_eq!(
+            e(c.set("detect.rst_ratio", "1.5")),
+            "config override: detect.rst_ratio = 1.5 is out of range (0 < value <= 1)"
+        );
+        assert_eq!(
+            e(c.set("detect.clear_after", "many")),
+            "config override: detect.clear_after = \"many\" is not a whole number"
+        );
+        assert!(e(c.set("detect.nope", "1")).starts_with(
+            "config override: unknown key detect.nope; valid keys of [detect]: max_scopes,"
+        ));
+        assert_eq!(
+            e(c.set("nope.x", "1")),
+            "config override: unknown key nope.x; valid keys at the top level: flows, detect, kernel"
+        );
+        assert!(e(c.set("detect", "1")).contains("unknown key detect."));
+        assert_eq!(
+            e(c.set_override("detect.rst_ratio")),
+            "config override: \"detect.rst_ratio\" is not KEY=VALUE (e.g. detect.rst_ratio=0.1)"
+        );
+        // Checks between keys run in validate, after all overrides.
+        c.set("detect.rst_ratio_clear", "0.5").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn kernel_config_applies_to_the_kernel_globals() {
+        let mut k = probe_common::RepeatRstConfig::DEFAULT;
+        let cfg = KernelConfig {
+            repeat_rst_window_ms: 250,
+            repeat_rst_peer_threshold: 5,
+            repeat_rst_port_threshold: 7,
+        };
+        cfg.apply(&mut k);
+        assert_eq!(k.window_ns, 250_000_000);
+        assert_eq!((k.peer_threshold, k.port_threshold), (5, 7));
+        assert_eq!(
+            k.ephemeral_low,
+            probe_common::RepeatRstConfig::DEFAULT.ephemeral_low
+        );
+        // The defaults match the kernel side's.
+        let mut d = probe_common::RepeatRstConfig::DEFAULT;
+        KernelConfig::default().apply(&mut d);
+        assert_eq!(d, probe_common::RepeatRstConfig::DEFAULT);
+    }
+}

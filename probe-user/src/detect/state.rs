@@ -1,0 +1,423 @@
+//! One scope's detector state: the open window's counts, the RST baseline, the sliding sums of
+//! the ratio kinds, recent RST cookies and the hysteresis state of each kind.
+use std::collections::VecDeque;
+
+use super::{
+    book::{Book, NewAnomaly},
+    AnomalyKind, DetectConfig, Scope, WINDOW_NS,
+};
+
+/// Sums of (numerator, denominator) over the last `len` windows, one bucket per window.
+pub(super) struct Sliding {
+    buckets: Box<[(u32, u32)]>,
+    pos: usize,
+    num: u64,
+    den: u64,
+}
+
+impl Sliding {
+    fn new(len: u32) -> Box<Sliding> {
+        let len = usize::try_from(len.max(1)).unwrap_or(1);
+        Box::new(Sliding {
+            buckets: vec![(0, 0); len].into_boxed_slice(),
+            pos: 0,
+            num: 0,
+            den: 0,
+        })
+    }
+
+    /// Adds the closing window, dropping the one that leaves.
+    fn push(&mut self, num: u64, den: u64) {
+        let num = u32::try_from(num).unwrap_or(u32::MAX);
+        let den = u32::try_from(den).unwrap_or(u32::MAX);
+        if let Some(bucket) = self.buckets.get_mut(self.pos) {
+            self.num = self.num - u64::from(bucket.0) + u64::from(num);
+            self.den = self.den - u64::from(bucket.1) + u64::from(den);
+            *bucket = (num, den);
+        }
+        self.pos = (self.pos + 1) % self.buckets.len();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.num == 0 && self.den == 0
+    }
+}
+
+/// The open window's counts.
+#[derive(Clone, Copy, Default)]
+struct Counts {
+    rst: u64,
+    conns: u64,
+    sent: u64,
+    retrans: u64,
+}
+
+/// Hysteresis state of one kind in one scope.
+#[derive(Clone, Copy, Default)]
+struct KindState {
+    /// Id of the active anomaly.
+    active: Option<u64>,
+    /// Consecutive windows meeting the raise condition (while not active).
+    above: u32,
+    /// Consecutive windows below the clear threshold / without occurrence (while active).
+    below: u32,
+    /// Occurrences in the open window (event kinds).
+    hits: u32,
+    streak_start_ns: u64,
+    /// The peak rose during the open window (event kinds): announce it at close.
+    peak_rose: bool,
+    /// Peak in the last Raised / Updated change.
+    reported_peak: f64,
+}
+
+/// An `Updated` change is sent when the peak grew by this factor since the last report.
+const REPORT_GROWTH: f64 = 1.1;
+
+impl KindState {
+    /// Whether a new peak is worth an `Updated` change; remembers it when it is.
+    fn worth_reporting(&mut self, peak: f64) -> bool {
+        if peak >= self.reported_peak * REPORT_GROWTH {
+            self.reported_peak = peak;
+            return true;
+        }
+        false
+    }
+}
+
+enum Verdict {
+    Raise,
+    Clear,
+    /// Active and not below the clear threshold.
+    Holding,
+    Quiet,
+}
+
+impl KindState {
+    fn judge(
+        &mut self,
+        raise: bool,
+        below: bool,
+        raise_after: u32,
+        clear_after: u32,
+        start: u64,
+    ) -> Verdict {
+        if self.active.is_none() {
+            if !raise {
+                self.above = 0;
+                return Verdict::Quiet;
+            }
+            if self.above == 0 {
+                self.streak_start_ns = start;
+            }
+            self.above += 1;
+            if self.above >= raise_after {
+                self.above = 0;
+                self.below = 0;
+                return Verdict::Raise;
+            }
+            return Verdict::Quiet;
+        }
+        if !below {
+            self.below = 0;
+            return Verdict::Holding;
+        }
+        self.below += 1;
+        if self.below >= clear_after {
+            self.below = 0;
+            return Verdict::Clear;
+        }
+        Verdict::Quiet
+    }
+}
+
+pub(super) struct ScopeState {
+    pub scope: Scope,
+    counts: Counts,
+    /// EWMA of RST/s.
+    baseline: f64,
+    /// First window not yet folded into `baseline`.
+    baseline_next: u64,
+    rst_conn: Option<Box<Sliding>>,
+    segments: Option<Box<Sliding>>,
+    /// Recent RST cookies: the evidence of a rate anomaly when it is raised.
+    cookies: VecDeque<u64>,
+    kinds: [KindState; AnomalyKind::COUNT],
+    /// Kinds with an active anomaly.
+    active: u8,
+}
+
+impl ScopeState {
+    pub fn new(scope: Scope, window: u64) -> ScopeState {
+        ScopeState {
+            scope,
+            counts: Counts::default(),
+            baseline: 0.0,
+            baseline_next: window,
+            rst_conn: None,
+            segments: None,
+            cookies: VecDeque::new(),
+            kinds: [KindState::default(); AnomalyKind::COUNT],
+            active: 0,
+        }
+    }
+
+    pub fn has_active(&self) -> bool {
+        self.active > 0
+    }
+
+    /// Nothing to evaluate when a window closes (the baseline decays lazily).
+    pub fn is_quiet(&self) -> bool {
+        self.active == 0
+            && self.kinds.iter().all(|k| k.above == 0)
+            && self.rst_conn.as_ref().is_none_or(|s| s.is_empty())
+            && self.segments.as_ref().is_none_or(|s| s.is_empty())
+            && self.counts.rst == 0
+            && self.counts.conns == 0
+            && self.counts.sent == 0
+            && self.counts.retrans == 0
+    }
+
+    pub fn connection(&mut self, cfg: &DetectConfig) {
+        self.counts.conns += 1;
+        self.rst_conn
+            .get_or_insert_with(|| Sliding::new(cfg.rst_ratio_window_secs));
+    }
+
+    pub fn rst(&mut self, cookie: Option<u64>, cfg: &DetectConfig, book: &mut Book) {
+        self.counts.rst += 1;
+        self.rst_conn
+            .get_or_insert_with(|| Sliding::new(cfg.rst_ratio_window_secs));
+        let Some(cookie) = cookie else {
+            return;
+        };
+        let bound = book.evidence_len();
+        if bound > 0 && !self.cookies.contains(&cookie) {
+            if self.cookies.len() >= bound {
+                self.cookies.pop_front();
+            }
+            self.cookies.push_back(cookie);
+        }
+        for kind in [AnomalyKind::RstStorm, AnomalyKind::RstRatio] {
+            if let Some(id) = self.kinds[kind.index()].active {
+                book.add_evidence(id, cookie);
+            }
+        }
+    }
+
+    pub fn segments(&mut self, sent: u64, retransmitted: u64, cfg: &DetectConfig) {
+        self.counts.sent = self.counts.sent.saturating_add(sent);
+        self.counts.retrans = self.counts.retrans.saturating_add(retransmitted);
+        self.segments
+            .get_or_insert_with(|| Sliding::new(cfg.retransmit_window_secs));
+    }
+
+    /// One occurrence of an event kind: raises it if not active, else grows its evidence and
+    /// peak. `peak` is the occurrence's own rate; `None` counts occurrences per window.
+    pub fn event(
+        &mut self,
+        kind: AnomalyKind,
+        ts: u64,
+        cookie: Option<u64>,
+        peak: Option<f64>,
+        detail: String,
+        book: &mut Book,
+    ) {
+        let ks = &mut self.kinds[kind.index()];
+        ks.hits = ks.hits.saturating_add(1);
+        let rate = peak.unwrap_or(f64::from(ks.hits));
+        match ks.active {
+            Some(id) => {
+                ks.below = 0;
+                book.touch(id, ts);
+                if let Some(c) = cookie {
+                    book.add_evidence(id, c);
+                }
+                if book.peak(id, rate, || detail) && rate >= ks.reported_peak * REPORT_GROWTH {
+                    ks.peak_rose = true;
+                }
+            }
+            None => {
+                let id = book.raise(NewAnomaly {
+                    kind,
+                    scope: self.scope,
+                    start_ns: ts,
+                    last_ns: ts,
+                    rate,
+                    evidence: cookie.into_iter().collect(),
+                    detail,
+                });
+                ks.active = Some(id);
+                ks.below = 0;
+                ks.peak_rose = false;
+                ks.reported_peak = rate;
+                self.active += 1;
+            }
+        }
+    }
+
+    /// Evaluates window `w` (which must be the next one for this scope's sliding sums) and
+    /// resets the counts.
+    pub fn close(&mut self, w: u64, cfg: &DetectConfig, book: &mut Book) {
+        let start = w.saturating_mul(WINDOW_NS);
+        let end = start.saturating_add(WINDOW_NS);
+        if !matches!(self.scope, Scope::Socket(_)) {
+            self.close_storm(w, start, end, cfg, book);
+        }
+        if let Some(mut sliding) = self.rst_conn.take() {
+            sliding.push(self.counts.rst, self.counts.conns);
+            let (rsts, conns) = (sliding.num, sliding.den);
+            let enough = conns >= cfg.rst_ratio_min_connections;
+            let ratio = rsts as f64 / conns.max(1) as f64;
+            let secs = cfg.rst_ratio_window_secs;
+            self.rate_kind(
+                AnomalyKind::RstRatio,
+                enough && ratio > cfg.rst_ratio,
+                !enough || ratio < cfg.rst_ratio_clear,
+                ratio,
+                cfg.rst_ratio_raise_after,
+                (start, end),
+                cfg.clear_after,
+                book,
+                || {
+                    format!(
+                        "{rsts} RSTs for {conns} connections in {secs} s ({:.1} %)",
+                        ratio * 100.0
+                    )
+                },
+            );
+            self.rst_conn = Some(sliding);
+        }
+        if let Some(mut sliding) = self.segments.take() {
+            sliding.push(self.counts.retrans, self.counts.sent);
+            let (retrans, sent) = (sliding.num, sliding.den);
+            let enough = sent >= cfg.retransmit_min_segments;
+            let ratio = retrans as f64 / sent.max(1) as f64;
+            let secs = cfg.retransmit_window_secs;
+            self.rate_kind(
+                AnomalyKind::RetransmitRate,
+                enough && ratio > cfg.retransmit_ratio,
+                !enough || ratio < cfg.retransmit_ratio_clear,
+                ratio,
+                cfg.retransmit_raise_after,
+                (start, end),
+                cfg.clear_after,
+                book,
+                || {
+                    format!(
+                        "{retrans} of {sent} data segments retransmitted in {secs} s ({:.2} %)",
+                        ratio * 100.0
+                    )
+                },
+            );
+            self.segments = Some(sliding);
+        }
+        for kind in AnomalyKind::ALL.into_iter().filter(|k| k.is_event()) {
+            let ks = &mut self.kinds[kind.index()];
+            if let Some(id) = ks.active {
+                if ks.hits > 0 {
+                    ks.below = 0;
+                    if ks.peak_rose && ks.worth_reporting(book.peak_of(id)) {
+                        book.announce(id);
+                    }
+                } else {
+                    ks.below += 1;
+                    if ks.below >= cfg.event_clear_after {
+                        ks.below = 0;
+                        ks.active = None;
+                        self.active -= 1;
+                        book.clear(id, end);
+                    }
+                }
+            }
+            ks.hits = 0;
+            ks.peak_rose = false;
+        }
+        self.counts = Counts::default();
+    }
+
+    /// The RST storm rule for window `w` and the baseline update.
+    fn close_storm(&mut self, w: u64, start: u64, end: u64, cfg: &DetectConfig, book: &mut Book) {
+        // Windows this scope was not evaluated in had no RST and no storm: calm zeros.
+        let skipped = w.saturating_sub(self.baseline_next).min(100_000);
+        if skipped > 0 {
+            let skipped = i32::try_from(skipped).unwrap_or(100_000);
+            self.baseline *= (1.0 - cfg.rst_storm_ewma_alpha).powi(skipped);
+        }
+        let rate = self.counts.rst as f64 * (1e9 / WINDOW_NS as f64);
+        let threshold = cfg
+            .rst_storm_min_rate
+            .max(cfg.rst_storm_factor * self.baseline);
+        let was_active = self.kinds[AnomalyKind::RstStorm.index()].active.is_some();
+        let baseline = self.baseline;
+        self.rate_kind(
+            AnomalyKind::RstStorm,
+            rate >= threshold,
+            rate < cfg.rst_storm_clear_fraction * threshold,
+            rate,
+            cfg.rst_storm_raise_after,
+            (start, end),
+            cfg.clear_after,
+            book,
+            || format!("{rate:.0} RST/s (raise at {threshold:.0}/s, baseline {baseline:.1}/s)"),
+        );
+        let calm = !was_active && rate < threshold;
+        let alpha = if calm {
+            cfg.rst_storm_ewma_alpha
+        } else {
+            cfg.rst_storm_adapt_alpha
+        };
+        self.baseline += alpha * (rate - self.baseline);
+        self.baseline_next = w + 1;
+    }
+
+    /// Hysteresis of a rate or ratio kind at the end of a window.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the rule's inputs, named at each call site"
+    )]
+    fn rate_kind(
+        &mut self,
+        kind: AnomalyKind,
+        raise: bool,
+        below: bool,
+        value: f64,
+        raise_after: u32,
+        (start, end): (u64, u64),
+        clear_after: u32,
+        book: &mut Book,
+        detail: impl FnOnce() -> String,
+    ) {
+        let ks = &mut self.kinds[kind.index()];
+        match ks.judge(raise, below, raise_after, clear_after, start) {
+            Verdict::Raise => {
+                let id = book.raise(NewAnomaly {
+                    kind,
+                    scope: self.scope,
+                    start_ns: ks.streak_start_ns,
+                    last_ns: end,
+                    rate: value,
+                    evidence: self.cookies.iter().copied().collect(),
+                    detail: detail(),
+                });
+                ks.active = Some(id);
+                ks.reported_peak = value;
+                self.active += 1;
+            }
+            Verdict::Clear => {
+                if let Some(id) = ks.active.take() {
+                    self.active -= 1;
+                    book.clear(id, end);
+                }
+            }
+            Verdict::Holding => {
+                if let Some(id) = ks.active {
+                    book.touch(id, end);
+                    if book.peak(id, value, detail) && ks.worth_reporting(value) {
+                        book.announce(id);
+                    }
+                }
+            }
+            Verdict::Quiet => {}
+        }
+    }
+}

@@ -1,11 +1,15 @@
-//! Running child commands visibly: each is printed before it runs, output streams through,
-//! and a failure names the command and its exit status.
+//! Running child commands visibly: each action is printed (`$ cmd args`) before it runs, its
+//! output streams through, and a failure names the command and its exit status.
+//! Quiet probes of the machine's state (`capture`, `stdout_of`) are not printed, so a set-up
+//! that has nothing to do stays at one line per step.
 use std::{
+    env, fmt,
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, ExitStatus, Output, Stdio},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 
 /// Root of the workspace (the parent of xtask's manifest directory).
 pub fn workspace_root() -> PathBuf {
@@ -15,50 +19,140 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn shown(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set, else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        }
+        _ => workspace_root().join("target"),
     }
-    s
 }
 
-/// Runs with inherited stdio; fails unless it exits 0.
+/// The cargo that runs xtask (same toolchain), started in the workspace root.
+pub fn cargo() -> Command {
+    let mut c = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+/// The command line as a shell user would type it (environment overrides first).
+pub fn shown(cmd: &Command) -> String {
+    let mut parts: Vec<String> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())))
+        .collect();
+    parts.push(cmd.get_program().to_string_lossy().into_owned());
+    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
+
+/// A child command that ran but did not exit 0. `main` exits with the child's code.
+#[derive(Debug)]
+pub struct CommandFailed {
+    pub command: String,
+    pub status: ExitStatus,
+    /// What a quiet command printed on stderr (empty for streamed commands).
+    pub stderr: String,
+}
+
+impl CommandFailed {
+    /// The exit code to hand on: the child's own, or 128 + signal like a shell.
+    pub fn exit_code(&self) -> u8 {
+        match (self.status.code(), self.status.signal()) {
+            (Some(code), _) => u8::try_from(code).unwrap_or(1).max(1),
+            (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(1),
+            (None, None) => 1,
+        }
+    }
+}
+
+impl fmt::Display for CommandFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` failed with {}", self.command, self.status)?;
+        if !self.stderr.is_empty() {
+            write!(f, ": {}", self.stderr)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CommandFailed {}
+
+/// Prints the command, runs it with inherited stdio; fails unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let text = shown(cmd);
-    println!("$ {text}");
+    let command = shown(cmd);
+    println!("$ {command}");
     let status = cmd
         .status()
-        .with_context(|| format!("cannot start `{text}`"))?;
+        .with_context(|| format!("cannot start `{command}`"))?;
     if !status.success() {
-        bail!("`{text}` failed with {status}");
+        return Err(CommandFailed {
+            command,
+            status,
+            stderr: String::new(),
+        }
+        .into());
     }
     Ok(())
 }
 
-/// Runs quietly and returns its output, for probing the machine's state.
-pub fn capture(cmd: &mut Command) -> Result<Output> {
-    let text = shown(cmd);
-    cmd.output()
-        .with_context(|| format!("cannot start `{text}`"))
+/// Prints the command and replaces this process with it; returns only on failure to start.
+pub fn exec(cmd: &mut Command) -> anyhow::Error {
+    let command = shown(cmd);
+    println!("$ {command}");
+    let err = cmd.exec();
+    anyhow::Error::new(err).context(format!("cannot start `{command}`"))
 }
 
-/// stdout of a command that must succeed.
+/// Prints the command and runs it with stderr streaming through; returns its stdout.
+pub fn run_stdout(cmd: &mut Command) -> Result<String> {
+    let command = shown(cmd);
+    println!("$ {command}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start `{command}`"))?;
+    if !out.status.success() {
+        return Err(CommandFailed {
+            command,
+            status: out.status,
+            stderr: String::new(),
+        }
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs quietly and returns its output, for probing the machine's state.
+pub fn capture(cmd: &mut Command) -> Result<Output> {
+    let command = shown(cmd);
+    cmd.output()
+        .with_context(|| format!("cannot start `{command}`"))
+}
+
+/// stdout of a quiet command that must succeed; its stderr goes into the error.
 pub fn stdout_of(cmd: &mut Command) -> Result<String> {
-    let text = shown(cmd);
+    let command = shown(cmd);
     let out = capture(cmd)?;
     if !out.status.success() {
-        bail!(
-            "`{text}` failed with {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        return Err(CommandFailed {
+            command,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        }
+        .into());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
+    // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

@@ -1,15 +1,20 @@
 //! Developer tasks: `cargo xtask setup | build | run | test | clippy | bench`.
-//! `run` and `test` do all set-up first, so a fresh clone needs nothing else.
+//! Everything but `setup` does the (idempotent) set-up first, so a fresh clone on a Debian 12
+//! machine needs nothing else.
 mod bench;
+mod cargo_cmds;
 mod cmd;
+mod linker;
+mod netns;
 mod setup;
+mod tracer;
 
-use std::process::Command;
+use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::cmd::{is_root, run, workspace_root};
+use crate::cmd::CommandFailed;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "linkprobe developer tasks")]
@@ -20,31 +25,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what is missing: eBPF toolchain, apt packages, bpf-linker (idempotent).
+    /// Install what is missing: rustup components, the pinned eBPF nightly, apt packages,
+    /// bpf-linker on LLVM 22 (idempotent; a second run only checks).
     Setup,
     /// Set-up, then build linkprobe (the eBPF object is built by probe-user/build.rs).
     Build {
         #[arg(long)]
         release: bool,
     },
-    /// Set-up, build (release) and start `linkprobe daemon ARGS...` (needs root).
+    /// Set-up, build and start `linkprobe daemon ARGS...` (needs root).
     Run {
+        /// Release build (the default).
+        #[arg(long, conflicts_with = "debug")]
+        release: bool,
+        /// Debug build instead of release.
+        #[arg(long)]
+        debug: bool,
         /// Arguments for `linkprobe daemon`.
         #[arg(last = true)]
         args: Vec<String>,
     },
     /// Set-up, then every test: unit tests and the real-kernel tests (these need root).
     Test {
-        /// Arguments for `cargo test`.
+        /// Arguments for `cargo test` (e.g. `-- --test kernel -- --nocapture`).
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Clippy with -D warnings for the host crates and for the eBPF crate.
+    /// Set-up, then clippy with -D warnings for the host crates and for the eBPF crate.
     Clippy,
-    /// Probe overhead on connection churn, as ratios against a baseline measured in the same run.
+    /// Probe overhead on connection churn, as ratios against a baseline measured in the same
+    /// run (needs root).
     Bench {
-        /// Connections per measurement (at most 100000).
-        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(100..=100_000))]
+        /// Connections per measurement.
+        #[arg(
+            long,
+            default_value_t = bench::DEFAULT_COUNT,
+            value_parser = clap::value_parser!(u32).range(1..=i64::from(bench::MAX_COUNT))
+        )]
         count: u32,
     },
     /// (internal) The connection-churn loop `bench` runs inside its namespace.
@@ -55,68 +72,32 @@ enum Task {
     },
 }
 
-fn cargo() -> Command {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(workspace_root());
-    c
-}
-
-fn build(release: bool) -> Result<()> {
-    let mut c = cargo();
-    c.args(["build", "-p", "probe-user"]);
-    if release {
-        c.arg("--release");
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            // Pass a failed child's exit code on (e.g. `cargo test`'s 101).
+            let code = e
+                .chain()
+                .find_map(|c| c.downcast_ref::<CommandFailed>())
+                .map_or(1, CommandFailed::exit_code);
+            ExitCode::from(code)
+        }
     }
-    run(&mut c)
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().task {
+fn run(task: Task) -> Result<()> {
+    match task {
         Task::Setup => setup::setup(),
         Task::Build { release } => {
             setup::setup()?;
-            build(release)
+            cargo_cmds::build(release)
         }
-        Task::Run { args } => {
-            setup::setup()?;
-            build(true)?;
-            if !is_root() {
-                bail!("linkprobe loads eBPF programs: run `cargo xtask run` as root");
-            }
-            let bin = workspace_root().join("target/release/linkprobe");
-            run(Command::new(bin).arg("daemon").args(args))
-        }
-        Task::Test { args } => {
-            setup::setup()?;
-            if !is_root() {
-                println!("[test] warning: not root, the real-kernel tests will skip");
-            }
-            run(cargo().args(["test", "--no-fail-fast"]).args(args))
-        }
-        Task::Clippy => {
-            run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-            run(Command::new("rustup")
-                .current_dir(workspace_root())
-                .env(
-                    "CARGO_TARGET_DIR",
-                    workspace_root().join("target/ebpf-clippy"),
-                )
-                .args([
-                    "run",
-                    setup::EBPF_TOOLCHAIN,
-                    "cargo",
-                    "clippy",
-                    "-p",
-                    "probe-ebpf",
-                ])
-                .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-                .args(["--", "-D", "warnings"]))
-        }
-        Task::Bench { count } => {
-            setup::setup()?;
-            build(true)?;
-            bench::bench(count)
-        }
+        Task::Run { debug, args, .. } => cargo_cmds::run_daemon(!debug, &args),
+        Task::Test { args } => cargo_cmds::test(&args),
+        Task::Clippy => cargo_cmds::clippy(),
+        Task::Bench { count } => bench::bench(count),
         Task::BenchWorker { count } => bench::worker(count),
     }
 }

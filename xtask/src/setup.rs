@@ -1,60 +1,83 @@
-//! `cargo xtask setup`: everything a fresh Debian machine needs to build and test linkprobe.
-//! Idempotent: each step checks first and says `already ok`; a second run takes seconds.
+//! `cargo xtask setup`: everything a fresh Debian 12 machine needs to build and test linkprobe.
+//! Idempotent: each step checks first and prints `already ok`, so a second run takes seconds.
+//! Steps print one line each: `[setup] <step>: already ok` or `installing…` then `done in Xs`.
 use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::cmd::{capture, is_root, run, stdout_of};
+use crate::{
+    cmd::{capture, is_root, run, stdout_of},
+    linker::{self, Linker},
+};
 
-/// The dated nightly for the eBPF build. Its LLVM major must equal bpf-linker's.
-/// probe-user/build.rs names the same toolchain.
+/// The dated nightly that builds the eBPF crate (needs rust-src for `-Z build-std=core`).
+/// Its LLVM major must equal bpf-linker's. probe-user/build.rs has the same constant: change
+/// both together.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
-/// LLVM major that bpf-linker is built against (the apt packages below provide it).
+/// LLVM major of [`EBPF_TOOLCHAIN`]'s rustc; bpf-linker is built against the same one.
 const LLVM_MAJOR: u32 = 22;
 
-/// Debian packages, each with why it is needed.
+/// Debian packages, each with why it is needed (printed when it is missing).
 const APT_PACKAGES: &[(&str, &str)] = &[
-    ("llvm-22-dev", "bpf-linker links against LLVM 22"),
-    ("libpolly-22-dev", "LLVM 22's cmake config references Polly"),
-    ("libzstd-dev", "LLVM 22 links zstd"),
-    ("zlib1g-dev", "LLVM 22 links zlib"),
+    // bpf-linker's build (llvm-sys) runs llvm-config and links libLLVM from this package.
+    ("llvm-22-dev", "bpf-linker is built against LLVM 22"),
+    // LLVM 22's exported build configuration references Polly's files.
     (
-        "nftables",
-        "tests drop and reject packets in their namespaces",
+        "libpolly-22-dev",
+        "LLVM 22's build configuration references Polly",
     ),
-    (
-        "iproute2",
-        "tests create network namespaces (ip) and read counters (nstat)",
-    ),
-    (
-        "bpftool",
-        "the clean-detach test lists loaded programs and cgroup attachments",
-    ),
+    // `llvm-config --system-libs` lists -lzstd and -lz for the bpf-linker link.
+    ("libzstd-dev", "LLVM 22 links against zstd"),
+    ("zlib1g-dev", "LLVM 22 links against zlib"),
+    // Real-kernel tests drop and reject packets with `nft` rules in their namespaces.
+    ("nftables", "tests drop/reject packets with nft"),
+    // `ip netns` for test and bench namespaces, `nstat` for the kernel's TCP counters.
+    ("iproute2", "tests and bench use ip netns; tests read nstat"),
+    // The clean-detach test lists loaded programs and cgroup attachments with bpftool.
+    ("bpftool", "tests check programs are detached with bpftool"),
 ];
 
-fn step(name: &str, f: impl FnOnce() -> Result<StepOutcome>) -> Result<()> {
-    let start = Instant::now();
-    match f().with_context(|| format!("set-up step `{name}` failed"))? {
-        StepOutcome::AlreadyOk(detail) => println!("[setup] {name}: already ok{detail}"),
-        StepOutcome::Done => println!(
-            "[setup] {name}: done in {:.1}s",
-            start.elapsed().as_secs_f64()
-        ),
-    }
-    Ok(())
+/// One set-up step's progress line(s).
+struct Step {
+    name: String,
+    start: Instant,
 }
 
-enum StepOutcome {
-    AlreadyOk(String),
-    Done,
+impl Step {
+    fn ok(&self, detail: &str) {
+        println!("[setup] {}: already ok{detail}", self.name);
+    }
+
+    fn installing(&self, what: &str) {
+        println!("[setup] {}: installing… {what}", self.name);
+    }
+
+    fn done(&self) {
+        println!(
+            "[setup] {}: done in {:.1}s",
+            self.name,
+            self.start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn step(name: &str, f: impl FnOnce(&Step) -> Result<()>) -> Result<()> {
+    let s = Step {
+        name: name.to_owned(),
+        start: Instant::now(),
+    };
+    f(&s).with_context(|| format!("set-up step `{name}` failed"))
 }
 
 pub fn setup() -> Result<()> {
     let start = Instant::now();
-    if !is_root() {
+    if is_root() {
+        println!("[setup] root: ok");
+    } else {
         println!(
-            "[setup] warning: not root; apt packages cannot be installed and the real-kernel \
-             tests will skip"
+            "[setup] root: NOT ROOT. Loading eBPF programs, the real-kernel tests and the bench \
+             need root, and so does installing apt packages; continuing with the steps that \
+             can run as this user"
         );
     }
     step("host rustfmt + clippy", host_components)?;
@@ -70,49 +93,67 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
-fn installed_components(toolchain: Option<&str>) -> Result<String> {
+/// Components missing from `toolchain` (None: the active one, i.e. the toolchain running
+/// xtask, which is the default unless overridden, and the one that builds the host crates).
+fn missing_components<'a>(toolchain: Option<&str>, wanted: &[&'a str]) -> Result<Vec<&'a str>> {
     let mut cmd = Command::new("rustup");
     cmd.args(["component", "list", "--installed"]);
     if let Some(t) = toolchain {
         cmd.args(["--toolchain", t]);
     }
-    stdout_of(&mut cmd)
+    let have = stdout_of(&mut cmd)?;
+    // Lines are `rust-src` or `clippy-x86_64-unknown-linux-gnu`.
+    Ok(wanted
+        .iter()
+        .copied()
+        .filter(|c| {
+            !have
+                .lines()
+                .any(|l| l == *c || l.strip_prefix(c).is_some_and(|r| r.starts_with('-')))
+        })
+        .collect())
 }
 
-fn host_components() -> Result<StepOutcome> {
-    let have = installed_components(None)?;
-    let missing: Vec<&str> = ["rustfmt", "clippy"]
-        .into_iter()
-        .filter(|c| !have.lines().any(|l| l.starts_with(c)))
-        .collect();
+fn host_components(s: &Step) -> Result<()> {
+    let missing = missing_components(None, &["rustfmt", "clippy"])?;
     if missing.is_empty() {
-        return Ok(StepOutcome::AlreadyOk(String::new()));
+        s.ok("");
+        return Ok(());
     }
+    s.installing(&missing.join(" "));
     run(Command::new("rustup")
         .args(["component", "add"])
         .args(&missing))?;
-    Ok(StepOutcome::Done)
+    s.done();
+    Ok(())
 }
 
-fn ebpf_toolchain() -> Result<StepOutcome> {
+fn ebpf_toolchain(s: &Step) -> Result<()> {
     let toolchains = stdout_of(Command::new("rustup").args(["toolchain", "list"]))?;
-    if toolchains.lines().any(|l| l.starts_with(EBPF_TOOLCHAIN)) {
-        let have = installed_components(Some(EBPF_TOOLCHAIN))?;
-        let missing: Vec<&str> = ["rust-src", "clippy"]
-            .into_iter()
-            .filter(|c| !have.lines().any(|l| l.starts_with(c)))
-            .collect();
+    let installed = toolchains
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .any(|t| t == EBPF_TOOLCHAIN || t.starts_with(&format!("{EBPF_TOOLCHAIN}-")));
+    if installed {
+        let missing = missing_components(Some(EBPF_TOOLCHAIN), &["rust-src", "clippy"])?;
         if missing.is_empty() {
-            return Ok(StepOutcome::AlreadyOk(String::new()));
+            s.ok("");
+            return Ok(());
         }
+        s.installing(&missing.join(" "));
         run(Command::new("rustup")
             .args(["component", "add", "--toolchain", EBPF_TOOLCHAIN])
             .args(&missing))?;
-        return Ok(StepOutcome::Done);
+        s.done();
+        return Ok(());
     }
+    // Only this dated toolchain is installed; `nightly` and `stable` are left alone.
+    s.installing(EBPF_TOOLCHAIN);
+    // --no-self-update: installing a toolchain must not replace rustup itself.
     run(Command::new("rustup").args([
         "toolchain",
         "install",
+        "--no-self-update",
         EBPF_TOOLCHAIN,
         "--profile",
         "minimal",
@@ -121,104 +162,120 @@ fn ebpf_toolchain() -> Result<StepOutcome> {
         "--component",
         "clippy",
     ]))?;
-    Ok(StepOutcome::Done)
+    s.done();
+    Ok(())
 }
 
 fn apt_installed(pkg: &str) -> bool {
     capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim_end()
+                .ends_with(" installed")
+        })
         .unwrap_or(false)
 }
 
-fn apt_packages() -> Result<StepOutcome> {
+fn apt_packages(s: &Step) -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .map(|(p, _)| *p)
         .filter(|p| !apt_installed(p))
         .collect();
     if missing.is_empty() {
-        return Ok(StepOutcome::AlreadyOk(String::new()));
+        s.ok("");
+        return Ok(());
     }
     for (pkg, why) in APT_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
         println!("[setup]   missing {pkg}: {why}");
     }
     if !is_root() {
         bail!(
-            "installing {} needs root: run `cargo xtask setup` as root",
+            "installing {} needs root: run `cargo xtask setup` as root (or install them with \
+             apt-get yourself)",
             missing.join(" ")
         );
     }
+    s.installing(&missing.join(" "));
     run(Command::new("apt-get").arg("update"))?;
     run(Command::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "--no-install-recommends"])
+        .args(["install", "-y"])
         .args(&missing))?;
-    Ok(StepOutcome::Done)
+    s.done();
+    Ok(())
 }
 
-/// LLVM major of the libLLVM an installed bpf-linker is linked against (built with
-/// `LLVM_PREFIX`, it links the shared library dynamically).
-fn bpf_linker_llvm_major() -> Option<u32> {
-    let path = stdout_of(Command::new("sh").args(["-c", "command -v bpf-linker"])).ok()?;
-    let ldd = stdout_of(Command::new("ldd").arg(path.trim())).ok()?;
-    ldd.lines()
-        .find_map(|l| l.trim().strip_prefix("libLLVM.so."))
-        .or_else(|| ldd.lines().find_map(|l| l.trim().strip_prefix("libLLVM-")))
-        .and_then(|rest| rest.split(['.', ' ']).next()?.parse().ok())
-}
-
-fn bpf_linker() -> Result<StepOutcome> {
-    if let Some(major) = bpf_linker_llvm_major() {
-        if major == LLVM_MAJOR {
-            return Ok(StepOutcome::AlreadyOk(format!(
-                " (linked against libLLVM {major})"
-            )));
+fn bpf_linker(s: &Step) -> Result<()> {
+    let replace = match linker::detect() {
+        Linker::Known {
+            major, evidence, ..
+        } if major == LLVM_MAJOR => {
+            s.ok(&format!(" ({evidence})"));
+            return Ok(());
         }
-        println!(
-            "[setup]   bpf-linker is linked against LLVM {major}; rebuilding for {LLVM_MAJOR}"
-        );
+        Linker::Known { path, evidence, .. } => {
+            println!(
+                "[setup]   {} uses another LLVM ({evidence}); rebuilding",
+                path.display()
+            );
+            true
+        }
+        Linker::Broken { path, why } => {
+            println!(
+                "[setup]   {} does not run ({why}); rebuilding",
+                path.display()
+            );
+            true
+        }
+        Linker::Unknown { path } => {
+            println!(
+                "[setup]   cannot tell which LLVM {} uses (see xtask/src/linker.rs); rebuilding",
+                path.display()
+            );
+            true
+        }
+        Linker::Missing => false,
+    };
+    s.installing(&format!(
+        "cargo install bpf-linker for LLVM {LLVM_MAJOR} (takes minutes)"
+    ));
+    linker::install(LLVM_MAJOR, replace)?;
+    match linker::detect() {
+        Linker::Known { major, .. } if major == LLVM_MAJOR => {}
+        Linker::Known { path, evidence, .. } => bail!(
+            "bpf-linker was built for LLVM {LLVM_MAJOR}, but the one found first on PATH, {}, \
+             is another ({evidence}); remove it or put $CARGO_HOME/bin first on PATH",
+            path.display()
+        ),
+        _ => bail!("bpf-linker was installed but its LLVM major cannot be told"),
     }
-    let prefix = format!("/usr/lib/llvm-{LLVM_MAJOR}");
-    if !Path::new(&prefix).exists() {
-        bail!("{prefix} is missing: the apt step should have installed llvm-{LLVM_MAJOR}-dev");
-    }
-    let path = format!("{prefix}/bin:{}", std::env::var("PATH").unwrap_or_default());
-    run(Command::new("cargo")
-        .env("LLVM_PREFIX", &prefix)
-        .env("PATH", path)
-        .args([
-            "install",
-            "bpf-linker",
-            "--force",
-            "--no-default-features",
-            "--features",
-            &format!("llvm-{LLVM_MAJOR}"),
-        ]))?;
-    Ok(StepOutcome::Done)
+    s.done();
+    Ok(())
 }
 
-fn llvm_majors_agree() -> Result<StepOutcome> {
-    let vv = stdout_of(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, "rustc", "-vV"]))?;
-    let rustc_major: u32 = vv
-        .lines()
-        .find_map(|l| l.strip_prefix("LLVM version: "))
-        .and_then(|v| v.split('.').next()?.parse().ok())
-        .context("`rustc -vV` of the eBPF toolchain printed no LLVM version")?;
-    let linker_major = bpf_linker_llvm_major()
-        .context("cannot tell which LLVM bpf-linker uses (ldd shows no libLLVM)")?;
+fn llvm_majors_agree(s: &Step) -> Result<()> {
+    let rustc_major = linker::rustc_llvm_major(EBPF_TOOLCHAIN)?;
+    let linker_major = match linker::detect() {
+        Linker::Known { major, .. } => major,
+        _ => bail!("cannot tell which LLVM bpf-linker uses"),
+    };
     if rustc_major != linker_major {
         bail!(
-            "{EBPF_TOOLCHAIN} uses LLVM {rustc_major} but bpf-linker uses LLVM {linker_major}; \
-             pick a nightly whose LLVM major is {linker_major} (EBPF_TOOLCHAIN in xtask and \
-             probe-user/build.rs) or rebuild bpf-linker for LLVM {rustc_major}"
+            "LLVM versions disagree: {EBPF_TOOLCHAIN}'s rustc uses LLVM {rustc_major} but \
+             bpf-linker uses LLVM {linker_major}. Fix: pin a nightly whose `rustc -vV` says LLVM \
+             {linker_major} (EBPF_TOOLCHAIN in xtask/src/setup.rs and probe-user/build.rs), or \
+             build bpf-linker for LLVM {rustc_major} (LLVM_MAJOR and the llvm-N apt packages in \
+             xtask/src/setup.rs)"
         );
     }
-    Ok(StepOutcome::AlreadyOk(format!(
-        " (both LLVM {rustc_major})"
-    )))
+    s.ok(&format!(
+        " (rustc and bpf-linker both on LLVM {rustc_major})"
+    ));
+    Ok(())
 }
 
-/// What the kernel offers; informational, since only the tests and the daemon need it.
+/// What the kernel offers; informational only, since just the daemon and tests need it.
 fn kernel_report() {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
@@ -228,13 +285,16 @@ fn kernel_report() {
         .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
         .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned));
     println!(
-        "[setup] kernel {} | BTF: {} | cgroup2: {}",
+        "[setup] kernel: {} (linkprobe needs >= 5.15) | BTF /sys/kernel/btf/vmlinux: {} | \
+         cgroup2: {}",
         release.trim(),
         if btf {
             "yes"
         } else {
-            "MISSING (linkprobe needs CONFIG_DEBUG_INFO_BTF)"
+            "MISSING (needs CONFIG_DEBUG_INFO_BTF)"
         },
-        cgroup2.as_deref().unwrap_or("not mounted")
+        cgroup2
+            .as_deref()
+            .unwrap_or("NOT MOUNTED (sock_ops needs cgroup v2)")
     );
 }

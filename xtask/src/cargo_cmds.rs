@@ -1,0 +1,70 @@
+//! `build`, `run`, `test` and `clippy`: cargo invocations, each after the set-up.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Result};
+
+use crate::{
+    cmd::{cargo, exec, is_root, run, target_dir, workspace_root},
+    setup::{self, EBPF_TOOLCHAIN},
+};
+
+/// `target/<profile>/linkprobe`.
+pub fn linkprobe_bin(release: bool) -> PathBuf {
+    target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("linkprobe")
+}
+
+/// `cargo build -p probe-user`; its build.rs builds the eBPF object with the pinned nightly.
+pub fn build(release: bool) -> Result<()> {
+    let mut c = cargo();
+    c.args(["build", "-p", "probe-user"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)
+}
+
+/// Set-up, build, then replace this process with `linkprobe daemon ARGS...`, so signals and
+/// the exit status are the daemon's own.
+pub fn run_daemon(release: bool, args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "`linkprobe daemon` loads eBPF programs and attaches them to the kernel, which needs \
+             root: run `sudo -E cargo xtask run` (or `cargo xtask build` to only build)"
+        );
+    }
+    setup::setup()?;
+    build(release)?;
+    Err(exec(
+        Command::new(linkprobe_bin(release))
+            .arg("daemon")
+            .args(args),
+    ))
+}
+
+/// Set-up, then every test of the default members (probe-ebpf is not one: it only builds for
+/// the eBPF target, through probe-user/build.rs). A failing `cargo test` exit code is passed on.
+pub fn test(args: &[String]) -> Result<()> {
+    setup::setup()?;
+    if !is_root() {
+        println!(
+            "[test] WARNING: not root: the real-kernel tests (eBPF loading, network namespaces) \
+             cannot run; run `sudo -E cargo xtask test` for the full suite"
+        );
+    }
+    run(cargo().args(["test", "--no-fail-fast"]).args(args))
+}
+
+/// Clippy with `-D warnings`: the host crates, then the eBPF crate with the pinned nightly for
+/// its own target (separate target dir, so the two builds do not invalidate each other).
+pub fn clippy() -> Result<()> {
+    setup::setup()?;
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    run(Command::new("rustup")
+        .current_dir(workspace_root())
+        .env("CARGO_TARGET_DIR", target_dir().join("ebpf-clippy"))
+        .args(["run", EBPF_TOOLCHAIN, "cargo", "clippy", "-p", "probe-ebpf"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"]))
+}

@@ -9,6 +9,7 @@ pub mod counters;
 pub mod daemon;
 pub mod decode;
 pub mod detect;
+pub mod diag;
 pub mod event;
 pub mod loader;
 pub mod lock;

@@ -62,6 +62,18 @@ pub struct ProbeArgs {
     /// Drain the ring at least this often, in milliseconds (1-1000).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub drain_interval_ms: u64,
+    /// Do not print events (anomalies, flows and counters still print).
+    #[arg(long)]
+    pub no_events: bool,
+    /// At exit, print every flow still in the table (with `-o json`: one `flow` line each).
+    #[arg(long)]
+    pub dump_flows: bool,
+    /// TOML configuration file (thresholds, table bounds; see deploy/linkprobe.toml).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Override one configuration key, e.g. `--set detect.rst_storm_min_rate=50` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
     /// Exit with an error unless every probe attaches (default: run with what this kernel has).
     #[arg(long)]
     pub strict: bool,

@@ -12,12 +12,17 @@ use tokio::{
 
 use crate::{
     cli::ProbeArgs,
+    config::{Config, ConfigError},
     counters::{self, CounterError},
     decode::decode,
+    diag,
     event::kind_name,
     loader::{self, LoadError, LoadOptions, Loaded},
     mounts::{self, MountError},
     output::{self, EventView, Format},
+    output_anomaly::{self, AnomalyView},
+    output_flow,
+    pipeline::{monotonic_ns, Pipeline},
     preflight::{self, PreflightError},
     reader::{EventReader, ReaderError},
     scope::{self, ScopeError},
@@ -25,6 +30,8 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Preflight(#[from] PreflightError),
     #[error(transparent)]
@@ -48,7 +55,20 @@ pub enum RunError {
     Poll(io::Error),
 }
 
-fn load_options(args: &ProbeArgs) -> Result<LoadOptions, RunError> {
+/// The configuration file (or defaults) with `--set` overrides applied, validated.
+pub fn config(args: &ProbeArgs) -> Result<Config, RunError> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    for o in &args.overrides {
+        cfg.set_override(o)?;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn load_options(args: &ProbeArgs, cfg: &Config) -> Result<LoadOptions, RunError> {
     let root = match &args.cgroup_root {
         Some(p) => p.clone(),
         None => mounts::cgroup2_root()?,
@@ -70,14 +90,15 @@ fn load_options(args: &ProbeArgs) -> Result<LoadOptions, RunError> {
             wakeup_bytes: args.wakeup_bytes,
             rtt_sample_ns: args.rtt_sample_ms.saturating_mul(1_000_000),
         },
-        repeat: repeat_config(),
+        repeat: repeat_config(cfg),
         ring_bytes: args.ring_bytes,
     })
 }
 
 /// Repeat-RST check settings; ephemeral ports come from this host's `ip_local_port_range`.
-fn repeat_config() -> RepeatRstConfig {
+fn repeat_config(config: &Config) -> RepeatRstConfig {
     let mut cfg = RepeatRstConfig::DEFAULT;
+    config.kernel.apply(&mut cfg);
     let range =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let mut ports = range
@@ -91,7 +112,9 @@ fn repeat_config() -> RepeatRstConfig {
 }
 
 /// Everything up to attached probes; prints the table and the ready line.
-pub fn start(args: &ProbeArgs) -> Result<Loaded, RunError> {
+pub fn start(args: &ProbeArgs) -> Result<(Loaded, Config), RunError> {
+    // Bad configuration is the user's to fix first, whatever the privileges.
+    let cfg = config(args)?;
     preflight::check()?;
     let report = mounts::ensure_kernel_fs()?;
     if report.mounted_tracefs {
@@ -100,7 +123,7 @@ pub fn start(args: &ProbeArgs) -> Result<Loaded, RunError> {
     if report.mounted_bpffs {
         log::info!("mounted bpffs at {}", mounts::BPFFS);
     }
-    let opts = load_options(args)?;
+    let opts = load_options(args, &cfg)?;
     let loaded = loader::load(&opts)?;
     for note in &loaded.btf_notes {
         log::warn!("{note}");
@@ -121,11 +144,11 @@ pub fn start(args: &ProbeArgs) -> Result<Loaded, RunError> {
     if args.output == Format::Json {
         println!("{}", output::ready_json(&loaded.probes));
     }
-    Ok(loaded)
+    Ok((loaded, cfg))
 }
 
 /// The event loop. Returns after SIGINT/SIGTERM once the ring is drained and counters printed.
-pub async fn run(args: &ProbeArgs, mut loaded: Loaded) -> Result<(), RunError> {
+pub async fn run(args: &ProbeArgs, mut loaded: Loaded, cfg: Config) -> Result<(), RunError> {
     let mut reader = EventReader::new(&mut loaded.ebpf)?;
     let mut logger = match EbpfLogger::init(&mut loaded.ebpf) {
         // SAFETY: the logger owns its ring fd for its whole lifetime inside the AsyncFd.
@@ -140,11 +163,19 @@ pub async fn run(args: &ProbeArgs, mut loaded: Loaded) -> Result<(), RunError> {
     let mut tick = tokio::time::interval(Duration::from_millis(args.drain_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let mut sink = Sink::new(args.output, &loaded);
+    let mut pipeline = Pipeline::new(&cfg);
+    seed_existing_flows(args, &mut pipeline);
+    let mut sink = Sink::new(args, &loaded, pipeline);
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = reader.readable() => r.map_err(RunError::Poll)?,
             _ = tick.tick() => {}
+            _ = second.tick() => {
+                reader.drain(|bytes| sink.record(bytes));
+                sink.tick();
+            }
             Some(guard) = async {
                 match logger.as_mut() {
                     Some(l) => l.readable_mut().await.ok(),
@@ -162,8 +193,18 @@ pub async fn run(args: &ProbeArgs, mut loaded: Loaded) -> Result<(), RunError> {
     }
     // Records submitted before the signal are still in the ring: take them all.
     reader.drain(|bytes| sink.record(bytes));
+    sink.tick();
+    if args.dump_flows {
+        sink.dump_flows();
+    }
     let kernel = counters::read(&loaded.ebpf, &loaded.reason_names)?;
-    let line = output::counters_json(&kernel, &sink.records, sink.decode_errors);
+    let line = output::counters_json(
+        &kernel,
+        &sink.records,
+        sink.decode_errors,
+        &sink.pipeline.flows.stats(),
+        &sink.pipeline.detectors.stats(),
+    );
     if args.output == Format::Json {
         println!("{line}");
     } else {
@@ -175,23 +216,98 @@ pub async fn run(args: &ProbeArgs, mut loaded: Loaded) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Decodes records and writes them out; keeps per-kind record counts for the summary.
+/// Sockets open before we attached: listed from sock_diag so their flows are known (marked
+/// pre-existing). Best effort: a failure is logged, the daemon runs on.
+fn seed_existing_flows(args: &ProbeArgs, pipeline: &mut Pipeline) {
+    let listed = match &args.netns {
+        Some(n) => scope::netns_path(n)
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                let cookie = scope::netns_cookie(&p).map_err(|e| e.to_string())?;
+                let sockets = diag::tcp_sockets_in(&p, false).map_err(|e| e.to_string())?;
+                Ok((cookie, sockets))
+            }),
+        None => scope::socket_netns_cookie()
+            .map_err(|e| e.to_string())
+            .and_then(|c| Ok((c, diag::tcp_sockets(false).map_err(|e| e.to_string())?))),
+    };
+    match listed {
+        Ok((netns, sockets)) => {
+            log::info!("{} TCP sockets existed before start", sockets.len());
+            pipeline.seed_existing(netns, &sockets, monotonic_ns());
+        }
+        Err(e) => log::warn!("cannot list existing TCP sockets (sock_diag): {e}"),
+    }
+}
+
+/// Decodes records, feeds the flow table and detectors, and writes events and anomalies out;
+/// keeps per-kind record counts for the summary.
 struct Sink<'a> {
     format: Format,
+    print_events: bool,
     loaded: &'a Loaded,
+    pipeline: Pipeline,
     records: BTreeMap<&'static str, u64>,
     decode_errors: u64,
     stdout: io::Stdout,
 }
 
 impl<'a> Sink<'a> {
-    fn new(format: Format, loaded: &'a Loaded) -> Self {
+    fn new(args: &ProbeArgs, loaded: &'a Loaded, pipeline: Pipeline) -> Self {
         Sink {
-            format,
+            format: args.output,
+            print_events: !args.no_events,
             loaded,
+            pipeline,
             records: BTreeMap::new(),
             decode_errors: 0,
             stdout: io::stdout(),
+        }
+    }
+
+    fn write(&mut self, line: &str) {
+        let mut out = self.stdout.lock();
+        if output::emit_line(&mut out, line).is_err() {
+            // stdout closed (e.g. `| head`): keep counting and detecting, stop printing.
+            self.format = Format::None;
+        }
+    }
+
+    /// Closes detector windows; reports anomaly changes on stdout and in the log.
+    fn tick(&mut self) {
+        let now = monotonic_ns();
+        for change in self.pipeline.tick(now) {
+            log::warn!("{}", output_anomaly::anomaly_text(&change));
+            let line = match self.format {
+                Format::None => continue,
+                Format::Text => output_anomaly::anomaly_text(&change),
+                Format::Json => match serde_json::to_string(&AnomalyView::new(&change, now)) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        log::error!("encoding anomaly: {e}");
+                        continue;
+                    }
+                },
+            };
+            self.write(&line);
+        }
+    }
+
+    fn dump_flows(&mut self) {
+        let lines: Vec<String> = self
+            .pipeline
+            .flows
+            .iter()
+            .map(|f| match self.format {
+                Format::Json => serde_json::to_string(&output_flow::FlowView::new(f))
+                    .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}")),
+                _ => output_flow::flow_text(f),
+            })
+            .collect();
+        if self.format != Format::None {
+            for l in lines {
+                self.write(&l);
+            }
         }
     }
 
@@ -205,6 +321,10 @@ impl<'a> Sink<'a> {
             }
         };
         *self.records.entry(kind_name(ev.detail.kind())).or_default() += 1;
+        self.pipeline.on_event(&ev, &self.loaded.reason_names);
+        if !self.print_events {
+            return;
+        }
         let line = match self.format {
             Format::None => return,
             Format::Text => output::text_line(&ev, &self.loaded.reason_names),
@@ -218,10 +338,6 @@ impl<'a> Sink<'a> {
                 }
             }
         };
-        let mut out = self.stdout.lock();
-        if output::emit_line(&mut out, &line).is_err() {
-            // stdout closed (e.g. `| head`): keep counting, stop printing.
-            self.format = Format::None;
-        }
+        self.write(&line);
     }
 }

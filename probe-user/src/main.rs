@@ -27,12 +27,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Daemon(args) => {
             let _lock = lock::acquire(&args.run_dir)?;
-            let loaded = daemon::start(&args.probe)?;
-            runtime.block_on(daemon::run(&args.probe, loaded))?;
+            let (loaded, cfg) = daemon::start(&args.probe)?;
+            runtime.block_on(daemon::run(&args.probe, loaded, cfg))?;
         }
         Command::Trace(args) => {
-            let loaded = daemon::start(&args)?;
-            runtime.block_on(daemon::run(&args, loaded))?;
+            let (loaded, cfg) = daemon::start(&args)?;
+            runtime.block_on(daemon::run(&args, loaded, cfg))?;
         }
     }
     Ok(())

@@ -279,20 +279,54 @@ struct CountersView<'a> {
     /// Records decoded by this process, per kind.
     records: &'a std::collections::BTreeMap<&'static str, u64>,
     decode_errors: u64,
+    flows: FlowsView,
+    anomalies: AnomaliesView,
     #[serde(flatten)]
     kernel: &'a KernelCounters,
 }
 
-/// JSON line with the kernel counters and what this process received.
+#[derive(Serialize)]
+struct FlowsView {
+    tracked: usize,
+    evicted: u64,
+    expired: u64,
+}
+
+#[derive(Serialize)]
+struct AnomaliesView {
+    active: usize,
+    raised: std::collections::BTreeMap<&'static str, u64>,
+    scopes_tracked: usize,
+    scopes_evicted: u64,
+}
+
+/// JSON line with the kernel counters, what this process received, and the flow table and
+/// detector totals.
 pub fn counters_json(
     kernel: &KernelCounters,
     records: &std::collections::BTreeMap<&'static str, u64>,
     decode_errors: u64,
+    flows: &crate::flowtable::FlowTableStats,
+    detect: &crate::detect::DetectStats,
 ) -> String {
     json_line(&CountersView {
         record: "counters",
         records,
         decode_errors,
+        flows: FlowsView {
+            tracked: flows.tracked,
+            evicted: flows.evicted,
+            expired: flows.expired,
+        },
+        anomalies: AnomaliesView {
+            active: detect.active,
+            raised: crate::detect::AnomalyKind::ALL
+                .iter()
+                .map(|k| (k.name(), detect.raised(*k)))
+                .collect(),
+            scopes_tracked: detect.scopes_tracked,
+            scopes_evicted: detect.scopes_evicted,
+        },
         kernel,
     })
 }

@@ -570,7 +570,11 @@ fn kernel_offsets_on_an_old_layout() {
     assert_eq!(o.kn_id, 8);
     assert_eq!(o.cgroup_level, 8);
     assert_eq!(o.cgroup_ancestors, KernelOffsets::ABSENT);
-    assert_eq!(o.sk_err, KernelOffsets::ABSENT, "the synthetic sock has no sk_err");
+    assert_eq!(
+        o.sk_err,
+        KernelOffsets::ABSENT,
+        "the synthetic sock has no sk_err"
+    );
     assert_eq!(o.valid, 0, "no net_cookie");
     let all = notes.join("\n");
     for want in [

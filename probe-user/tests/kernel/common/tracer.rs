@@ -19,6 +19,10 @@ pub struct Tracer {
 /// Everything the tracer printed, split by record type.
 pub struct Trace {
     pub events: Vec<Value>,
+    /// `anomaly` records (raised / updated / cleared), in output order.
+    pub anomalies: Vec<Value>,
+    /// `flow` records printed at exit (with `--dump-flows`).
+    pub flows: Vec<Value>,
     pub counters: Value,
 }
 
@@ -95,17 +99,26 @@ impl Tracer {
             .unwrap_or_default();
         assert!(status.success(), "linkprobe exited with {status}\n{stderr}");
         let mut events = Vec::new();
+        let mut anomalies = Vec::new();
+        let mut flows = Vec::new();
         let mut counters = Value::Null;
         for line in self.lines.try_iter() {
             let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
             match v["type"].as_str() {
                 Some("event") => events.push(v),
+                Some("anomaly") => anomalies.push(v),
+                Some("flow") => flows.push(v),
                 Some("counters") => counters = v,
                 other => panic!("unexpected record type {other:?}: {line}"),
             }
         }
         assert!(counters.is_object(), "no counters line\n{stderr}");
-        Trace { events, counters }
+        Trace {
+            events,
+            anomalies,
+            flows,
+            counters,
+        }
     }
 }
 

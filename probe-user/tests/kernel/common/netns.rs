@@ -38,12 +38,9 @@ impl TestNetns {
 
     /// Runs `f` on a thread that has entered this namespace.
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
+        let name = self.name.clone();
         std::thread::spawn(move || {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on an fd we own; affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            enter_current_thread(&name);
             f()
         })
         .join()
@@ -74,6 +71,15 @@ impl Drop for TestNetns {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// Moves the calling thread (only) into the named namespace.
+pub fn enter_current_thread(name: &str) {
+    let path = format!("/run/netns/{name}");
+    let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    // SAFETY: setns on an fd we own; affects only this thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
 }
 
 /// Loads an nftables script into namespace `ns` (usable from any thread).

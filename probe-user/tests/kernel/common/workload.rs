@@ -140,3 +140,42 @@ fn set_syncnt(s: &Socket, retries: u32) {
     };
     assert_eq!(rc, 0, "TCP_SYNCNT: {}", std::io::Error::last_os_error());
 }
+
+/// Refused connects at about `rate` per second for `duration`; returns how many were made.
+pub fn refused_storm(port: u16, rate: u32, duration: Duration) -> u64 {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let start = std::time::Instant::now();
+    let mut made = 0u64;
+    while start.elapsed() < duration {
+        let due = (start.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+        if made >= due {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        let (s, _) = client_socket();
+        let err = s
+            .connect(&addr.into())
+            .expect_err("connect to a closed port");
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+        made += 1;
+    }
+    made
+}
+
+/// Normal connect / 1 byte each way / close to `listener`, at about `rate` per second.
+pub fn background_traffic(listener: &TcpListener, rate: u32, duration: Duration) -> u64 {
+    let start = std::time::Instant::now();
+    let mut made = 0u64;
+    while start.elapsed() < duration {
+        let due = (start.elapsed().as_secs_f64() * f64::from(rate)) as u64;
+        if made >= due {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        let (mut client, _, mut server, _) = connected_pair(listener);
+        transfer(&mut client, &mut server, b"x");
+        transfer(&mut server, &mut client, b"y");
+        made += 1;
+    }
+    made
+}

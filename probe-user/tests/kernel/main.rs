@@ -2,6 +2,7 @@
 //! test creates. Every count is compared with an independent oracle: the test's own operation
 //! counts, the cookies of its own sockets (`SO_COOKIE`), and `nstat` deltas of the namespace.
 mod common;
+mod detect;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,7 +20,7 @@ use common::{
 };
 
 /// Scenario tests share the kernel (read); the clean-detach test needs it to itself (write).
-static KERNEL: RwLock<()> = RwLock::new(());
+pub(crate) static KERNEL: RwLock<()> = RwLock::new(());
 
 const ALL_PROBES: [&str; 7] = [
     "lp_sock_ops",

@@ -1,0 +1,280 @@
+//! One flow's state and timeline, updated event by event.
+use std::{collections::VecDeque, net::SocketAddr};
+
+use super::FlowKey;
+use crate::{
+    event::{kind_name, Detail, Event, Process, Role, SockStats, TcpState},
+    rst_reason::ReasonNames,
+};
+
+/// Why a flow ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseCause {
+    Fin,
+    RstReceived,
+    RstSent,
+    Timeout,
+    Refused,
+    Unreachable,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimelineEntry {
+    /// Since the flow's first event.
+    pub offset_ns: u64,
+    pub kind: &'static str,
+    pub state: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub key: FlowKey,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub role: Option<Role>,
+    pub process: Option<Process>,
+    pub preexisting: bool,
+    pub start_ns: u64,
+    /// SYN → ESTABLISHED.
+    pub handshake_ns: Option<u64>,
+    pub first_syn_ns: Option<u64>,
+    pub syn_retransmits: u32,
+    /// Gaps between successive SYNs (first one from the first SYN), at most 8.
+    pub syn_retransmit_intervals_ms: Vec<u32>,
+    last_syn_ns: Option<u64>,
+    pub srtt_us: u32,
+    pub min_rtt_us: Option<u32>,
+    pub data_retransmits: u32,
+    pub rtos: u32,
+    pub segs_in: u32,
+    pub segs_out: u32,
+    pub data_segs_in: u32,
+    pub data_segs_out: u32,
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+    pub rst_sent: u32,
+    pub rst_received: u32,
+    pub last_rst_reason: Option<u32>,
+    pub state: TcpState,
+    pub established: bool,
+    pub close: Option<CloseCause>,
+    pub closed_ns: Option<u64>,
+    pub last_seen_ns: u64,
+    pub timeline: VecDeque<TimelineEntry>,
+    /// Timeline entries dropped at the bound (oldest first).
+    pub timeline_dropped: u32,
+    /// Last sock_ops counters reported as a `DataSegments` signal.
+    pub(super) reported_segs_out: u32,
+    pub(super) reported_retrans: u32,
+}
+
+const MAX_SYN_INTERVALS: usize = 8;
+
+impl Flow {
+    pub fn new(key: FlowKey, local: SocketAddr, remote: SocketAddr, ts_ns: u64) -> Flow {
+        Flow {
+            key,
+            local,
+            remote,
+            role: None,
+            process: None,
+            preexisting: false,
+            start_ns: ts_ns,
+            handshake_ns: None,
+            first_syn_ns: None,
+            syn_retransmits: 0,
+            syn_retransmit_intervals_ms: Vec::new(),
+            last_syn_ns: None,
+            srtt_us: 0,
+            min_rtt_us: None,
+            data_retransmits: 0,
+            rtos: 0,
+            segs_in: 0,
+            segs_out: 0,
+            data_segs_in: 0,
+            data_segs_out: 0,
+            bytes_received: 0,
+            bytes_acked: 0,
+            rst_sent: 0,
+            rst_received: 0,
+            last_rst_reason: None,
+            state: TcpState(0),
+            established: false,
+            close: None,
+            closed_ns: None,
+            last_seen_ns: ts_ns,
+            timeline: VecDeque::new(),
+            timeline_dropped: 0,
+            reported_segs_out: 0,
+            reported_retrans: 0,
+        }
+    }
+
+    fn stats(&mut self, s: &SockStats) {
+        if s.srtt_us > 0 {
+            self.srtt_us = s.srtt_us;
+            self.min_rtt_us = Some(self.min_rtt_us.map_or(s.srtt_us, |m| m.min(s.srtt_us)));
+        }
+        self.segs_in = self.segs_in.max(s.segs_in);
+        self.segs_out = self.segs_out.max(s.segs_out);
+        self.data_segs_in = self.data_segs_in.max(s.data_segs_in);
+        self.data_segs_out = self.data_segs_out.max(s.data_segs_out);
+        self.bytes_received = self.bytes_received.max(s.bytes_received);
+        self.bytes_acked = self.bytes_acked.max(s.bytes_acked);
+    }
+
+    fn syn_sent(&mut self, ts: u64) {
+        if self.first_syn_ns.is_none() {
+            self.first_syn_ns = Some(ts);
+            self.last_syn_ns = Some(ts);
+        }
+        self.role.get_or_insert(Role::Client);
+    }
+
+    fn closed(&mut self, ts: u64, sk_err: Option<i32>) {
+        if self.close.is_some() {
+            return;
+        }
+        self.closed_ns = Some(ts);
+        self.close = Some(if !self.established && self.role == Some(Role::Client) {
+            failure_cause(sk_err, self.rst_received > 0)
+        } else if self.rst_received > 0 {
+            CloseCause::RstReceived
+        } else if self.rst_sent > 0 {
+            CloseCause::RstSent
+        } else {
+            CloseCause::Fin
+        });
+    }
+
+    /// Updates the flow from one of its events.
+    pub fn apply(&mut self, ev: &Event, reasons: &ReasonNames, timeline_len: usize) {
+        let ts = ev.ts_ns;
+        self.last_seen_ns = self.last_seen_ns.max(ts);
+        if self.process.is_none() {
+            self.process.clone_from(&ev.process);
+        }
+        // The first event with a real 4-tuple wins over a CLOSE→SYN_SENT with port 0.
+        if self.local.port() == 0 && ev.local.port() != 0 {
+            self.local = ev.local;
+            self.remote = ev.remote;
+        }
+        let mut state = None;
+        let detail = match &ev.detail {
+            Detail::Connect { stats } => {
+                self.syn_sent(ts);
+                self.stats(stats);
+                String::new()
+            }
+            Detail::Established { role, stats } => {
+                self.role.get_or_insert(*role);
+                self.established = true;
+                self.state = TcpState::ESTABLISHED;
+                if let Some(syn) = self.first_syn_ns {
+                    self.handshake_ns.get_or_insert(ts.saturating_sub(syn));
+                }
+                self.stats(stats);
+                format!("srtt={}us", stats.srtt_us)
+            }
+            Detail::SockOpsState { from, to, stats } => {
+                self.stats(stats);
+                format!("{from}->{to}")
+            }
+            Detail::SockOpsRetrans {
+                seq, segs, stats, ..
+            } => {
+                self.stats(stats);
+                format!("seq={seq} segs={segs}")
+            }
+            Detail::Rto {
+                retransmits, stats, ..
+            } => {
+                self.rtos += 1;
+                self.stats(stats);
+                format!("retransmits={retransmits}")
+            }
+            Detail::Rtt { sample_us, stats } => {
+                self.stats(stats);
+                format!("sample={sample_us}us")
+            }
+            Detail::RstReceived { state: s } => {
+                self.rst_received += 1;
+                state = Some(s.name().to_owned());
+                String::new()
+            }
+            Detail::RstSent {
+                state: s, reason, ..
+            } => {
+                self.rst_sent += 1;
+                self.last_rst_reason = *reason;
+                state = Some(s.name().to_owned());
+                reason.map_or_else(String::new, |r| format!("reason={}", reasons.name(r)))
+            }
+            Detail::Retransmit { state: s, err } => {
+                state = Some(s.name().to_owned());
+                if *err == 0 {
+                    if *s == TcpState::SYN_SENT {
+                        self.syn_retransmits += 1;
+                        if let Some(last) = self.last_syn_ns.replace(ts) {
+                            if self.syn_retransmit_intervals_ms.len() < MAX_SYN_INTERVALS {
+                                let ms = ts.saturating_sub(last) / 1_000_000;
+                                self.syn_retransmit_intervals_ms
+                                    .push(u32::try_from(ms).unwrap_or(u32::MAX));
+                            }
+                        }
+                    } else {
+                        self.data_retransmits += 1;
+                    }
+                }
+                format!("err={err}")
+            }
+            Detail::RetransmitSynack => String::new(),
+            Detail::Destroy { state: s } => {
+                state = Some(s.name().to_owned());
+                self.closed(ts, None);
+                String::new()
+            }
+            Detail::StateChange { from, to } => {
+                self.state = *to;
+                if *to == TcpState::SYN_SENT {
+                    self.syn_sent(ts);
+                }
+                if *to == TcpState::ESTABLISHED {
+                    self.established = true;
+                }
+                if *to == TcpState::CLOSE {
+                    self.closed(ts, ev.sk_err);
+                }
+                match ev.sk_err {
+                    Some(e) if e != 0 => format!("{from}->{to} sk_err={e}"),
+                    _ => format!("{from}->{to}"),
+                }
+            }
+            Detail::RepeatRst { scope, count } => format!("{scope:?} count={count}"),
+        };
+        if self.timeline.len() >= timeline_len.max(1) {
+            self.timeline.pop_front();
+            self.timeline_dropped = self.timeline_dropped.saturating_add(1);
+        }
+        self.timeline.push_back(TimelineEntry {
+            offset_ns: ts.saturating_sub(self.start_ns),
+            kind: kind_name(ev.detail.kind()),
+            state,
+            detail,
+        });
+    }
+}
+
+/// How a connection attempt ended, from the kernel's `sk_err` when it has one.
+pub fn failure_cause(sk_err: Option<i32>, rst_received: bool) -> CloseCause {
+    match sk_err {
+        Some(libc::ECONNREFUSED) => CloseCause::Refused,
+        Some(libc::ETIMEDOUT) => CloseCause::Timeout,
+        Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN) => {
+            CloseCause::Unreachable
+        }
+        _ if rst_received => CloseCause::Refused,
+        _ => CloseCause::Timeout,
+    }
+}

@@ -1,0 +1,126 @@
+//! JSON and text rendering of flow-table entries (field names are a contract).
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::{
+    event::Role,
+    flowtable::{CloseCause, Flow, TimelineEntry},
+};
+
+#[derive(Debug, Serialize)]
+pub struct TimelineView<'a> {
+    pub offset_ns: u64,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'a str>,
+    pub detail: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FlowView<'a> {
+    #[serde(rename = "type")]
+    pub record: &'static str,
+    pub cookie: u64,
+    pub netns_cookie: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub role: Option<&'static str>,
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
+    pub preexisting: bool,
+    pub start_ns: u64,
+    pub handshake_us: Option<u64>,
+    pub syn_retransmits: u32,
+    pub syn_retransmit_intervals_ms: &'a [u32],
+    pub srtt_us: u32,
+    pub min_rtt_us: Option<u32>,
+    pub data_retransmits: u32,
+    pub rtos: u32,
+    pub segs_in: u32,
+    pub segs_out: u32,
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+    pub rst_sent: u32,
+    pub rst_received: u32,
+    pub state: &'static str,
+    pub close: Option<&'static str>,
+    pub closed_ns: Option<u64>,
+    pub timeline: Vec<TimelineView<'a>>,
+}
+
+pub fn close_name(c: CloseCause) -> &'static str {
+    match c {
+        CloseCause::Fin => "fin",
+        CloseCause::RstReceived => "rst_received",
+        CloseCause::RstSent => "rst_sent",
+        CloseCause::Timeout => "timeout",
+        CloseCause::Refused => "refused",
+        CloseCause::Unreachable => "unreachable",
+    }
+}
+
+fn timeline_view(e: &TimelineEntry) -> TimelineView<'_> {
+    TimelineView {
+        offset_ns: e.offset_ns,
+        kind: e.kind,
+        state: e.state.as_deref(),
+        detail: &e.detail,
+    }
+}
+
+impl<'a> FlowView<'a> {
+    pub fn new(f: &'a Flow) -> Self {
+        FlowView {
+            record: "flow",
+            cookie: f.key.cookie,
+            netns_cookie: f.key.netns,
+            local: f.local,
+            remote: f.remote,
+            role: f.role.map(|r| match r {
+                Role::Client => "client",
+                Role::Server => "server",
+            }),
+            pid: f.process.as_ref().map(|p| p.pid),
+            comm: f.process.as_ref().map(|p| p.comm.as_str()),
+            preexisting: f.preexisting,
+            start_ns: f.start_ns,
+            handshake_us: f.handshake_ns.map(|ns| ns / 1000),
+            syn_retransmits: f.syn_retransmits,
+            syn_retransmit_intervals_ms: &f.syn_retransmit_intervals_ms,
+            srtt_us: f.srtt_us,
+            min_rtt_us: f.min_rtt_us,
+            data_retransmits: f.data_retransmits,
+            rtos: f.rtos,
+            segs_in: f.segs_in,
+            segs_out: f.segs_out,
+            bytes_received: f.bytes_received,
+            bytes_acked: f.bytes_acked,
+            rst_sent: f.rst_sent,
+            rst_received: f.rst_received,
+            state: f.state.name(),
+            close: f.close.map(close_name),
+            closed_ns: f.closed_ns,
+            timeline: f.timeline.iter().map(timeline_view).collect(),
+        }
+    }
+}
+
+/// One line per flow for text output.
+pub fn flow_text(f: &Flow) -> String {
+    let v = FlowView::new(f);
+    format!(
+        "flow cookie={:#x} {} -> {} role={} state={} close={} syn_retrans={} retrans={} rst_sent={} rst_received={} events={}",
+        v.cookie,
+        v.local,
+        v.remote,
+        v.role.unwrap_or("-"),
+        v.state,
+        v.close.unwrap_or("-"),
+        v.syn_retransmits,
+        v.data_retransmits,
+        v.rst_sent,
+        v.rst_received,
+        v.timeline.len()
+    )
+}

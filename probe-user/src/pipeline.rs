@@ -1,0 +1,79 @@
+//! The userspace event path after decoding: events → flow table → signals → detectors →
+//! anomaly changes. Owned by the daemon loop; no I/O here.
+use std::time::Duration;
+
+use crate::{
+    config::Config,
+    detect::{AnomalyChange, Detectors},
+    event::Event,
+    flowtable::{FlowConfig, FlowKey, FlowTable},
+    rst_reason::ReasonNames,
+    signal::Signal,
+};
+
+pub struct Pipeline {
+    pub flows: FlowTable,
+    pub detectors: Detectors,
+    signals: Vec<Signal>,
+}
+
+impl Pipeline {
+    pub fn new(cfg: &Config) -> Pipeline {
+        Pipeline {
+            flows: FlowTable::new(FlowConfig {
+                max_flows: cfg.flows.max_flows,
+                retain_closed: Duration::from_secs(cfg.flows.retain_closed_secs),
+                timeline_len: cfg.flows.timeline_len,
+            }),
+            detectors: Detectors::new(cfg.detect.clone()),
+            signals: Vec::new(),
+        }
+    }
+
+    /// Feeds one event through the flow table and the detectors.
+    pub fn on_event(&mut self, ev: &Event, reasons: &ReasonNames) {
+        self.signals.clear();
+        self.flows.apply(ev, reasons, &mut self.signals);
+        for s in &self.signals {
+            self.detectors.observe(s);
+        }
+    }
+
+    /// Once a second: closes detector windows and expires old closed flows.
+    pub fn tick(&mut self, now_ns: u64) -> Vec<AnomalyChange> {
+        self.flows.expire(now_ns);
+        self.detectors.tick(now_ns)
+    }
+
+    /// Sockets that existed before we started (from sock_diag).
+    pub fn seed_existing(
+        &mut self,
+        netns: u64,
+        sockets: &[crate::diag::ExistingSocket],
+        now_ns: u64,
+    ) {
+        for s in sockets {
+            self.flows.insert_existing(
+                FlowKey {
+                    netns,
+                    cookie: s.cookie,
+                },
+                s.local,
+                s.remote,
+                crate::event::TcpState(s.state),
+                now_ns,
+            );
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so ticks and event times compare.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}

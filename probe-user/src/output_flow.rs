@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use crate::{
-    event::Role,
+    event::{Role, SockStats},
     flowtable::{CloseCause, Flow, TimelineEntry},
 };
 
@@ -37,10 +37,8 @@ pub struct FlowView<'a> {
     pub min_rtt_us: Option<u32>,
     pub data_retransmits: u32,
     pub rtos: u32,
-    pub segs_in: u32,
-    pub segs_out: u32,
-    pub bytes_received: u64,
-    pub bytes_acked: u64,
+    /// sock_ops counters: segments, data segments, bytes, total retransmits.
+    pub counters: &'a SockStats,
     pub rst_sent: u32,
     pub rst_received: u32,
     pub state: &'static str,
@@ -92,10 +90,7 @@ impl<'a> FlowView<'a> {
             min_rtt_us: f.min_rtt_us,
             data_retransmits: f.data_retransmits,
             rtos: f.rtos,
-            segs_in: f.segs_in,
-            segs_out: f.segs_out,
-            bytes_received: f.bytes_received,
-            bytes_acked: f.bytes_acked,
+            counters: &f.counters,
             rst_sent: f.rst_sent,
             rst_received: f.rst_received,
             state: f.state.name(),

@@ -47,12 +47,8 @@ pub struct Flow {
     pub min_rtt_us: Option<u32>,
     pub data_retransmits: u32,
     pub rtos: u32,
-    pub segs_in: u32,
-    pub segs_out: u32,
-    pub data_segs_in: u32,
-    pub data_segs_out: u32,
-    pub bytes_received: u64,
-    pub bytes_acked: u64,
+    /// Highest socket counters sock_ops reported (segments, bytes, total retransmits).
+    pub counters: SockStats,
     pub rst_sent: u32,
     pub rst_received: u32,
     pub last_rst_reason: Option<u32>,
@@ -90,12 +86,7 @@ impl Flow {
             min_rtt_us: None,
             data_retransmits: 0,
             rtos: 0,
-            segs_in: 0,
-            segs_out: 0,
-            data_segs_in: 0,
-            data_segs_out: 0,
-            bytes_received: 0,
-            bytes_acked: 0,
+            counters: SockStats::default(),
             rst_sent: 0,
             rst_received: 0,
             last_rst_reason: None,
@@ -116,12 +107,16 @@ impl Flow {
             self.srtt_us = s.srtt_us;
             self.min_rtt_us = Some(self.min_rtt_us.map_or(s.srtt_us, |m| m.min(s.srtt_us)));
         }
-        self.segs_in = self.segs_in.max(s.segs_in);
-        self.segs_out = self.segs_out.max(s.segs_out);
-        self.data_segs_in = self.data_segs_in.max(s.data_segs_in);
-        self.data_segs_out = self.data_segs_out.max(s.data_segs_out);
-        self.bytes_received = self.bytes_received.max(s.bytes_received);
-        self.bytes_acked = self.bytes_acked.max(s.bytes_acked);
+        // Counters only grow; a late record must not move them back.
+        let c = &mut self.counters;
+        c.srtt_us = self.srtt_us;
+        c.total_retrans = c.total_retrans.max(s.total_retrans);
+        c.segs_in = c.segs_in.max(s.segs_in);
+        c.segs_out = c.segs_out.max(s.segs_out);
+        c.data_segs_in = c.data_segs_in.max(s.data_segs_in);
+        c.data_segs_out = c.data_segs_out.max(s.data_segs_out);
+        c.bytes_received = c.bytes_received.max(s.bytes_received);
+        c.bytes_acked = c.bytes_acked.max(s.bytes_acked);
     }
 
     fn syn_sent(&mut self, ts: u64) {

@@ -103,6 +103,8 @@ pub mod flags {
     pub const NO_SOCKET: u32 = 1 << 6;
     /// `args[1]` holds the socket's `sk_err` (state changes to CLOSE).
     pub const SK_ERR: u32 = 1 << 7;
+    /// `args[2]` (low) and `args[3]` (high) hold the socket's cgroup v2 id (state changes).
+    pub const CGROUP: u32 = 1 << 8;
 }
 
 /// One ring-buffer record. Fixed size so the decoder can check it before reading.

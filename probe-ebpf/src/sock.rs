@@ -56,6 +56,19 @@ pub fn skb_netns(skb: u64) -> Option<u64> {
     net_cookie(read_at::<u64>(dev, offsets.dev_net)?)
 }
 
+/// The socket's cgroup v2 id (full sockets only).
+#[inline(always)]
+pub fn sk_cgroup_id(sk: u64) -> Option<u64> {
+    let offsets = OFFSETS.load();
+    let state = sk_state(sk)?;
+    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+        return None;
+    }
+    let cgroup = read_at::<u64>(sk, offsets.sk_cgroup)?;
+    let kn = read_at::<u64>(cgroup, offsets.cgroup_kn)?;
+    read_at::<u64>(kn, offsets.kn_id)
+}
+
 /// Whether the socket's cgroup is the filter cgroup or below it.
 #[inline(always)]
 fn sk_in_cgroup(sk: u64, want_id: u64, want_level: u32) -> Option<bool> {

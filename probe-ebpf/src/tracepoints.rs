@@ -153,6 +153,13 @@ pub fn handle(ctx: &TracePointContext, layout: &TpLayout, kind: EventKind) -> Re
     }
 
     attach_owner(kind, sk, ev);
+    if kind == EventKind::StateChange {
+        if let Some(id) = sock::sk_cgroup_id(sk) {
+            ev.args[2] = id as u32;
+            ev.args[3] = (id >> 32) as u32;
+            ev.flags |= flags::CGROUP;
+        }
+    }
     if kind == EventKind::StateChange && ev.new_state == TCP_CLOSE {
         if let Some(err) = sock::sk_err(sk) {
             ev.args[1] = err as u32;

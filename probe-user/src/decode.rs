@@ -59,6 +59,8 @@ pub fn decode_record(raw: &FlowEvent) -> Result<Event, DecodeError> {
         local,
         remote,
         sk_err: (raw.flags & flags::SK_ERR != 0).then_some(raw.args[1] as i32),
+        cgroup_id: (raw.flags & flags::CGROUP != 0)
+            .then(|| u64::from(raw.args[2]) | (u64::from(raw.args[3]) << 32)),
         process: (raw.flags & flags::PID != 0).then(|| Process {
             pid: raw.pid,
             comm: comm(&raw.comm),

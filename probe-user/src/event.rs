@@ -179,5 +179,7 @@ pub struct Event {
     /// The socket's error (`sk_err`, an errno) when it moved to CLOSE: 111 ECONNREFUSED,
     /// 110 ETIMEDOUT, 113 EHOSTUNREACH, … `None` on other events or when unreadable.
     pub sk_err: Option<i32>,
+    /// The socket's cgroup v2 id (on state changes), the directory inode under the cgroup2 mount.
+    pub cgroup_id: Option<u64>,
     pub detail: Detail,
 }

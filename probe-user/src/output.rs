@@ -59,6 +59,8 @@ pub struct EventView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sk_err: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub repeat_scope: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeat_count: Option<u32>,
@@ -89,6 +91,7 @@ impl<'a> EventView<'a> {
             rto_retransmits: None,
             rtt_sample_us: None,
             sk_err: None,
+            cgroup_id: ev.cgroup_id,
             repeat_scope: None,
             repeat_count: None,
             stats: None,

@@ -34,6 +34,8 @@ pub struct Flow {
     pub remote: SocketAddr,
     pub role: Option<Role>,
     pub process: Option<Process>,
+    /// cgroup v2 id of the socket, from its first state change.
+    pub cgroup_id: Option<u64>,
     pub preexisting: bool,
     pub start_ns: u64,
     /// SYN → ESTABLISHED.
@@ -75,6 +77,7 @@ impl Flow {
             remote,
             role: None,
             process: None,
+            cgroup_id: None,
             preexisting: false,
             start_ns: ts_ns,
             handshake_ns: None,
@@ -149,6 +152,9 @@ impl Flow {
         self.last_seen_ns = self.last_seen_ns.max(ts);
         if self.process.is_none() {
             self.process.clone_from(&ev.process);
+        }
+        if self.cgroup_id.is_none() {
+            self.cgroup_id = ev.cgroup_id;
         }
         // The first event with a real 4-tuple wins over a CLOSE→SYN_SENT with port 0.
         if self.local.port() == 0 && ev.local.port() != 0 {

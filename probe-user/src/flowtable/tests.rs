@@ -17,6 +17,7 @@ fn ev(ts_ns: u64, cookie: Option<u64>, detail: Detail) -> Event {
         remote: "10.0.0.2:5432".parse().unwrap(),
         process: None,
         sk_err: None,
+        cgroup_id: None,
         detail,
     }
 }

@@ -550,7 +550,21 @@ fn cgroup_filter_counts_only_sockets_of_that_cgroup() {
     let outside = ns.enter(|| workload::refused_connects(9, OUTSIDE));
     let trace = tracer.stop();
     trace.assert_nothing_lost();
+    let cgroup_id = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&cgroup).expect("cgroup dir").ino()
+    };
     let _ = std::fs::remove_dir(&cgroup);
+    // State changes carry the socket's cgroup id: the test cgroup's directory inode.
+    let ids: BTreeSet<u64> = trace
+        .of_kind("state_change")
+        .filter_map(|e| e["cgroup_id"].as_u64())
+        .collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from([cgroup_id]),
+        "cgroup ids on state changes"
+    );
 
     report(
         "cgroup filter",

@@ -15,6 +15,8 @@ mod offsets;
 mod parse;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod test_builder;
 
 pub use offsets::kernel_offsets;
 use parse::{str_at, Extra, Kind, Member, TypeEntry};

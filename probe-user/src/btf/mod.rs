@@ -14,9 +14,9 @@ use std::{collections::HashMap, fmt, io, path::PathBuf};
 mod offsets;
 mod parse;
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod test_builder;
+#[cfg(test)]
+mod tests;
 
 pub use offsets::kernel_offsets;
 use parse::{str_at, Extra, Kind, Member, TypeEntry};

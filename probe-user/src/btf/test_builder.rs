@@ -54,7 +54,14 @@ impl Builder {
     }
 
     /// A `struct btf_type`; the caller appends the kind's trailing data.
-    pub(super) fn ty(&mut self, name: &str, kind: u32, kind_flag: bool, vlen: u32, size_or_type: u32) -> u32 {
+    pub(super) fn ty(
+        &mut self,
+        name: &str,
+        kind: u32,
+        kind_flag: bool,
+        vlen: u32,
+        size_or_type: u32,
+    ) -> u32 {
         let name = self.name(name);
         let info = (u32::from(kind_flag) << 31) | (kind << 24) | vlen;
         self.words(&[name, info, size_or_type]);

@@ -112,7 +112,14 @@ fn repeat_config(config: &Config) -> RepeatRstConfig {
 }
 
 /// Everything up to attached probes; prints the table and the ready line.
-pub fn start(args: &ProbeArgs) -> Result<(Loaded, Config), RunError> {
+/// What [`start`] hands to [`run`].
+pub struct Started {
+    pub loaded: Loaded,
+    pub config: Config,
+    pub existing: Option<(u64, Vec<diag::ExistingSocket>)>,
+}
+
+pub fn start(args: &ProbeArgs) -> Result<Started, RunError> {
     // Bad configuration is the user's to fix first, whatever the privileges.
     let cfg = config(args)?;
     preflight::check()?;
@@ -123,6 +130,7 @@ pub fn start(args: &ProbeArgs) -> Result<(Loaded, Config), RunError> {
     if report.mounted_bpffs {
         log::info!("mounted bpffs at {}", mounts::BPFFS);
     }
+    let existing = existing_sockets(args);
     let opts = load_options(args, &cfg)?;
     let loaded = loader::load(&opts)?;
     for note in &loaded.btf_notes {
@@ -144,11 +152,20 @@ pub fn start(args: &ProbeArgs) -> Result<(Loaded, Config), RunError> {
     if args.output == Format::Json {
         println!("{}", output::ready_json(&loaded.probes));
     }
-    Ok((loaded, cfg))
+    Ok(Started {
+        loaded,
+        config: cfg,
+        existing,
+    })
 }
 
 /// The event loop. Returns after SIGINT/SIGTERM once the ring is drained and counters printed.
-pub async fn run(args: &ProbeArgs, mut loaded: Loaded, cfg: Config) -> Result<(), RunError> {
+pub async fn run(args: &ProbeArgs, started: Started) -> Result<(), RunError> {
+    let Started {
+        mut loaded,
+        config: cfg,
+        existing,
+    } = started;
     let mut reader = EventReader::new(&mut loaded.ebpf)?;
     let mut logger = match EbpfLogger::init(&mut loaded.ebpf) {
         // SAFETY: the logger owns its ring fd for its whole lifetime inside the AsyncFd.
@@ -164,7 +181,9 @@ pub async fn run(args: &ProbeArgs, mut loaded: Loaded, cfg: Config) -> Result<()
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut pipeline = Pipeline::new(&cfg);
-    seed_existing_flows(args, &mut pipeline);
+    if let Some((netns, sockets)) = &existing {
+        pipeline.seed_existing(*netns, sockets, monotonic_ns());
+    }
     let mut sink = Sink::new(args, &loaded, pipeline);
     let mut second = tokio::time::interval(Duration::from_secs(1));
     second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -216,9 +235,11 @@ pub async fn run(args: &ProbeArgs, mut loaded: Loaded, cfg: Config) -> Result<()
     Ok(())
 }
 
-/// Sockets open before we attached: listed from sock_diag so their flows are known (marked
-/// pre-existing). Best effort: a failure is logged, the daemon runs on.
-fn seed_existing_flows(args: &ProbeArgs, pipeline: &mut Pipeline) {
+/// TCP sockets open before we attach (netns cookie, sockets), from sock_diag, so their flows
+/// are known (marked pre-existing). Listed before the probes attach: reading the netns cookie
+/// opens a socket of our own, which must not show up as an event. Best effort: a failure is
+/// logged and the daemon runs on.
+pub fn existing_sockets(args: &ProbeArgs) -> Option<(u64, Vec<diag::ExistingSocket>)> {
     let listed = match &args.netns {
         Some(n) => scope::netns_path(n)
             .map_err(|e| e.to_string())
@@ -232,11 +253,14 @@ fn seed_existing_flows(args: &ProbeArgs, pipeline: &mut Pipeline) {
             .and_then(|c| Ok((c, diag::tcp_sockets(false).map_err(|e| e.to_string())?))),
     };
     match listed {
-        Ok((netns, sockets)) => {
-            log::info!("{} TCP sockets existed before start", sockets.len());
-            pipeline.seed_existing(netns, &sockets, monotonic_ns());
+        Ok(found) => {
+            log::info!("{} TCP sockets existed before start", found.1.len());
+            Some(found)
         }
-        Err(e) => log::warn!("cannot list existing TCP sockets (sock_diag): {e}"),
+        Err(e) => {
+            log::warn!("cannot list existing TCP sockets (sock_diag): {e}");
+            None
+        }
     }
 }
 

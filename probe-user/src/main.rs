@@ -27,12 +27,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Daemon(args) => {
             let _lock = lock::acquire(&args.run_dir)?;
-            let (loaded, cfg) = daemon::start(&args.probe)?;
-            runtime.block_on(daemon::run(&args.probe, loaded, cfg))?;
+            let started = daemon::start(&args.probe)?;
+            runtime.block_on(daemon::run(&args.probe, started))?;
         }
         Command::Trace(args) => {
-            let (loaded, cfg) = daemon::start(&args)?;
-            runtime.block_on(daemon::run(&args, loaded, cfg))?;
+            let started = daemon::start(&args)?;
+            runtime.block_on(daemon::run(&args, started))?;
         }
     }
     Ok(())

@@ -301,7 +301,10 @@ impl<'a> Sink<'a> {
     fn tick(&mut self) {
         let now = monotonic_ns();
         for change in self.pipeline.tick(now) {
-            log::warn!("{}", output_anomaly::anomaly_text(&change));
+            // Text output already shows it on stdout; otherwise the log is where people look.
+            if self.format != Format::Text {
+                log::warn!("{}", output_anomaly::anomaly_text(&change));
+            }
             let line = match self.format {
                 Format::None => continue,
                 Format::Text => output_anomaly::anomaly_text(&change),

@@ -326,9 +326,11 @@ impl<'a> Sink<'a> {
             .flows
             .iter()
             .map(|f| match self.format {
-                Format::Json => serde_json::to_string(&output_flow::FlowView::new(f))
-                    .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}")),
-                _ => output_flow::flow_text(f),
+                Format::Json => {
+                    serde_json::to_string(&output_flow::FlowView::new(f, &self.loaded.reason_names))
+                        .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
+                }
+                _ => output_flow::flow_text(f, &self.loaded.reason_names),
             })
             .collect();
         if self.format != Format::None {

@@ -6,15 +6,16 @@ use serde::Serialize;
 use crate::{
     event::{Role, SockStats},
     flowtable::{CloseCause, Flow, TimelineEntry},
+    rst_reason::ReasonNames,
 };
 
 #[derive(Debug, Serialize)]
-pub struct TimelineView<'a> {
+pub struct TimelineView {
     pub offset_ns: u64,
     pub kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub state: Option<&'a str>,
-    pub detail: &'a str,
+    pub state: Option<&'static str>,
+    pub detail: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,7 +46,7 @@ pub struct FlowView<'a> {
     pub state: &'static str,
     pub close: Option<&'static str>,
     pub closed_ns: Option<u64>,
-    pub timeline: Vec<TimelineView<'a>>,
+    pub timeline: Vec<TimelineView>,
 }
 
 pub fn close_name(c: CloseCause) -> &'static str {
@@ -59,17 +60,17 @@ pub fn close_name(c: CloseCause) -> &'static str {
     }
 }
 
-fn timeline_view(e: &TimelineEntry) -> TimelineView<'_> {
+fn timeline_view(e: &TimelineEntry, reasons: &ReasonNames) -> TimelineView {
     TimelineView {
         offset_ns: e.offset_ns,
-        kind: e.kind,
-        state: e.state.as_deref(),
-        detail: &e.detail,
+        kind: e.kind_name(),
+        state: e.state.map(|s| s.name()),
+        detail: e.detail(reasons),
     }
 }
 
 impl<'a> FlowView<'a> {
-    pub fn new(f: &'a Flow) -> Self {
+    pub fn new(f: &'a Flow, reasons: &ReasonNames) -> Self {
         FlowView {
             record: "flow",
             cookie: f.key.cookie,
@@ -98,14 +99,18 @@ impl<'a> FlowView<'a> {
             state: f.state.name(),
             close: f.close.map(close_name),
             closed_ns: f.closed_ns,
-            timeline: f.timeline.iter().map(timeline_view).collect(),
+            timeline: f
+                .timeline
+                .iter()
+                .map(|e| timeline_view(e, reasons))
+                .collect(),
         }
     }
 }
 
 /// One line per flow for text output.
-pub fn flow_text(f: &Flow) -> String {
-    let v = FlowView::new(f);
+pub fn flow_text(f: &Flow, reasons: &ReasonNames) -> String {
+    let v = FlowView::new(f, reasons);
     format!(
         "flow cookie={:#x} {} -> {} role={} state={} close={} syn_retrans={} retrans={} rst_sent={} rst_received={} events={}",
         v.cookie,

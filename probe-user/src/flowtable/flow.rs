@@ -1,9 +1,11 @@
 //! One flow's state and timeline, updated event by event.
 use std::{collections::VecDeque, net::SocketAddr};
 
+use probe_common::EventKind;
+
 use super::FlowKey;
 use crate::{
-    event::{kind_name, Detail, Event, Process, Role, SockStats, TcpState},
+    event::{kind_name, Detail, Event, Process, RepeatScope, Role, SockStats, TcpState},
     rst_reason::ReasonNames,
 };
 
@@ -18,13 +20,69 @@ pub enum CloseCause {
     Unreachable,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a timeline entry adds to its kind; plain data, rendered only when shown (a flow keeps
+/// up to `timeline_len` of these, so no allocation per event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    None,
+    Transition {
+        from: TcpState,
+        to: TcpState,
+        sk_err: Option<i32>,
+    },
+    Srtt(u32),
+    Retrans {
+        seq: u32,
+        segs: u32,
+    },
+    Rto {
+        retransmits: u32,
+    },
+    Rtt {
+        sample_us: u32,
+    },
+    Reason(Option<u32>),
+    Err(i32),
+    Repeat {
+        scope: RepeatScope,
+        count: u32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimelineEntry {
     /// Since the flow's first event.
     pub offset_ns: u64,
-    pub kind: &'static str,
-    pub state: Option<String>,
-    pub detail: String,
+    pub kind: EventKind,
+    /// The state the hook reported, where it reports one.
+    pub state: Option<TcpState>,
+    pub note: Note,
+}
+
+impl TimelineEntry {
+    pub fn kind_name(&self) -> &'static str {
+        kind_name(self.kind)
+    }
+
+    /// Short human text, e.g. `SYN_SENT->ESTABLISHED` or `reason=TCP_STATE`.
+    pub fn detail(&self, reasons: &ReasonNames) -> String {
+        match self.note {
+            Note::None => String::new(),
+            Note::Transition { from, to, sk_err } => match sk_err {
+                Some(e) if e != 0 => format!("{from}->{to} sk_err={e}"),
+                _ => format!("{from}->{to}"),
+            },
+            Note::Srtt(us) => format!("srtt={us}us"),
+            Note::Retrans { seq, segs } => format!("seq={seq} segs={segs}"),
+            Note::Rto { retransmits } => format!("retransmits={retransmits}"),
+            Note::Rtt { sample_us } => format!("sample={sample_us}us"),
+            Note::Reason(r) => {
+                r.map_or_else(String::new, |r| format!("reason={}", reasons.name(r)))
+            }
+            Note::Err(e) => format!("err={e}"),
+            Note::Repeat { scope, count } => format!("{scope:?} count={count}"),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -147,7 +205,7 @@ impl Flow {
     }
 
     /// Updates the flow from one of its events.
-    pub fn apply(&mut self, ev: &Event, reasons: &ReasonNames, timeline_len: usize) {
+    pub fn apply(&mut self, ev: &Event, timeline_len: usize) {
         let ts = ev.ts_ns;
         self.last_seen_ns = self.last_seen_ns.max(ts);
         if self.process.is_none() {
@@ -162,11 +220,11 @@ impl Flow {
             self.remote = ev.remote;
         }
         let mut state = None;
-        let detail = match &ev.detail {
+        let note = match &ev.detail {
             Detail::Connect { stats } => {
                 self.syn_sent(ts);
                 self.stats(stats);
-                String::new()
+                Note::None
             }
             Detail::Established { role, stats } => {
                 self.role.get_or_insert(*role);
@@ -176,44 +234,55 @@ impl Flow {
                     self.handshake_ns.get_or_insert(ts.saturating_sub(syn));
                 }
                 self.stats(stats);
-                format!("srtt={}us", stats.srtt_us)
+                Note::Srtt(stats.srtt_us)
             }
             Detail::SockOpsState { from, to, stats } => {
                 self.stats(stats);
-                format!("{from}->{to}")
+                Note::Transition {
+                    from: *from,
+                    to: *to,
+                    sk_err: None,
+                }
             }
             Detail::SockOpsRetrans {
                 seq, segs, stats, ..
             } => {
                 self.stats(stats);
-                format!("seq={seq} segs={segs}")
+                Note::Retrans {
+                    seq: *seq,
+                    segs: *segs,
+                }
             }
             Detail::Rto {
                 retransmits, stats, ..
             } => {
                 self.rtos += 1;
                 self.stats(stats);
-                format!("retransmits={retransmits}")
+                Note::Rto {
+                    retransmits: *retransmits,
+                }
             }
             Detail::Rtt { sample_us, stats } => {
                 self.stats(stats);
-                format!("sample={sample_us}us")
+                Note::Rtt {
+                    sample_us: *sample_us,
+                }
             }
             Detail::RstReceived { state: s } => {
                 self.rst_received += 1;
-                state = Some(s.name().to_owned());
-                String::new()
+                state = Some(*s);
+                Note::None
             }
             Detail::RstSent {
                 state: s, reason, ..
             } => {
                 self.rst_sent += 1;
                 self.last_rst_reason = *reason;
-                state = Some(s.name().to_owned());
-                reason.map_or_else(String::new, |r| format!("reason={}", reasons.name(r)))
+                state = Some(*s);
+                Note::Reason(*reason)
             }
             Detail::Retransmit { state: s, err } => {
-                state = Some(s.name().to_owned());
+                state = Some(*s);
                 if *err == 0 {
                     if *s == TcpState::SYN_SENT {
                         self.syn_retransmits += 1;
@@ -228,13 +297,13 @@ impl Flow {
                         self.data_retransmits += 1;
                     }
                 }
-                format!("err={err}")
+                Note::Err(*err)
             }
-            Detail::RetransmitSynack => String::new(),
+            Detail::RetransmitSynack => Note::None,
             Detail::Destroy { state: s } => {
-                state = Some(s.name().to_owned());
+                state = Some(*s);
                 self.closed(ts, None);
-                String::new()
+                Note::None
             }
             Detail::StateChange { from, to } => {
                 self.state = *to;
@@ -247,12 +316,16 @@ impl Flow {
                 if *to == TcpState::CLOSE {
                     self.closed(ts, ev.sk_err);
                 }
-                match ev.sk_err {
-                    Some(e) if e != 0 => format!("{from}->{to} sk_err={e}"),
-                    _ => format!("{from}->{to}"),
+                Note::Transition {
+                    from: *from,
+                    to: *to,
+                    sk_err: ev.sk_err,
                 }
             }
-            Detail::RepeatRst { scope, count } => format!("{scope:?} count={count}"),
+            Detail::RepeatRst { scope, count } => Note::Repeat {
+                scope: *scope,
+                count: *count,
+            },
         };
         if self.timeline.len() >= timeline_len.max(1) {
             self.timeline.pop_front();
@@ -260,9 +333,9 @@ impl Flow {
         }
         self.timeline.push_back(TimelineEntry {
             offset_ns: ts.saturating_sub(self.start_ns),
-            kind: kind_name(ev.detail.kind()),
+            kind: ev.detail.kind(),
             state,
-            detail,
+            note,
         });
     }
 }

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-pub use flow::{CloseCause, Flow, TimelineEntry};
+pub use flow::{CloseCause, Flow, Note, TimelineEntry};
 
 use crate::{
     event::{Detail, Event, TcpState},
@@ -154,7 +154,7 @@ impl FlowTable {
         let timeline_len = self.cfg.timeline_len;
         let flow = self.touch(key, ev);
         let was_open = flow.close.is_none();
-        flow.apply(ev, reasons, timeline_len);
+        flow.apply(ev, timeline_len);
         let just_closed = was_open && flow.close.is_some();
         signals::from_flow(flow, ev, reasons, just_closed, out);
         if just_closed {

@@ -105,7 +105,7 @@ fn client_lifecycle_keeps_one_cookie_and_an_ordered_timeline() {
     assert_eq!(f.handshake_ns, Some(200));
     assert_eq!(f.data_retransmits, 1);
     assert_eq!(f.close, Some(CloseCause::Fin));
-    let kinds: Vec<&str> = f.timeline.iter().map(|e| e.kind).collect();
+    let kinds: Vec<&str> = f.timeline.iter().map(TimelineEntry::kind_name).collect();
     assert_eq!(
         kinds,
         [

@@ -1,7 +1,7 @@
 //! Runs the probes: preflight, mounts, load/attach, then the event loop until SIGINT/SIGTERM,
 //! after which everything is detached (dropping the `Ebpf` closes every link) and the final
 //! kernel counters are printed.
-use std::{collections::BTreeMap, io, time::Duration};
+use std::{collections::BTreeMap, io, path::PathBuf, time::Duration};
 
 use aya_log::EbpfLogger;
 use probe_common::{RepeatRstConfig, Tuning};
@@ -68,14 +68,24 @@ pub fn config(args: &ProbeArgs) -> Result<Config, RunError> {
     Ok(cfg)
 }
 
-fn load_options(args: &ProbeArgs, cfg: &Config) -> Result<LoadOptions, RunError> {
+/// The `--netns` namespace: its path and cookie.
+fn scoped_netns(args: &ProbeArgs) -> Result<Option<(PathBuf, u64)>, RunError> {
+    let Some(name) = &args.netns else {
+        return Ok(None);
+    };
+    let path = scope::netns_path(name)?;
+    let cookie = scope::netns_cookie(&path)?;
+    Ok(Some((path, cookie)))
+}
+
+fn load_options(
+    args: &ProbeArgs,
+    cfg: &Config,
+    netns: Option<u64>,
+) -> Result<LoadOptions, RunError> {
     let root = match &args.cgroup_root {
         Some(p) => p.clone(),
         None => mounts::cgroup2_root()?,
-    };
-    let netns = match &args.netns {
-        Some(n) => Some(scope::netns_cookie(&scope::netns_path(n)?)?),
-        None => None,
     };
     let cgroup = match &args.cgroup {
         Some(path) => Some(scope::cgroup_scope(&root, path)?),
@@ -130,8 +140,9 @@ pub fn start(args: &ProbeArgs) -> Result<Started, RunError> {
     if report.mounted_bpffs {
         log::info!("mounted bpffs at {}", mounts::BPFFS);
     }
-    let existing = existing_sockets(args);
-    let opts = load_options(args, &cfg)?;
+    let netns = scoped_netns(args)?;
+    let existing = existing_sockets(netns.as_ref());
+    let opts = load_options(args, &cfg, netns.map(|(_, cookie)| cookie))?;
     let loaded = loader::load(&opts)?;
     for note in &loaded.btf_notes {
         log::warn!("{note}");
@@ -239,15 +250,11 @@ pub async fn run(args: &ProbeArgs, started: Started) -> Result<(), RunError> {
 /// are known (marked pre-existing). Listed before the probes attach: reading the netns cookie
 /// opens a socket of our own, which must not show up as an event. Best effort: a failure is
 /// logged and the daemon runs on.
-pub fn existing_sockets(args: &ProbeArgs) -> Option<(u64, Vec<diag::ExistingSocket>)> {
-    let listed = match &args.netns {
-        Some(n) => scope::netns_path(n)
-            .map_err(|e| e.to_string())
-            .and_then(|p| {
-                let cookie = scope::netns_cookie(&p).map_err(|e| e.to_string())?;
-                let sockets = diag::tcp_sockets_in(&p, false).map_err(|e| e.to_string())?;
-                Ok((cookie, sockets))
-            }),
+fn existing_sockets(netns: Option<&(PathBuf, u64)>) -> Option<(u64, Vec<diag::ExistingSocket>)> {
+    let listed = match netns {
+        Some((path, cookie)) => diag::tcp_sockets_in(path, false)
+            .map(|sockets| (*cookie, sockets))
+            .map_err(|e| e.to_string()),
         None => scope::socket_netns_cookie()
             .map_err(|e| e.to_string())
             .and_then(|c| Ok((c, diag::tcp_sockets(false).map_err(|e| e.to_string())?))),

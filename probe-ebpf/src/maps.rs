@@ -56,9 +56,17 @@ pub struct Owner {
     pub comm: [u8; 16],
 }
 
-/// Last RST per socket cookie, for the repeat-RST check.
+/// Last RST time and RST count per socket cookie, for the repeat-RST check.
 #[map]
-pub static RST_HISTORY: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);
+pub static RST_HISTORY: LruHashMap<u64, RstHistory> = LruHashMap::with_max_entries(65_536, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RstHistory {
+    pub last_ns: u64,
+    pub count: u32,
+    pub _pad: u32,
+}
 
 /// RSTs per remote endpoint in the current window.
 #[map]

@@ -7,7 +7,8 @@ use probe_common::{flags, repeat_scope, EventKind, FlowEvent};
 use crate::{
     emit::{count_event, emit},
     maps::{
-        PeerKey, Window, ANOMALY_ALERTS, REPEAT, RST_HISTORY, RST_PEER_HISTORY, RST_PORT_HISTORY,
+        PeerKey, RstHistory, Window, ANOMALY_ALERTS, REPEAT, RST_HISTORY, RST_PEER_HISTORY,
+        RST_PORT_HISTORY,
     },
 };
 
@@ -21,11 +22,16 @@ pub fn check(rst: &mut FlowEvent) {
 
     if rst.flags & flags::COOKIE != 0 {
         let previous = unsafe { RST_HISTORY.get(rst.cookie) }.copied();
+        let history = RstHistory {
+            last_ns: now,
+            count: previous.map_or(1, |p| p.count.saturating_add(1)),
+            _pad: 0,
+        };
         // A failed insert (map busy) only costs this check one sample.
-        let _ = RST_HISTORY.insert(rst.cookie, now, 0);
-        if previous.is_some_and(|last| now.saturating_sub(last) < cfg.window_ns) {
+        let _ = RST_HISTORY.insert(rst.cookie, history, 0);
+        if previous.is_some_and(|p| now.saturating_sub(p.last_ns) < cfg.window_ns) {
             let _ = ANOMALY_ALERTS.insert(rst.cookie, now, 0);
-            alert(rst, repeat_scope::SOCKET, 2);
+            alert(rst, repeat_scope::SOCKET, history.count);
         }
     }
 

@@ -46,7 +46,9 @@ pub struct TpLayout {
     pub err: u16,
     /// Non-zero when userspace validated this layout; programs do nothing with an unset one.
     pub valid: u16,
-    pub _pad: u16,
+    /// Bytes of the record the program copies in one read (the end of its last field);
+    /// 0 when larger than the program's buffer, then fields are read one by one.
+    pub record_len: u16,
 }
 
 impl TpLayout {
@@ -70,9 +72,12 @@ impl TpLayout {
         sock_cookie: ABSENT,
         err: ABSENT,
         valid: 0,
-        _pad: 0,
+        record_len: 0,
     };
 }
+
+/// Size of the buffer tracepoint programs copy a record into.
+pub const RECORD_BUF: usize = 128;
 
 /// Offsets into kernel structs, taken from BTF at load time, so tracepoint programs can read
 /// the socket cookie, network namespace and cgroup of a `struct sock *`.

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     misc, FlowEvent, KernelOffsets, RepeatRstConfig, ScopeFilter, TpLayout, Tuning,
-    EVENT_KIND_COUNT, RST_REASON_SLOTS,
+    EVENT_KIND_COUNT, RECORD_BUF, RST_REASON_SLOTS,
 };
 
 /// Records for userspace. Size is overridden at load time (`--ring-bytes`).
@@ -41,6 +41,11 @@ pub static RTT_LAST: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536,
 /// next to everything else a program keeps there.
 #[map]
 pub static SCRATCH: PerCpuArray<FlowEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU copy of the tracepoint record being handled: one kernel read instead of one per
+/// field.
+#[map]
+pub static TP_RECORD: PerCpuArray<[u8; RECORD_BUF]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Process that called connect() on a socket, keyed by the socket's kernel address. The
 /// SYN_SENT transition is the only tracepoint in process context and comes before the cookie

@@ -1,14 +1,15 @@
 //! Tracepoint programs. Every field offset comes from a `TpLayout` global filled from the
 //! kernel's tracefs `format` file at load time.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as gen},
     programs::TracePointContext,
+    EbpfContext as _,
 };
-use probe_common::{addr_style, flags, misc, EventKind, FlowEvent, TpLayout, ABSENT};
+use probe_common::{addr_style, flags, misc, EventKind, FlowEvent, TpLayout, ABSENT, RECORD_BUF};
 
 use crate::{
     emit::{count_event, count_misc, count_no_cookie, count_rst_reason, emit, scratch},
-    maps::{Owner, SK_OWNER},
+    maps::{Owner, SK_OWNER, TP_RECORD},
     repeat,
     sock::{self, Scope},
 };
@@ -21,22 +22,58 @@ const TCP_CLOSE: u8 = 7;
 /// Slot of `RST_REASON_COUNTS` for "this kernel does not report a reason".
 const REASON_UNKNOWN: u32 = u32::MAX;
 
-#[inline(always)]
-fn field<T>(ctx: &TracePointContext, offset: u16) -> Option<T> {
-    if offset == ABSENT {
-        return None;
+/// The record being handled: copied once into a per-CPU buffer when its length is known,
+/// else read field by field from the tracepoint context.
+struct Record<'a> {
+    ctx: &'a TracePointContext,
+    copy: Option<&'a [u8; RECORD_BUF]>,
+}
+
+impl<'a> Record<'a> {
+    #[inline(always)]
+    fn new(ctx: &'a TracePointContext, layout: &TpLayout) -> Record<'a> {
+        let len = usize::from(layout.record_len);
+        let copy = match TP_RECORD.get_ptr_mut(0) {
+            Some(buf) if len > 0 && len <= RECORD_BUF => {
+                // SAFETY: per-CPU buffer of RECORD_BUF bytes; `len` is bounded above.
+                let rc = unsafe {
+                    gen::bpf_probe_read_kernel(buf.cast(), len as u32, ctx.as_ptr().cast_const())
+                };
+                // SAFETY: the buffer lives in the map for the program's whole run.
+                (rc == 0).then(|| unsafe { &*buf })
+            }
+            _ => None,
+        };
+        Record { ctx, copy }
     }
-    unsafe { ctx.read_at::<T>(usize::from(offset)) }.ok()
 }
 
 #[inline(always)]
-fn field_u64(ctx: &TracePointContext, offset: u16) -> u64 {
-    field::<u64>(ctx, offset).unwrap_or(0)
+fn field<T>(rec: &Record<'_>, offset: u16) -> Option<T> {
+    if offset == ABSENT {
+        return None;
+    }
+    let off = usize::from(offset);
+    match rec.copy {
+        Some(buf) => {
+            if off + core::mem::size_of::<T>() > RECORD_BUF {
+                return None;
+            }
+            // SAFETY: bounds checked above; the read is unaligned-safe.
+            Some(unsafe { core::ptr::read_unaligned(buf.as_ptr().add(off).cast::<T>()) })
+        }
+        None => unsafe { rec.ctx.read_at::<T>(off) }.ok(),
+    }
+}
+
+#[inline(always)]
+fn field_u64(rec: &Record<'_>, offset: u16) -> u64 {
+    field::<u64>(rec, offset).unwrap_or(0)
 }
 
 /// Fills family, ports and addresses from the record.
 #[inline(always)]
-fn fill_addrs(ctx: &TracePointContext, layout: &TpLayout, ev: &mut FlowEvent) {
+fn fill_addrs(ctx: &Record<'_>, layout: &TpLayout, ev: &mut FlowEvent) {
     if layout.addr_style == addr_style::SOCKADDR {
         // struct sockaddr_in / sockaddr_in6: family, be16 port, then v4 address at 4 or
         // v6 address at 8 (after flowinfo).
@@ -77,10 +114,12 @@ fn fill_addrs(ctx: &TracePointContext, layout: &TpLayout, ev: &mut FlowEvent) {
 
 /// Shared body of every tracepoint program.
 #[inline(always)]
-pub fn handle(ctx: &TracePointContext, layout: &TpLayout, kind: EventKind) -> Result<u32, i64> {
+pub fn handle(tp: &TracePointContext, layout: &TpLayout, kind: EventKind) -> Result<u32, i64> {
     if layout.valid == 0 {
         return Ok(0);
     }
+    let rec = Record::new(tp, layout);
+    let ctx = &rec;
     if kind == EventKind::StateChange && field::<u16>(ctx, layout.protocol) != Some(IPPROTO_TCP) {
         return Ok(0);
     }

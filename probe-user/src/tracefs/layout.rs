@@ -241,6 +241,17 @@ pub fn resolve_layout(tp: Tracepoint, fmt: &TpFormat) -> Result<TpLayout, Layout
     layout.dport = r.optional("dport", U16)?;
     r.addresses(&mut layout)?;
 
+    let end = fmt
+        .fields
+        .iter()
+        .map(|f| usize::from(f.offset) + usize::from(f.size))
+        .max()
+        .unwrap_or(0);
+    layout.record_len = if end <= probe_common::RECORD_BUF {
+        u16::try_from(end).unwrap_or(0)
+    } else {
+        0
+    };
     layout.valid = 1;
     Ok(layout)
 }

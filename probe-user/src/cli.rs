@@ -1,5 +1,5 @@
 //! Command-line interface (clap). `main.rs` dispatches on [`Command`].
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -37,6 +37,27 @@ pub struct DaemonArgs {
     /// Directory for the daemon's lock (and later its API socket).
     #[arg(long, default_value = "/run/linkprobe")]
     pub run_dir: PathBuf,
+    /// Serve /metrics, /healthz and /readyz on HOST:PORT (Prometheus scrapes it); `off` for none.
+    #[arg(
+        long,
+        value_name = "HOST:PORT|off",
+        default_value = crate::exporter::DEFAULT_ADDR,
+        value_parser = parse_metrics_addr
+    )]
+    pub metrics_addr: MetricsAddr,
+}
+
+/// Where the exporter listens, if anywhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s == "off" {
+        return Ok(MetricsAddr(None));
+    }
+    s.parse().map(|a| MetricsAddr(Some(a))).map_err(|_| {
+        format!("{s:?} is not HOST:PORT with an IP address (e.g. 0.0.0.0:9476 or 127.0.0.1:9476), nor `off`")
+    })
 }
 
 #[derive(Debug, Args, Clone)]
@@ -115,6 +136,26 @@ mod tests {
         assert!(parse_ring_bytes("lots")
             .unwrap_err()
             .contains("not a whole number"));
+    }
+
+    #[test]
+    fn metrics_addr_is_an_address_or_off() {
+        assert_eq!(parse_metrics_addr("off"), Ok(MetricsAddr(None)));
+        assert_eq!(
+            parse_metrics_addr("127.0.0.1:9476"),
+            Ok(MetricsAddr(Some("127.0.0.1:9476".parse().unwrap())))
+        );
+        assert!(parse_metrics_addr("localhost:9476")
+            .unwrap_err()
+            .contains("HOST:PORT"));
+        let cli = Cli::try_parse_from(["linkprobe", "daemon"]).unwrap();
+        let Command::Daemon(args) = cli.command else {
+            panic!("expected daemon");
+        };
+        assert_eq!(
+            args.metrics_addr,
+            MetricsAddr(Some(crate::exporter::DEFAULT_ADDR.parse().unwrap()))
+        );
     }
 
     #[test]

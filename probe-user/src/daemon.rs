@@ -1,7 +1,7 @@
 //! Runs the probes: preflight, mounts, load/attach, then the event loop until SIGINT/SIGTERM,
 //! after which everything is detached (dropping the `Ebpf` closes every link) and the final
 //! kernel counters are printed.
-use std::{collections::BTreeMap, io, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, io, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use aya_log::EbpfLogger;
 use probe_common::{RepeatRstConfig, Tuning};
@@ -17,7 +17,9 @@ use crate::{
     decode::decode,
     diag,
     event::kind_name,
-    loader::{self, LoadError, LoadOptions, Loaded},
+    exporter::{Exporter, Snapshot},
+    loader::{self, LoadError, LoadOptions, Loaded, ProbeState},
+    metrics::Health,
     mounts::{self, MountError},
     output::{self, EventView, Format},
     output_anomaly::{self, AnomalyView},
@@ -100,35 +102,44 @@ fn load_options(
             wakeup_bytes: args.wakeup_bytes,
             rtt_sample_ns: args.rtt_sample_ms.saturating_mul(1_000_000),
         },
-        repeat: repeat_config(cfg),
+        repeat: repeat_config(cfg, &ephemeral_ports()),
         ring_bytes: args.ring_bytes,
     })
 }
 
-/// Repeat-RST check settings; ephemeral ports come from this host's `ip_local_port_range`.
-fn repeat_config(config: &Config) -> RepeatRstConfig {
-    let mut cfg = RepeatRstConfig::DEFAULT;
-    config.kernel.apply(&mut cfg);
+/// This host's `ip_local_port_range` (the kernel's default when unreadable): ports the kernel
+/// hands to clients, never a service.
+fn ephemeral_ports() -> RangeInclusive<u16> {
     let range =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let mut ports = range
         .split_whitespace()
         .filter_map(|p| p.parse::<u16>().ok());
-    if let (Some(low), Some(high)) = (ports.next(), ports.next()) {
-        cfg.ephemeral_low = low;
-        cfg.ephemeral_high = high;
+    match (ports.next(), ports.next()) {
+        (Some(low), Some(high)) => low..=high,
+        _ => 32768..=60999,
     }
+}
+
+/// Repeat-RST check settings; ephemeral ports are never one of its scopes.
+fn repeat_config(config: &Config, ephemeral: &RangeInclusive<u16>) -> RepeatRstConfig {
+    let mut cfg = RepeatRstConfig::DEFAULT;
+    config.kernel.apply(&mut cfg);
+    cfg.ephemeral_low = *ephemeral.start();
+    cfg.ephemeral_high = *ephemeral.end();
     cfg
 }
 
-/// Everything up to attached probes; prints the table and the ready line.
 /// What [`start`] hands to [`run`].
 pub struct Started {
     pub loaded: Loaded,
     pub config: Config,
     pub existing: Option<(u64, Vec<diag::ExistingSocket>)>,
+    /// The daemon's HTTP exporter (none for `trace`, or with `--metrics-addr off`).
+    pub exporter: Option<Exporter>,
 }
 
+/// Everything up to attached probes; prints the table and the ready line.
 pub fn start(args: &ProbeArgs) -> Result<Started, RunError> {
     // Bad configuration is the user's to fix first, whatever the privileges.
     let cfg = config(args)?;
@@ -167,6 +178,7 @@ pub fn start(args: &ProbeArgs) -> Result<Started, RunError> {
         loaded,
         config: cfg,
         existing,
+        exporter: None,
     })
 }
 
@@ -176,6 +188,7 @@ pub async fn run(args: &ProbeArgs, started: Started) -> Result<(), RunError> {
         mut loaded,
         config: cfg,
         existing,
+        exporter,
     } = started;
     let mut reader = EventReader::new(&mut loaded.ebpf)?;
     let mut logger = match EbpfLogger::init(&mut loaded.ebpf) {
@@ -191,11 +204,13 @@ pub async fn run(args: &ProbeArgs, started: Started) -> Result<(), RunError> {
     let mut tick = tokio::time::interval(Duration::from_millis(args.drain_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let mut pipeline = Pipeline::new(&cfg);
+    let mut pipeline = Pipeline::new(&cfg, ephemeral_ports());
     if let Some((netns, sockets)) = &existing {
         pipeline.seed_existing(*netns, sockets, monotonic_ns());
     }
-    let mut sink = Sink::new(args, &loaded, pipeline);
+    let mut sink = Sink::new(args, &loaded, pipeline, &cfg);
+    sink.exporter = exporter;
+    sink.publish();
     let mut second = tokio::time::interval(Duration::from_secs(1));
     second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -205,6 +220,7 @@ pub async fn run(args: &ProbeArgs, started: Started) -> Result<(), RunError> {
             _ = second.tick() => {
                 reader.drain(|bytes| sink.record(bytes));
                 sink.tick();
+                sink.publish();
             }
             Some(guard) = async {
                 match logger.as_mut() {
@@ -281,10 +297,13 @@ struct Sink<'a> {
     records: BTreeMap<&'static str, u64>,
     decode_errors: u64,
     stdout: io::Stdout,
+    exporter: Option<Exporter>,
+    max_flows: usize,
+    kernel_release: String,
 }
 
 impl<'a> Sink<'a> {
-    fn new(args: &ProbeArgs, loaded: &'a Loaded, pipeline: Pipeline) -> Self {
+    fn new(args: &ProbeArgs, loaded: &'a Loaded, pipeline: Pipeline, cfg: &Config) -> Self {
         Sink {
             format: args.output,
             print_events: !args.no_events,
@@ -293,7 +312,59 @@ impl<'a> Sink<'a> {
             records: BTreeMap::new(),
             decode_errors: 0,
             stdout: io::stdout(),
+            exporter: None,
+            max_flows: cfg.flows.max_flows,
+            kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|r| r.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
         }
+    }
+
+    /// Hands the exporter a fresh snapshot: traffic metrics, anomalies and self-health with
+    /// the kernel's counters read now (after a drain, so the sums match them).
+    fn publish(&self) {
+        let Some(exporter) = &self.exporter else {
+            return;
+        };
+        let kernel = match counters::read(&self.loaded.ebpf, &self.loaded.reason_names) {
+            Ok(k) => k,
+            Err(e) => {
+                // No snapshot: /readyz turns stale and says so.
+                log::error!("metrics not published: {e}");
+                return;
+            }
+        };
+        let detect = self.pipeline.detectors.stats();
+        let health = Health {
+            kernel: &kernel,
+            records: &self.records,
+            decode_errors: self.decode_errors,
+            flows: self.pipeline.flows.stats(),
+            max_flows: self.max_flows,
+            detect: &detect,
+            probes: &self.loaded.probes,
+            version: env!("CARGO_PKG_VERSION"),
+            kernel_release: &self.kernel_release,
+        };
+        let families = self
+            .pipeline
+            .metrics
+            .families(&health, self.pipeline.detectors.active());
+        let probes_down = self
+            .loaded
+            .probes
+            .iter()
+            .filter_map(|p| match &p.state {
+                ProbeState::Off(why) => Some(format!("{}: {why}", p.spec.program)),
+                ProbeState::Attached => None,
+            })
+            .collect();
+        exporter.publish(Snapshot {
+            families,
+            published_ns: monotonic_ns(),
+            probes_total: self.loaded.probes.len(),
+            probes_down,
+        });
     }
 
     fn write(&mut self, line: &str) {

@@ -1,7 +1,7 @@
 //! linkprobe userspace: loads the eBPF probes, drains their ring buffer and turns records into
 //! typed events. The event path flows one way:
-//! probes (`loader`) → ring (`reader`) → `decode` → `event` → `output` (→ flow table, detectors,
-//! exporter and API in later modules) → CLI.
+//! probes (`loader`) → ring (`reader`) → `decode` → `event` → `flowtable` → `signal` →
+//! `detect` and `metrics` → `exporter` (HTTP) and `output` → CLI.
 pub mod btf;
 pub mod cli;
 pub mod config;
@@ -11,9 +11,11 @@ pub mod decode;
 pub mod detect;
 pub mod diag;
 pub mod event;
+pub mod exporter;
 pub mod flowtable;
 pub mod loader;
 pub mod lock;
+pub mod metrics;
 pub mod mounts;
 pub mod output;
 pub mod output_anomaly;

@@ -3,7 +3,9 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use probe_user::{
     cli::{Cli, Command},
-    daemon, lock,
+    daemon,
+    exporter::Exporter,
+    lock,
 };
 
 fn main() -> ExitCode {
@@ -27,7 +29,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Daemon(args) => {
             let _lock = lock::acquire(&args.run_dir)?;
-            let started = daemon::start(&args.probe)?;
+            // Bind first: a taken port is reported before any probe is loaded.
+            let exporter = args.metrics_addr.0.map(Exporter::start).transpose()?;
+            let mut started = daemon::start(&args.probe)?;
+            started.exporter = exporter;
             runtime.block_on(daemon::run(&args.probe, started))?;
         }
         Command::Trace(args) => {

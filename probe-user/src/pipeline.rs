@@ -1,12 +1,13 @@
-//! The userspace event path after decoding: events → flow table → signals → detectors →
-//! anomaly changes. Owned by the daemon loop; no I/O here.
-use std::time::Duration;
+//! The userspace event path after decoding: events → flow table → signals → detectors and
+//! metrics → anomaly changes. Owned by the daemon loop; no I/O here.
+use std::{ops::RangeInclusive, time::Duration};
 
 use crate::{
     config::Config,
     detect::{AnomalyChange, Detectors},
     event::Event,
     flowtable::{FlowConfig, FlowKey, FlowTable},
+    metrics::Metrics,
     rst_reason::ReasonNames,
     signal::Signal,
 };
@@ -14,11 +15,13 @@ use crate::{
 pub struct Pipeline {
     pub flows: FlowTable,
     pub detectors: Detectors,
+    pub metrics: Metrics,
     signals: Vec<Signal>,
 }
 
 impl Pipeline {
-    pub fn new(cfg: &Config) -> Pipeline {
+    /// `ephemeral`: this host's `ip_local_port_range` (such ports never become metric labels).
+    pub fn new(cfg: &Config, ephemeral: RangeInclusive<u16>) -> Pipeline {
         Pipeline {
             flows: FlowTable::new(FlowConfig {
                 max_flows: cfg.flows.max_flows,
@@ -26,6 +29,7 @@ impl Pipeline {
                 timeline_len: cfg.flows.timeline_len,
             }),
             detectors: Detectors::new(cfg.detect.clone()),
+            metrics: Metrics::new(cfg.metrics.clone(), ephemeral),
             signals: Vec::new(),
         }
     }
@@ -36,13 +40,20 @@ impl Pipeline {
         self.flows.apply(ev, reasons, &mut self.signals);
         for s in &self.signals {
             self.detectors.observe(s);
+            self.metrics.observe(s);
         }
     }
 
-    /// Once a second: closes detector windows and expires old closed flows.
+    /// Once a second: closes detector windows, expires old closed flows and revisits the
+    /// metrics' label budget.
     pub fn tick(&mut self, now_ns: u64) -> Vec<AnomalyChange> {
         self.flows.expire(now_ns);
-        self.detectors.tick(now_ns)
+        let changes = self.detectors.tick(now_ns);
+        for c in &changes {
+            self.metrics.on_anomaly(c);
+        }
+        self.metrics.tick(now_ns);
+        changes
     }
 
     /// Sockets that existed before we started (from sock_diag).

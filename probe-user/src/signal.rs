@@ -2,6 +2,8 @@
 //! attributed to a scope. The contract between `flows` (producer) and `detect` (consumer).
 use std::{net::IpAddr, time::Duration};
 
+use crate::event::Role;
+
 /// Where a peer is: its address, plus its port only when that is a service port (we are the
 /// client). Never an ephemeral port, so scopes stay bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -17,7 +19,8 @@ pub enum RstDirection {
     Received,
 }
 
-/// Why a connection attempt (SYN_SENT) ended without a connection.
+/// Why a connection failed: an attempt (SYN_SENT) that ended without a connection, or a
+/// connection that ended with a reset instead of a FIN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConnectFailure {
     /// RST in SYN_SENT (ECONNREFUSED).
@@ -26,6 +29,48 @@ pub enum ConnectFailure {
     Timeout,
     /// ICMP unreachable or another hard error (EHOSTUNREACH, ENETUNREACH, …).
     Unreachable,
+    /// The connection (or its handshake) ended with an RST, sent or received.
+    Reset,
+}
+
+impl ConnectFailure {
+    /// Stable name for output and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnectFailure::Refused => "refused",
+            ConnectFailure::Timeout => "timeout",
+            ConnectFailure::Unreachable => "unreachable",
+            ConnectFailure::Reset => "reset",
+        }
+    }
+}
+
+/// What a retransmit-like event was.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RetransmitKind {
+    /// A SYN sent again; `since_first_syn` where the flow knows its first SYN.
+    Syn { since_first_syn: Option<Duration> },
+    /// A SYN-ACK sent again by a listener.
+    SynAck,
+    /// A data (or FIN) segment sent again.
+    Data,
+    /// The retransmission timer fired (sock_ops RTO callback).
+    Rto,
+    /// The kernel tried to retransmit but could not send (`err` != 0 in the tracepoint).
+    Failed,
+}
+
+impl RetransmitKind {
+    /// Stable name for output and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            RetransmitKind::Syn { .. } => "syn",
+            RetransmitKind::SynAck => "synack",
+            RetransmitKind::Data => "data",
+            RetransmitKind::Rto => "rto",
+            RetransmitKind::Failed => "failed",
+        }
+    }
 }
 
 /// Which in-kernel repeat-RST check fired.
@@ -45,6 +90,7 @@ pub enum Signal {
     /// A connection was opened (client: connect; server: handshake completed).
     Connection {
         ts_ns: u64,
+        role: Role,
         peer: Peer,
         /// Our listening port for server flows.
         local_port: Option<u16>,
@@ -63,19 +109,38 @@ pub enum Signal {
         /// The flow was established before the reset (a "reset after established").
         after_established: bool,
     },
-    /// A SYN was retransmitted; `since_first_syn` is the time since the flow's first SYN.
-    SynRetransmit {
+    /// A segment was retransmitted or the retransmission timer fired: one signal per
+    /// retransmit, SYN-ACK retransmit and RTO event, with or without a socket.
+    Retransmit {
         ts_ns: u64,
         peer: Peer,
-        cookie: u64,
-        since_first_syn: Duration,
+        /// `None` when the event had no socket cookie.
+        cookie: Option<u64>,
+        kind: RetransmitKind,
     },
-    /// A connection attempt failed.
+    /// A connection attempt failed, or a connection ended with a reset (once per flow, when
+    /// it closes).
     ConnectFailed {
         ts_ns: u64,
         peer: Peer,
+        /// Our listening port for server flows.
+        local_port: Option<u16>,
         cookie: u64,
+        /// `None` when the flow's role is unknown (seen first at its close).
+        role: Option<Role>,
         cause: ConnectFailure,
+    },
+    /// A client handshake completed: connect() (first SYN) to ESTABLISHED.
+    Handshake {
+        ts_ns: u64,
+        peer: Peer,
+        duration: Duration,
+    },
+    /// An RTT sample of a flow (at most one per flow per `--rtt-sample-ms`).
+    Rtt {
+        ts_ns: u64,
+        peer: Peer,
+        rtt: Duration,
     },
     /// Data segments a flow sent and retransmitted since the previous signal for it.
     DataSegments {
@@ -100,8 +165,10 @@ impl Signal {
         match self {
             Signal::Connection { ts_ns, .. }
             | Signal::Rst { ts_ns, .. }
-            | Signal::SynRetransmit { ts_ns, .. }
+            | Signal::Retransmit { ts_ns, .. }
             | Signal::ConnectFailed { ts_ns, .. }
+            | Signal::Handshake { ts_ns, .. }
+            | Signal::Rtt { ts_ns, .. }
             | Signal::DataSegments { ts_ns, .. }
             | Signal::RepeatRst { ts_ns, .. } => *ts_ns,
         }

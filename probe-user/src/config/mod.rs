@@ -1,7 +1,8 @@
-//! The daemon's TOML configuration: `[flows]` (flow table), `[detect]` (anomaly detectors) and
-//! `[kernel]` (in-kernel repeat-RST check). Every key is optional and defaults to the value in
-//! `deploy/linkprobe.toml`; unknown keys, wrong types and out-of-range values are errors that
-//! name the file, the dotted key, the value and the allowed range.
+//! The daemon's TOML configuration: `[flows]` (flow table), `[detect]` (anomaly detectors),
+//! `[kernel]` (in-kernel repeat-RST check) and `[metrics]` (exporter label budget). Every key
+//! is optional and defaults to the value in `deploy/linkprobe.toml`; unknown keys, wrong types
+//! and out-of-range values are errors that name the file, the dotted key, the value and the
+//! allowed range.
 //!
 //! Load with [`Config::load`] (or [`Config::from_toml_str`]), apply command-line overrides with
 //! [`Config::set`] / [`Config::set_override`], then call [`Config::validate`] once more: the
@@ -266,6 +267,25 @@ impl KernelConfig {
     }
 }
 
+config_table! {
+    /// `[metrics]`: the Prometheus exporter's label budget. Peers and local ports get a series
+    /// of their own by activity (top-K); the rest is folded into `other`, never lost.
+    pub struct MetricsConfig in "metrics" {
+        /// Hard cap on traffic series (each histogram bucket counts as one); a label set that
+        /// would exceed it is folded into `peer="other",local_port="other"`.
+        max_series: usize = 1800, Lo::Ge(100.0), Hi::Le(1_000_000.0);
+        /// Remote peers with series of their own (top-K by activity).
+        max_peers: usize = 200, Lo::Ge(1.0), Hi::Le(100_000.0);
+        /// Local listening ports with series of their own (top-K by activity).
+        max_local_ports: usize = 50, Lo::Ge(1.0), Hi::Le(65_536.0);
+        /// Peers with handshake/RTT histograms of their own (each costs 2 × 20 series).
+        max_histogram_peers: usize = 10, Lo::Ge(0.0), Hi::Le(10_000.0);
+        /// How often the top-K is revisited: a peer idle for a whole period can give its
+        /// series to a busier one (its counts move into `other`).
+        rebalance_secs: u64 = 300, Lo::Ge(1.0), Hi::Le(86_400.0);
+    }
+}
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -273,9 +293,15 @@ pub struct Config {
     pub flows: FlowsConfig,
     pub detect: DetectConfig,
     pub kernel: KernelConfig,
+    pub metrics: MetricsConfig,
 }
 
-const TABLES: &[&str] = &[FlowsConfig::TABLE, DetectConfig::TABLE, KernelConfig::TABLE];
+const TABLES: &[&str] = &[
+    FlowsConfig::TABLE,
+    DetectConfig::TABLE,
+    KernelConfig::TABLE,
+    MetricsConfig::TABLE,
+];
 
 fn field_error(
     e: FieldError,
@@ -311,6 +337,7 @@ fn keys_of(table: &str) -> &'static [&'static str] {
     match table {
         "flows" => FlowsConfig::KEYS,
         "detect" => DetectConfig::KEYS,
+        "metrics" => MetricsConfig::KEYS,
         _ => KernelConfig::KEYS,
     }
 }
@@ -395,6 +422,7 @@ impl Config {
             "flows" => self.flows.set_value(key, v),
             "detect" => self.detect.set_value(key, v),
             "kernel" => self.kernel.set_value(key, v),
+            "metrics" => self.metrics.set_value(key, v),
             _ => Err(FieldError::Unknown),
         }
     }
@@ -431,6 +459,7 @@ impl Config {
         self.flows.check_ranges()?;
         self.detect.check_ranges()?;
         self.kernel.check_ranges()?;
+        self.metrics.check_ranges()?;
         let d = &self.detect;
         let below = |key: &str, value: f64, other: &str, other_value: f64| {
             if value < other_value {

@@ -32,6 +32,7 @@ fn example_file_parses_to_defaults_and_lists_every_key() {
         ("flows", FlowsConfig::KEYS),
         ("detect", DetectConfig::KEYS),
         ("kernel", KernelConfig::KEYS),
+        ("metrics", MetricsConfig::KEYS),
     ] {
         assert!(EXAMPLE.contains(&format!("[{table}]")));
         for key in keys {
@@ -111,6 +112,7 @@ fn every_key_rejects_a_negative_value() {
         ("flows", FlowsConfig::KEYS),
         ("detect", DetectConfig::KEYS),
         ("kernel", KernelConfig::KEYS),
+        ("metrics", MetricsConfig::KEYS),
     ] {
         for key in keys {
             let msg = err(&format!("[{table}]\n{key} = -1\n"));
@@ -209,7 +211,7 @@ fn unknown_keys_list_the_valid_ones() {
     let msg = err("[flows]\n[detector]\nx = 1\n");
     assert_eq!(
         msg,
-        "config: unknown key detector at line 2, column 2; valid keys at the top level: flows, detect, kernel"
+        "config: unknown key detector at line 2, column 2; valid keys at the top level: flows, detect, kernel, metrics"
     );
     let msg = err("[kernel]\nwindow = 3\n");
     assert!(msg.ends_with("valid keys of [kernel]: repeat_rst_window_ms, repeat_rst_peer_threshold, repeat_rst_port_threshold"), "{msg}");
@@ -286,7 +288,7 @@ fn set_overrides_keys() {
     ));
     assert_eq!(
         e(c.set("nope.x", "1")),
-        "config override: unknown key nope.x; valid keys at the top level: flows, detect, kernel"
+        "config override: unknown key nope.x; valid keys at the top level: flows, detect, kernel, metrics"
     );
     assert!(e(c.set("detect", "1")).contains("unknown key detect."));
     assert_eq!(

@@ -52,7 +52,7 @@ use std::{fmt, time::Duration};
 
 pub use crate::config::DetectConfig;
 pub use crate::signal::Peer;
-use crate::signal::{ConnectFailure, RepeatScope, RstDirection, Signal};
+use crate::signal::{ConnectFailure, RepeatScope, RetransmitKind, RstDirection, Signal};
 
 use book::Book;
 use state::ScopeState;
@@ -299,10 +299,13 @@ impl Detectors {
                     });
                 }
             }
-            Signal::SynRetransmit {
+            Signal::Retransmit {
                 peer,
-                cookie,
-                since_first_syn,
+                cookie: Some(cookie),
+                kind:
+                    RetransmitKind::Syn {
+                        since_first_syn: Some(since_first_syn),
+                    },
                 ..
             } => {
                 if *since_first_syn > Duration::from_millis(self.cfg.syn_retry_min_ms) {
@@ -327,6 +330,8 @@ impl Detectors {
                     ConnectFailure::Unreachable => {
                         (AnomalyKind::ConnectUnreachable, "peer unreachable")
                     }
+                    // Resets are raised from the RST itself (reset after established, storms).
+                    ConnectFailure::Reset => return,
                 };
                 self.update(Scope::Peer(*peer), |st, _, book| {
                     st.event(kind, ts, Some(*cookie), None, detail.to_string(), book);
@@ -366,6 +371,8 @@ impl Detectors {
                     st.event(kind, ts, *cookie, peak, detail, book);
                 });
             }
+            // Counted by the exporter; no detector rule uses them (yet).
+            Signal::Retransmit { .. } | Signal::Handshake { .. } | Signal::Rtt { .. } => {}
         }
     }
 

@@ -39,6 +39,11 @@ pub(super) fn rst(ts: u64, peer: Peer, cookie: u64) -> Signal {
 pub(super) fn conn(ts: u64, peer: Peer, local_port: Option<u16>) -> Signal {
     Signal::Connection {
         ts_ns: ts,
+        role: if local_port.is_some() {
+            crate::event::Role::Server
+        } else {
+            crate::event::Role::Client
+        },
         peer,
         local_port,
         cookie: ts,

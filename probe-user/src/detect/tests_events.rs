@@ -4,23 +4,27 @@ use std::time::Duration;
 
 use super::tests::{client, conn, peer, rst, spread, Harness, S, T0};
 use super::*;
-use crate::signal::{ConnectFailure, RepeatScope, RstDirection, Signal};
+use crate::signal::{ConnectFailure, RepeatScope, RetransmitKind, RstDirection, Signal};
 
 fn failed(ts: u64, peer: Peer, cookie: u64, cause: ConnectFailure) -> Signal {
     Signal::ConnectFailed {
         ts_ns: ts,
         peer,
+        local_port: None,
         cookie,
+        role: Some(crate::event::Role::Client),
         cause,
     }
 }
 
 fn syn_retry(ts: u64, peer: Peer, cookie: u64, since_ms: u64) -> Signal {
-    Signal::SynRetransmit {
+    Signal::Retransmit {
         ts_ns: ts,
         peer,
-        cookie,
-        since_first_syn: Duration::from_millis(since_ms),
+        cookie: Some(cookie),
+        kind: RetransmitKind::Syn {
+            since_first_syn: Some(Duration::from_millis(since_ms)),
+        },
     }
 }
 
@@ -158,11 +162,13 @@ fn syn_retry_only_after_more_than_a_second() {
     h.run(1, |_, out| {
         out.push(syn_retry(T0 + 1, a, 1, 1000));
         out.push(syn_retry(T0 + 2, a, 2, 999));
-        out.push(Signal::SynRetransmit {
+        out.push(Signal::Retransmit {
             ts_ns: T0 + 3,
             peer: b,
-            cookie: 3,
-            since_first_syn: Duration::from_micros(1_000_001),
+            cookie: Some(3),
+            kind: RetransmitKind::Syn {
+                since_first_syn: Some(Duration::from_micros(1_000_001)),
+            },
         });
     });
     let raised = h.raised();

@@ -307,6 +307,11 @@ impl Flow {
             }
             Detail::StateChange { from, to } => {
                 self.state = *to;
+                // Only a client socket is ever in SYN_SENT: a flow first seen at its failed
+                // connect's close (evicted meanwhile) is still typed as a failed attempt.
+                if *from == TcpState::SYN_SENT {
+                    self.role.get_or_insert(Role::Client);
+                }
                 if *to == TcpState::SYN_SENT {
                     self.syn_sent(ts);
                 }

@@ -5,7 +5,7 @@ use super::{CloseCause, Flow};
 use crate::{
     event::{Detail, Event, RepeatScope, Role, SockStats, TcpState},
     rst_reason::ReasonNames,
-    signal::{ConnectFailure, Peer, RstDirection, Signal},
+    signal::{ConnectFailure, Peer, RetransmitKind, RstDirection, Signal},
 };
 
 /// Scope of a flow's peer: a client's peer keeps its service port; a server's peer is the
@@ -72,6 +72,7 @@ pub fn from_flow(
     match &ev.detail {
         Detail::Connect { .. } => out.push(Signal::Connection {
             ts_ns,
+            role: Role::Client,
             peer,
             local_port,
             cookie,
@@ -82,17 +83,43 @@ pub fn from_flow(
         } => {
             out.push(Signal::Connection {
                 ts_ns,
+                role: Role::Server,
                 peer,
                 local_port,
                 cookie,
             });
             data_segments(flow, ts_ns, stats, out);
         }
-        Detail::Established { stats, .. }
-        | Detail::SockOpsState { stats, .. }
-        | Detail::SockOpsRetrans { stats, .. }
-        | Detail::Rto { stats, .. }
-        | Detail::Rtt { stats, .. } => data_segments(flow, ts_ns, stats, out),
+        Detail::Established { stats, .. } => {
+            if let Some(ns) = flow.handshake_ns {
+                out.push(Signal::Handshake {
+                    ts_ns,
+                    peer,
+                    duration: Duration::from_nanos(ns),
+                });
+            }
+            data_segments(flow, ts_ns, stats, out);
+        }
+        Detail::Rto { stats, .. } => {
+            out.push(Signal::Retransmit {
+                ts_ns,
+                peer,
+                cookie: Some(cookie),
+                kind: RetransmitKind::Rto,
+            });
+            data_segments(flow, ts_ns, stats, out);
+        }
+        Detail::Rtt { sample_us, stats } => {
+            out.push(Signal::Rtt {
+                ts_ns,
+                peer,
+                rtt: Duration::from_micros(u64::from(*sample_us)),
+            });
+            data_segments(flow, ts_ns, stats, out);
+        }
+        Detail::SockOpsState { stats, .. } | Detail::SockOpsRetrans { stats, .. } => {
+            data_segments(flow, ts_ns, stats, out)
+        }
         Detail::RstReceived { .. } | Detail::RstSent { .. } => {
             let (direction, reason) = match &ev.detail {
                 Detail::RstSent { reason, .. } => (RstDirection::Sent, *reason),
@@ -108,15 +135,23 @@ pub fn from_flow(
                 after_established: flow.established,
             });
         }
-        Detail::Retransmit { state, err } if *state == TcpState::SYN_SENT && *err == 0 => {
-            let since = ts_ns.saturating_sub(flow.first_syn_ns.unwrap_or(ts_ns));
-            out.push(Signal::SynRetransmit {
+        Detail::Retransmit { state, err } => {
+            let since_first_syn = flow
+                .first_syn_ns
+                .map(|first| Duration::from_nanos(ts_ns.saturating_sub(first)));
+            out.push(Signal::Retransmit {
                 ts_ns,
                 peer,
-                cookie,
-                since_first_syn: Duration::from_nanos(since),
+                cookie: Some(cookie),
+                kind: retransmit_kind(*state, *err, since_first_syn),
             });
         }
+        Detail::RetransmitSynack => out.push(Signal::Retransmit {
+            ts_ns,
+            peer,
+            cookie: Some(cookie),
+            kind: RetransmitKind::SynAck,
+        }),
         Detail::RepeatRst { scope: s, count } => {
             out.push(Signal::RepeatRst {
                 ts_ns,
@@ -129,26 +164,42 @@ pub fn from_flow(
         }
         _ => {}
     }
-    if just_closed && !flow.established && flow.role == Some(Role::Client) {
+    if just_closed {
         let cause = match flow.close {
             Some(CloseCause::Refused) => Some(ConnectFailure::Refused),
             Some(CloseCause::Timeout) => Some(ConnectFailure::Timeout),
             Some(CloseCause::Unreachable) => Some(ConnectFailure::Unreachable),
-            _ => None,
+            Some(CloseCause::RstReceived | CloseCause::RstSent) => Some(ConnectFailure::Reset),
+            Some(CloseCause::Fin) | None => None,
         };
         if let Some(cause) = cause {
             out.push(Signal::ConnectFailed {
                 ts_ns,
                 peer,
+                local_port,
                 cookie,
+                role: flow.role,
                 cause,
             });
         }
     }
 }
 
-/// Signals of an event without a socket: an RST for a closed port (our refusal), or the
-/// kernel's repeat-RST alert about such RSTs.
+/// A retransmit tracepoint hit: a SYN in SYN_SENT, else data; `Failed` when the kernel could
+/// not send it (the tracepoint also fires for failed attempts).
+fn retransmit_kind(state: TcpState, err: i32, since_first_syn: Option<Duration>) -> RetransmitKind {
+    if err != 0 {
+        RetransmitKind::Failed
+    } else if state == TcpState::SYN_SENT {
+        RetransmitKind::Syn { since_first_syn }
+    } else {
+        RetransmitKind::Data
+    }
+}
+
+/// Signals of an event without a socket: an RST for a closed port (our refusal), the kernel's
+/// repeat-RST alert about such RSTs, and any RST or retransmit whose cookie was not resolved
+/// (every such event is still counted).
 pub fn socketless(ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
     let peer = Peer {
         addr: ev.remote.ip(),
@@ -164,6 +215,28 @@ pub fn socketless(ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
             cookie: None,
             reason: reason_name(*reason, reasons),
             after_established: false,
+        }),
+        // Cookie-less RSTs received (the cookie could not be resolved): still counted.
+        Detail::RstReceived { .. } => out.push(Signal::Rst {
+            ts_ns: ev.ts_ns,
+            direction: RstDirection::Received,
+            peer,
+            local_port,
+            cookie: None,
+            reason: None,
+            after_established: false,
+        }),
+        Detail::Retransmit { state, err } => out.push(Signal::Retransmit {
+            ts_ns: ev.ts_ns,
+            peer,
+            cookie: None,
+            kind: retransmit_kind(*state, *err, None),
+        }),
+        Detail::RetransmitSynack => out.push(Signal::Retransmit {
+            ts_ns: ev.ts_ns,
+            peer,
+            cookie: None,
+            kind: RetransmitKind::SynAck,
         }),
         Detail::RepeatRst { scope, count } => out.push(Signal::RepeatRst {
             ts_ns: ev.ts_ns,

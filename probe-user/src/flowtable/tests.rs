@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 use super::*;
 use crate::{
     event::{Detail, Process, Role, SockStats},
-    signal::{ConnectFailure, RstDirection},
+    signal::{ConnectFailure, RetransmitKind, RstDirection},
 };
 
 const CLIENT: u64 = 7;
@@ -201,7 +201,10 @@ fn refused_and_timed_out_connects_are_typed() {
             .any(|s| matches!(s, Signal::ConnectFailed { cause: c, .. } if *c == cause)));
         assert!(signals.iter().any(|s| matches!(
             s,
-            Signal::SynRetransmit { since_first_syn, .. } if since_first_syn.as_millis() == 1500
+            Signal::Retransmit {
+                kind: RetransmitKind::Syn { since_first_syn: Some(since) },
+                ..
+            } if since.as_millis() == 1500
         )));
     }
 }

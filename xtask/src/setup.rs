@@ -1,7 +1,12 @@
 //! `cargo xtask setup`: everything a fresh Debian 12 machine needs to build and test linkprobe.
 //! Idempotent: each step checks first and prints `already ok`, so a second run takes seconds.
 //! Steps print one line each: `[setup] <step>: already ok` or `installing…` then `done in Xs`.
-use std::{path::Path, process::Command, time::Instant};
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -35,7 +40,21 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "tests and bench use ip netns; tests read nstat"),
     // The clean-detach test lists loaded programs and cgroup attachments with bpftool.
     ("bpftool", "tests check programs are detached with bpftool"),
+    // `/usr/bin/prometheus` scrapes the daemon's exporter in the tests, `/usr/bin/promtool`
+    // lints its exposition text. Its postinst starts a service: see `NoServiceStarts`.
+    (
+        "prometheus",
+        "tests scrape the exporter with a real Prometheus and check it with promtool",
+    ),
 ];
+
+/// Installed with `--no-install-recommends`: prometheus recommends the node exporter and its
+/// collector timers, which the tests do not use.
+const WITHOUT_RECOMMENDS: &[&str] = &["prometheus"];
+
+/// Debian's hook that `invoke-rc.d` and `deb-systemd-invoke` ask before a maintainer script
+/// starts a service; exit 101 means "not allowed".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// One set-up step's progress line(s).
 struct Step {
@@ -198,12 +217,113 @@ fn apt_packages(s: &Step) -> Result<()> {
     }
     s.installing(&missing.join(" "));
     run(Command::new("apt-get").arg("update"))?;
-    run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y"])
-        .args(&missing))?;
+    let (plain, lean): (Vec<&str>, Vec<&str>) = missing
+        .iter()
+        .copied()
+        .partition(|p| !WITHOUT_RECOMMENDS.contains(p));
+    let servers_before = prometheus_servers();
+    {
+        // Set-up installs tools, not services. prometheus's postinst starts its service
+        // (`invoke-rc.d prometheus start || exit 1`, or systemd) wherever the init system
+        // lets it: a stray server on :9090, or a failed install when the start fails. (In a
+        // container without systemd and no runlevel, invoke-rc.d happens to skip the start.)
+        // The unit stays enabled on systemd hosts; only the start during set-up is denied.
+        let _guard = NoServiceStarts::new()?;
+        for (pkgs, extra) in [(plain, None), (lean, Some("--no-install-recommends"))] {
+            if pkgs.is_empty() {
+                continue;
+            }
+            run(Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y"])
+                .args(extra)
+                .args(&pkgs))?;
+        }
+    }
+    // Belt and braces: a server the installation started anyway is stopped.
+    for pid in prometheus_servers() {
+        if !servers_before.contains(&pid) {
+            println!("[setup]   stopping prometheus (pid {pid}) started by its package");
+            // SAFETY: kill(2) with a pid read from /proc; no memory is involved.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
     s.done();
     Ok(())
+}
+
+/// While alive, `/usr/sbin/policy-rc.d` denies every service start (exit 101). A policy that
+/// already denies is left alone; another one is set aside and put back on drop.
+struct NoServiceStarts {
+    /// Where an existing policy that allowed starts was moved.
+    saved: Option<PathBuf>,
+    /// Whether the file is ours and must go on drop.
+    created: bool,
+}
+
+impl NoServiceStarts {
+    fn new() -> Result<Self> {
+        let policy = Path::new(POLICY_RC_D);
+        let mut saved = None;
+        if policy.exists() {
+            let denies = Command::new(policy)
+                .args(["prometheus", "start"])
+                .status()
+                .is_ok_and(|st| st.code() == Some(101));
+            if denies {
+                return Ok(Self {
+                    saved: None,
+                    created: false,
+                });
+            }
+            let aside = PathBuf::from(format!("{POLICY_RC_D}.linkprobe-setup"));
+            std::fs::rename(policy, &aside).with_context(|| format!("set {POLICY_RC_D} aside"))?;
+            saved = Some(aside);
+        }
+        let mut guard = Self {
+            saved,
+            created: false,
+        };
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs packages\nexit 101\n",
+        )
+        .with_context(|| format!("write {POLICY_RC_D}"))?;
+        guard.created = true;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {POLICY_RC_D}"))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
+        if let Some(aside) = &self.saved {
+            if let Err(e) = std::fs::rename(aside, POLICY_RC_D) {
+                eprintln!(
+                    "[setup]   could not put {} back as {POLICY_RC_D}: {e}",
+                    aside.display()
+                );
+            }
+        }
+    }
+}
+
+/// Pids of running `/usr/bin/prometheus` processes.
+fn prometheus_servers() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let exe = std::fs::read_link(e.path().join("exe")).ok()?;
+        (exe == Path::new("/usr/bin/prometheus")).then_some(pid)
+    })
+    .collect()
 }
 
 fn bpf_linker(s: &Step) -> Result<()> {

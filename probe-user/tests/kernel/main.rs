@@ -4,6 +4,7 @@
 mod common;
 mod detect;
 mod limits;
+mod prometheus_harness;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -1,7 +1,10 @@
 //! Shared harness for the real-kernel tests: a network namespace per test, nftables rules and
-//! nstat counters inside it, and a `linkprobe trace` process scoped to it.
+//! nstat counters inside it, and a `linkprobe trace` process scoped to it. For the exporter: a
+//! small HTTP client and a real Prometheus server with promtool.
 
+pub mod http;
 pub mod netns;
+pub mod prometheus;
 pub mod tracer;
 pub mod workload;
 

@@ -204,6 +204,14 @@ impl Flow {
         });
     }
 
+    /// An abort (SO_LINGER 0, `tcp_disconnect`) moves the socket to CLOSE before it sends
+    /// its RST: a flow that looked FIN-closed and then resets was reset.
+    fn reset_after_close(&mut self, cause: CloseCause) {
+        if self.close == Some(CloseCause::Fin) {
+            self.close = Some(cause);
+        }
+    }
+
     /// Updates the flow from one of its events.
     pub fn apply(&mut self, ev: &Event, timeline_len: usize) {
         let ts = ev.ts_ns;
@@ -270,6 +278,7 @@ impl Flow {
             }
             Detail::RstReceived { state: s } => {
                 self.rst_received += 1;
+                self.reset_after_close(CloseCause::RstReceived);
                 state = Some(*s);
                 Note::None
             }
@@ -277,6 +286,7 @@ impl Flow {
                 state: s, reason, ..
             } => {
                 self.rst_sent += 1;
+                self.reset_after_close(CloseCause::RstSent);
                 self.last_rst_reason = *reason;
                 state = Some(*s);
                 Note::Reason(*reason)

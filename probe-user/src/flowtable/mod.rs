@@ -153,10 +153,12 @@ impl FlowTable {
         }
         let timeline_len = self.cfg.timeline_len;
         let flow = self.touch(key, ev);
-        let was_open = flow.close.is_none();
+        let cause_before = flow.close;
         flow.apply(ev, timeline_len);
-        let just_closed = was_open && flow.close.is_some();
-        signals::from_flow(flow, ev, reasons, just_closed, out);
+        let just_closed = cause_before.is_none() && flow.close.is_some();
+        // A close cause decided (FIN) and then corrected (the RST came after CLOSE).
+        let close_changed = just_closed || (cause_before.is_some() && flow.close != cause_before);
+        signals::from_flow(flow, ev, reasons, close_changed, out);
         if just_closed {
             self.file_closed(key);
         }

@@ -57,13 +57,14 @@ fn data_segments(flow: &mut Flow, ts_ns: u64, stats: &SockStats, out: &mut Vec<S
     });
 }
 
-/// Signals of an event that belongs to `flow` (already updated). `just_closed` when this event
-/// closed it.
+/// Signals of an event that belongs to `flow` (already updated). `close_changed` when this
+/// event closed it or corrected its close cause (each flow's failure is reported once: only a
+/// FIN close is ever corrected, and a FIN close reports none).
 pub fn from_flow(
     flow: &mut Flow,
     ev: &Event,
     reasons: &ReasonNames,
-    just_closed: bool,
+    close_changed: bool,
     out: &mut Vec<Signal>,
 ) {
     let ts_ns = ev.ts_ns;
@@ -164,7 +165,7 @@ pub fn from_flow(
         }
         _ => {}
     }
-    if just_closed {
+    if close_changed {
         let cause = match flow.close {
             Some(CloseCause::Refused) => Some(ConnectFailure::Refused),
             Some(CloseCause::Timeout) => Some(ConnectFailure::Timeout),

@@ -370,3 +370,38 @@ fn a_socket_first_seen_at_destroy_is_not_a_flow() {
     assert!(t.is_empty());
     assert!(signals.is_empty());
 }
+
+#[test]
+fn an_abort_that_closes_before_its_rst_is_a_reset_not_a_fin() {
+    // SO_LINGER 0: tcp_disconnect moves the socket to CLOSE, then sends the RST.
+    let mut t = FlowTable::new(FlowConfig::default());
+    let signals = run(
+        &mut t,
+        &[
+            state(100, 7, 2, None),
+            state(200, 2, 1, None),
+            state(300, 1, 7, None),
+            ev(
+                301,
+                Some(CLIENT),
+                Detail::RstSent {
+                    state: TcpState::CLOSE,
+                    reason: Some(1),
+                    no_socket: false,
+                },
+            ),
+        ],
+    );
+    assert_eq!(
+        t.get(&key(CLIENT)).unwrap().close,
+        Some(CloseCause::RstSent)
+    );
+    let failures: Vec<_> = signals
+        .iter()
+        .filter_map(|s| match s {
+            Signal::ConnectFailed { cause, .. } => Some(*cause),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failures, vec![ConnectFailure::Reset], "reported once");
+}

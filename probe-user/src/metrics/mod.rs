@@ -234,7 +234,9 @@ impl Metrics {
                 ("peer", Some(label), None)
             }
             Scope::LocalPort(p) => {
-                let label = if self.ports.is_admitted(p) {
+                let label = if self.ephemeral.contains(p) {
+                    PortLabel::Ephemeral
+                } else if self.ports.is_admitted(p) {
                     PortLabel::Port(*p)
                 } else {
                     PortLabel::Other

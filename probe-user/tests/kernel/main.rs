@@ -3,6 +3,7 @@
 //! counts, the cookies of its own sockets (`SO_COOKIE`), and `nstat` deltas of the namespace.
 mod common;
 mod detect;
+mod exporter;
 mod limits;
 mod prometheus_harness;
 

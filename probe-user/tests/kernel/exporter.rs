@@ -1,0 +1,400 @@
+//! The Prometheus exporter against a real daemon: a real Prometheus server scrapes it while the
+//! test makes known numbers of refused connects, aborted connections and dropped SYNs in its
+//! own namespace; PromQL answers are compared with the test's counts and the namespace's
+//! `nstat`. Plus: promtool on real output, the anomaly gauge through a storm, and 10,000
+//! distinct peers against the series cap.
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpListener},
+    time::Duration,
+};
+
+use crate::{
+    common::{
+        can_run_kernel_tests, http,
+        netns::{delta, TestNetns},
+        prometheus::{prometheus_available, promtool_check_metrics, PromServer},
+        tracer::Tracer,
+        workload,
+    },
+    report, KERNEL,
+};
+
+/// A free loopback port for the daemon's exporter.
+fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn start_daemon(ns: &TestNetns, tag: &str) -> (Tracer, SocketAddr, tempdir::Dir) {
+    let addr = free_addr();
+    let run_dir = tempdir::Dir::new(tag);
+    let tracer = Tracer::start_daemon_with(
+        &ns.name,
+        run_dir.path(),
+        &[
+            "--metrics-addr",
+            &addr.to_string(),
+            "--no-events",
+            "--drain-interval-ms",
+            "20",
+        ],
+    );
+    (tracer, addr, run_dir)
+}
+
+/// One exposition line: name, labels, value.
+type Line = (String, BTreeMap<String, String>, f64);
+
+/// Parses the text format (enough for our own output: no escaped quotes in label values).
+fn parse(text: &str) -> Vec<Line> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("value");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').expect("label");
+                    (k.to_string(), v.trim_matches('"').to_string())
+                })
+                .collect();
+            (name.to_string(), labels, value.parse().expect("number"))
+        })
+        .collect()
+}
+
+fn sum(lines: &[Line], name: &str, filter: &[(&str, &str)]) -> f64 {
+    lines
+        .iter()
+        .filter(|(n, labels, _)| {
+            n == name
+                && filter
+                    .iter()
+                    .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let r = http::get(addr, "/metrics").expect("GET /metrics");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+/// `sum(expr)` as Prometheus has it now (0 when the vector is empty).
+fn promql_sum(prom: &PromServer, expr: &str) -> u64 {
+    prom.query_scalar(&format!("sum({expr})")).unwrap_or(0.0) as u64
+}
+
+#[test]
+fn prometheus_sees_exact_counts_and_the_storm_gauge() {
+    if !can_run_kernel_tests("prometheus_scrape") || !prometheus_available("prometheus_scrape") {
+        return;
+    }
+    let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
+    const REFUSED: u64 = 30;
+    const ABORTS: u64 = 20;
+    const SYN_TIMEOUTS: u64 = 3;
+    let ns = TestNetns::new("promscrape");
+    ns.nft(
+        "table inet lptest {\n chain input {\n type filter hook input priority 0;\n \
+         tcp dport 7777 tcp flags & (syn | ack) == syn drop\n }\n}\n",
+    );
+    let (tracer, addr, _run_dir) = start_daemon(&ns, "promscrape");
+    let r = http::get(addr, "/healthz").expect("/healthz");
+    assert_eq!(r.status, 200, "/healthz: {}", r.text());
+    // Ready once the event loop has published its first snapshot ("starting" until then).
+    let mut ready = http::get(addr, "/readyz").expect("/readyz");
+    for _ in 0..50 {
+        if ready.status == 200 {
+            break;
+        }
+        assert!(ready.text().contains("starting"), "{}", ready.text());
+        std::thread::sleep(Duration::from_millis(100));
+        ready = http::get(addr, "/readyz").expect("/readyz");
+    }
+    assert_eq!(ready.status, 200, "/readyz: {}", ready.text());
+    assert!(
+        ready.text().contains("7 of 7 probes attached"),
+        "{}",
+        ready.text()
+    );
+    let prom = PromServer::start(addr, 500);
+    prom.wait_for_scrapes(1);
+
+    let before = ns.nstat();
+    ns.enter(|| workload::refused_connects(9, REFUSED as usize));
+    ns.enter(|| workload::linger_zero_aborts(ABORTS as usize));
+    ns.enter(|| workload::syn_timeouts(7777, SYN_TIMEOUTS as usize, 2));
+    let after = ns.nstat();
+    let d = |k: &str| delta(&before, &after, k);
+    let out_rsts = d("TcpOutRsts");
+    assert_eq!(out_rsts, REFUSED + ABORTS, "the namespace's own RST count");
+
+    // Published once a second and scraped every 500 ms: wait until the last RST is visible,
+    // then every figure must be exact.
+    let timeout = Duration::from_secs(15);
+    prom.wait_until(
+        "sum(linkprobe_tcp_resets_total{direction=\"sent\"})",
+        |v| v as u64 >= out_rsts,
+        timeout,
+    );
+    prom.wait_until(
+        "sum(linkprobe_tcp_connect_failures_total{cause=\"timeout\"})",
+        |v| v as u64 >= SYN_TIMEOUTS,
+        timeout,
+    );
+    prom.wait_for_scrapes(2);
+    let q = |e: &str| promql_sum(&prom, e);
+    let figures = [
+        (
+            "resets sent vs TcpOutRsts",
+            q("linkprobe_tcp_resets_total{direction=\"sent\"}"),
+            out_rsts,
+        ),
+        (
+            "resets received vs refused + aborts",
+            q("linkprobe_tcp_resets_total{direction=\"received\"}"),
+            REFUSED + ABORTS,
+        ),
+        (
+            "resets sent NO_SOCKET on local port 9",
+            q("linkprobe_tcp_resets_total{direction=\"sent\",reason=\"NO_SOCKET\",local_port=\"9\"}"),
+            REFUSED,
+        ),
+        (
+            "resets received from peer 127.0.0.1:9",
+            q("linkprobe_tcp_resets_total{direction=\"received\",peer=\"127.0.0.1:9\"}"),
+            REFUSED,
+        ),
+        (
+            "connections client vs TcpActiveOpens",
+            q("linkprobe_tcp_connections_total{role=\"client\"}"),
+            d("TcpActiveOpens"),
+        ),
+        (
+            "connections server vs TcpPassiveOpens",
+            q("linkprobe_tcp_connections_total{role=\"server\"}"),
+            d("TcpPassiveOpens"),
+        ),
+        (
+            "failures refused+timeout vs TcpAttemptFails",
+            q("linkprobe_tcp_connect_failures_total{cause=~\"refused|timeout\"}"),
+            d("TcpAttemptFails"),
+        ),
+        (
+            "failures refused",
+            q("linkprobe_tcp_connect_failures_total{cause=\"refused\"}"),
+            REFUSED,
+        ),
+        (
+            "failures timeout (peer 127.0.0.1:7777)",
+            q("linkprobe_tcp_connect_failures_total{cause=\"timeout\",peer=\"127.0.0.1:7777\"}"),
+            SYN_TIMEOUTS,
+        ),
+        (
+            "failures reset vs TcpEstabResets",
+            q("linkprobe_tcp_connect_failures_total{cause=\"reset\"}"),
+            d("TcpEstabResets"),
+        ),
+        (
+            "SYN retransmits vs TcpExtTCPSynRetrans",
+            q("linkprobe_tcp_retransmits_total{type=\"syn\"}"),
+            d("TcpExtTCPSynRetrans"),
+        ),
+        (
+            "handshakes observed vs aborted connections",
+            q("linkprobe_tcp_handshake_duration_seconds_count"),
+            ABORTS,
+        ),
+        (
+            "resets vs the kernel's event counters",
+            q("linkprobe_tcp_resets_total"),
+            q("linkprobe_kernel_events_total{kind=~\"rst_sent|rst_received\"}"),
+        ),
+    ];
+    report("PromQL vs oracle", &figures);
+    for (what, ours, oracle) in figures {
+        assert_eq!(ours, oracle, "{what}");
+    }
+    assert_eq!(q("linkprobe_events_lost_total"), 0);
+    assert_eq!(q("linkprobe_probe_attached"), 7);
+
+    // A storm of refused connects on port 10: the gauge goes to 1, then back to 0.
+    let storm = ns.enter(|| workload::refused_storm(10, 800, Duration::from_secs(3)));
+    let text = scrape(addr);
+    promtool_check_metrics(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
+    eprintln!("== /metrics during the storm (traffic families):");
+    for l in text.lines().filter(|l| {
+        l.starts_with("linkprobe_tcp_resets")
+            || l.starts_with("linkprobe_anomalies_active")
+            || l.starts_with("linkprobe_tcp_connect_failures")
+    }) {
+        eprintln!("   {l}");
+    }
+    let storm_gauge = "max(linkprobe_anomalies_active{kind=\"rst_storm\",local_port=\"10\"})";
+    let raised = prom.wait_until(storm_gauge, |v| v == 1.0, timeout);
+    assert_eq!(raised, 1.0);
+    let cleared = prom.wait_until(storm_gauge, |v| v == 0.0, Duration::from_secs(30));
+    assert_eq!(cleared, 0.0);
+    let after_storm = ns.nstat();
+    prom.wait_until(
+        "sum(linkprobe_tcp_resets_total{direction=\"sent\"})",
+        |v| v as u64 >= delta(&before, &after_storm, "TcpOutRsts"),
+        timeout,
+    );
+    let sent = q("linkprobe_tcp_resets_total{direction=\"sent\"}");
+    let storm_received =
+        q("linkprobe_tcp_resets_total{direction=\"received\",peer=\"127.0.0.1:10\"}");
+    report(
+        "after the storm",
+        &[
+            (
+                "resets sent vs TcpOutRsts",
+                sent,
+                delta(&before, &after_storm, "TcpOutRsts"),
+            ),
+            (
+                "resets received from 127.0.0.1:10 vs storm connects",
+                storm_received,
+                storm,
+            ),
+        ],
+    );
+    assert_eq!(sent, delta(&before, &after_storm, "TcpOutRsts"));
+    assert_eq!(storm_received, storm);
+    assert!(q("linkprobe_anomalies_total{kind=\"rst_storm\"}") >= 1);
+    let series = prom
+        .query_scalar("count({__name__=~\"linkprobe_.*\"})")
+        .unwrap_or(0.0);
+    eprintln!("== series exported (linkprobe_*): {series}");
+    assert!(series < 2000.0, "{series}");
+    drop(prom);
+    tracer.stop();
+}
+
+#[test]
+fn ten_thousand_peers_fold_into_other_under_the_series_cap() {
+    if !can_run_kernel_tests("cardinality") || !prometheus_available("cardinality") {
+        return;
+    }
+    let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
+    const PEERS: u32 = 10_000;
+    let ns = TestNetns::new("cardinal");
+    let (tracer, addr, _run_dir) = start_daemon(&ns, "cardinal");
+    let before = ns.nstat();
+    // Every address of 127/8 is local in the namespace: one refused connect to port 9 of
+    // each of 10,000 distinct addresses makes 10,000 distinct peers.
+    ns.enter(|| {
+        for i in 0..PEERS {
+            let dst: SocketAddr = ([127, 1, (i >> 8) as u8, i as u8], 9).into();
+            let (s, _) = workload::client_socket();
+            s.connect(&dst.into()).expect_err("refused");
+        }
+    });
+    let after = ns.nstat();
+    let active_opens = delta(&before, &after, "TcpActiveOpens");
+    assert_eq!(active_opens, u64::from(PEERS));
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        lines = parse(&scrape(addr));
+        if sum(&lines, "linkprobe_tcp_connections_total", &[]) as u64 >= active_opens {
+            break;
+        }
+    }
+    let text = scrape(addr);
+    promtool_check_metrics(&text).unwrap_or_else(|e| panic!("promtool: {e}"));
+    let exposition = lines.len();
+    let traffic = sum(&lines, "linkprobe_series", &[]);
+    let cap = sum(&lines, "linkprobe_series_max", &[]);
+    let peers = lines
+        .iter()
+        .filter(|(n, l, _)| n == "linkprobe_tcp_connections_total" && l["peer"] != "other")
+        .count();
+    let conn_total = sum(&lines, "linkprobe_tcp_connections_total", &[]) as u64;
+    let conn_other = sum(
+        &lines,
+        "linkprobe_tcp_connections_total",
+        &[("peer", "other")],
+    ) as u64;
+    let failures = sum(
+        &lines,
+        "linkprobe_tcp_connect_failures_total",
+        &[("cause", "refused")],
+    ) as u64;
+    let received = sum(
+        &lines,
+        "linkprobe_tcp_resets_total",
+        &[("direction", "received")],
+    ) as u64;
+    let dropped = sum(
+        &lines,
+        "linkprobe_series_dropped_total",
+        &[("label", "peer")],
+    ) as u64;
+    eprintln!(
+        "== 10,000 peers: {exposition} exposition lines, traffic series {traffic} (cap {cap}), \
+         {peers} peers with their own series, other = {conn_other}, values folded = {dropped}"
+    );
+    report(
+        "10,000 peers",
+        &[
+            (
+                "connections (sum) vs TcpActiveOpens",
+                conn_total,
+                active_opens,
+            ),
+            (
+                "refused failures vs TcpAttemptFails",
+                failures,
+                delta(&before, &after, "TcpAttemptFails"),
+            ),
+            ("resets received vs connects", received, active_opens),
+            (
+                "other + own series",
+                conn_other + (conn_total - conn_other),
+                active_opens,
+            ),
+        ],
+    );
+    assert!(exposition < 2000, "{exposition} lines");
+    assert!(traffic <= cap, "{traffic} > {cap}");
+    assert_eq!(conn_total, active_opens);
+    assert_eq!(failures, delta(&before, &after, "TcpAttemptFails"));
+    assert_eq!(received, active_opens);
+    assert!(peers <= 200, "{peers}");
+    assert_eq!(conn_other, active_opens - peers as u64);
+    assert!(dropped >= u64::from(PEERS) - 200, "{dropped}");
+    tracer.stop();
+}
+
+/// A temporary run directory for one daemon (its lock file).
+mod tempdir {
+    pub struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        pub fn new(tag: &str) -> Dir {
+            let p = std::env::temp_dir().join(format!("lp-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&p).expect("run dir");
+            Dir(p)
+        }
+
+        pub fn path(&self) -> &str {
+            self.0.to_str().expect("utf-8 path")
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

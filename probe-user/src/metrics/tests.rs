@@ -7,6 +7,7 @@ use crate::{
     counters::KernelCounters,
     detect::DetectStats,
     flowtable::FlowTableStats,
+    loader::{ProbeState, ProbeStatus, PROBES},
     signal::{ConnectFailure, RetransmitKind},
 };
 
@@ -55,6 +56,14 @@ fn metrics(cfg: MetricsConfig) -> Metrics {
 fn encode(m: &Metrics, kernel: &KernelCounters) -> (Vec<MetricFamily>, String) {
     let records = BTreeMap::new();
     let detect = DetectStats::default();
+    let probes: Vec<ProbeStatus> = PROBES
+        .iter()
+        .map(|spec| ProbeStatus {
+            spec: *spec,
+            target: spec.program.to_string(),
+            state: ProbeState::Attached,
+        })
+        .collect();
     let h = Health {
         kernel,
         records: &records,
@@ -62,7 +71,7 @@ fn encode(m: &Metrics, kernel: &KernelCounters) -> (Vec<MetricFamily>, String) {
         flows: FlowTableStats::default(),
         max_flows: 65_536,
         detect: &detect,
-        probes: &[],
+        probes: &probes,
         version: "0.1.0",
         kernel_release: "6.18.0",
     };
@@ -263,4 +272,98 @@ fn failures_are_typed_by_cause_and_role() {
         causes.keys().collect::<Vec<_>>(),
         vec!["refused", "reset", "timeout"]
     );
+}
+
+/// Every `linkprobe_*` / `process_*` name a deploy file uses must be one the exporter serves
+/// (histograms with their `_bucket`/`_sum`/`_count` series).
+#[test]
+fn deploy_rules_and_dashboard_use_only_exported_names() {
+    let mut m = metrics(MetricsConfig::default());
+    m.observe(&conn(1));
+    m.observe(&rst(1, "NO_SOCKET"));
+    for kind in [RetransmitKind::Data, RetransmitKind::Rto] {
+        m.observe(&Signal::Retransmit {
+            ts_ns: 1,
+            peer: client_peer(1),
+            cookie: None,
+            kind,
+        });
+    }
+    for s in [
+        Signal::Handshake {
+            ts_ns: 1,
+            peer: client_peer(1),
+            duration: Duration::from_millis(1),
+        },
+        Signal::Rtt {
+            ts_ns: 1,
+            peer: client_peer(1),
+            rtt: Duration::from_millis(1),
+        },
+        Signal::ConnectFailed {
+            ts_ns: 1,
+            peer: client_peer(1),
+            local_port: None,
+            cookie: 1,
+            role: Some(Role::Client),
+            cause: ConnectFailure::Reset,
+        },
+    ] {
+        m.observe(&s);
+    }
+    m.anomaly_keys.insert(AnomalyKey {
+        kind: AnomalyKind::RstStorm,
+        scope: "peer",
+        peer: Some(PeerLabel::Other),
+        local_port: None,
+    });
+    // As the kernel reports them: every kind present, at 0.
+    let zeros: BTreeMap<&'static str, u64> = probe_common::EventKind::ALL
+        .iter()
+        .map(|k| (crate::event::kind_name(*k), 0))
+        .collect();
+    let kernel = KernelCounters {
+        events: zeros.clone(),
+        lost: zeros.clone(),
+        no_cookie: zeros,
+        ..KernelCounters::default()
+    };
+    let (families, _) = encode(&m, &kernel);
+    let mut served: Vec<String> = Vec::new();
+    for f in &families {
+        served.push(f.name().to_string());
+        for suffix in ["_bucket", "_sum", "_count"] {
+            served.push(format!("{}{suffix}", f.name()));
+        }
+    }
+    // Served by the exporter thread's process collector.
+    served.push("process_cpu_seconds_total".into());
+    for (file, text) in [
+        (
+            "deploy/prometheus-rules.yaml",
+            include_str!("../../../deploy/prometheus-rules.yaml"),
+        ),
+        (
+            "deploy/dashboard.json",
+            include_str!("../../../deploy/dashboard.json"),
+        ),
+    ] {
+        let mut used = 0;
+        for (i, _) in text.match_indices("linkprobe_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // Prose like `linkprobe_*` or a job label is not a metric.
+            if name.len() <= "linkprobe_".len() {
+                continue;
+            }
+            used += 1;
+            assert!(
+                served.contains(&name),
+                "{file} uses {name}, which is not exported"
+            );
+        }
+        assert!(used > 5, "{file}: {used} metric names found");
+    }
 }

@@ -12,6 +12,16 @@ pub struct Peer {
     pub port: Option<u16>,
 }
 
+impl std::fmt::Display for Peer {
+    /// `10.0.0.5:443` (IPv6 `[fd00::1]:443`) with a service port, else the address alone.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}", std::net::SocketAddr::new(self.addr, port)),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
 /// Which side sent a reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RstDirection {

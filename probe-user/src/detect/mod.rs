@@ -163,11 +163,7 @@ pub enum Scope {
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Scope::Peer(Peer { addr, port: None }) => write!(f, "peer {addr}"),
-            Scope::Peer(Peer {
-                addr,
-                port: Some(port),
-            }) => write!(f, "peer {}", std::net::SocketAddr::new(*addr, *port)),
+            Scope::Peer(p) => write!(f, "peer {p}"),
             Scope::LocalPort(p) => write!(f, "local port {p}"),
             Scope::Socket(c) => write!(f, "socket {c}"),
         }

@@ -281,6 +281,12 @@ fn per_kind(name: &str, help: &str, values: &BTreeMap<&'static str, u64>) -> Fam
     f
 }
 
+/// A family of one unlabelled series.
+fn single(out: &mut Vec<MetricFamily>, mut f: Fam, v: f64) {
+    f.value(&[], v);
+    f.done(out);
+}
+
 fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
     per_kind(
         "linkprobe_kernel_events_total",
@@ -306,52 +312,68 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
         h.records,
     )
     .done(out);
-    let mut f = counter(
-        "linkprobe_kernel_connect_failures_total",
-        "SYN_SENT to CLOSE transitions counted by the kernel programs.",
+    single(
+        out,
+        counter(
+            "linkprobe_kernel_connect_failures_total",
+            "SYN_SENT to CLOSE transitions counted by the kernel programs.",
+        ),
+        h.kernel.connect_failed as f64,
     );
-    f.value(&[], h.kernel.connect_failed as f64);
-    f.done(out);
-    let mut f = counter(
-        "linkprobe_decode_errors_total",
-        "Ring-buffer records that could not be decoded.",
+    single(
+        out,
+        counter(
+            "linkprobe_decode_errors_total",
+            "Ring-buffer records that could not be decoded.",
+        ),
+        h.decode_errors as f64,
     );
-    f.value(&[], h.decode_errors as f64);
-    f.done(out);
 
-    let mut f = gauge("linkprobe_flows_tracked", "Flows in the flow table.");
-    f.value(&[], h.flows.tracked as f64);
-    f.done(out);
-    let mut f = gauge(
-        "linkprobe_flows_max",
-        "The flow table's bound (flows.max_flows).",
+    single(
+        out,
+        gauge("linkprobe_flows_tracked", "Flows in the flow table."),
+        h.flows.tracked as f64,
     );
-    f.value(&[], h.max_flows as f64);
-    f.done(out);
-    let mut f = counter(
-        "linkprobe_flows_evicted_total",
-        "Flows evicted at the table's bound (closed flows first, then least recently active).",
+    single(
+        out,
+        gauge(
+            "linkprobe_flows_max",
+            "The flow table's bound (flows.max_flows).",
+        ),
+        h.max_flows as f64,
     );
-    f.value(&[], h.flows.evicted as f64);
-    f.done(out);
-    let mut f = counter(
-        "linkprobe_flows_expired_total",
-        "Closed flows dropped after flows.retain_closed_secs.",
+    single(
+        out,
+        counter(
+            "linkprobe_flows_evicted_total",
+            "Flows evicted at the table's bound (closed flows first, then least recently active).",
+        ),
+        h.flows.evicted as f64,
     );
-    f.value(&[], h.flows.expired as f64);
-    f.done(out);
-    let mut f = gauge(
-        "linkprobe_detector_scopes",
-        "Scopes (peers, ports, sockets) with detector state.",
+    single(
+        out,
+        counter(
+            "linkprobe_flows_expired_total",
+            "Closed flows dropped after flows.retain_closed_secs.",
+        ),
+        h.flows.expired as f64,
     );
-    f.value(&[], h.detect.scopes_tracked as f64);
-    f.done(out);
-    let mut f = counter(
-        "linkprobe_detector_scopes_evicted_total",
-        "Detector scopes evicted at detect.max_scopes.",
+    single(
+        out,
+        gauge(
+            "linkprobe_detector_scopes",
+            "Scopes (peers, ports, sockets) with detector state.",
+        ),
+        h.detect.scopes_tracked as f64,
     );
-    f.value(&[], h.detect.scopes_evicted as f64);
-    f.done(out);
+    single(
+        out,
+        counter(
+            "linkprobe_detector_scopes_evicted_total",
+            "Detector scopes evicted at detect.max_scopes.",
+        ),
+        h.detect.scopes_evicted as f64,
+    );
 
     let mut f = gauge(
         "linkprobe_probe_attached",
@@ -384,24 +406,31 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
     f.value(&[("label", s("peer"))], m.peers.retired() as f64);
     f.value(&[("label", s("local_port"))], m.ports.retired() as f64);
     f.done(out);
-    let mut f = counter(
-        "linkprobe_series_capped_total",
-        "Observations folded into \"other\" because a new series would pass metrics.max_series.",
+    single(
+        out,
+        counter(
+            "linkprobe_series_capped_total",
+            "Observations folded into \"other\" because a new series would pass \
+             metrics.max_series.",
+        ),
+        m.budget.capped as f64,
     );
-    f.value(&[], m.budget.capped as f64);
-    f.done(out);
-    let mut f = gauge(
-        "linkprobe_series",
-        "Traffic series exported (each histogram bucket counts as one).",
+    single(
+        out,
+        gauge(
+            "linkprobe_series",
+            "Traffic series exported (each histogram bucket counts as one).",
+        ),
+        m.budget.used as f64,
     );
-    f.value(&[], m.budget.used as f64);
-    f.done(out);
-    let mut f = gauge(
-        "linkprobe_series_max",
-        "The traffic series cap (metrics.max_series).",
+    single(
+        out,
+        gauge(
+            "linkprobe_series_max",
+            "The traffic series cap (metrics.max_series).",
+        ),
+        m.budget.max as f64,
     );
-    f.value(&[], m.budget.max as f64);
-    f.done(out);
 
     let mut f = gauge(
         "linkprobe_build_info",

@@ -1,5 +1,5 @@
 //! Label values, series storage and the series budget of the traffic metric families.
-use std::{collections::BTreeMap, fmt, net::SocketAddr};
+use std::{collections::BTreeMap, fmt};
 
 use crate::signal::Peer;
 
@@ -17,11 +17,7 @@ pub enum PeerLabel {
 impl fmt::Display for PeerLabel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PeerLabel::Peer(Peer { addr, port: None }) => write!(f, "{addr}"),
-            PeerLabel::Peer(Peer {
-                addr,
-                port: Some(port),
-            }) => write!(f, "{}", SocketAddr::new(*addr, *port)),
+            PeerLabel::Peer(p) => write!(f, "{p}"),
             PeerLabel::Other => f.write_str("other"),
             PeerLabel::Lost => f.write_str("lost"),
         }

@@ -27,19 +27,20 @@ fn free_addr() -> SocketAddr {
 }
 
 fn start_daemon(ns: &TestNetns, tag: &str) -> (Tracer, SocketAddr, tempdir::Dir) {
+    start_daemon_with(ns, tag, &["--drain-interval-ms", "20"])
+}
+
+fn start_daemon_with(
+    ns: &TestNetns,
+    tag: &str,
+    extra: &[&str],
+) -> (Tracer, SocketAddr, tempdir::Dir) {
     let addr = free_addr();
     let run_dir = tempdir::Dir::new(tag);
-    let tracer = Tracer::start_daemon_with(
-        &ns.name,
-        run_dir.path(),
-        &[
-            "--metrics-addr",
-            &addr.to_string(),
-            "--no-events",
-            "--drain-interval-ms",
-            "20",
-        ],
-    );
+    let addr_arg = addr.to_string();
+    let mut args = vec!["--metrics-addr", &addr_arg, "--no-events"];
+    args.extend_from_slice(extra);
+    let tracer = Tracer::start_daemon_with(&ns.name, run_dir.path(), &args);
     (tracer, addr, run_dir)
 }
 
@@ -397,6 +398,86 @@ mod tempdir {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+#[test]
+fn a_full_ring_keeps_metric_sums_exact_with_lost_records_under_peer_lost() {
+    if !can_run_kernel_tests("metrics_full_ring") {
+        return;
+    }
+    let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
+    const N: usize = 300;
+    let ns = TestNetns::new("promring");
+    // A one-page ring drained once a second cannot hold a burst of refused connects.
+    let (tracer, addr, _run_dir) = start_daemon_with(
+        &ns,
+        "promring",
+        &[
+            "--ring-bytes",
+            "4096",
+            "--drain-interval-ms",
+            "1000",
+            "--wakeup-bytes",
+            "1048576",
+        ],
+    );
+    let before = ns.nstat();
+    ns.enter(|| workload::refused_connects(9, N));
+    let after = ns.nstat();
+    let out_rsts = delta(&before, &after, "TcpOutRsts");
+    let mut lines = Vec::new();
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(250));
+        lines = parse(&scrape(addr));
+        let sent = sum(
+            &lines,
+            "linkprobe_tcp_resets_total",
+            &[("direction", "sent")],
+        ) as u64;
+        if sent >= out_rsts {
+            break;
+        }
+    }
+    let sent = sum(
+        &lines,
+        "linkprobe_tcp_resets_total",
+        &[("direction", "sent")],
+    ) as u64;
+    let lost = sum(&lines, "linkprobe_tcp_resets_total", &[("peer", "lost")]) as u64;
+    let kernel_lost = sum(
+        &lines,
+        "linkprobe_events_lost_total",
+        &[("kind", "rst_sent")],
+    ) as u64
+        + sum(
+            &lines,
+            "linkprobe_events_lost_total",
+            &[("kind", "rst_received")],
+        ) as u64;
+    let all = sum(&lines, "linkprobe_tcp_resets_total", &[]) as u64;
+    let kernel_rsts = sum(
+        &lines,
+        "linkprobe_kernel_events_total",
+        &[("kind", "rst_sent")],
+    ) as u64
+        + sum(
+            &lines,
+            "linkprobe_kernel_events_total",
+            &[("kind", "rst_received")],
+        ) as u64;
+    report(
+        "metrics with a full ring",
+        &[
+            ("resets sent vs TcpOutRsts", sent, out_rsts),
+            ("resets (all) vs kernel RST events", all, kernel_rsts),
+            ("peer=\"lost\" vs kernel RST losses", lost, kernel_lost),
+        ],
+    );
+    assert!(lost > 0, "the ring should have overflowed");
+    assert_eq!(sent, out_rsts);
+    assert_eq!(all, kernel_rsts);
+    assert_eq!(lost, kernel_lost);
+    tracer.stop();
 }
 
 #[test]

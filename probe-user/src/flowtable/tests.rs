@@ -405,3 +405,40 @@ fn an_abort_that_closes_before_its_rst_is_a_reset_not_a_fin() {
         .collect();
     assert_eq!(failures, vec![ConnectFailure::Reset], "reported once");
 }
+
+#[test]
+fn failures_are_counted_even_for_flows_evicted_before_they_closed() {
+    let mut t = FlowTable::new(FlowConfig {
+        max_flows: 16,
+        ..FlowConfig::default()
+    });
+    let with_cookie = |mut e: Event, cookie: u64| {
+        e.cookie = Some(cookie);
+        e
+    };
+    let mut events = Vec::new();
+    for c in 100..140 {
+        events.push(with_cookie(state(c, 7, 2, None), c));
+    }
+    for c in 100..140 {
+        events.push(with_cookie(
+            state(1_000 + c, 2, 7, Some(libc::ETIMEDOUT)),
+            c,
+        ));
+    }
+    let signals = run(&mut t, &events);
+    assert!(t.evicted() >= 24, "{}", t.evicted());
+    let timeouts = signals
+        .iter()
+        .filter(|s| {
+            matches!(
+                s,
+                Signal::ConnectFailed {
+                    cause: ConnectFailure::Timeout,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(timeouts, 40);
+}

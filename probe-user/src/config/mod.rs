@@ -271,8 +271,8 @@ config_table! {
     /// `[metrics]`: the Prometheus exporter's label budget. Peers and local ports get a series
     /// of their own by activity (top-K); the rest is folded into `other`, never lost.
     pub struct MetricsConfig in "metrics" {
-        /// Hard cap on traffic series (each histogram bucket counts as one); a label set that
-        /// would exceed it is folded into `peer="other",local_port="other"`.
+        /// Hard cap on traffic and anomaly series (each histogram bucket counts as one); a
+        /// label set that would exceed it is folded into `peer="other",local_port="other"`.
         max_series: usize = 1800, Lo::Ge(100.0), Hi::Le(1_000_000.0);
         /// Remote peers with series of their own (top-K by activity).
         max_peers: usize = 200, Lo::Ge(1.0), Hi::Le(100_000.0);

@@ -245,7 +245,7 @@ impl Metrics {
             self.anomaly_keys.iter().map(|k| (*k, 0)).collect();
         for a in active {
             *counts
-                .entry(self.anomaly_key(a.kind, &a.scope))
+                .entry(self.anomaly_series(a.kind, &a.scope))
                 .or_default() += 1;
         }
         let mut f = gauge(
@@ -419,7 +419,7 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
         out,
         gauge(
             "linkprobe_series",
-            "Traffic series exported (each histogram bucket counts as one).",
+            "Traffic and anomaly series exported (each histogram bucket counts as one).",
         ),
         m.budget.used as f64,
     );

@@ -45,9 +45,16 @@ pub struct AnomalyKey {
     pub local_port: Option<PortLabel>,
 }
 
-/// Anomaly label sets kept (at 0 once cleared) so a cleared anomaly reads 0 rather than
-/// vanishing; past this many, a cleared set is dropped instead.
-const MAX_ANOMALY_KEYS: usize = 512;
+impl AnomalyKey {
+    /// The same anomaly counted under `other` (past the series cap).
+    fn folded(self) -> AnomalyKey {
+        AnomalyKey {
+            peer: self.peer.map(|_| PeerLabel::Other),
+            local_port: self.local_port.map(|_| PortLabel::Other),
+            ..self
+        }
+    }
+}
 
 pub struct Metrics {
     cfg: MetricsConfig,
@@ -255,12 +262,26 @@ impl Metrics {
     }
 
     /// Remembers the label set of each raised anomaly so its gauge reads 0 after it clears.
+    /// Each set is a series under the same cap as the traffic families.
     pub fn on_anomaly(&mut self, change: &AnomalyChange) {
         if let AnomalyChange::Raised(a) = change {
             let key = self.anomaly_key(a.kind, &a.scope);
-            if self.anomaly_keys.len() < MAX_ANOMALY_KEYS {
+            if self.anomaly_keys.contains(&key) || self.budget.take(1) {
                 self.anomaly_keys.insert(key);
+            } else if self.anomaly_keys.insert(key.folded()) {
+                self.budget.used += 1;
             }
+        }
+    }
+
+    /// The series an active anomaly counts in: its own label set, or the folded one when the
+    /// cap refused it a series.
+    fn anomaly_series(&self, kind: AnomalyKind, scope: &Scope) -> AnomalyKey {
+        let key = self.anomaly_key(kind, scope);
+        if self.anomaly_keys.contains(&key) {
+            key
+        } else {
+            key.folded()
         }
     }
 
@@ -319,13 +340,16 @@ impl Metrics {
         };
         self.handshakes.fold(hist_retired, b);
         self.rtts.fold(hist_retired, b);
+        let kept = self.anomaly_keys.len();
         self.anomaly_keys.retain(|k| {
             !k.peer.is_some_and(|p| is_retired(&p))
                 && !matches!(k.local_port, Some(PortLabel::Port(p)) if retired_ports.contains(&p))
         });
+        let dropped = kept - self.anomaly_keys.len();
+        self.budget.used = self.budget.used.saturating_sub(dropped);
     }
 
-    /// Traffic series in use (each histogram bucket counts as one).
+    /// Traffic and anomaly series in use (each histogram bucket counts as one).
     pub fn series(&self) -> usize {
         self.budget.used
     }

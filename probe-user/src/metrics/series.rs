@@ -103,6 +103,20 @@ pub struct Budget {
     pub capped: u64,
 }
 
+impl Budget {
+    /// Takes room for a new series of `cost` lines; `false` (counted) when it would pass the
+    /// cap.
+    pub fn take(&mut self, cost: usize) -> bool {
+        if self.used + cost <= self.max {
+            self.used += cost;
+            true
+        } else {
+            self.capped += 1;
+            false
+        }
+    }
+}
+
 /// One metric family's series by label key, in a stable order.
 pub struct Family<K, V> {
     series: BTreeMap<K, V>,
@@ -119,13 +133,9 @@ impl<K: Ord + Copy, V: SeriesValue> Family<K, V> {
     /// `folded(key)` instead (created even then: its labels are few and fixed, and counts are
     /// never dropped).
     pub fn entry(&mut self, key: K, folded: impl FnOnce(K) -> K, budget: &mut Budget) -> &mut V {
-        let key = if self.series.contains_key(&key) {
-            key
-        } else if budget.used + V::COST <= budget.max {
-            budget.used += V::COST;
+        let key = if self.series.contains_key(&key) || budget.take(V::COST) {
             key
         } else {
-            budget.capped += 1;
             let f = folded(key);
             if !self.series.contains_key(&f) {
                 budget.used += V::COST;

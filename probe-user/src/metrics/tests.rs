@@ -3,6 +3,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 use prometheus::{proto::MetricFamily, Encoder as _, TextEncoder};
 
 use super::*;
+use crate::detect::Anomaly;
 use crate::{
     counters::KernelCounters,
     detect::DetectStats,
@@ -366,4 +367,60 @@ fn deploy_rules_and_dashboard_use_only_exported_names() {
         }
         assert!(used > 5, "{file}: {used} metric names found");
     }
+}
+
+#[test]
+fn anomaly_series_count_against_the_cap_and_fold_past_it() {
+    let cfg = MetricsConfig {
+        max_series: 100,
+        max_peers: 1000,
+        ..MetricsConfig::default()
+    };
+    let mut m = metrics(cfg);
+    let anomalies: Vec<Anomaly> = (0..300)
+        .map(|i| Anomaly {
+            id: u64::from(i) + 1,
+            kind: AnomalyKind::ConnectRefused,
+            scope: Scope::Peer(client_peer(i)),
+            start_ns: 1,
+            end_ns: None,
+            last_ns: 1,
+            peak_rate: 1.0,
+            evidence: vec![],
+            hint: "",
+            detail: String::new(),
+        })
+        .collect();
+    for a in &anomalies {
+        m.observe(&conn(a.id as u32 - 1));
+        m.on_anomaly(&AnomalyChange::Raised(a.clone()));
+    }
+    // The cap, plus the fold target of each family (connections, anomalies).
+    assert!(m.series() <= 102, "{}", m.series());
+    let records = BTreeMap::new();
+    let detect = DetectStats::default();
+    let kernel = KernelCounters::default();
+    let h = Health {
+        kernel: &kernel,
+        records: &records,
+        decode_errors: 0,
+        flows: FlowTableStats::default(),
+        max_flows: 1,
+        detect: &detect,
+        probes: &[],
+        version: "0",
+        kernel_release: "0",
+    };
+    let families = m.families(&h, anomalies.iter());
+    let active = families
+        .iter()
+        .find(|f| f.name() == "linkprobe_anomalies_active")
+        .unwrap();
+    let total: f64 = active
+        .get_metric()
+        .iter()
+        .map(|x| x.get_gauge().get_value())
+        .sum();
+    assert_eq!(total, 300.0, "every active anomaly is counted");
+    assert!(active.get_metric().len() <= 101);
 }

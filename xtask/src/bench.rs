@@ -2,9 +2,11 @@
 //! against a baseline measured in the same run, on the same machine, in alternating runs:
 //! (a) the churn worker alone, (b) the same with `linkprobe trace --netns NS -o none` attached.
 //! Both run in a private network namespace, so the probes only see the worker's sockets.
+//! Then the scrape-latency phase ([`crate::bench_scrape`]) times `GET /metrics` of a daemon.
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
+    process::Command,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -12,6 +14,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
+    bench_scrape,
     cargo_cmds::{build, linkprobe_bin},
     cmd::{is_root, run_stdout},
     netns::Netns,
@@ -39,22 +42,30 @@ fn catch_sigint() {
     unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
 }
 
-fn check_interrupted() -> Result<()> {
+pub fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
     Ok(())
 }
 
+/// `ip netns exec NS xtask bench-worker --count N`.
+pub fn worker_command(ns: &Netns, count: u32) -> Result<Command> {
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let mut c = ns.command(exe);
+    c.args(["bench-worker", "--count", &count.to_string()]);
+    Ok(c)
+}
+
 /// One run of the churn worker.
 fn run_worker(ns: &Netns, count: u32) -> Result<f64> {
-    let exe = std::env::current_exe().context("locating the xtask binary")?;
-    let out = run_stdout(
-        ns.command(exe)
-            .args(["bench-worker", "--count", &count.to_string()]),
-    );
+    let out = run_stdout(&mut worker_command(ns, count)?);
     check_interrupted()?;
-    let out = out?;
+    worker_rate(&out?)
+}
+
+/// The `conns_per_sec` a worker printed.
+pub fn worker_rate(out: &str) -> Result<f64> {
     let v: serde_json::Value =
         serde_json::from_str(out.trim()).with_context(|| format!("worker printed {out:?}"))?;
     v["conns_per_sec"]
@@ -101,7 +112,7 @@ fn counter_sum(probed: &[Probed], section: &str) -> Option<u64> {
     (!per_round.is_empty()).then(|| per_round.iter().sum())
 }
 
-pub fn bench(count: u32) -> Result<()> {
+pub fn bench(count: u32, scrapes: u32) -> Result<()> {
     if !is_root() {
         bail!(
             "the bench creates a network namespace and attaches eBPF probes, which needs root: \
@@ -138,8 +149,10 @@ pub fn bench(count: u32) -> Result<()> {
         probed.push(p);
         check_interrupted()?;
     }
+    let scrape = bench_scrape::run(&ns, count, scrapes)?;
     drop(ns);
     report(count, &base, &probed);
+    bench_scrape::report(&scrape);
     Ok(())
 }
 

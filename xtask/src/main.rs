@@ -2,6 +2,7 @@
 //! Everything but `setup` does the (idempotent) set-up first, so a fresh clone on a Debian 12
 //! machine needs nothing else.
 mod bench;
+mod bench_scrape;
 mod cargo_cmds;
 mod cmd;
 mod linker;
@@ -54,7 +55,7 @@ enum Task {
     /// Set-up, then clippy with -D warnings for the host crates and for the eBPF crate.
     Clippy,
     /// Probe overhead on connection churn, as ratios against a baseline measured in the same
-    /// run (needs root).
+    /// run, then /metrics scrape latency idle and under churn (needs root).
     Bench {
         /// Connections per measurement.
         #[arg(
@@ -63,12 +64,26 @@ enum Task {
             value_parser = clap::value_parser!(u32).range(1..=i64::from(bench::MAX_COUNT))
         )]
         count: u32,
+        /// GET /metrics requests per scrape-latency measurement (idle, then under load).
+        #[arg(
+            long,
+            default_value_t = bench_scrape::DEFAULT_SCRAPES,
+            value_parser = clap::value_parser!(u32).range(10..=10_000)
+        )]
+        scrapes: u32,
     },
     /// (internal) The connection-churn loop `bench` runs inside its namespace.
     #[command(hide = true)]
     BenchWorker {
         #[arg(long)]
         count: u32,
+    },
+    /// (internal) Refused connects to port 9 of `peers` distinct loopback addresses, inside
+    /// the bench namespace: distinct peers that fill the exporter's label budget.
+    #[command(hide = true)]
+    BenchRefused {
+        #[arg(long)]
+        peers: u32,
     },
 }
 
@@ -97,7 +112,8 @@ fn run(task: Task) -> Result<()> {
         Task::Run { debug, args, .. } => cargo_cmds::run_daemon(!debug, &args),
         Task::Test { args } => cargo_cmds::test(&args),
         Task::Clippy => cargo_cmds::clippy(),
-        Task::Bench { count } => bench::bench(count),
+        Task::Bench { count, scrapes } => bench::bench(count, scrapes),
         Task::BenchWorker { count } => bench::worker(count),
+        Task::BenchRefused { peers } => bench_scrape::refused(peers),
     }
 }

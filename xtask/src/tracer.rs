@@ -1,4 +1,5 @@
-//! A background `linkprobe trace --netns NS -o none` for the bench.
+//! A background linkprobe for the bench: `linkprobe trace --netns NS -o none` ([`Tracer::start`])
+//! or any other command line, e.g. a daemon with its exporter ([`Tracer::start_with`]).
 //!
 //! Contract with linkprobe: it prints the attach table on stderr, then a line containing
 //! `linkprobe: ready`, and exits 0 on SIGINT. If it also prints
@@ -38,10 +39,17 @@ pub struct Stopped {
 }
 
 impl Tracer {
-    /// Starts linkprobe and waits until it is ready (probes attached).
+    /// Starts `linkprobe trace --netns NS -o none` and waits until it is ready (probes
+    /// attached).
     pub fn start(bin: &Path, netns: &str) -> Result<Tracer> {
+        Self::start_with(bin, &["trace", "--netns", netns, "-o", "none"])
+    }
+
+    /// Starts `linkprobe ARGS...` (a subcommand and its flags) and waits until it is ready.
+    /// Dropping the guard stops it (SIGINT, then SIGKILL), also on error paths.
+    pub fn start_with(bin: &Path, args: &[&str]) -> Result<Tracer> {
         let mut cmd = Command::new(bin);
-        cmd.args(["trace", "--netns", netns, "-o", "none"])
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -2,9 +2,11 @@
 //! typed events. The event path flows one way:
 //! probes (`loader`) → ring (`reader`) → `decode` → `event` → `output` (→ flow table, detectors,
 //! exporter and API in later modules) → CLI.
+pub mod api;
 pub mod btf;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod counters;
 pub mod daemon;
 pub mod decode;
@@ -24,4 +26,5 @@ pub mod reader;
 pub mod rst_reason;
 pub mod scope;
 pub mod signal;
+pub mod top;
 pub mod tracefs;

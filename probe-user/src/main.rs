@@ -1,15 +1,17 @@
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use probe_user::{
+    api,
     cli::{Cli, Command},
-    daemon, lock,
+    ctl, daemon, lock,
 };
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
+    // Usage errors exit 2 (clap), runtime errors 1.
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -21,19 +23,40 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let socket = cli.socket;
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
         Command::Daemon(args) => {
             let _lock = lock::acquire(&args.run_dir)?;
             let started = daemon::start(&args.probe)?;
-            runtime.block_on(daemon::run(&args.probe, started))?;
+            let api = if args.no_api {
+                None
+            } else {
+                let gid = args
+                    .api_group
+                    .as_deref()
+                    .map(api::socket::group_id)
+                    .transpose()?;
+                Some(api::spawn(
+                    &args.run_dir.join(api::SOCKET_NAME),
+                    gid,
+                    started.loaded.reason_names.clone(),
+                )?)
+            };
+            runtime()?.block_on(daemon::run(&args.probe, started, api))?;
         }
         Command::Trace(args) => {
             let started = daemon::start(&args)?;
-            runtime.block_on(daemon::run(&args, started))?;
+            runtime()?.block_on(daemon::run(&args, started, None))?;
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "linkprobe", &mut std::io::stdout());
+        }
+        other => ctl::run(&socket, other)?,
     }
     Ok(())
 }

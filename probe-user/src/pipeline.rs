@@ -9,11 +9,17 @@ use crate::{
     flowtable::{FlowConfig, FlowKey, FlowTable},
     rst_reason::ReasonNames,
     signal::Signal,
+    top::Top,
 };
+
+/// Scopes `top` keeps rates for.
+const TOP_SCOPES: usize = 4096;
 
 pub struct Pipeline {
     pub flows: FlowTable,
     pub detectors: Detectors,
+    /// Rolling per-peer / per-port rates for `linkprobe top`.
+    pub top: Top,
     signals: Vec<Signal>,
 }
 
@@ -26,6 +32,7 @@ impl Pipeline {
                 timeline_len: cfg.flows.timeline_len,
             }),
             detectors: Detectors::new(cfg.detect.clone()),
+            top: Top::new(TOP_SCOPES),
             signals: Vec::new(),
         }
     }
@@ -36,6 +43,7 @@ impl Pipeline {
         self.flows.apply(ev, reasons, &mut self.signals);
         for s in &self.signals {
             self.detectors.observe(s);
+            self.top.observe(s);
         }
     }
 

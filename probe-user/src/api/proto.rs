@@ -140,8 +140,14 @@ pub enum Reply {
     Top(TopReport),
     /// Streams: the subscription is live (every later event is sent).
     Subscribed,
-    Event(Box<EventRecord>),
-    Anomaly(Box<AnomalyRecord>),
+    /// One live event (`event` has the `-o json` event shape).
+    Event {
+        event: Box<EventRecord>,
+    },
+    /// One anomaly change (raised / updated / cleared).
+    Anomaly {
+        anomaly: Box<AnomalyRecord>,
+    },
     /// This client fell behind; `lost` items were dropped for it.
     Overflow {
         lost: u64,

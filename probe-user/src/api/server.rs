@@ -348,14 +348,16 @@ async fn watch(mut rd: BufReader<OwnedReadHalf>, mut wr: OwnedWriteHalf, ctx: &C
                     Ok(item) => match (&*item, &matcher) {
                         (Live::Event(ev), Some(m)) if m.event(ev) => {
                             match event_record(ev, &ctx.reasons) {
-                                Ok(r) => Reply::Event(Box::new(r)),
+                                Ok(r) => Reply::Event { event: Box::new(r) },
                                 Err(e) => {
                                     log::error!("encoding event: {e}");
                                     continue;
                                 }
                             }
                         }
-                        (Live::Anomaly(a), None) => Reply::Anomaly(Box::new(a.clone())),
+                        (Live::Anomaly(a), None) => Reply::Anomaly {
+                            anomaly: Box::new(a.clone()),
+                        },
                         _ => continue,
                     },
                     Err(broadcast::error::RecvError::Lagged(n)) => {

@@ -44,8 +44,8 @@ fn reply_name(r: &Reply) -> &'static str {
         Reply::Anomalies { .. } => "anomalies",
         Reply::Top(_) => "top",
         Reply::Subscribed => "subscribed",
-        Reply::Event(_) => "event",
-        Reply::Anomaly(_) => "anomaly",
+        Reply::Event { .. } => "event",
+        Reply::Anomaly { .. } => "anomaly",
         Reply::Overflow { .. } => "overflow",
         Reply::Error { .. } => "error",
     }
@@ -230,7 +230,7 @@ fn anomalies(socket: &Path, follow: bool, view: View, paint: Paint) -> Result<()
     loop {
         let (r, raw) = conn.next_raw()?;
         match check(r)? {
-            Reply::Anomaly(a) => match view {
+            Reply::Anomaly { anomaly: a } => match view {
                 View::Json => out(&format!(
                     "{}\n",
                     serde_json::to_string(&a).unwrap_or_default()
@@ -276,7 +276,7 @@ fn watch(
                     eprintln!("linkprobe: watching live events (Ctrl-C to stop)");
                 }
             }
-            Reply::Event(e) => {
+            Reply::Event { event: e } => {
                 match view {
                     View::Json => out(&format!(
                         "{}\n",

@@ -109,7 +109,7 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
     match toml::to_string(&s.config) {
         Ok(text) => {
             for l in text.lines() {
-                let _ = writeln!(out, "  {l}");
+                let _ = writeln!(out, "{}", format!("  {l}").trim_end());
             }
         }
         Err(e) => {

@@ -271,11 +271,8 @@ fn watch(
     }
     loop {
         match check(conn.next()?)? {
-            Reply::Subscribed => {
-                if view != View::Json {
-                    eprintln!("linkprobe: watching live events (Ctrl-C to stop)");
-                }
-            }
+            // On stderr, so piped JSON stays clean; scripts can wait for it.
+            Reply::Subscribed => eprintln!("linkprobe: watching live events (Ctrl-C to stop)"),
             Reply::Event { event: e } => {
                 match view {
                     View::Json => out(&format!(

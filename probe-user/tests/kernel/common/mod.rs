@@ -1,6 +1,7 @@
 //! Shared harness for the real-kernel tests: a network namespace per test, nftables rules and
 //! nstat counters inside it, and a `linkprobe trace` process scoped to it.
 
+pub mod api;
 pub mod netns;
 pub mod tracer;
 pub mod workload;

@@ -190,14 +190,25 @@ impl Trace {
 impl Tracer {
     /// The host daemon (with its lock in `run_dir`), scoped to a namespace.
     pub fn start_daemon(netns: &str, run_dir: &str) -> Tracer {
-        Self::spawn(Command::new(env!("CARGO_BIN_EXE_linkprobe")).args([
-            "daemon",
-            "--run-dir",
-            run_dir,
-            "-o",
-            "json",
-            "--netns",
-            netns,
-        ]))
+        Self::start_daemon_with(netns, run_dir, &[])
+    }
+
+    /// The daemon with extra flags.
+    pub fn start_daemon_with(netns: &str, run_dir: &str, extra: &[&str]) -> Tracer {
+        Self::spawn(
+            Command::new(env!("CARGO_BIN_EXE_linkprobe"))
+                .args([
+                    "daemon",
+                    "--run-dir",
+                    run_dir,
+                    "-o",
+                    "json",
+                    "--drain-interval-ms",
+                    "20",
+                    "--netns",
+                    netns,
+                ])
+                .args(extra),
+        )
     }
 }

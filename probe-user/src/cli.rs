@@ -38,27 +38,37 @@ pub enum Command {
     )]
     Trace(ProbeArgs),
     /// Daemon health: version, kernel, probes, counters, flow table fill, anomalies, config.
-    #[command(after_help = "Examples:\n  linkprobe status\n  linkprobe status -o json | jq .probes")]
+    #[command(
+        after_help = "Examples:\n  linkprobe status\n  linkprobe status -o json | jq .probes"
+    )]
     Status(StatusArgs),
     /// List flows (one per socket) with filters, sorted.
-    #[command(after_help = "Examples:\n  linkprobe flows --failed\n  linkprobe flows --peer 10.0.0.5:80 --with-rst -o wide\n  linkprobe flows --sort retrans --limit 10\n  linkprobe flows --since 5m -o json | jq .")]
+    #[command(
+        after_help = "Examples:\n  linkprobe flows --failed\n  linkprobe flows --peer 10.0.0.5:80 --with-rst -o wide\n  linkprobe flows --sort retrans --limit 10\n  linkprobe flows --since 5m -o json | jq ."
+    )]
     Flows(FlowsArgs),
     /// One flow's whole story: tuple, process, timeline, RTT, retransmits, RSTs, close cause,
     /// anomalies and the root-cause hint.
     #[command(after_help = "Examples:\n  linkprobe flow 8193\n  linkprobe flow 0x2001 -o json")]
     Flow(FlowArgs),
     /// Active and recently cleared anomalies.
-    #[command(after_help = "Examples:\n  linkprobe anomalies\n  linkprobe anomalies --watch\n  linkprobe anomalies -o json")]
+    #[command(
+        after_help = "Examples:\n  linkprobe anomalies\n  linkprobe anomalies --watch\n  linkprobe anomalies -o json"
+    )]
     Anomalies(AnomaliesArgs),
     /// Live event stream with the same filters as `flows`.
-    #[command(after_help = "Examples:\n  linkprobe watch --with-rst\n  linkprobe watch --peer 10.0.0.5 -o json | jq .kind")]
+    #[command(
+        after_help = "Examples:\n  linkprobe watch --with-rst\n  linkprobe watch --peer 10.0.0.5 -o json | jq .kind"
+    )]
     Watch(WatchArgs),
     /// Refreshing view of peers and local ports ranked by RST rate, failure rate or
     /// retransmit rate (last 10 s).
     #[command(after_help = "Examples:\n  linkprobe top\n  linkprobe top --by failure --once")]
     Top(TopArgs),
     /// Print a shell completion script.
-    #[command(after_help = "Examples:\n  linkprobe completions bash > /etc/bash_completion.d/linkprobe\n  linkprobe completions zsh > \"${fpath[1]}/_linkprobe\"")]
+    #[command(
+        after_help = "Examples:\n  linkprobe completions bash > /etc/bash_completion.d/linkprobe\n  linkprobe completions zsh > \"${fpath[1]}/_linkprobe\""
+    )]
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
@@ -313,8 +323,19 @@ mod tests {
     #[test]
     fn parses_cli_commands() {
         let cli = Cli::try_parse_from([
-            "linkprobe", "flows", "--peer", "10.0.0.5:80", "--failed", "--since", "5m", "--sort",
-            "retrans", "-o", "wide", "--socket", "/tmp/x.sock",
+            "linkprobe",
+            "flows",
+            "--peer",
+            "10.0.0.5:80",
+            "--failed",
+            "--since",
+            "5m",
+            "--sort",
+            "retrans",
+            "-o",
+            "wide",
+            "--socket",
+            "/tmp/x.sock",
         ])
         .unwrap();
         assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));

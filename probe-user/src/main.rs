@@ -54,7 +54,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(daemon::run(&args, started, None))?;
         }
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "linkprobe", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "linkprobe",
+                &mut std::io::stdout(),
+            );
         }
         other => ctl::run(&socket, other)?,
     }

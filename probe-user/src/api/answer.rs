@@ -124,7 +124,11 @@ fn status(st: &LoopState<'_>) -> StatusReport {
                 requires: p.spec.requires.to_owned(),
             })
             .collect(),
-        records: st.records.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        records: st
+            .records
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
         decode_errors: st.decode_errors,
         kernel_events,
         kernel_lost,

@@ -56,7 +56,9 @@ impl Matcher {
             Some(p) => Some(if let Ok(sa) = p.parse::<SocketAddr>() {
                 (sa.ip(), Some(sa.port()))
             } else {
-                let ip = p.parse::<IpAddr>().map_err(|_| FilterError::Peer(p.clone()))?;
+                let ip = p
+                    .parse::<IpAddr>()
+                    .map_err(|_| FilterError::Peer(p.clone()))?;
                 (ip, None)
             }),
         };
@@ -89,7 +91,8 @@ impl Matcher {
     }
 
     fn process(&self, pid: Option<u32>, comm: Option<&str>) -> bool {
-        self.pid.is_none_or(|p| pid == Some(p)) && self.comm.as_deref().is_none_or(|c| comm == Some(c))
+        self.pid.is_none_or(|p| pid == Some(p))
+            && self.comm.as_deref().is_none_or(|c| comm == Some(c))
     }
 
     pub fn flow(&self, f: &Flow, now_ns: u64) -> bool {

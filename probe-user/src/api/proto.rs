@@ -394,8 +394,8 @@ pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
         return Err(DecodeError::TooLarge);
     }
     let text = std::str::from_utf8(line).map_err(|_| DecodeError::NotUtf8)?;
-    let req: Request = serde_json::from_str(text.trim_end())
-        .map_err(|e| DecodeError::Json(e.to_string()))?;
+    let req: Request =
+        serde_json::from_str(text.trim_end()).map_err(|e| DecodeError::Json(e.to_string()))?;
     if req.v != API_VERSION {
         return Err(DecodeError::Version { got: req.v });
     }

@@ -69,9 +69,11 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, SocketError> 
         path: path.to_owned(),
         source,
     })?;
-    listener.set_nonblocking(true).map_err(|source| SocketError::Bind {
-        path: path.to_owned(),
-        source,
-    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| SocketError::Bind {
+            path: path.to_owned(),
+            source,
+        })?;
     Ok(listener)
 }

@@ -120,10 +120,31 @@ fn json_field_names_are_stable() {
     assert_eq!(
         keys(&flow),
         set(&[
-            "type", "cookie", "netns_cookie", "local", "remote", "role", "pid", "comm",
-            "cgroup_id", "preexisting", "start_ns", "handshake_us", "syn_retransmits",
-            "syn_retransmit_intervals_ms", "srtt_us", "min_rtt_us", "data_retransmits", "rtos",
-            "counters", "rst_sent", "rst_received", "state", "close", "closed_ns", "timeline",
+            "type",
+            "cookie",
+            "netns_cookie",
+            "local",
+            "remote",
+            "role",
+            "pid",
+            "comm",
+            "cgroup_id",
+            "preexisting",
+            "start_ns",
+            "handshake_us",
+            "syn_retransmits",
+            "syn_retransmit_intervals_ms",
+            "srtt_us",
+            "min_rtt_us",
+            "data_retransmits",
+            "rtos",
+            "counters",
+            "rst_sent",
+            "rst_received",
+            "state",
+            "close",
+            "closed_ns",
+            "timeline",
         ])
     );
     assert_eq!(
@@ -133,8 +154,14 @@ fn json_field_names_are_stable() {
     assert_eq!(
         keys(&flow["counters"]),
         set(&[
-            "srtt_us", "total_retrans", "segs_in", "segs_out", "data_segs_in", "data_segs_out",
-            "bytes_received", "bytes_acked",
+            "srtt_us",
+            "total_retrans",
+            "segs_in",
+            "segs_out",
+            "data_segs_in",
+            "data_segs_out",
+            "bytes_received",
+            "bytes_acked",
         ])
     );
     let change = AnomalyChange::Raised(sample_anomaly());
@@ -142,15 +169,34 @@ fn json_field_names_are_stable() {
     assert_eq!(
         keys(&anomaly),
         set(&[
-            "type", "change", "id", "at_ns", "kind", "scope", "local_port", "start_ns", "last_ns",
-            "end_ns", "peak_rate", "evidence", "hint", "detail",
+            "type",
+            "change",
+            "id",
+            "at_ns",
+            "kind",
+            "scope",
+            "local_port",
+            "start_ns",
+            "last_ns",
+            "end_ns",
+            "peak_rate",
+            "evidence",
+            "hint",
+            "detail",
         ])
     );
     let event = serde_json::to_value(EventView::new(&sample_event(), &reasons)).unwrap();
     assert_eq!(
         keys(&event),
         set(&[
-            "type", "ts_ns", "kind", "cookie", "netns_cookie", "local", "remote", "stats"
+            "type",
+            "ts_ns",
+            "kind",
+            "cookie",
+            "netns_cookie",
+            "local",
+            "remote",
+            "stats"
         ])
     );
 
@@ -200,13 +246,26 @@ fn json_field_names_are_stable() {
     .unwrap();
     assert_eq!(
         keys(&top),
-        set(&["type", "window_secs", "scopes_tracked", "scopes_evicted", "rows"])
+        set(&[
+            "type",
+            "window_secs",
+            "scopes_tracked",
+            "scopes_evicted",
+            "rows"
+        ])
     );
     assert_eq!(
         keys(&top["rows"][0]),
         set(&[
-            "scope", "connections", "rsts", "failures", "data_segments", "retransmits",
-            "rst_per_sec", "failure_rate", "retransmit_rate",
+            "scope",
+            "connections",
+            "rsts",
+            "failures",
+            "data_segments",
+            "retransmits",
+            "rst_per_sec",
+            "failure_rate",
+            "retransmit_rate",
         ])
     );
     let status = serde_json::to_value(StatusReport {
@@ -228,14 +287,29 @@ fn json_field_names_are_stable() {
     assert_eq!(
         keys(&status),
         set(&[
-            "version", "kernel", "pid", "uptime_secs", "probes", "records", "decode_errors",
-            "kernel_events", "kernel_lost", "flows", "anomalies", "api", "config",
+            "version",
+            "kernel",
+            "pid",
+            "uptime_secs",
+            "probes",
+            "records",
+            "decode_errors",
+            "kernel_events",
+            "kernel_lost",
+            "flows",
+            "anomalies",
+            "api",
+            "config",
         ])
     );
     assert_eq!(
         keys(&status["api"]),
         set(&[
-            "connections", "clients_now", "rejected_connections", "bad_requests", "busy",
+            "connections",
+            "clients_now",
+            "rejected_connections",
+            "bad_requests",
+            "busy",
             "watch_lost",
         ])
     );
@@ -261,10 +335,19 @@ fn decodes_every_request_and_rejects_the_rest() {
     }
     let bad = [
         (r#"{"v":1,"req":{"type":"reboot"}}"#, ErrorCode::BadRequest),
-        (r#"{"v":2,"req":{"type":"status"}}"#, ErrorCode::UnsupportedVersion),
-        (r#"{"v":1,"req":{"type":"flows","filter":{"nope":1}}}"#, ErrorCode::BadRequest),
+        (
+            r#"{"v":2,"req":{"type":"status"}}"#,
+            ErrorCode::UnsupportedVersion,
+        ),
+        (
+            r#"{"v":1,"req":{"type":"flows","filter":{"nope":1}}}"#,
+            ErrorCode::BadRequest,
+        ),
         (r#"{"v":1,"req":{"type":"flow"}}"#, ErrorCode::BadRequest),
-        (r#"{"v":1,"req":{"type":"status"},"x":1}"#, ErrorCode::BadRequest),
+        (
+            r#"{"v":1,"req":{"type":"status"},"x":1}"#,
+            ErrorCode::BadRequest,
+        ),
         (r#"{"v":1,"req":{"type":"sta"#, ErrorCode::BadRequest),
         ("\u{0}\u{1}garbage", ErrorCode::BadRequest),
         ("", ErrorCode::BadRequest),

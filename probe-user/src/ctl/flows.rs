@@ -145,7 +145,8 @@ pub fn flow_story(
         s,
         "  rtt      srtt {}  min {}  handshake {}",
         human_us(u64::from(f.srtt_us)),
-        f.min_rtt_us.map_or("-".to_owned(), |v| human_us(u64::from(v))),
+        f.min_rtt_us
+            .map_or("-".to_owned(), |v| human_us(u64::from(v))),
         f.handshake_us.map_or("-".to_owned(), human_us),
     );
     let intervals = if f.syn_retransmit_intervals_ms.is_empty() {
@@ -222,9 +223,5 @@ pub fn flow_story(
     }
     let _ = writeln!(s, "{} {}", paint.bold("root cause:"), hint);
     // Trailing spaces from empty state columns help nobody.
-    s.lines()
-        .map(str::trim_end)
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
+    s.lines().map(str::trim_end).collect::<Vec<_>>().join("\n") + "\n"
 }

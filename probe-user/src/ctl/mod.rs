@@ -183,7 +183,11 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
                 View::Json => json(&report)?,
                 v => {
                     // Refresh in place on a terminal; a pipe gets one block per interval.
-                    let clear = if paint.on && !a.once { "\x1b[H\x1b[2J" } else { "" };
+                    let clear = if paint.on && !a.once {
+                        "\x1b[H\x1b[2J"
+                    } else {
+                        ""
+                    };
                     out(&format!(
                         "{clear}{}",
                         views::top_table(&report, v == View::Wide, paint)
@@ -212,7 +216,10 @@ fn anomalies(socket: &Path, follow: bool, view: View, paint: Paint) -> Result<()
         View::Json if follow => {
             // A stream: one object per line.
             for a in active.iter().chain(&recent) {
-                out(&format!("{}\n", serde_json::to_string(a).unwrap_or_default()))?;
+                out(&format!(
+                    "{}\n",
+                    serde_json::to_string(a).unwrap_or_default()
+                ))?;
             }
         }
         View::Json => json(&serde_json::json!({ "active": active, "recent": recent }))?,

@@ -163,7 +163,10 @@ pub fn anomalies_table(
                     Tone::Plain
                 },
             ),
-            plain(format!("{} ago", human_ns(now_ns.saturating_sub(a.start_ns)))),
+            plain(format!(
+                "{} ago",
+                human_ns(now_ns.saturating_sub(a.start_ns))
+            )),
             plain(a.end_ns.map_or("-".to_owned(), |e| {
                 format!("{} ago", human_ns(now_ns.saturating_sub(e)))
             })),

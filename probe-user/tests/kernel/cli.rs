@@ -60,13 +60,15 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
         );
     }
     assert!(
-        events
-            .iter()
-            .all(|e| e["type"] == "event" && (e["local"].as_str().unwrap().ends_with(":9")
+        events.iter().all(|e| e["type"] == "event"
+            && (e["local"].as_str().unwrap().ends_with(":9")
                 || e["remote"].as_str().unwrap().ends_with(":9"))),
         "--port 9 filter: {lines:#?}"
     );
-    eprintln!("== watch -o json: {} events streamed live for {REFUSED} refused connects", events.len());
+    eprintln!(
+        "== watch -o json: {} events streamed live for {REFUSED} refused connects",
+        events.len()
+    );
     drop(watch);
 
     // flows -o json: every socket of ours with the right fields.
@@ -104,13 +106,27 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
     let mut want = refused.clone();
     want.sort_unstable();
     assert_eq!(got, want, "--failed lists exactly the refused connects");
-    let with_rst = daemon.json(&["flows", "--with-rst", "--state", "closed", "--pid", &pid.to_string()]);
+    let with_rst = daemon.json(&[
+        "flows",
+        "--with-rst",
+        "--state",
+        "closed",
+        "--pid",
+        &pid.to_string(),
+    ]);
     assert_eq!(
         with_rst.as_array().unwrap().len(),
         REFUSED + aborted_clients.len(),
         "--with-rst --pid (the servers' sockets were accepted, not connected, by us: no pid)"
     );
-    assert_eq!(daemon.json(&["flows", "--limit", "2"]).as_array().unwrap().len(), 2);
+    assert_eq!(
+        daemon
+            .json(&["flows", "--limit", "2"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // Table output: header and aligned columns, one row per flow.
     let table = daemon.ok(&["flows", "--failed"]);
@@ -133,8 +149,15 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
         .filter_map(|l| l.split('s').next()?.parse().ok())
         .collect();
     assert!(offsets.len() >= 3, "timeline lines: {story}");
-    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "timeline in order: {offsets:?}");
-    let pos = |what: &str| story.find(what).unwrap_or_else(|| panic!("{what:?} in {story}"));
+    assert!(
+        offsets.windows(2).all(|w| w[0] <= w[1]),
+        "timeline in order: {offsets:?}"
+    );
+    let pos = |what: &str| {
+        story
+            .find(what)
+            .unwrap_or_else(|| panic!("{what:?} in {story}"))
+    };
     assert!(pos(" connect") < pos("rst_received"));
     assert!(pos("rst_received") < pos("SYN_SENT->CLOSE sk_err=111"));
     assert!(story.contains("127.0.0.1:9"));
@@ -149,8 +172,16 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
         .iter()
         .filter_map(|e| e["kind"].as_str())
         .collect();
-    let at = |k: &str| kinds.iter().position(|x| *x == k).unwrap_or_else(|| panic!("{k} in {kinds:?}"));
-    assert!(at("connect") < at("rst_received") && at("rst_received") < at("destroy"), "{kinds:?}");
+    let at = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("{k} in {kinds:?}"))
+    };
+    assert!(
+        at("connect") < at("rst_received") && at("rst_received") < at("destroy"),
+        "{kinds:?}"
+    );
     let offs: Vec<u64> = fj["flow"]["timeline"]
         .as_array()
         .unwrap()
@@ -164,7 +195,10 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
         .iter()
         .any(|a| a["kind"] == "connect_refused"));
     let server = daemon.ok(&["flow", &aborted_servers[0].to_string()]);
-    assert!(server.contains("reason=TCP_ABORT_ON_LINGER") || server.contains("rst      sent 1"), "{server}");
+    assert!(
+        server.contains("reason=TCP_ABORT_ON_LINGER") || server.contains("rst      sent 1"),
+        "{server}"
+    );
 
     // A storm: `anomalies` shows it while it is active, with our refused sockets as evidence.
     let made = ns.enter(|| workload::refused_storm(9, 1500, Duration::from_secs(3)));
@@ -187,7 +221,10 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
         .iter()
         .filter_map(Value::as_u64)
         .collect();
-    assert!(refused.iter().all(|c| evidence.contains(c)), "evidence {evidence:?}");
+    assert!(
+        refused.iter().all(|c| evidence.contains(c)),
+        "evidence {evidence:?}"
+    );
     let table = daemon.ok(&["anomalies"]);
     eprintln!("== linkprobe anomalies\n{table}");
     assert_aligned_table(&table, "ID");
@@ -198,13 +235,20 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
     // The storm's scopes (the client's peer 127.0.0.1:9, the sender's local port 9 and its
     // peer 127.0.0.1) lead, far above the two linger-0 aborts.
     let rows = top["rows"].as_array().unwrap();
-    let leaders: Vec<&str> = rows.iter().take(3).filter_map(|r| r["scope"].as_str()).collect();
+    let leaders: Vec<&str> = rows
+        .iter()
+        .take(3)
+        .filter_map(|r| r["scope"].as_str())
+        .collect();
     for scope in ["peer 127.0.0.1:9", "local port 9"] {
         assert!(leaders.contains(&scope), "{scope} in the top 3: {top:#}");
     }
     assert!(rows[0]["rst_per_sec"].as_f64().unwrap() > 50.0, "{top:#}");
     let by_fail = daemon.json(&["top", "--once", "--by", "failure", "--limit", "1"]);
-    assert_eq!(by_fail["rows"][0]["scope"], "peer 127.0.0.1:9", "{by_fail:#}");
+    assert_eq!(
+        by_fail["rows"][0]["scope"], "peer 127.0.0.1:9",
+        "{by_fail:#}"
+    );
     let top_text = daemon.ok(&["top", "--once"]);
     eprintln!("== linkprobe top --once\n{top_text}");
     assert_aligned_table(top_text.split_once('\n').unwrap().1, "SCOPE");
@@ -212,11 +256,20 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
     // status: the probe table, counters, flow table fill, anomalies.
     let status = daemon.json(&["status"]);
     assert_eq!(status["probes"].as_array().unwrap().len(), 7);
-    assert!(status["probes"].as_array().unwrap().iter().all(|p| p["attached"] == true));
+    assert!(status["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["attached"] == true));
     assert!(status["flows"]["tracked"].as_u64().unwrap() >= made);
     assert!(status["anomalies"]["active"].as_u64().unwrap() >= 3);
     assert!(status["records"]["connect"].as_u64().unwrap() >= made);
-    assert_eq!(status["kernel"].as_str().unwrap(), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim());
+    assert_eq!(
+        status["kernel"].as_str().unwrap(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap()
+            .trim()
+    );
     let text = daemon.ok(&["status"]);
     eprintln!("== linkprobe status\n{text}");
     assert!(text.contains("probes: 7 of 7 attached"));

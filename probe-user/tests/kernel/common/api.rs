@@ -137,7 +137,11 @@ impl Stream {
     }
 
     /// Lines until `done` says enough or `limit` passes.
-    pub fn collect_until(&self, limit: Duration, mut done: impl FnMut(&[String]) -> bool) -> Vec<String> {
+    pub fn collect_until(
+        &self,
+        limit: Duration,
+        mut done: impl FnMut(&[String]) -> bool,
+    ) -> Vec<String> {
         let start = Instant::now();
         let mut got = Vec::new();
         while start.elapsed() < limit && !done(&got) {
@@ -169,7 +173,11 @@ pub fn assert_aligned_table(text: &str, header_start: &str) {
         }
     }
     assert!(starts.len() >= 3, "header has columns: {header}");
-    for row in lines.iter().skip(1).filter(|r| !r.is_empty() && r[0] != '(') {
+    for row in lines
+        .iter()
+        .skip(1)
+        .filter(|r| !r.is_empty() && r[0] != '(')
+    {
         let text: String = row.iter().collect();
         for &s in &starts[1..] {
             assert!(s < row.len(), "row shorter than the header: {text:?}");

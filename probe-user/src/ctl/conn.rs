@@ -84,7 +84,7 @@ impl Conn {
         Ok((resp.reply, line))
     }
 
-    pub fn next(&mut self) -> Result<Reply, ConnError> {
+    pub fn reply(&mut self) -> Result<Reply, ConnError> {
         self.next_raw().map(|(r, _)| r)
     }
 
@@ -92,6 +92,6 @@ impl Conn {
     pub fn ask(path: &Path, query: Query) -> Result<Reply, ConnError> {
         let mut c = Conn::open(path)?;
         c.send(query)?;
-        c.next()
+        c.reply()
     }
 }

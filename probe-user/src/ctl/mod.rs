@@ -208,7 +208,7 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
 fn anomalies(socket: &Path, follow: bool, view: View, paint: Paint) -> Result<(), CtlError> {
     let mut conn = Conn::open(socket)?;
     conn.send(Query::Anomalies { watch: follow })?;
-    let r = check(conn.next()?)?;
+    let r = check(conn.reply()?)?;
     let Reply::Anomalies { active, recent } = r else {
         return Err(CtlError::Unexpected(reply_name(&r)));
     };
@@ -277,7 +277,7 @@ fn watch(
         return Ok(());
     }
     loop {
-        match check(conn.next()?)? {
+        match check(conn.reply()?)? {
             // On stderr, so piped JSON stays clean; scripts can wait for it.
             Reply::Subscribed => eprintln!("linkprobe: watching live events (Ctrl-C to stop)"),
             Reply::Event { event: e } => {

@@ -23,8 +23,9 @@ use crate::{
     pipeline::{monotonic_ns, Pipeline},
 };
 
-/// Most flows one `flows` answer returns, whatever the request's limit.
-pub const MAX_LIMIT: usize = 10_000;
+/// Most flows one `flows` answer returns, whatever the request's limit: the loop answers
+/// synchronously, so the work per query stays small (a few ms).
+pub const MAX_LIMIT: usize = 2_000;
 
 /// What the loop lends to [`answer`].
 pub struct LoopState<'a> {

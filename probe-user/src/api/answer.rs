@@ -9,9 +9,10 @@ use crate::{
     api::{
         filter::Matcher,
         proto::{
-            error, AnomalyCounts, AnomalyRecord, ApiCounters, ErrorCode, FlowRecord, FlowTableRow,
-            ProbeRow, Query, Reply, SortKey, StatusReport,
+            encode_line, error, AnomalyCounts, AnomalyRecord, ApiCounters, ErrorCode, FlowRecord,
+            FlowTableRow, ProbeRow, Query, Reply, SortKey, StatusReport, API_VERSION,
         },
+        server::Answer,
     },
     config::Config,
     counters,
@@ -62,18 +63,55 @@ pub fn change_record(change: &AnomalyChange, now: u64) -> Result<AnomalyRecord, 
     owned(&AnomalyView::new(change, now))
 }
 
+#[derive(Serialize)]
+struct FlowsLine<'a> {
+    v: u32,
+    reply: FlowsBody<'a>,
+}
+
+#[derive(Serialize)]
+struct FlowsBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    total: usize,
+    matched: usize,
+    flows: Vec<FlowView<'a>>,
+}
+
+/// The `flows` response line, serialised straight from the contract views (the same bytes as
+/// `Response::new(Reply::Flows { .. })` with the owned records).
+pub fn encode_flows(
+    flows: &[&Flow],
+    reasons: &crate::rst_reason::ReasonNames,
+    total: usize,
+    matched: usize,
+) -> String {
+    encode_line(&FlowsLine {
+        v: API_VERSION,
+        reply: FlowsBody {
+            kind: "flows",
+            total,
+            matched,
+            flows: flows.iter().map(|f| FlowView::new(f, reasons)).collect(),
+        },
+    })
+}
+
 /// Answers a query that needs the loop's state (streams are handled by the server).
-pub fn answer(q: &Query, st: &LoopState<'_>) -> Reply {
+pub fn answer(q: &Query, st: &LoopState<'_>) -> Answer {
+    if let Query::Flows {
+        filter,
+        sort,
+        limit,
+    } = q
+    {
+        return match Matcher::new(filter) {
+            Ok(m) => Answer::Line(flows(st, &m, *sort, (*limit).min(MAX_LIMIT))),
+            Err(e) => Answer::Reply(error(ErrorCode::BadRequest, e.to_string()).reply),
+        };
+    }
     let result = match q {
         Query::Status => Ok(Reply::Status(Box::new(status(st)))),
-        Query::Flows {
-            filter,
-            sort,
-            limit,
-        } => match Matcher::new(filter) {
-            Ok(m) => flows(st, &m, *sort, (*limit).min(MAX_LIMIT)),
-            Err(e) => return error(ErrorCode::BadRequest, e.to_string()).reply,
-        },
         Query::Flow { cookie } => flow(st, *cookie),
         Query::Anomalies { .. } => anomalies(st),
         Query::Top { by, limit } => Ok(Reply::Top(st.pipeline.top.report(
@@ -81,12 +119,14 @@ pub fn answer(q: &Query, st: &LoopState<'_>) -> Reply {
             *by,
             (*limit).min(MAX_LIMIT),
         ))),
-        Query::Watch { .. } => Err("watch is a stream; the server handles it".to_owned()),
+        Query::Flows { .. } | Query::Watch { .. } => {
+            Err("not answered here (flows above, watch by the server)".to_owned())
+        }
     };
-    result.unwrap_or_else(|message| Reply::Error {
+    Answer::Reply(result.unwrap_or_else(|message| Reply::Error {
         code: ErrorCode::Internal,
         message,
-    })
+    }))
 }
 
 fn status(st: &LoopState<'_>) -> StatusReport {
@@ -152,7 +192,7 @@ fn status(st: &LoopState<'_>) -> StatusReport {
     }
 }
 
-fn flows(st: &LoopState<'_>, m: &Matcher, sort: SortKey, limit: usize) -> Result<Reply, String> {
+fn flows(st: &LoopState<'_>, m: &Matcher, sort: SortKey, limit: usize) -> String {
     let now = monotonic_ns();
     let table = &st.pipeline.flows;
     let mut matched: Vec<&Flow> = table.iter().filter(|f| m.flow(f, now)).collect();
@@ -168,14 +208,7 @@ fn flows(st: &LoopState<'_>, m: &Matcher, sort: SortKey, limit: usize) -> Result
         SortKey::Rtt => matched.sort_by_key(|f| std::cmp::Reverse((f.srtt_us, f.start_ns))),
     }
     matched.truncate(limit);
-    Ok(Reply::Flows {
-        total: table.len(),
-        matched: n,
-        flows: matched
-            .into_iter()
-            .map(|f| flow_record(f, st))
-            .collect::<Result<_, _>>()?,
-    })
+    encode_flows(&matched, &st.loaded.reason_names, table.len(), n)
 }
 
 fn flow(st: &LoopState<'_>, cookie: u64) -> Result<Reply, String> {

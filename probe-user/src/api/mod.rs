@@ -9,7 +9,7 @@ pub mod socket;
 #[cfg(test)]
 mod tests;
 
-pub use server::{spawn, ApiLoop, Live, LoopQuery};
+pub use server::{spawn, Answer, ApiLoop, Live, LoopQuery};
 
 /// The socket's file name inside the daemon's run directory.
 pub const SOCKET_NAME: &str = "api.sock";

@@ -55,7 +55,14 @@ pub const LIVE_QUEUE: usize = 4096;
 /// A query for the event loop and where to send its answer.
 pub struct LoopQuery {
     pub query: Query,
-    pub reply: oneshot::Sender<Reply>,
+    pub reply: oneshot::Sender<Answer>,
+}
+
+/// The loop's answer: a reply, or a response line it already encoded from the contract views
+/// (big `flows` answers: one serialisation pass on the loop instead of a copy per flow).
+pub enum Answer {
+    Reply(Reply),
+    Line(String),
 }
 
 /// What the loop streams to watchers.
@@ -283,17 +290,17 @@ async fn client(stream: UnixStream, ctx: &Ctx) {
             Query::Watch { filter } => return watch(rd, wr, ctx, Stream::Events(filter)).await,
             Query::Anomalies { watch: true } => {
                 let snapshot = ask_loop(ctx, Query::Anomalies { watch: false }).await;
-                if send(&mut wr, &Response::new(snapshot)).await {
+                if send_answer(&mut wr, snapshot).await {
                     watch(rd, wr, ctx, Stream::Anomalies).await;
                 }
                 return;
             }
             q => {
-                let mut reply = ask_loop(ctx, q).await;
-                if let Reply::Status(s) = &mut reply {
+                let mut answer = ask_loop(ctx, q).await;
+                if let Answer::Reply(Reply::Status(s)) = &mut answer {
                     s.api = ctx.counters.snapshot();
                 }
-                if !send(&mut wr, &Response::new(reply)).await {
+                if !send_answer(&mut wr, answer).await {
                     return;
                 }
             }
@@ -301,21 +308,32 @@ async fn client(stream: UnixStream, ctx: &Ctx) {
     }
 }
 
-async fn ask_loop(ctx: &Ctx, query: Query) -> Reply {
+async fn send_answer(wr: &mut OwnedWriteHalf, answer: Answer) -> bool {
+    match answer {
+        Answer::Reply(r) => send(wr, &Response::new(r)).await,
+        Answer::Line(line) => matches!(
+            timeout(WRITE_TIMEOUT, wr.write_all(line.as_bytes())).await,
+            Ok(Ok(()))
+        ),
+    }
+}
+
+async fn ask_loop(ctx: &Ctx, query: Query) -> Answer {
+    let fail = |code, msg: &str| Answer::Reply(error(code, msg).reply);
     let (tx, rx) = oneshot::channel();
     match ctx.queries.try_send(LoopQuery { query, reply: tx }) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
             Counters::add(&ctx.counters.busy, 1);
-            return error(ErrorCode::Busy, "the daemon is busy; try again").reply;
+            return fail(ErrorCode::Busy, "the daemon is busy; try again");
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {
-            return error(ErrorCode::Internal, "the daemon is shutting down").reply;
+            return fail(ErrorCode::Internal, "the daemon is shutting down");
         }
     }
     match timeout(LOOP_TIMEOUT, rx).await {
-        Ok(Ok(reply)) => reply,
-        _ => error(ErrorCode::Timeout, "the event loop did not answer in time").reply,
+        Ok(Ok(answer)) => answer,
+        _ => fail(ErrorCode::Timeout, "the event loop did not answer in time"),
     }
 }
 

@@ -319,6 +319,26 @@ fn json_field_names_are_stable() {
     );
 }
 
+/// The loop's pre-encoded `flows` line decodes as the typed reply with the owned records.
+#[test]
+fn encoded_flows_line_is_a_flows_reply() {
+    let reasons = ReasonNames::default();
+    let f = sample_flow();
+    let line = super::answer::encode_flows(&[&f], &reasons, 3, 1);
+    assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
+    let resp: Response = serde_json::from_str(&line).unwrap();
+    let record: FlowRecord =
+        serde_json::from_value(serde_json::to_value(FlowView::new(&f, &reasons)).unwrap()).unwrap();
+    assert_eq!(
+        resp,
+        Response::new(Reply::Flows {
+            total: 3,
+            matched: 1,
+            flows: vec![record],
+        })
+    );
+}
+
 #[test]
 fn decodes_every_request_and_rejects_the_rest() {
     let ok = [

@@ -15,7 +15,16 @@ use crate::{
 #[command(
     name = "linkprobe",
     version,
-    about = "eBPF TCP link tracer: connects, retransmits and resets of every flow, tagged by socket cookie"
+    about = "eBPF TCP link tracer: connects, retransmits and resets of every flow, tagged by socket cookie",
+    after_help = "On call (asks the running daemon; root, or the daemon's --api-group):\n  \
+                  linkprobe status                       is it healthy, what is attached\n  \
+                  linkprobe anomalies                    what is wrong right now\n  \
+                  linkprobe flows --failed               which connections failed\n  \
+                  linkprobe flow 8193                    why this one died\n  \
+                  linkprobe top                          who resets, fails, retransmits most\n  \
+                  linkprobe watch --peer 10.0.0.5        live events\n\n\
+                  Exit codes: 0 ok, 1 error, 2 usage.\n\
+                  Kubernetes: kubectl exec -n linkprobe <pod-on-node> -- linkprobe flows"
 )]
 pub struct Cli {
     /// The daemon's API socket (for status, flows, flow, anomalies, watch, top).
@@ -134,7 +143,7 @@ pub struct FlowsArgs {
     pub filter: FilterArgs,
     #[arg(long, value_enum, default_value_t = SortKey::Age)]
     pub sort: SortKey,
-    /// Most flows to list.
+    /// Most flows to list (the daemon returns at most 2000 per query).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
     #[arg(short, long, value_enum, default_value_t = View::Table)]

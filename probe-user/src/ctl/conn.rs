@@ -30,7 +30,7 @@ pub enum ConnError {
     Connect { path: PathBuf, source: io::Error },
     #[error("talking to the daemon: {0}")]
     Io(#[from] io::Error),
-    #[error("the daemon closed the connection without answering")]
+    #[error("the daemon closed the connection (it stopped, or dropped this client); run `linkprobe status` to check it")]
     Closed,
     #[error("the daemon sent something this CLI cannot read ({0}); are both the same version?")]
     Decode(String),

@@ -28,7 +28,13 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
             paint.yellow(&format!("{probes} (degraded)"))
         }
     );
-    let mut t = Table::new(vec!["PROBE", "HOOK", "STATE", "NEEDS KERNEL", "DETAIL"]);
+    let mut t = Table::new(vec![
+        "PROBE",
+        "HOOK",
+        "STATE",
+        "NEEDS KERNEL",
+        "WHY DEGRADED",
+    ]);
     for p in &s.probes {
         t.row(vec![
             plain(p.name.clone()),

@@ -188,6 +188,7 @@ fn status(st: &LoopState<'_>) -> StatusReport {
         },
         // The server thread fills in its own counters.
         api: ApiCounters::default(),
+        command_line: std::env::args().collect(),
         config: st.config.clone(),
     }
 }

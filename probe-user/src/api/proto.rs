@@ -192,6 +192,8 @@ pub struct StatusReport {
     pub flows: FlowTableRow,
     pub anomalies: AnomalyCounts,
     pub api: ApiCounters,
+    /// The daemon's command line (scope filters, ring and drain settings, …).
+    pub command_line: Vec<String>,
     pub config: Config,
 }
 

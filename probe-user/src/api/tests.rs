@@ -281,6 +281,7 @@ fn json_field_names_are_stable() {
         flows: FlowTableRow::default(),
         anomalies: AnomalyCounts::default(),
         api: ApiCounters::default(),
+        command_line: vec!["linkprobe".into(), "daemon".into()],
         config: crate::config::Config::default(),
     })
     .unwrap();
@@ -299,6 +300,7 @@ fn json_field_names_are_stable() {
             "flows",
             "anomalies",
             "api",
+            "command_line",
             "config",
         ])
     );

@@ -180,7 +180,12 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
                 return Err(CtlError::Unexpected(reply_name(&r)));
             };
             match a.output {
-                View::Json => json(&report)?,
+                View::Json if a.once => json(&report)?,
+                // Refreshing: one compact object per line, like the other streams.
+                View::Json => out(&format!(
+                    "{}\n",
+                    serde_json::to_string(&report).unwrap_or_default()
+                ))?,
                 v => {
                     // Refresh in place on a terminal; a pipe gets one block per interval.
                     let clear = if paint.on && !a.once {

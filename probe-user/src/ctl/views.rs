@@ -111,6 +111,7 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
         "api: {} connections, {} now, {} rejected, {} bad requests, {} busy, {} items lost by slow watchers",
         a.connections, a.clients_now, a.rejected_connections, a.bad_requests, a.busy, a.watch_lost
     );
+    let _ = writeln!(out, "command line: {}", s.command_line.join(" "));
     let _ = writeln!(out, "config in effect:");
     match toml::to_string(&s.config) {
         Ok(text) => {

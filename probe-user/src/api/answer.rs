@@ -234,7 +234,7 @@ fn flow(st: &LoopState<'_>, cookie: u64) -> Result<Reply, String> {
     for a in det.recent().filter(|a| a.evidence.contains(&cookie)) {
         anomalies.push(anomaly_record(a, "cleared", now)?);
     }
-    let hint = root_cause(f, st, &anomalies);
+    let hint = root_cause(f, &st.loaded.reason_names, &anomalies);
     Ok(Reply::Flow {
         flow: Box::new(flow_record(f, st)?),
         anomalies,
@@ -263,7 +263,11 @@ fn anomalies(st: &LoopState<'_>) -> Result<Reply, String> {
 
 /// One line: why this flow ended (or how it is doing), from its close cause, counters and the
 /// anomalies it is evidence for.
-pub fn root_cause(f: &Flow, st: &LoopState<'_>, anomalies: &[AnomalyRecord]) -> String {
+pub fn root_cause(
+    f: &Flow,
+    reasons: &crate::rst_reason::ReasonNames,
+    anomalies: &[AnomalyRecord],
+) -> String {
     let remote = f.remote;
     let mut hint = match f.close {
         Some(CloseCause::Refused) => {
@@ -286,7 +290,7 @@ pub fn root_cause(f: &Flow, st: &LoopState<'_>, anomalies: &[AnomalyRecord]) -> 
         Some(CloseCause::RstSent) => {
             let reason = f
                 .last_rst_reason
-                .map(|r| format!(" (kernel reason {})", st.loaded.reason_names.name(r)))
+                .map(|r| format!(" (kernel reason {})", reasons.name(r)))
                 .unwrap_or_default();
             format!("this host reset the connection to {remote}{reason}")
         }
@@ -297,7 +301,7 @@ pub fn root_cause(f: &Flow, st: &LoopState<'_>, anomalies: &[AnomalyRecord]) -> 
         Some(CloseCause::Fin) if f.rst_sent > 0 => format!(
             "this host reset the connection to {remote} while closing{}",
             f.last_rst_reason
-                .map(|r| format!(" (kernel reason {})", st.loaded.reason_names.name(r)))
+                .map(|r| format!(" (kernel reason {})", reasons.name(r)))
                 .unwrap_or_default()
         ),
         Some(CloseCause::Fin) => "closed normally (FIN)".to_owned(),
@@ -307,13 +311,28 @@ pub fn root_cause(f: &Flow, st: &LoopState<'_>, anomalies: &[AnomalyRecord]) -> 
         ),
         None => "open".to_owned(),
     };
-    if f.data_retransmits + f.rtos > 0 {
+    // RTOs before the handshake are SYN retries, already told above.
+    if f.data_retransmits > 0 || (f.established && f.rtos > 0) {
         hint.push_str(&format!(
             "; {} data retransmits, {} RTOs (loss on the path?)",
             f.data_retransmits, f.rtos
         ));
     }
-    if let Some(a) = anomalies.first() {
+    // The anomaly that matches how the flow ended says most; else the first one.
+    let wanted: &[&str] = match f.close {
+        Some(CloseCause::Refused) => &["connect_refused", "rst_storm", "rst_ratio"],
+        Some(CloseCause::Timeout) => &["connect_timeout", "syn_retry"],
+        Some(CloseCause::Unreachable) => &["connect_unreachable"],
+        Some(CloseCause::RstReceived | CloseCause::RstSent) => {
+            &["reset_after_established", "rst_storm", "rst_ratio"]
+        }
+        _ => &[],
+    };
+    let best = wanted
+        .iter()
+        .find_map(|k| anomalies.iter().find(|a| a.kind == *k))
+        .or(anomalies.first());
+    if let Some(a) = best {
         hint.push_str(&format!("; evidence for {} on {}", a.kind, a.scope));
     }
     hint

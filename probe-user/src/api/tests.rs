@@ -321,6 +321,34 @@ fn json_field_names_are_stable() {
     );
 }
 
+#[test]
+fn root_cause_follows_the_close_cause_and_the_matching_anomaly() {
+    let reasons = ReasonNames::default();
+    let mut f = sample_flow();
+    f.role = Some(Role::Client);
+    f.close = Some(crate::flowtable::CloseCause::Refused);
+    let change = AnomalyChange::Raised(sample_anomaly());
+    let mut a: AnomalyRecord =
+        serde_json::from_value(serde_json::to_value(AnomalyView::new(&change, 9)).unwrap())
+            .unwrap();
+    a.scope = "peer 127.0.0.1:9".into();
+    let hint = super::answer::root_cause(&f, &reasons, &[a]);
+    assert_eq!(
+        hint,
+        "nothing listening on 127.0.0.1:9 (RST to SYN): connection refused; evidence for \
+         connect_refused on peer 127.0.0.1:9"
+    );
+    let mut open = sample_flow();
+    open.close = None;
+    open.closed_ns = None;
+    open.syn_retransmits = 3;
+    open.rtos = 3;
+    assert_eq!(
+        super::answer::root_cause(&open, &reasons, &[]),
+        "still connecting to 127.0.0.1:9: 3 SYN retransmits so far"
+    );
+}
+
 /// The loop's pre-encoded `flows` line decodes as the typed reply with the owned records.
 #[test]
 fn encoded_flows_line_is_a_flows_reply() {

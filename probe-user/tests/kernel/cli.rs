@@ -136,6 +136,35 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
     for c in &refused {
         assert!(table.contains(&c.to_string()));
     }
+    // Colour only on a terminal, and never with NO_COLOR.
+    let on_tty = |no_color: bool| {
+        let cmd = format!(
+            "{} flows --failed --socket {}",
+            env!("CARGO_BIN_EXE_linkprobe"),
+            daemon.socket.display()
+        );
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"]).env_remove("NO_COLOR");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        let out = c.output().expect("script (util-linux)");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(on_tty(false).contains("\x1b["), "colour on a TTY");
+    assert!(!on_tty(true).contains("\x1b["), "NO_COLOR honoured");
+    let piped = std::process::Command::new(env!("CARGO_BIN_EXE_linkprobe"))
+        .args(["flows", "--failed", "--socket"])
+        .arg(&daemon.socket)
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&piped.stdout).contains('\x1b'),
+        "no colour in a pipe"
+    );
+
     let wide = daemon.ok(&["flows", "-o", "wide", "--with-rst"]);
     assert_aligned_table(&wide, "COOKIE");
     assert!(wide.lines().next().unwrap().contains("HANDSHAKE"));

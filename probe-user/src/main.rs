@@ -23,35 +23,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let socket = cli.socket;
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Daemon(args) => {
             let _lock = lock::acquire(&args.run_dir)?;
             let started = daemon::start(&args.probe)?;
-            let api = if args.no_api {
-                None
-            } else {
-                let gid = args
-                    .api_group
-                    .as_deref()
-                    .map(api::socket::group_id)
-                    .transpose()?;
-                Some(api::spawn(
-                    &args.run_dir.join(api::SOCKET_NAME),
-                    gid,
-                    started.loaded.reason_names.clone(),
-                )?)
-            };
-            runtime()?.block_on(daemon::run(&args.probe, started, api))?;
+            let api = api::for_daemon(&args, &started.loaded.reason_names)?;
+            runtime.block_on(daemon::run(&args.probe, started, api))?;
         }
         Command::Trace(args) => {
             let started = daemon::start(&args)?;
-            runtime()?.block_on(daemon::run(&args, started, None))?;
+            runtime.block_on(daemon::run(&args, started, None))?;
         }
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -61,7 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut std::io::stdout(),
             );
         }
-        other => ctl::run(&socket, other)?,
+        other => ctl::run(&cli.socket, other)?,
     }
     Ok(())
 }

@@ -106,13 +106,13 @@ pub struct StatusArgs {
 #[derive(Debug, Args, Clone, Default)]
 pub struct FilterArgs {
     /// Remote address, optionally with port: 10.0.0.5 or 10.0.0.5:80.
-    #[arg(long, value_name = "IP[:PORT]")]
+    #[arg(long, value_name = "IP[:PORT]", value_parser = check_peer)]
     pub peer: Option<String>,
     /// Local or remote port.
     #[arg(long)]
     pub port: Option<u16>,
     /// TCP state (ESTABLISHED, SYN_SENT, CLOSE, …) or open / closed.
-    #[arg(long)]
+    #[arg(long, value_parser = check_state)]
     pub state: Option<String>,
     /// Process id that opened the connection.
     #[arg(long)]
@@ -194,6 +194,14 @@ pub struct TopArgs {
     pub once: bool,
     #[arg(short, long, value_enum, default_value_t = View::Table)]
     pub output: View,
+}
+
+fn check_peer(s: &str) -> Result<String, String> {
+    crate::api::filter::check_peer(s).map_err(|e| e.to_string())
+}
+
+fn check_state(s: &str) -> Result<String, String> {
+    crate::api::filter::check_state(s).map_err(|e| e.to_string())
 }
 
 /// `30s`, `5m`, `1h`, `500ms` or plain seconds → milliseconds.
@@ -363,5 +371,10 @@ mod tests {
         // Usage errors are clap errors (exit code 2).
         let e = Cli::try_parse_from(["linkprobe", "flows", "--sort", "bogus"]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
+        let e = Cli::try_parse_from(["linkprobe", "flows", "--peer", "nope"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let e = Cli::try_parse_from(["linkprobe", "watch", "--state", "FLYING"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(Cli::try_parse_from(["linkprobe", "watch", "--state", "syn_sent"]).is_ok());
     }
 }

@@ -10,9 +10,9 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
-    #[error("--peer {0:?} is not an IP address or IP:port")]
+    #[error("{0:?} is not an IP address or IP:port")]
     Peer(String),
-    #[error("--state {0:?} is not a TCP state (ESTABLISHED, SYN_SENT, CLOSE, … or open/closed)")]
+    #[error("{0:?} is not a TCP state (ESTABLISHED, SYN_SENT, CLOSE, … or open/closed)")]
     State(String),
 }
 
@@ -49,19 +49,32 @@ fn parse_state(s: &str) -> Option<StateMatch> {
         .map(StateMatch::Is)
 }
 
+/// `10.0.0.5` or `10.0.0.5:80` (IPv6: `[::1]:80`).
+fn parse_peer(p: &str) -> Result<(IpAddr, Option<u16>), FilterError> {
+    if let Ok(sa) = p.parse::<SocketAddr>() {
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    let ip = p
+        .parse::<IpAddr>()
+        .map_err(|_| FilterError::Peer(p.to_owned()))?;
+    Ok((ip, None))
+}
+
+/// For the command line: the `--peer` value, checked.
+pub fn check_peer(p: &str) -> Result<String, FilterError> {
+    parse_peer(p).map(|_| p.to_owned())
+}
+
+/// For the command line: the `--state` value, checked.
+pub fn check_state(s: &str) -> Result<String, FilterError> {
+    parse_state(s)
+        .map(|_| s.to_owned())
+        .ok_or_else(|| FilterError::State(s.to_owned()))
+}
+
 impl Matcher {
     pub fn new(f: &Filter) -> Result<Matcher, FilterError> {
-        let peer = match &f.peer {
-            None => None,
-            Some(p) => Some(if let Ok(sa) = p.parse::<SocketAddr>() {
-                (sa.ip(), Some(sa.port()))
-            } else {
-                let ip = p
-                    .parse::<IpAddr>()
-                    .map_err(|_| FilterError::Peer(p.clone()))?;
-                (ip, None)
-            }),
-        };
+        let peer = f.peer.as_deref().map(parse_peer).transpose()?;
         let state = match &f.state {
             None => None,
             Some(s) => Some(parse_state(s).ok_or_else(|| FilterError::State(s.clone()))?),

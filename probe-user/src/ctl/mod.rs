@@ -250,7 +250,7 @@ fn anomalies(socket: &Path, follow: bool, view: View, paint: Paint) -> Result<()
                 _ => out(&format!("{}\n", views::anomaly_line(&a, paint)))?,
             },
             Reply::Overflow { lost } => overflow(lost, view)?,
-            Reply::Subscribed => {}
+            Reply::Subscribed => eprintln!("linkprobe: watching anomaly changes (Ctrl-C to stop)"),
             other => {
                 log::debug!("ignoring {} in the stream: {raw}", reply_name(&other));
             }

@@ -229,8 +229,29 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
         "{server}"
     );
 
-    // A storm: `anomalies` shows it while it is active, with our refused sockets as evidence.
+    // A storm: `anomalies --watch` reports it as it is raised; `anomalies` shows it while it
+    // is active, with our refused sockets as evidence.
+    let follow = Stream::start(&daemon.socket, &["anomalies", "--watch", "-o", "json"]);
     let made = ns.enter(|| workload::refused_storm(9, 1500, Duration::from_secs(3)));
+    let changes = follow.collect_until(Duration::from_secs(5), |got| {
+        got.iter()
+            .any(|l| l.contains("\"rst_storm\"") && l.contains("\"raised\""))
+    });
+    let raised: Vec<Value> = changes
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|a: &Value| a["kind"] == "rst_storm" && a["change"] == "raised")
+        .collect();
+    assert!(
+        !raised.is_empty(),
+        "anomalies --watch streamed: {changes:#?}"
+    );
+    assert_eq!(raised[0]["type"], "anomaly");
+    eprintln!(
+        "== anomalies --watch: {}",
+        changes.iter().find(|l| l.contains("rst_storm")).unwrap()
+    );
+    drop(follow);
     std::thread::sleep(Duration::from_millis(1500));
     let anomalies = daemon.json(&["anomalies"]);
     let active = anomalies["active"].as_array().expect("active");

@@ -125,7 +125,7 @@ impl Stream {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[linkprobe-cli] {line}");
-                if line.contains("watching live events") {
+                if line.starts_with("linkprobe: watching ") {
                     let _ = ready_tx.send(());
                 }
             }

@@ -3,15 +3,33 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::output::Format;
+use crate::{
+    api::{
+        proto::{SortKey, TopKey},
+        DEFAULT_SOCKET,
+    },
+    output::Format,
+};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "linkprobe",
     version,
-    about = "eBPF TCP link tracer: connects, retransmits and resets of every flow, tagged by socket cookie"
+    about = "eBPF TCP link tracer: connects, retransmits and resets of every flow, tagged by socket cookie",
+    after_help = "On call (asks the running daemon; root, or the daemon's --api-group):\n  \
+                  linkprobe status                       is it healthy, what is attached\n  \
+                  linkprobe anomalies                    what is wrong right now\n  \
+                  linkprobe flows --failed               which connections failed\n  \
+                  linkprobe flow 8193                    why this one died\n  \
+                  linkprobe top                          who resets, fails, retransmits most\n  \
+                  linkprobe watch --peer 10.0.0.5        live events\n\n\
+                  Exit codes: 0 ok, 1 error, 2 usage.\n\
+                  Kubernetes: kubectl exec -n linkprobe <pod-on-node> -- linkprobe flows"
 )]
 pub struct Cli {
+    /// The daemon's API socket (for status, flows, flow, anomalies, watch, top).
+    #[arg(long, global = true, env = "LINKPROBE_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -28,13 +46,197 @@ pub enum Command {
         after_help = "Examples:\n  linkprobe trace --netns blue\n  linkprobe trace -o json --cgroup /sys/fs/cgroup/unified/system.slice"
     )]
     Trace(ProbeArgs),
+    /// Daemon health: version, kernel, probes, counters, flow table fill, anomalies, config.
+    #[command(
+        after_help = "Examples:\n  linkprobe status\n  linkprobe status -o json | jq .probes"
+    )]
+    Status(StatusArgs),
+    /// List flows (one per socket) with filters, sorted.
+    #[command(
+        after_help = "Examples:\n  linkprobe flows --failed\n  linkprobe flows --peer 10.0.0.5:80 --with-rst -o wide\n  linkprobe flows --sort retrans --limit 10\n  linkprobe flows --since 5m -o json | jq ."
+    )]
+    Flows(FlowsArgs),
+    /// One flow's whole story: tuple, process, timeline, RTT, retransmits, RSTs, close cause,
+    /// anomalies and the root-cause hint.
+    #[command(after_help = "Examples:\n  linkprobe flow 8193\n  linkprobe flow 0x2001 -o json")]
+    Flow(FlowArgs),
+    /// Active and recently cleared anomalies.
+    #[command(
+        after_help = "Examples:\n  linkprobe anomalies\n  linkprobe anomalies --watch\n  linkprobe anomalies -o json"
+    )]
+    Anomalies(AnomaliesArgs),
+    /// Live event stream with the same filters as `flows`.
+    #[command(
+        after_help = "Examples:\n  linkprobe watch --with-rst\n  linkprobe watch --peer 10.0.0.5 -o json | jq .kind"
+    )]
+    Watch(WatchArgs),
+    /// Refreshing view of peers and local ports ranked by RST rate, failure rate or
+    /// retransmit rate (last 10 s).
+    #[command(after_help = "Examples:\n  linkprobe top\n  linkprobe top --by failure --once")]
+    Top(TopArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  linkprobe completions bash > /etc/bash_completion.d/linkprobe\n  linkprobe completions zsh > \"${fpath[1]}/_linkprobe\""
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// How CLI commands print.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum View {
+    /// Aligned columns with human units.
+    #[default]
+    Table,
+    /// Table with more columns.
+    Wide,
+    /// JSON (stable field names; one object per line for streams).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(short, long, value_enum, default_value_t = View::Table)]
+    pub output: View,
+}
+
+/// Flow filters shared by `flows` and `watch`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FilterArgs {
+    /// Remote address, optionally with port: 10.0.0.5 or 10.0.0.5:80.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = check_peer)]
+    pub peer: Option<String>,
+    /// Local or remote port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// TCP state (ESTABLISHED, SYN_SENT, CLOSE, …) or open / closed.
+    #[arg(long, value_parser = check_state)]
+    pub state: Option<String>,
+    /// Process id that opened the connection.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Process name (comm) that opened the connection.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// cgroup v2 id, or a cgroup directory (its id is taken from it).
+    #[arg(long, value_name = "ID|PATH")]
+    pub cgroup: Option<String>,
+    /// Only flows with an RST sent or received (watch: RST events).
+    #[arg(long)]
+    pub with_rst: bool,
+    /// Only flows with retransmits (watch: retransmit events).
+    #[arg(long)]
+    pub with_retrans: bool,
+    /// Only failed connection attempts: refused, timed out, unreachable.
+    #[arg(long)]
+    pub failed: bool,
+    /// Only flows active within this long, e.g. 30s, 5m, 1h (flows only).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    pub since: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct FlowsArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    #[arg(long, value_enum, default_value_t = SortKey::Age)]
+    pub sort: SortKey,
+    /// Most flows to list (the daemon returns at most 2000 per query).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    #[arg(short, long, value_enum, default_value_t = View::Table)]
+    pub output: View,
+}
+
+#[derive(Debug, Args)]
+pub struct FlowArgs {
+    /// Socket cookie, decimal or 0x-hex (as `flows` and the event stream print it).
+    #[arg(value_parser = parse_cookie)]
+    pub cookie: u64,
+    #[arg(short, long, value_enum, default_value_t = View::Table)]
+    pub output: View,
+}
+
+#[derive(Debug, Args)]
+pub struct AnomaliesArgs {
+    /// Keep printing anomaly changes as they happen.
+    #[arg(long)]
+    pub watch: bool,
+    #[arg(short, long, value_enum, default_value_t = View::Table)]
+    pub output: View,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Stop after this many events (default: until interrupted).
+    #[arg(long)]
+    pub count: Option<u64>,
+    #[arg(short, long, value_enum, default_value_t = View::Table)]
+    pub output: View,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Rank by RST rate, connect failure rate or retransmit rate.
+    #[arg(long, value_enum, default_value_t = TopKey::Rst)]
+    pub by: TopKey,
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Refresh interval in seconds.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval: u64,
+    /// Print once and exit.
+    #[arg(long)]
+    pub once: bool,
+    #[arg(short, long, value_enum, default_value_t = View::Table)]
+    pub output: View,
+}
+
+fn check_peer(s: &str) -> Result<String, String> {
+    crate::api::filter::check_peer(s).map_err(|e| e.to_string())
+}
+
+fn check_state(s: &str) -> Result<String, String> {
+    crate::api::filter::check_state(s).map_err(|e| e.to_string())
+}
+
+/// `30s`, `5m`, `1h`, `500ms` or plain seconds → milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m or 1h"))?;
+    let scale = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: unit must be ms, s, m, h or d")),
+    };
+    Ok(n.saturating_mul(scale))
+}
+
+/// A socket cookie in decimal or `0x` hex.
+pub fn parse_cookie(s: &str) -> Result<u64, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("{s:?} is not a socket cookie (a number, decimal or 0x-hex)"))
 }
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
     #[command(flatten)]
     pub probe: ProbeArgs,
-    /// Directory for the daemon's lock (and later its API socket).
+    /// Directory for the daemon's lock and its API socket (`api.sock`).
     #[arg(long, default_value = "/run/linkprobe")]
     pub run_dir: PathBuf,
     /// Serve /metrics, /healthz and /readyz on HOST:PORT (Prometheus scrapes it); `off` for none.
@@ -45,6 +247,13 @@ pub struct DaemonArgs {
         value_parser = parse_metrics_addr
     )]
     pub metrics_addr: MetricsAddr,
+    /// Let this group use the API: the socket becomes mode 0660 with this group (default:
+    /// 0600, root only).
+    #[arg(long, value_name = "GROUP")]
+    pub api_group: Option<String>,
+    /// Do not serve the local API.
+    #[arg(long)]
+    pub no_api: bool,
 }
 
 /// Where the exporter listens, if anywhere.
@@ -167,5 +376,46 @@ mod tests {
         };
         assert_eq!(args.output, Format::Json);
         assert_eq!(args.netns.as_deref(), Some("blue"));
+    }
+
+    #[test]
+    fn parses_cli_commands() {
+        let cli = Cli::try_parse_from([
+            "linkprobe",
+            "flows",
+            "--peer",
+            "10.0.0.5:80",
+            "--failed",
+            "--since",
+            "5m",
+            "--sort",
+            "retrans",
+            "-o",
+            "wide",
+            "--socket",
+            "/tmp/x.sock",
+        ])
+        .unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
+        let Command::Flows(f) = cli.command else {
+            panic!("expected flows");
+        };
+        assert_eq!(f.filter.since, Some(300_000));
+        assert!(f.filter.failed);
+        assert_eq!(f.sort, SortKey::Retrans);
+        assert_eq!(f.output, View::Wide);
+        assert_eq!(parse_cookie("0x10"), Ok(16));
+        assert_eq!(parse_cookie("16"), Ok(16));
+        assert!(parse_cookie("x").is_err());
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert!(parse_duration_ms("5 parsecs").is_err());
+        // Usage errors are clap errors (exit code 2).
+        let e = Cli::try_parse_from(["linkprobe", "flows", "--sort", "bogus"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let e = Cli::try_parse_from(["linkprobe", "flows", "--peer", "nope"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let e = Cli::try_parse_from(["linkprobe", "watch", "--state", "FLYING"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(Cli::try_parse_from(["linkprobe", "watch", "--state", "syn_sent"]).is_ok());
     }
 }

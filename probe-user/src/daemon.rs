@@ -1,7 +1,13 @@
 //! Runs the probes: preflight, mounts, load/attach, then the event loop until SIGINT/SIGTERM,
 //! after which everything is detached (dropping the `Ebpf` closes every link) and the final
 //! kernel counters are printed.
-use std::{collections::BTreeMap, io, ops::RangeInclusive, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io,
+    ops::RangeInclusive,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use aya_log::EbpfLogger;
 use probe_common::{RepeatRstConfig, Tuning};
@@ -11,6 +17,7 @@ use tokio::{
 };
 
 use crate::{
+    api::{self, answer::LoopState, ApiLoop, Live, LoopQuery},
     cli::ProbeArgs,
     config::{Config, ConfigError},
     counters::{self, CounterError},
@@ -183,7 +190,12 @@ pub fn start(args: &ProbeArgs) -> Result<Started, RunError> {
 }
 
 /// The event loop. Returns after SIGINT/SIGTERM once the ring is drained and counters printed.
-pub async fn run(args: &ProbeArgs, started: Started) -> Result<(), RunError> {
+/// With `api` (the daemon), it also answers API queries and feeds live watchers.
+pub async fn run(
+    args: &ProbeArgs,
+    started: Started,
+    mut api: Option<ApiLoop>,
+) -> Result<(), RunError> {
     let Started {
         mut loaded,
         config: cfg,
@@ -208,7 +220,8 @@ pub async fn run(args: &ProbeArgs, started: Started) -> Result<(), RunError> {
     if let Some((netns, sockets)) = &existing {
         pipeline.seed_existing(*netns, sockets, monotonic_ns());
     }
-    let mut sink = Sink::new(args, &loaded, pipeline, &cfg);
+    let mut queries = api.as_mut().and_then(ApiLoop::take_queries);
+    let mut sink = Sink::new(args, &loaded, pipeline, cfg.clone(), api);
     sink.exporter = exporter;
     sink.publish();
     let mut second = tokio::time::interval(Duration::from_secs(1));
@@ -231,6 +244,16 @@ pub async fn run(args: &ProbeArgs, started: Started) -> Result<(), RunError> {
                 let mut guard = guard;
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
+            }
+            Some(q) = async {
+                match queries.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // Answer from fresh state: take what the ring holds first.
+                reader.drain(|bytes| sink.record(bytes));
+                sink.answer(q);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -294,26 +317,37 @@ struct Sink<'a> {
     print_events: bool,
     loaded: &'a Loaded,
     pipeline: Pipeline,
+    /// The API's loop side (daemon only): live items for watchers.
+    api: Option<ApiLoop>,
+    config: Config,
+    started: Instant,
     records: BTreeMap<&'static str, u64>,
     decode_errors: u64,
     stdout: io::Stdout,
     exporter: Option<Exporter>,
-    max_flows: usize,
     kernel_release: String,
 }
 
 impl<'a> Sink<'a> {
-    fn new(args: &ProbeArgs, loaded: &'a Loaded, pipeline: Pipeline, cfg: &Config) -> Self {
+    fn new(
+        args: &ProbeArgs,
+        loaded: &'a Loaded,
+        pipeline: Pipeline,
+        config: Config,
+        api: Option<ApiLoop>,
+    ) -> Self {
         Sink {
             format: args.output,
             print_events: !args.no_events,
             loaded,
             pipeline,
+            api,
+            config,
+            started: Instant::now(),
             records: BTreeMap::new(),
             decode_errors: 0,
             stdout: io::stdout(),
             exporter: None,
-            max_flows: cfg.flows.max_flows,
             kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|r| r.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into()),
@@ -340,7 +374,7 @@ impl<'a> Sink<'a> {
             records: &self.records,
             decode_errors: self.decode_errors,
             flows: self.pipeline.flows.stats(),
-            max_flows: self.max_flows,
+            max_flows: self.config.flows.max_flows,
             detect: &detect,
             probes: &self.loaded.probes,
             version: env!("CARGO_PKG_VERSION"),
@@ -379,6 +413,12 @@ impl<'a> Sink<'a> {
     fn tick(&mut self) {
         let now = monotonic_ns();
         for change in self.pipeline.tick(now) {
+            if let Some(api) = self.api.as_ref().filter(|a| a.watched()) {
+                match api::answer::change_record(&change, now) {
+                    Ok(r) => api.publish(Live::Anomaly(r)),
+                    Err(e) => log::error!("encoding anomaly: {e}"),
+                }
+            }
             // Text output already shows it on stdout; otherwise the log is where people look.
             if self.format != Format::Text {
                 log::warn!("{}", output_anomaly::anomaly_text(&change));
@@ -396,6 +436,20 @@ impl<'a> Sink<'a> {
             };
             self.write(&line);
         }
+    }
+
+    /// Answers one API query from the loop's state.
+    fn answer(&self, q: LoopQuery) {
+        let st = LoopState {
+            pipeline: &self.pipeline,
+            loaded: self.loaded,
+            records: &self.records,
+            decode_errors: self.decode_errors,
+            config: &self.config,
+            started: self.started,
+        };
+        // The client may have given up (timeout): nothing to do then.
+        let _ = q.reply.send(api::answer::answer(&q.query, &st));
     }
 
     fn dump_flows(&mut self) {
@@ -429,6 +483,9 @@ impl<'a> Sink<'a> {
         };
         *self.records.entry(kind_name(ev.detail.kind())).or_default() += 1;
         self.pipeline.on_event(&ev, &self.loaded.reason_names);
+        if let Some(api) = self.api.as_ref().filter(|a| a.watched()) {
+            api.publish(Live::Event(ev.clone()));
+        }
         if !self.print_events {
             return;
         }

@@ -44,7 +44,7 @@ impl fmt::Display for TcpState {
 }
 
 /// Socket counters sock_ops reports with each of its callbacks (JSON field names are a contract).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SockStats {
     pub srtt_us: u32,
     pub total_retrans: u32,

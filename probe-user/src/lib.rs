@@ -2,10 +2,12 @@
 //! typed events. The event path flows one way:
 //! probes (`loader`) → ring (`reader`) → `decode` → `event` → `flowtable` → `signal` →
 //! `detect` and `metrics` → `exporter` (HTTP) and `output` → CLI.
+pub mod api;
 pub mod btf;
 pub mod cli;
 pub mod config;
 pub mod counters;
+pub mod ctl;
 pub mod daemon;
 pub mod decode;
 pub mod detect;
@@ -26,4 +28,5 @@ pub mod reader;
 pub mod rst_reason;
 pub mod scope;
 pub mod signal;
+pub mod top;
 pub mod tracefs;

@@ -1,9 +1,10 @@
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use probe_user::{
+    api,
     cli::{Cli, Command},
-    daemon,
+    ctl, daemon,
     exporter::Exporter,
     lock,
 };
@@ -12,6 +13,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
+    // Usage errors exit 2 (clap), runtime errors 1.
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -33,12 +35,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let exporter = args.metrics_addr.0.map(Exporter::start).transpose()?;
             let mut started = daemon::start(&args.probe)?;
             started.exporter = exporter;
-            runtime.block_on(daemon::run(&args.probe, started))?;
+            let api = api::for_daemon(&args, &started.loaded.reason_names)?;
+            runtime.block_on(daemon::run(&args.probe, started, api))?;
         }
         Command::Trace(args) => {
             let started = daemon::start(&args)?;
-            runtime.block_on(daemon::run(&args, started))?;
+            runtime.block_on(daemon::run(&args, started, None))?;
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "linkprobe",
+                &mut std::io::stdout(),
+            );
+        }
+        other => ctl::run(&cli.socket, other)?,
     }
     Ok(())
 }

@@ -10,12 +10,18 @@ use crate::{
     metrics::Metrics,
     rst_reason::ReasonNames,
     signal::Signal,
+    top::Top,
 };
+
+/// Scopes `top` keeps rates for.
+const TOP_SCOPES: usize = 4096;
 
 pub struct Pipeline {
     pub flows: FlowTable,
     pub detectors: Detectors,
     pub metrics: Metrics,
+    /// Rolling per-peer / per-port rates for `linkprobe top`.
+    pub top: Top,
     signals: Vec<Signal>,
 }
 
@@ -30,6 +36,7 @@ impl Pipeline {
             }),
             detectors: Detectors::new(cfg.detect.clone()),
             metrics: Metrics::new(cfg.metrics.clone(), ephemeral),
+            top: Top::new(TOP_SCOPES),
             signals: Vec::new(),
         }
     }
@@ -41,6 +48,7 @@ impl Pipeline {
         for s in &self.signals {
             self.detectors.observe(s);
             self.metrics.observe(s);
+            self.top.observe(s);
         }
     }
 

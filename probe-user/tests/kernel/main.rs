@@ -1,6 +1,8 @@
 //! Real-kernel tests: real programs attached, real sockets, each in a network namespace the
 //! test creates. Every count is compared with an independent oracle: the test's own operation
 //! counts, the cookies of its own sockets (`SO_COOKIE`), and `nstat` deltas of the namespace.
+mod cli;
+mod cli_robust;
 mod common;
 mod detect;
 mod exporter;

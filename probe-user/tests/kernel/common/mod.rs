@@ -2,6 +2,7 @@
 //! nstat counters inside it, and a `linkprobe trace` process scoped to it. For the exporter: a
 //! small HTTP client and a real Prometheus server with promtool.
 
+pub mod api;
 pub mod http;
 pub mod netns;
 pub mod prometheus;

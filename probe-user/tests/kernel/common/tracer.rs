@@ -190,23 +190,27 @@ impl Trace {
 impl Tracer {
     /// The host daemon (with its lock in `run_dir`), scoped to a namespace.
     pub fn start_daemon(netns: &str, run_dir: &str) -> Tracer {
-        Self::start_daemon_with(netns, run_dir, &["--metrics-addr", "off"])
+        Self::start_daemon_with(netns, run_dir, &[])
     }
 
-    /// [`Tracer::start_daemon`] with more arguments (e.g. `--metrics-addr`).
+    /// The daemon with extra flags; its exporter is off unless `extra` sets `--metrics-addr`
+    /// (tests run in parallel and must not compete for the default port).
     pub fn start_daemon_with(netns: &str, run_dir: &str, extra: &[&str]) -> Tracer {
-        Self::spawn(
-            Command::new(env!("CARGO_BIN_EXE_linkprobe"))
-                .args([
-                    "daemon",
-                    "--run-dir",
-                    run_dir,
-                    "-o",
-                    "json",
-                    "--netns",
-                    netns,
-                ])
-                .args(extra),
-        )
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_linkprobe"));
+        cmd.args([
+            "daemon",
+            "--run-dir",
+            run_dir,
+            "-o",
+            "json",
+            "--netns",
+            netns,
+        ]);
+        for (flag, default) in [("--drain-interval-ms", "20"), ("--metrics-addr", "off")] {
+            if !extra.contains(&flag) {
+                cmd.args([flag, default]);
+            }
+        }
+        Self::spawn(cmd.args(extra))
     }
 }

@@ -1,0 +1,339 @@
+//! The event loop's side of the API: answers one query from the state the loop owns (flow
+//! table, detectors, top, counters), synchronously and with bounded work (one pass over the
+//! flow table at most, results capped by `limit`).
+use std::{collections::BTreeMap, time::Instant};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{
+    api::{
+        filter::Matcher,
+        proto::{
+            encode_line, error, AnomalyCounts, AnomalyRecord, ApiCounters, ErrorCode, FlowRecord,
+            FlowTableRow, ProbeRow, Query, Reply, SortKey, StatusReport, API_VERSION,
+        },
+        server::Answer,
+    },
+    config::Config,
+    counters,
+    detect::{Anomaly, AnomalyChange},
+    flowtable::{CloseCause, Flow},
+    loader::{Loaded, ProbeState},
+    output_anomaly::AnomalyView,
+    output_flow::FlowView,
+    pipeline::{monotonic_ns, Pipeline},
+};
+
+/// Most flows one `flows` answer returns, whatever the request's limit: the loop answers
+/// synchronously, so the work per query stays small (a few ms).
+pub const MAX_LIMIT: usize = 2_000;
+
+/// What the loop lends to [`answer`].
+pub struct LoopState<'a> {
+    pub pipeline: &'a Pipeline,
+    pub loaded: &'a Loaded,
+    pub records: &'a BTreeMap<&'static str, u64>,
+    pub decode_errors: u64,
+    pub config: &'a Config,
+    pub started: Instant,
+}
+
+/// Converts one of the contract views into its owned API record: the same serialisation, so
+/// the API cannot drift from the `-o json` shape.
+fn owned<V: Serialize, R: DeserializeOwned>(view: &V) -> Result<R, String> {
+    serde_json::to_value(view)
+        .and_then(serde_json::from_value)
+        .map_err(|e| e.to_string())
+}
+
+pub fn flow_record(f: &Flow, st: &LoopState<'_>) -> Result<FlowRecord, String> {
+    owned(&FlowView::new(f, &st.loaded.reason_names))
+}
+
+/// An anomaly as an API record; `change` says `active` or `cleared` in snapshots.
+pub fn anomaly_record(a: &Anomaly, change: &str, now: u64) -> Result<AnomalyRecord, String> {
+    let wrapped = AnomalyChange::Raised(a.clone());
+    let mut r: AnomalyRecord = owned(&AnomalyView::new(&wrapped, now))?;
+    r.change = change.to_owned();
+    Ok(r)
+}
+
+/// An anomaly change (raised / updated / cleared) as an API record, for `anomalies --watch`.
+pub fn change_record(change: &AnomalyChange, now: u64) -> Result<AnomalyRecord, String> {
+    owned(&AnomalyView::new(change, now))
+}
+
+#[derive(Serialize)]
+struct FlowsLine<'a> {
+    v: u32,
+    reply: FlowsBody<'a>,
+}
+
+#[derive(Serialize)]
+struct FlowsBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    total: usize,
+    matched: usize,
+    flows: Vec<FlowView<'a>>,
+}
+
+/// The `flows` response line, serialised straight from the contract views (the same bytes as
+/// `Response::new(Reply::Flows { .. })` with the owned records).
+pub fn encode_flows(
+    flows: &[&Flow],
+    reasons: &crate::rst_reason::ReasonNames,
+    total: usize,
+    matched: usize,
+) -> String {
+    encode_line(&FlowsLine {
+        v: API_VERSION,
+        reply: FlowsBody {
+            kind: "flows",
+            total,
+            matched,
+            flows: flows.iter().map(|f| FlowView::new(f, reasons)).collect(),
+        },
+    })
+}
+
+/// Answers a query that needs the loop's state (streams are handled by the server).
+pub fn answer(q: &Query, st: &LoopState<'_>) -> Answer {
+    if let Query::Flows {
+        filter,
+        sort,
+        limit,
+    } = q
+    {
+        return match Matcher::new(filter) {
+            Ok(m) => Answer::Line(flows(st, &m, *sort, (*limit).min(MAX_LIMIT))),
+            Err(e) => Answer::Reply(error(ErrorCode::BadRequest, e.to_string()).reply),
+        };
+    }
+    let result = match q {
+        Query::Status => Ok(Reply::Status(Box::new(status(st)))),
+        Query::Flow { cookie } => flow(st, *cookie),
+        Query::Anomalies { .. } => anomalies(st),
+        Query::Top { by, limit } => Ok(Reply::Top(st.pipeline.top.report(
+            monotonic_ns(),
+            *by,
+            (*limit).min(MAX_LIMIT),
+        ))),
+        Query::Flows { .. } | Query::Watch { .. } => {
+            Err("not answered here (flows above, watch by the server)".to_owned())
+        }
+    };
+    Answer::Reply(result.unwrap_or_else(|message| Reply::Error {
+        code: ErrorCode::Internal,
+        message,
+    }))
+}
+
+fn status(st: &LoopState<'_>) -> StatusReport {
+    let kernel = counters::read(&st.loaded.ebpf, &st.loaded.reason_names);
+    let (kernel_events, kernel_lost) = match kernel {
+        Ok(k) => (
+            k.events.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            k.lost.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ),
+        Err(e) => {
+            log::warn!("status: {e}");
+            Default::default()
+        }
+    };
+    let flows = st.pipeline.flows.stats();
+    let detect = st.pipeline.detectors.stats();
+    StatusReport {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned()),
+        pid: std::process::id(),
+        uptime_secs: st.started.elapsed().as_secs(),
+        probes: st
+            .loaded
+            .probes
+            .iter()
+            .map(|p| ProbeRow {
+                name: p.spec.program.to_owned(),
+                hook: p.target.clone(),
+                attached: p.state == ProbeState::Attached,
+                reason: match &p.state {
+                    ProbeState::Attached => None,
+                    ProbeState::Off(why) => Some(why.clone()),
+                },
+                requires: p.spec.requires.to_owned(),
+            })
+            .collect(),
+        records: st
+            .records
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        decode_errors: st.decode_errors,
+        kernel_events,
+        kernel_lost,
+        flows: FlowTableRow {
+            tracked: flows.tracked,
+            max: st.config.flows.max_flows,
+            evicted: flows.evicted,
+            expired: flows.expired,
+        },
+        anomalies: AnomalyCounts {
+            active: detect.active,
+            raised: crate::detect::AnomalyKind::ALL
+                .iter()
+                .map(|k| (k.name().to_owned(), detect.raised(*k)))
+                .collect(),
+        },
+        // The server thread fills in its own counters.
+        api: ApiCounters::default(),
+        command_line: std::env::args().collect(),
+        config: st.config.clone(),
+    }
+}
+
+fn flows(st: &LoopState<'_>, m: &Matcher, sort: SortKey, limit: usize) -> String {
+    let now = monotonic_ns();
+    let table = &st.pipeline.flows;
+    let mut matched: Vec<&Flow> = table.iter().filter(|f| m.flow(f, now)).collect();
+    let n = matched.len();
+    match sort {
+        SortKey::Age => matched.sort_by_key(|f| std::cmp::Reverse((f.start_ns, f.key.cookie))),
+        SortKey::Retrans => matched.sort_by_key(|f| {
+            std::cmp::Reverse((
+                u64::from(f.syn_retransmits) + u64::from(f.data_retransmits),
+                f.start_ns,
+            ))
+        }),
+        SortKey::Rtt => matched.sort_by_key(|f| std::cmp::Reverse((f.srtt_us, f.start_ns))),
+    }
+    matched.truncate(limit);
+    encode_flows(&matched, &st.loaded.reason_names, table.len(), n)
+}
+
+fn flow(st: &LoopState<'_>, cookie: u64) -> Result<Reply, String> {
+    // The cookie is unique per boot across namespaces; the table key adds the netns.
+    let Some(f) = st.pipeline.flows.iter().find(|f| f.key.cookie == cookie) else {
+        return Ok(error(
+            ErrorCode::NotFound,
+            format!(
+                "no flow with cookie {cookie} in the table (closed flows are kept for {} s; see \
+                 `linkprobe flows`)",
+                st.config.flows.retain_closed_secs
+            ),
+        )
+        .reply);
+    };
+    let now = monotonic_ns();
+    let det = &st.pipeline.detectors;
+    let mut anomalies = Vec::new();
+    for a in det.active().filter(|a| a.evidence.contains(&cookie)) {
+        anomalies.push(anomaly_record(a, "active", now)?);
+    }
+    for a in det.recent().filter(|a| a.evidence.contains(&cookie)) {
+        anomalies.push(anomaly_record(a, "cleared", now)?);
+    }
+    let hint = root_cause(f, &st.loaded.reason_names, &anomalies);
+    Ok(Reply::Flow {
+        flow: Box::new(flow_record(f, st)?),
+        anomalies,
+        hint,
+    })
+}
+
+fn anomalies(st: &LoopState<'_>) -> Result<Reply, String> {
+    let now = monotonic_ns();
+    let det = &st.pipeline.detectors;
+    Ok(Reply::Anomalies {
+        active: det
+            .active()
+            .map(|a| anomaly_record(a, "active", now))
+            .collect::<Result<_, _>>()?,
+        // Most recently cleared first.
+        recent: det
+            .recent()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .map(|a| anomaly_record(a, "cleared", now))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// One line: why this flow ended (or how it is doing), from its close cause, counters and the
+/// anomalies it is evidence for.
+pub fn root_cause(
+    f: &Flow,
+    reasons: &crate::rst_reason::ReasonNames,
+    anomalies: &[AnomalyRecord],
+) -> String {
+    let remote = f.remote;
+    let mut hint = match f.close {
+        Some(CloseCause::Refused) => {
+            format!("nothing listening on {remote} (RST to SYN): connection refused")
+        }
+        Some(CloseCause::Timeout) => format!(
+            "SYNs to {remote} unanswered ({} retransmits): backend down or a firewall dropping \
+             SYNs",
+            f.syn_retransmits
+        ),
+        Some(CloseCause::Unreachable) => format!("no route to {remote} (ICMP unreachable)"),
+        Some(CloseCause::RstReceived) => format!(
+            "{remote} reset the connection{}: app crash, idle timeout or an LB/proxy reset",
+            if f.established {
+                " after it was established"
+            } else {
+                ""
+            }
+        ),
+        Some(CloseCause::RstSent) => {
+            let reason = f
+                .last_rst_reason
+                .map(|r| format!(" (kernel reason {})", reasons.name(r)))
+                .unwrap_or_default();
+            format!("this host reset the connection to {remote}{reason}")
+        }
+        // The close cause is taken at CLOSE; a reset that follows it still says who reset.
+        Some(CloseCause::Fin) if f.rst_received > 0 => {
+            format!("{remote} reset the connection while it closed")
+        }
+        Some(CloseCause::Fin) if f.rst_sent > 0 => format!(
+            "this host reset the connection to {remote} while closing{}",
+            f.last_rst_reason
+                .map(|r| format!(" (kernel reason {})", reasons.name(r)))
+                .unwrap_or_default()
+        ),
+        Some(CloseCause::Fin) => "closed normally (FIN)".to_owned(),
+        None if !f.established && f.syn_retransmits > 0 => format!(
+            "still connecting to {remote}: {} SYN retransmits so far",
+            f.syn_retransmits
+        ),
+        None => "open".to_owned(),
+    };
+    // RTOs before the handshake are SYN retries, already told above.
+    if f.data_retransmits > 0 || (f.established && f.rtos > 0) {
+        hint.push_str(&format!(
+            "; {} data retransmits, {} RTOs (loss on the path?)",
+            f.data_retransmits, f.rtos
+        ));
+    }
+    // The anomaly that matches how the flow ended says most; else the first one.
+    let wanted: &[&str] = match f.close {
+        Some(CloseCause::Refused) => &["connect_refused", "rst_storm", "rst_ratio"],
+        Some(CloseCause::Timeout) => &["connect_timeout", "syn_retry"],
+        Some(CloseCause::Unreachable) => &["connect_unreachable"],
+        Some(CloseCause::RstReceived | CloseCause::RstSent) => {
+            &["reset_after_established", "rst_storm", "rst_ratio"]
+        }
+        _ => &[],
+    };
+    let best = wanted
+        .iter()
+        .find_map(|k| anomalies.iter().find(|a| a.kind == *k))
+        .or(anomalies.first());
+    if let Some(a) = best {
+        hint.push_str(&format!("; evidence for {} on {}", a.kind, a.scope));
+    }
+    hint
+}

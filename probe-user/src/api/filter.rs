@@ -1,0 +1,200 @@
+//! A request's [`Filter`], parsed once and applied to flows (`flows`) and to live events
+//! (`watch`).
+use std::net::{IpAddr, SocketAddr};
+
+use crate::{
+    api::proto::Filter,
+    event::{Detail, Event, TcpState},
+    flowtable::{CloseCause, Flow},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("{0:?} is not an IP address or IP:port")]
+    Peer(String),
+    #[error("{0:?} is not a TCP state (ESTABLISHED, SYN_SENT, CLOSE, … or open/closed)")]
+    State(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StateMatch {
+    Is(u8),
+    Open,
+    Closed,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Matcher {
+    peer: Option<(IpAddr, Option<u16>)>,
+    port: Option<u16>,
+    state: Option<StateMatch>,
+    pid: Option<u32>,
+    comm: Option<String>,
+    cgroup: Option<u64>,
+    with_rst: bool,
+    with_retrans: bool,
+    failed: bool,
+    since_ms: Option<u64>,
+}
+
+fn parse_state(s: &str) -> Option<StateMatch> {
+    let up = s.to_ascii_uppercase();
+    match up.as_str() {
+        "OPEN" => return Some(StateMatch::Open),
+        "CLOSED" => return Some(StateMatch::Closed),
+        _ => {}
+    }
+    (1..=13u8)
+        .find(|n| TcpState(*n).name() == up)
+        .map(StateMatch::Is)
+}
+
+/// `10.0.0.5` or `10.0.0.5:80` (IPv6: `[::1]:80`).
+fn parse_peer(p: &str) -> Result<(IpAddr, Option<u16>), FilterError> {
+    if let Ok(sa) = p.parse::<SocketAddr>() {
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    let ip = p
+        .parse::<IpAddr>()
+        .map_err(|_| FilterError::Peer(p.to_owned()))?;
+    Ok((ip, None))
+}
+
+/// For the command line: the `--peer` value, checked.
+pub fn check_peer(p: &str) -> Result<String, FilterError> {
+    parse_peer(p).map(|_| p.to_owned())
+}
+
+/// For the command line: the `--state` value, checked.
+pub fn check_state(s: &str) -> Result<String, FilterError> {
+    parse_state(s)
+        .map(|_| s.to_owned())
+        .ok_or_else(|| FilterError::State(s.to_owned()))
+}
+
+impl Matcher {
+    pub fn new(f: &Filter) -> Result<Matcher, FilterError> {
+        let peer = f.peer.as_deref().map(parse_peer).transpose()?;
+        let state = match &f.state {
+            None => None,
+            Some(s) => Some(parse_state(s).ok_or_else(|| FilterError::State(s.clone()))?),
+        };
+        Ok(Matcher {
+            peer,
+            port: f.port,
+            state,
+            pid: f.pid,
+            comm: f.comm.clone(),
+            cgroup: f.cgroup,
+            with_rst: f.with_rst,
+            with_retrans: f.with_retrans,
+            failed: f.failed,
+            since_ms: f.since_ms,
+        })
+    }
+
+    fn endpoint(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        if let Some((ip, port)) = self.peer {
+            if remote.ip() != ip || port.is_some_and(|p| p != remote.port()) {
+                return false;
+            }
+        }
+        self.port
+            .is_none_or(|p| local.port() == p || remote.port() == p)
+    }
+
+    fn process(&self, pid: Option<u32>, comm: Option<&str>) -> bool {
+        self.pid.is_none_or(|p| pid == Some(p))
+            && self.comm.as_deref().is_none_or(|c| comm == Some(c))
+    }
+
+    pub fn flow(&self, f: &Flow, now_ns: u64) -> bool {
+        let proc = f.process.as_ref();
+        self.endpoint(f.local, f.remote)
+            && self.process(proc.map(|p| p.pid), proc.map(|p| p.comm.as_str()))
+            && self.cgroup.is_none_or(|c| f.cgroup_id == Some(c))
+            && self.state.is_none_or(|s| match s {
+                StateMatch::Is(n) => f.state.0 == n,
+                StateMatch::Open => f.close.is_none(),
+                StateMatch::Closed => f.close.is_some(),
+            })
+            && (!self.with_rst || f.rst_sent + f.rst_received > 0)
+            && (!self.with_retrans || f.syn_retransmits + f.data_retransmits + f.rtos > 0)
+            && (!self.failed
+                || matches!(
+                    f.close,
+                    Some(CloseCause::Refused | CloseCause::Timeout | CloseCause::Unreachable)
+                ))
+            && self.since_ms.is_none_or(|ms| {
+                f.last_seen_ns >= now_ns.saturating_sub(ms.saturating_mul(1_000_000))
+            })
+    }
+
+    /// Event filter for `watch`: flow-level conditions become per-event ones (`--with-rst`:
+    /// RST events, `--with-retrans`: retransmit events, `--failed`: a connect that ended with
+    /// an error, `--state`: the state the event reports). `--since` does not apply.
+    pub fn event(&self, ev: &Event) -> bool {
+        let proc = ev.process.as_ref();
+        let state = match &ev.detail {
+            Detail::StateChange { to, .. } | Detail::SockOpsState { to, .. } => Some(*to),
+            Detail::RstReceived { state }
+            | Detail::RstSent { state, .. }
+            | Detail::Retransmit { state, .. }
+            | Detail::Destroy { state } => Some(*state),
+            _ => None,
+        };
+        self.endpoint(ev.local, ev.remote)
+            && self.process(proc.map(|p| p.pid), proc.map(|p| p.comm.as_str()))
+            && self.cgroup.is_none_or(|c| ev.cgroup_id == Some(c))
+            && self.state.is_none_or(|s| match s {
+                StateMatch::Is(n) => state.is_some_and(|st| st.0 == n),
+                StateMatch::Open => state.is_some_and(|st| st != TcpState::CLOSE),
+                StateMatch::Closed => state == Some(TcpState::CLOSE),
+            })
+            && (!self.with_rst
+                || matches!(
+                    ev.detail,
+                    Detail::RstReceived { .. } | Detail::RstSent { .. } | Detail::RepeatRst { .. }
+                ))
+            && (!self.with_retrans
+                || matches!(
+                    ev.detail,
+                    Detail::Retransmit { .. }
+                        | Detail::SockOpsRetrans { .. }
+                        | Detail::Rto { .. }
+                        | Detail::RetransmitSynack
+                ))
+            && (!self.failed
+                || matches!(
+                    (&ev.detail, ev.sk_err),
+                    (Detail::StateChange { from: TcpState::SYN_SENT, .. }, Some(e)) if e != 0
+                ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let m = Matcher::new(&Filter {
+            peer: Some("10.0.0.5:80".into()),
+            state: Some("established".into()),
+            ..Filter::default()
+        })
+        .unwrap();
+        assert_eq!(m.peer, Some(("10.0.0.5".parse().unwrap(), Some(80))));
+        assert_eq!(m.state, Some(StateMatch::Is(1)));
+        assert!(Matcher::new(&Filter {
+            peer: Some("nope".into()),
+            ..Filter::default()
+        })
+        .is_err());
+        assert!(Matcher::new(&Filter {
+            state: Some("FLYING".into()),
+            ..Filter::default()
+        })
+        .is_err());
+    }
+}

@@ -1,0 +1,422 @@
+//! The local API's wire types, shared by the daemon and the CLI: newline-delimited JSON, one
+//! [`Request`] per line, one [`Response`] per line (a stream of them for `watch`). Field names
+//! are a contract; `flow`, `anomaly` and `event` objects have exactly the shape of the daemon's
+//! `-o json` records (`output_flow::FlowView`, `output_anomaly::AnomalyView`,
+//! `output::EventView`), here as owned types the CLI can decode.
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{config::Config, event::SockStats};
+
+/// Protocol version: a daemon answers requests of this version only.
+pub const API_VERSION: u32 = 1;
+/// Longest request line the daemon reads; longer ones get an error and the connection closes.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub v: u32,
+    pub req: Query,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Query {
+    Status,
+    Flows {
+        #[serde(default)]
+        filter: Filter,
+        #[serde(default)]
+        sort: SortKey,
+        #[serde(default = "default_limit")]
+        limit: usize,
+    },
+    Flow {
+        cookie: u64,
+    },
+    Anomalies {
+        /// Stream anomaly changes after the snapshot.
+        #[serde(default)]
+        watch: bool,
+    },
+    /// Stream live events matching the filter.
+    Watch {
+        #[serde(default)]
+        filter: Filter,
+    },
+    Top {
+        #[serde(default)]
+        by: TopKey,
+        #[serde(default = "default_limit")]
+        limit: usize,
+    },
+}
+
+fn default_limit() -> usize {
+    50
+}
+
+/// Flow / event filter; every field set must match.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Filter {
+    /// Remote address, optionally with port (`10.0.0.5` or `10.0.0.5:80`).
+    pub peer: Option<String>,
+    /// Local or remote port.
+    pub port: Option<u16>,
+    /// TCP state name (`ESTABLISHED`, `SYN_SENT`, …) or `open` / `closed`.
+    pub state: Option<String>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup: Option<u64>,
+    pub with_rst: bool,
+    pub with_retrans: bool,
+    /// Connection attempts that failed (refused, timeout, unreachable).
+    pub failed: bool,
+    /// Only flows active in the last this many milliseconds.
+    pub since_ms: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SortKey {
+    /// Newest first.
+    #[default]
+    Age,
+    /// Most retransmits first.
+    Retrans,
+    /// Highest smoothed RTT first.
+    Rtt,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TopKey {
+    #[default]
+    Rst,
+    Failure,
+    Retrans,
+}
+
+/// One response line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub v: u32,
+    pub reply: Reply,
+}
+
+impl Response {
+    pub fn new(reply: Reply) -> Response {
+        Response {
+            v: API_VERSION,
+            reply,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    Status(Box<StatusReport>),
+    Flows {
+        /// Flows in the table, matching, returned (after `limit`).
+        total: usize,
+        matched: usize,
+        flows: Vec<FlowRecord>,
+    },
+    Flow {
+        flow: Box<FlowRecord>,
+        /// Active and recently cleared anomalies with this cookie as evidence.
+        anomalies: Vec<AnomalyRecord>,
+        /// One-line root-cause hint.
+        hint: String,
+    },
+    Anomalies {
+        active: Vec<AnomalyRecord>,
+        recent: Vec<AnomalyRecord>,
+    },
+    Top(TopReport),
+    /// Streams: the subscription is live (every later event is sent).
+    Subscribed,
+    /// One live event (`event` has the `-o json` event shape).
+    Event {
+        event: Box<EventRecord>,
+    },
+    /// One anomaly change (raised / updated / cleared).
+    Anomaly {
+        anomaly: Box<AnomalyRecord>,
+    },
+    /// This client fell behind; `lost` items were dropped for it.
+    Overflow {
+        lost: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, not a known request, or bad fields.
+    BadRequest,
+    /// Line longer than [`MAX_REQUEST_BYTES`].
+    TooLarge,
+    UnsupportedVersion,
+    NotFound,
+    /// The event loop's query queue was full.
+    Busy,
+    /// Too many connections.
+    TooManyClients,
+    Timeout,
+    Internal,
+}
+
+/// `linkprobe status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    pub kernel: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub probes: Vec<ProbeRow>,
+    /// Records decoded per kind.
+    pub records: BTreeMap<String, u64>,
+    pub decode_errors: u64,
+    /// Kernel counters: events per kind and records the ring could not take.
+    pub kernel_events: BTreeMap<String, u64>,
+    pub kernel_lost: BTreeMap<String, u64>,
+    pub flows: FlowTableRow,
+    pub anomalies: AnomalyCounts,
+    pub api: ApiCounters,
+    /// The daemon's command line (scope filters, ring and drain settings, …).
+    pub command_line: Vec<String>,
+    pub config: Config,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeRow {
+    pub name: String,
+    pub hook: String,
+    pub attached: bool,
+    pub reason: Option<String>,
+    pub requires: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTableRow {
+    pub tracked: usize,
+    pub max: usize,
+    pub evicted: u64,
+    pub expired: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnomalyCounts {
+    pub active: usize,
+    pub raised: BTreeMap<String, u64>,
+}
+
+/// The API server's own counters (filled in by the server thread).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiCounters {
+    pub connections: u64,
+    pub clients_now: u64,
+    pub rejected_connections: u64,
+    pub bad_requests: u64,
+    pub busy: u64,
+    /// Stream items dropped for slow watch clients.
+    pub watch_lost: u64,
+}
+
+/// `linkprobe top`: rates over the last `window_secs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopReport {
+    pub window_secs: u64,
+    pub scopes_tracked: usize,
+    pub scopes_evicted: u64,
+    pub rows: Vec<TopRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopRow {
+    /// `peer 10.0.0.5:80` or `local port 8080`.
+    pub scope: String,
+    pub connections: u64,
+    pub rsts: u64,
+    pub failures: u64,
+    pub data_segments: u64,
+    pub retransmits: u64,
+    pub rst_per_sec: f64,
+    pub failure_rate: f64,
+    pub retransmit_rate: f64,
+}
+
+/// `output_flow::TimelineView`, owned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineRecord {
+    pub offset_ns: u64,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    pub detail: String,
+}
+
+/// `output_flow::FlowView`, owned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    #[serde(rename = "type")]
+    pub record: String,
+    pub cookie: u64,
+    pub netns_cookie: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub role: Option<String>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cgroup_id: Option<u64>,
+    pub preexisting: bool,
+    pub start_ns: u64,
+    pub handshake_us: Option<u64>,
+    pub syn_retransmits: u32,
+    pub syn_retransmit_intervals_ms: Vec<u32>,
+    pub srtt_us: u32,
+    pub min_rtt_us: Option<u32>,
+    pub data_retransmits: u32,
+    pub rtos: u32,
+    pub counters: SockStats,
+    pub rst_sent: u32,
+    pub rst_received: u32,
+    pub state: String,
+    pub close: Option<String>,
+    pub closed_ns: Option<u64>,
+    pub timeline: Vec<TimelineRecord>,
+}
+
+/// `output_anomaly::AnomalyView`, owned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyRecord {
+    #[serde(rename = "type")]
+    pub record: String,
+    pub change: String,
+    pub id: u64,
+    pub at_ns: u64,
+    pub kind: String,
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<u64>,
+    pub start_ns: u64,
+    pub last_ns: u64,
+    pub end_ns: Option<u64>,
+    pub peak_rate: f64,
+    pub evidence: Vec<u64>,
+    pub hint: String,
+    pub detail: String,
+}
+
+/// `output::EventView`, owned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    #[serde(rename = "type")]
+    pub record: String,
+    pub ts_ns: u64,
+    pub kind: String,
+    pub cookie: Option<u64>,
+    pub netns_cookie: Option<u64>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_socket: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub err: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrans_seq: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrans_segs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_retransmits: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_sample_us: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sk_err: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<SockStats>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("request is longer than {MAX_REQUEST_BYTES} bytes")]
+    TooLarge,
+    #[error("request is not UTF-8")]
+    NotUtf8,
+    #[error("bad request: {0}")]
+    Json(String),
+    #[error("unsupported API version {got} (this daemon speaks {API_VERSION})")]
+    Version { got: u32 },
+}
+
+impl DecodeError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::TooLarge => ErrorCode::TooLarge,
+            DecodeError::Version { .. } => ErrorCode::UnsupportedVersion,
+            DecodeError::NotUtf8 | DecodeError::Json(_) => ErrorCode::BadRequest,
+        }
+    }
+}
+
+/// Decodes one request line (without or with its trailing newline). Never panics.
+pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(DecodeError::TooLarge);
+    }
+    let text = std::str::from_utf8(line).map_err(|_| DecodeError::NotUtf8)?;
+    let req: Request =
+        serde_json::from_str(text.trim_end()).map_err(|e| DecodeError::Json(e.to_string()))?;
+    if req.v != API_VERSION {
+        return Err(DecodeError::Version { got: req.v });
+    }
+    Ok(req)
+}
+
+/// One JSON line for a value of our own types (serialising them cannot fail; an error object
+/// replaces it regardless).
+pub fn encode_line<T: Serialize>(value: &T) -> String {
+    let mut s = serde_json::to_string(value).unwrap_or_else(|e| {
+        format!("{{\"v\":{API_VERSION},\"reply\":{{\"type\":\"error\",\"code\":\"internal\",\"message\":\"{e}\"}}}}")
+    });
+    s.push('\n');
+    s
+}
+
+pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::new(Reply::Error {
+        code,
+        message: message.into(),
+    })
+}

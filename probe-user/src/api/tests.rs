@@ -1,0 +1,464 @@
+//! The API contract: exact JSON field names of every response type, the owned records
+//! serialise exactly like the `-o json` views, and the request decoder never panics.
+use std::collections::BTreeSet;
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use super::proto::*;
+use crate::{
+    detect::{Anomaly, AnomalyChange, AnomalyKind, Scope},
+    event::{Detail, Event, Process, Role, SockStats, TcpState},
+    flowtable::{Flow, FlowKey},
+    output::EventView,
+    output_anomaly::AnomalyView,
+    output_flow::FlowView,
+    rst_reason::ReasonNames,
+};
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object()
+        .expect("object")
+        .keys()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn sample_flow() -> Flow {
+    let mut f = Flow::new(
+        FlowKey {
+            netns: 7,
+            cookie: 42,
+        },
+        "127.0.0.1:40000".parse().unwrap(),
+        "127.0.0.1:9".parse().unwrap(),
+        1_000,
+    );
+    let ev = Event {
+        ts_ns: 2_000,
+        cookie: Some(42),
+        netns_cookie: Some(7),
+        local: f.local,
+        remote: f.remote,
+        process: Some(Process {
+            pid: 9,
+            comm: "curl".into(),
+        }),
+        sk_err: Some(111),
+        cgroup_id: Some(5),
+        detail: Detail::StateChange {
+            from: TcpState::SYN_SENT,
+            to: TcpState::CLOSE,
+        },
+    };
+    f.apply(&ev, 8);
+    f
+}
+
+fn sample_anomaly() -> Anomaly {
+    Anomaly {
+        id: 3,
+        kind: AnomalyKind::ConnectRefused,
+        scope: Scope::LocalPort(80),
+        start_ns: 1,
+        end_ns: None,
+        last_ns: 2,
+        peak_rate: 1.0,
+        evidence: vec![42],
+        hint: AnomalyKind::ConnectRefused.hint(),
+        detail: "connection refused".into(),
+    }
+}
+
+fn sample_event() -> Event {
+    Event {
+        ts_ns: 5,
+        cookie: Some(42),
+        netns_cookie: Some(7),
+        local: "127.0.0.1:40000".parse().unwrap(),
+        remote: "127.0.0.1:9".parse().unwrap(),
+        process: None,
+        sk_err: None,
+        cgroup_id: None,
+        detail: Detail::Established {
+            role: Role::Client,
+            stats: SockStats::default(),
+        },
+    }
+}
+
+/// The owned API records serialise exactly like the daemon's `-o json` views.
+#[test]
+fn records_have_the_shape_of_the_output_views() {
+    let reasons = ReasonNames::default();
+    let f = sample_flow();
+    let view = serde_json::to_value(FlowView::new(&f, &reasons)).unwrap();
+    let rec: FlowRecord = serde_json::from_value(view.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&rec).unwrap(), view);
+
+    let change = AnomalyChange::Raised(sample_anomaly());
+    let view = serde_json::to_value(AnomalyView::new(&change, 9)).unwrap();
+    let rec: AnomalyRecord = serde_json::from_value(view.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&rec).unwrap(), view);
+
+    let ev = sample_event();
+    let view = serde_json::to_value(EventView::new(&ev, &reasons)).unwrap();
+    let rec: EventRecord = serde_json::from_value(view.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&rec).unwrap(), view);
+}
+
+/// Snapshot of the JSON field names: changing one breaks users' scripts, so it must be a
+/// deliberate change of this test too.
+#[test]
+fn json_field_names_are_stable() {
+    let reasons = ReasonNames::default();
+    let flow = serde_json::to_value(FlowView::new(&sample_flow(), &reasons)).unwrap();
+    assert_eq!(
+        keys(&flow),
+        set(&[
+            "type",
+            "cookie",
+            "netns_cookie",
+            "local",
+            "remote",
+            "role",
+            "pid",
+            "comm",
+            "cgroup_id",
+            "preexisting",
+            "start_ns",
+            "handshake_us",
+            "syn_retransmits",
+            "syn_retransmit_intervals_ms",
+            "srtt_us",
+            "min_rtt_us",
+            "data_retransmits",
+            "rtos",
+            "counters",
+            "rst_sent",
+            "rst_received",
+            "state",
+            "close",
+            "closed_ns",
+            "timeline",
+        ])
+    );
+    assert_eq!(
+        keys(&flow["timeline"][0]),
+        set(&["offset_ns", "kind", "detail"])
+    );
+    assert_eq!(
+        keys(&flow["counters"]),
+        set(&[
+            "srtt_us",
+            "total_retrans",
+            "segs_in",
+            "segs_out",
+            "data_segs_in",
+            "data_segs_out",
+            "bytes_received",
+            "bytes_acked",
+        ])
+    );
+    let change = AnomalyChange::Raised(sample_anomaly());
+    let anomaly = serde_json::to_value(AnomalyView::new(&change, 9)).unwrap();
+    assert_eq!(
+        keys(&anomaly),
+        set(&[
+            "type",
+            "change",
+            "id",
+            "at_ns",
+            "kind",
+            "scope",
+            "local_port",
+            "start_ns",
+            "last_ns",
+            "end_ns",
+            "peak_rate",
+            "evidence",
+            "hint",
+            "detail",
+        ])
+    );
+    let event = serde_json::to_value(EventView::new(&sample_event(), &reasons)).unwrap();
+    assert_eq!(
+        keys(&event),
+        set(&[
+            "type",
+            "ts_ns",
+            "kind",
+            "cookie",
+            "netns_cookie",
+            "local",
+            "remote",
+            "stats"
+        ])
+    );
+
+    let flows = serde_json::to_value(Response::new(Reply::Flows {
+        total: 1,
+        matched: 1,
+        flows: vec![],
+    }))
+    .unwrap();
+    assert_eq!(keys(&flows), set(&["v", "reply"]));
+    assert_eq!(
+        keys(&flows["reply"]),
+        set(&["type", "total", "matched", "flows"])
+    );
+    let flow = serde_json::to_value(Reply::Flow {
+        flow: Box::new(serde_json::from_value(flow).unwrap()),
+        anomalies: vec![],
+        hint: String::new(),
+    })
+    .unwrap();
+    assert_eq!(keys(&flow), set(&["type", "flow", "anomalies", "hint"]));
+    let anomalies = serde_json::to_value(Reply::Anomalies {
+        active: vec![],
+        recent: vec![],
+    })
+    .unwrap();
+    assert_eq!(keys(&anomalies), set(&["type", "active", "recent"]));
+    let err = serde_json::to_value(error(ErrorCode::Busy, "x")).unwrap();
+    assert_eq!(keys(&err["reply"]), set(&["type", "code", "message"]));
+    assert_eq!(err["reply"]["code"], "busy");
+    let top = serde_json::to_value(Reply::Top(TopReport {
+        window_secs: 10,
+        scopes_tracked: 1,
+        scopes_evicted: 0,
+        rows: vec![TopRow {
+            scope: "local port 80".into(),
+            connections: 1,
+            rsts: 1,
+            failures: 0,
+            data_segments: 0,
+            retransmits: 0,
+            rst_per_sec: 0.1,
+            failure_rate: 0.0,
+            retransmit_rate: 0.0,
+        }],
+    }))
+    .unwrap();
+    assert_eq!(
+        keys(&top),
+        set(&[
+            "type",
+            "window_secs",
+            "scopes_tracked",
+            "scopes_evicted",
+            "rows"
+        ])
+    );
+    assert_eq!(
+        keys(&top["rows"][0]),
+        set(&[
+            "scope",
+            "connections",
+            "rsts",
+            "failures",
+            "data_segments",
+            "retransmits",
+            "rst_per_sec",
+            "failure_rate",
+            "retransmit_rate",
+        ])
+    );
+    let status = serde_json::to_value(StatusReport {
+        version: "0".into(),
+        kernel: "k".into(),
+        pid: 1,
+        uptime_secs: 0,
+        probes: vec![],
+        records: Default::default(),
+        decode_errors: 0,
+        kernel_events: Default::default(),
+        kernel_lost: Default::default(),
+        flows: FlowTableRow::default(),
+        anomalies: AnomalyCounts::default(),
+        api: ApiCounters::default(),
+        command_line: vec!["linkprobe".into(), "daemon".into()],
+        config: crate::config::Config::default(),
+    })
+    .unwrap();
+    assert_eq!(
+        keys(&status),
+        set(&[
+            "version",
+            "kernel",
+            "pid",
+            "uptime_secs",
+            "probes",
+            "records",
+            "decode_errors",
+            "kernel_events",
+            "kernel_lost",
+            "flows",
+            "anomalies",
+            "api",
+            "command_line",
+            "config",
+        ])
+    );
+    assert_eq!(
+        keys(&status["api"]),
+        set(&[
+            "connections",
+            "clients_now",
+            "rejected_connections",
+            "bad_requests",
+            "busy",
+            "watch_lost",
+        ])
+    );
+    assert_eq!(
+        keys(&status["flows"]),
+        set(&["tracked", "max", "evicted", "expired"])
+    );
+}
+
+#[test]
+fn root_cause_follows_the_close_cause_and_the_matching_anomaly() {
+    let reasons = ReasonNames::default();
+    let mut f = sample_flow();
+    f.role = Some(Role::Client);
+    f.close = Some(crate::flowtable::CloseCause::Refused);
+    let change = AnomalyChange::Raised(sample_anomaly());
+    let mut a: AnomalyRecord =
+        serde_json::from_value(serde_json::to_value(AnomalyView::new(&change, 9)).unwrap())
+            .unwrap();
+    a.scope = "peer 127.0.0.1:9".into();
+    let hint = super::answer::root_cause(&f, &reasons, &[a]);
+    assert_eq!(
+        hint,
+        "nothing listening on 127.0.0.1:9 (RST to SYN): connection refused; evidence for \
+         connect_refused on peer 127.0.0.1:9"
+    );
+    let mut open = sample_flow();
+    open.close = None;
+    open.closed_ns = None;
+    open.syn_retransmits = 3;
+    open.rtos = 3;
+    assert_eq!(
+        super::answer::root_cause(&open, &reasons, &[]),
+        "still connecting to 127.0.0.1:9: 3 SYN retransmits so far"
+    );
+}
+
+/// The loop's pre-encoded `flows` line decodes as the typed reply with the owned records.
+#[test]
+fn encoded_flows_line_is_a_flows_reply() {
+    let reasons = ReasonNames::default();
+    let f = sample_flow();
+    let line = super::answer::encode_flows(&[&f], &reasons, 3, 1);
+    assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
+    let resp: Response = serde_json::from_str(&line).unwrap();
+    let record: FlowRecord =
+        serde_json::from_value(serde_json::to_value(FlowView::new(&f, &reasons)).unwrap()).unwrap();
+    assert_eq!(
+        resp,
+        Response::new(Reply::Flows {
+            total: 3,
+            matched: 1,
+            flows: vec![record],
+        })
+    );
+}
+
+#[test]
+fn decodes_every_request_and_rejects_the_rest() {
+    let ok = [
+        r#"{"v":1,"req":{"type":"status"}}"#,
+        r#"{"v":1,"req":{"type":"flows"}}"#,
+        r#"{"v":1,"req":{"type":"flows","filter":{"peer":"10.0.0.1:80","failed":true},"sort":"rtt","limit":5}}"#,
+        r#"{"v":1,"req":{"type":"flow","cookie":42}}"#,
+        r#"{"v":1,"req":{"type":"anomalies","watch":true}}"#,
+        r#"{"v":1,"req":{"type":"watch","filter":{"with_rst":true}}}"#,
+        r#"{"v":1,"req":{"type":"top","by":"failure"}}"#,
+    ];
+    for line in ok {
+        decode_request(line.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"));
+    }
+    let bad = [
+        (r#"{"v":1,"req":{"type":"reboot"}}"#, ErrorCode::BadRequest),
+        (
+            r#"{"v":2,"req":{"type":"status"}}"#,
+            ErrorCode::UnsupportedVersion,
+        ),
+        (
+            r#"{"v":1,"req":{"type":"flows","filter":{"nope":1}}}"#,
+            ErrorCode::BadRequest,
+        ),
+        (r#"{"v":1,"req":{"type":"flow"}}"#, ErrorCode::BadRequest),
+        (
+            r#"{"v":1,"req":{"type":"status"},"x":1}"#,
+            ErrorCode::BadRequest,
+        ),
+        (r#"{"v":1,"req":{"type":"sta"#, ErrorCode::BadRequest),
+        ("\u{0}\u{1}garbage", ErrorCode::BadRequest),
+        ("", ErrorCode::BadRequest),
+    ];
+    for (line, code) in bad {
+        let e = decode_request(line.as_bytes()).expect_err(line);
+        assert_eq!(e.code(), code, "{line}: {e}");
+    }
+    let huge = vec![b'x'; MAX_REQUEST_BYTES + 1];
+    assert_eq!(
+        decode_request(&huge).unwrap_err().code(),
+        ErrorCode::TooLarge
+    );
+    assert_eq!(
+        decode_request(&[0xff, 0xfe]).unwrap_err().code(),
+        ErrorCode::BadRequest
+    );
+}
+
+fn any_query() -> impl Strategy<Value = Query> {
+    prop_oneof![
+        Just(Query::Status),
+        any::<u64>().prop_map(|cookie| Query::Flow { cookie }),
+        any::<bool>().prop_map(|watch| Query::Anomalies { watch }),
+        (any::<Option<u16>>(), any::<bool>(), 0usize..100_000).prop_map(|(port, failed, limit)| {
+            Query::Flows {
+                filter: Filter {
+                    port,
+                    failed,
+                    ..Filter::default()
+                },
+                sort: SortKey::Rtt,
+                limit,
+            }
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Arbitrary bytes: an error or a request, never a panic.
+    #[test]
+    fn decoder_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_request(&bytes);
+    }
+
+    /// Arbitrary JSON-ish text built from the protocol's own tokens.
+    #[test]
+    fn decoder_never_panics_on_near_json(s in r#"\{("v"|"req"|"type"|"status"|"flows"|"filter"|"cookie"|:|,|\{|\}|1|-1|18446744073709551616|true|null|"x"|\[|\]){0,40}"#) {
+        let _ = decode_request(s.as_bytes());
+    }
+
+    /// Every request round-trips; every prefix of it (a truncated request) is rejected.
+    #[test]
+    fn requests_round_trip_and_truncations_fail(q in any_query(), cut in 0usize..200) {
+        let line = encode_line(&Request { v: API_VERSION, req: q.clone() });
+        let back = decode_request(line.as_bytes()).expect("round trip");
+        prop_assert_eq!(back.req, q);
+        let body = line.trim_end();
+        let cut = cut % body.len();
+        prop_assert!(decode_request(&body.as_bytes()[..cut]).is_err());
+    }
+}

@@ -1,0 +1,305 @@
+//! The on-call CLI commands (`status`, `flows`, `flow`, `anomalies`, `watch`, `top`): ask the
+//! daemon over its API socket and render the answer as a table, a wide table or JSON.
+pub mod conn;
+pub mod flows;
+pub mod table;
+pub mod views;
+
+use std::{
+    io::{self, Write},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    time::Duration,
+};
+
+use crate::{
+    api::proto::{ErrorCode, Filter, Query, Reply},
+    cli::{Command, FilterArgs, View},
+    pipeline::monotonic_ns,
+};
+use conn::{Conn, ConnError};
+use table::Paint;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    #[error("{message}")]
+    Daemon { code: ErrorCode, message: String },
+    #[error("--cgroup {path}: {source} (give a cgroup v2 directory or its numeric id)")]
+    Cgroup { path: String, source: io::Error },
+    #[error("the daemon answered with an unexpected reply ({0}); are the CLI and daemon the same version?")]
+    Unexpected(&'static str),
+    #[error("writing output: {0}")]
+    Output(io::Error),
+    #[error("{0} is not a CLI command")]
+    NotCli(&'static str),
+}
+
+fn reply_name(r: &Reply) -> &'static str {
+    match r {
+        Reply::Status(_) => "status",
+        Reply::Flows { .. } => "flows",
+        Reply::Flow { .. } => "flow",
+        Reply::Anomalies { .. } => "anomalies",
+        Reply::Top(_) => "top",
+        Reply::Subscribed => "subscribed",
+        Reply::Event { .. } => "event",
+        Reply::Anomaly { .. } => "anomaly",
+        Reply::Overflow { .. } => "overflow",
+        Reply::Error { .. } => "error",
+    }
+}
+
+/// Turns a daemon error reply into an error; passes anything else through.
+fn check(r: Reply) -> Result<Reply, CtlError> {
+    match r {
+        Reply::Error { code, message } => Err(CtlError::Daemon { code, message }),
+        other => Ok(other),
+    }
+}
+
+/// The API filter from the command-line flags (a `--cgroup` directory becomes its id).
+pub fn filter(a: &FilterArgs) -> Result<Filter, CtlError> {
+    let cgroup = match &a.cgroup {
+        None => None,
+        Some(s) => Some(match s.parse::<u64>() {
+            Ok(id) => id,
+            // A cgroup v2 id is its directory's inode number.
+            Err(_) => std::fs::metadata(s)
+                .map_err(|source| CtlError::Cgroup {
+                    path: s.clone(),
+                    source,
+                })?
+                .ino(),
+        }),
+    };
+    Ok(Filter {
+        peer: a.peer.clone(),
+        port: a.port,
+        state: a.state.clone(),
+        pid: a.pid,
+        comm: a.comm.clone(),
+        cgroup,
+        with_rst: a.with_rst,
+        with_retrans: a.with_retrans,
+        failed: a.failed,
+        since_ms: a.since,
+    })
+}
+
+fn out(text: &str) -> Result<(), CtlError> {
+    let mut o = io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        // `| head` closed the pipe: not an error for the user.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.map_err(CtlError::Output),
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<(), CtlError> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| CtlError::Output(e.into()))?;
+    out(&(text + "\n"))
+}
+
+/// Runs one CLI command against the daemon at `socket`.
+pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
+    let paint = Paint::detect();
+    match cmd {
+        Command::Status(a) => {
+            let Reply::Status(s) = check(Conn::ask(socket, Query::Status)?)? else {
+                return Err(CtlError::Unexpected("not status"));
+            };
+            match a.output {
+                View::Json => json(&s),
+                _ => out(&views::status_text(&s, paint)),
+            }
+        }
+        Command::Flows(a) => {
+            let q = Query::Flows {
+                filter: filter(&a.filter)?,
+                sort: a.sort,
+                limit: a.limit,
+            };
+            let r = check(Conn::ask(socket, q)?)?;
+            let Reply::Flows {
+                flows,
+                matched,
+                total,
+            } = r
+            else {
+                return Err(CtlError::Unexpected(reply_name(&r)));
+            };
+            match a.output {
+                View::Json => json(&flows),
+                v => {
+                    let mut text =
+                        flows::flows_table(&flows, monotonic_ns(), v == View::Wide, paint);
+                    if matched > flows.len() {
+                        text.push_str(&format!(
+                            "({} of {matched} matching flows shown; --limit to see more; {total} in the table)\n",
+                            flows.len()
+                        ));
+                    }
+                    out(&text)
+                }
+            }
+        }
+        Command::Flow(a) => {
+            let r = check(Conn::ask(socket, Query::Flow { cookie: a.cookie })?)?;
+            let Reply::Flow {
+                flow,
+                anomalies,
+                hint,
+            } = r
+            else {
+                return Err(CtlError::Unexpected(reply_name(&r)));
+            };
+            match a.output {
+                View::Json => json(&serde_json::json!({
+                    "flow": flow, "anomalies": anomalies, "hint": hint
+                })),
+                _ => out(&flows::flow_story(
+                    &flow,
+                    &anomalies,
+                    &hint,
+                    monotonic_ns(),
+                    paint,
+                )),
+            }
+        }
+        Command::Anomalies(a) => anomalies(socket, a.watch, a.output, paint),
+        Command::Watch(a) => watch(socket, &a.filter, a.count, a.output, paint),
+        Command::Top(a) => loop {
+            let q = Query::Top {
+                by: a.by,
+                limit: a.limit,
+            };
+            let r = check(Conn::ask(socket, q)?)?;
+            let Reply::Top(report) = r else {
+                return Err(CtlError::Unexpected(reply_name(&r)));
+            };
+            match a.output {
+                View::Json if a.once => json(&report)?,
+                // Refreshing: one compact object per line, like the other streams.
+                View::Json => out(&format!(
+                    "{}\n",
+                    serde_json::to_string(&report).unwrap_or_default()
+                ))?,
+                v => {
+                    // Refresh in place on a terminal; a pipe gets one block per interval.
+                    let clear = if paint.on && !a.once {
+                        "\x1b[H\x1b[2J"
+                    } else {
+                        ""
+                    };
+                    out(&format!(
+                        "{clear}{}",
+                        views::top_table(&report, v == View::Wide, paint)
+                    ))?;
+                }
+            }
+            if a.once {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs(a.interval));
+        },
+        Command::Daemon(_) => Err(CtlError::NotCli("daemon")),
+        Command::Trace(_) => Err(CtlError::NotCli("trace")),
+        Command::Completions { .. } => Err(CtlError::NotCli("completions")),
+    }
+}
+
+fn anomalies(socket: &Path, follow: bool, view: View, paint: Paint) -> Result<(), CtlError> {
+    let mut conn = Conn::open(socket)?;
+    conn.send(Query::Anomalies { watch: follow })?;
+    let r = check(conn.reply()?)?;
+    let Reply::Anomalies { active, recent } = r else {
+        return Err(CtlError::Unexpected(reply_name(&r)));
+    };
+    match view {
+        View::Json if follow => {
+            // A stream: one object per line.
+            for a in active.iter().chain(&recent) {
+                out(&format!(
+                    "{}\n",
+                    serde_json::to_string(a).unwrap_or_default()
+                ))?;
+            }
+        }
+        View::Json => json(&serde_json::json!({ "active": active, "recent": recent }))?,
+        v => out(&views::anomalies_table(
+            &active,
+            &recent,
+            monotonic_ns(),
+            v == View::Wide,
+            paint,
+        ))?,
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        let (r, raw) = conn.next_raw()?;
+        match check(r)? {
+            Reply::Anomaly { anomaly: a } => match view {
+                View::Json => out(&format!(
+                    "{}\n",
+                    serde_json::to_string(&a).unwrap_or_default()
+                ))?,
+                _ => out(&format!("{}\n", views::anomaly_line(&a, paint)))?,
+            },
+            Reply::Overflow { lost } => overflow(lost, view)?,
+            Reply::Subscribed => eprintln!("linkprobe: watching anomaly changes (Ctrl-C to stop)"),
+            other => {
+                log::debug!("ignoring {} in the stream: {raw}", reply_name(&other));
+            }
+        }
+    }
+}
+
+fn overflow(lost: u64, view: View) -> Result<(), CtlError> {
+    match view {
+        View::Json => out(&format!("{{\"type\":\"overflow\",\"lost\":{lost}}}\n")),
+        _ => {
+            eprintln!("linkprobe: this client fell behind; {lost} items were dropped for it");
+            Ok(())
+        }
+    }
+}
+
+fn watch(
+    socket: &Path,
+    f: &FilterArgs,
+    count: Option<u64>,
+    view: View,
+    paint: Paint,
+) -> Result<(), CtlError> {
+    let mut conn = Conn::open(socket)?;
+    conn.send(Query::Watch { filter: filter(f)? })?;
+    let mut seen = 0u64;
+    if count == Some(0) {
+        return Ok(());
+    }
+    loop {
+        match check(conn.reply()?)? {
+            // On stderr, so piped JSON stays clean; scripts can wait for it.
+            Reply::Subscribed => eprintln!("linkprobe: watching live events (Ctrl-C to stop)"),
+            Reply::Event { event: e } => {
+                match view {
+                    View::Json => out(&format!(
+                        "{}\n",
+                        serde_json::to_string(&e).unwrap_or_default()
+                    ))?,
+                    _ => out(&format!("{}\n", views::event_line(&e, paint)))?,
+                }
+                seen += 1;
+                if count.is_some_and(|c| seen >= c) {
+                    return Ok(());
+                }
+            }
+            Reply::Overflow { lost } => overflow(lost, view)?,
+            other => return Err(CtlError::Unexpected(reply_name(&other))),
+        }
+    }
+}

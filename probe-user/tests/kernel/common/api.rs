@@ -1,0 +1,190 @@
+//! A real `linkprobe daemon` with its API socket in a run directory of its own, and helpers
+//! to run the real `linkprobe` CLI against it.
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use super::tracer::Tracer;
+
+pub struct Daemon {
+    tracer: Option<Tracer>,
+    pub run_dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon scoped to `netns` with a fresh run dir, and waits for its socket.
+    pub fn start(netns: &str, tag: &str, extra: &[&str]) -> Daemon {
+        let run_dir = std::env::temp_dir().join(format!("lpt-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&run_dir);
+        std::fs::create_dir_all(&run_dir).expect("run dir");
+        let dir = run_dir.to_str().expect("utf-8 path");
+        let tracer = Tracer::start_daemon_with(netns, dir, extra);
+        let socket = run_dir.join("api.sock");
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the daemon never created {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            tracer: Some(tracer),
+            run_dir,
+            socket,
+        }
+    }
+
+    /// SIGINT; the daemon must exit 0 and remove its socket.
+    pub fn stop(mut self) {
+        if let Some(t) = self.tracer.take() {
+            t.stop();
+        }
+        assert!(!self.socket.exists(), "the daemon left its socket behind");
+    }
+
+    /// Runs `linkprobe ARGS --socket <ours>` to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli_at(&self.socket, args)
+    }
+
+    /// Runs the CLI and returns stdout, asserting exit 0.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "linkprobe {args:?} exited {}: {stderr}",
+            out.status
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Runs the CLI with `-o json` appended and parses its stdout.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let text = self.ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+pub fn cli_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_linkprobe"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run linkprobe")
+}
+
+/// A streaming CLI process (`watch`, `anomalies --watch`): its stdout lines as they come.
+pub struct Stream {
+    child: Child,
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Stream {
+    /// Starts `linkprobe ARGS` and waits until it says (on stderr) that it is subscribed.
+    pub fn start(socket: &Path, args: &[&str]) -> Stream {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_linkprobe"))
+            .args(args)
+            .arg("--socket")
+            .arg(socket)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn linkprobe");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (ready_tx, ready) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[linkprobe-cli] {line}");
+                if line.starts_with("linkprobe: watching ") {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+        ready
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the stream never subscribed");
+        Stream { child, lines }
+    }
+
+    /// Lines until `done` says enough or `limit` passes.
+    pub fn collect_until(
+        &self,
+        limit: Duration,
+        mut done: impl FnMut(&[String]) -> bool,
+    ) -> Vec<String> {
+        let start = Instant::now();
+        let mut got = Vec::new();
+        while start.elapsed() < limit && !done(&got) {
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                got.push(l);
+            }
+        }
+        got
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Checks that a table's columns are aligned: every header word starts a column, and in
+/// every row the character before each column start is a space and the column is not empty.
+pub fn assert_aligned_table(text: &str, header_start: &str) {
+    let lines: Vec<Vec<char>> = text.lines().map(|l| l.chars().collect()).collect();
+    let header: String = lines.first().expect("a header line").iter().collect();
+    assert!(header.starts_with(header_start), "header: {header}");
+    let mut starts = vec![0usize];
+    for i in 1..lines[0].len() {
+        if lines[0][i] != ' ' && lines[0][i - 1] == ' ' {
+            starts.push(i);
+        }
+    }
+    assert!(starts.len() >= 3, "header has columns: {header}");
+    for row in lines
+        .iter()
+        .skip(1)
+        .filter(|r| !r.is_empty() && r[0] != '(')
+    {
+        let text: String = row.iter().collect();
+        for &s in &starts[1..] {
+            assert!(s < row.len(), "row shorter than the header: {text:?}");
+            assert!(
+                row[s - 1] == ' ' && row[s] != ' ',
+                "column at {s} not aligned in {text:?} (header {header:?})"
+            );
+        }
+    }
+}

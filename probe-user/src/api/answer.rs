@@ -294,16 +294,7 @@ pub fn root_cause(
                 .unwrap_or_default();
             format!("this host reset the connection to {remote}{reason}")
         }
-        // The close cause is taken at CLOSE; a reset that follows it still says who reset.
-        Some(CloseCause::Fin) if f.rst_received > 0 => {
-            format!("{remote} reset the connection while it closed")
-        }
-        Some(CloseCause::Fin) if f.rst_sent > 0 => format!(
-            "this host reset the connection to {remote} while closing{}",
-            f.last_rst_reason
-                .map(|r| format!(" (kernel reason {})", reasons.name(r)))
-                .unwrap_or_default()
-        ),
+        // A reset after CLOSE (SO_LINGER 0) already turned the cause into RstSent/RstReceived.
         Some(CloseCause::Fin) => "closed normally (FIN)".to_owned(),
         None if !f.established && f.syn_retransmits > 0 => format!(
             "still connecting to {remote}: {} SYN retransmits so far",

@@ -15,7 +15,7 @@ use crate::{
         netns::{delta, TestNetns},
         prometheus::{prometheus_available, promtool_check_metrics, PromServer},
         tracer::Tracer,
-        workload,
+        workload, TINY_RING_ARGS,
     },
     report, KERNEL,
 };
@@ -408,19 +408,7 @@ fn a_full_ring_keeps_metric_sums_exact_with_lost_records_under_peer_lost() {
     let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
     const N: usize = 300;
     let ns = TestNetns::new("promring");
-    // A one-page ring drained once a second cannot hold a burst of refused connects.
-    let (tracer, addr, _run_dir) = start_daemon_with(
-        &ns,
-        "promring",
-        &[
-            "--ring-bytes",
-            "4096",
-            "--drain-interval-ms",
-            "1000",
-            "--wakeup-bytes",
-            "1048576",
-        ],
-    );
+    let (tracer, addr, _run_dir) = start_daemon_with(&ns, "promring", TINY_RING_ARGS);
     let before = ns.nstat();
     ns.enter(|| workload::refused_connects(9, N));
     let after = ns.nstat();

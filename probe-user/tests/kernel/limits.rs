@@ -7,7 +7,7 @@ use crate::{
         can_run_kernel_tests,
         netns::{delta, TestNetns},
         tracer::Tracer,
-        workload,
+        workload, TINY_RING_ARGS,
     },
     report, KERNEL,
 };
@@ -118,18 +118,7 @@ fn a_full_ring_loses_records_but_never_counts() {
     let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
     const N: usize = 300;
     let ns = TestNetns::new("fullring");
-    // A one-page ring drained once a second cannot hold a burst of refused connects.
-    let tracer = Tracer::start(
-        &ns.name,
-        &[
-            "--ring-bytes",
-            "4096",
-            "--drain-interval-ms",
-            "1000",
-            "--wakeup-bytes",
-            "1048576",
-        ],
-    );
+    let tracer = Tracer::start(&ns.name, TINY_RING_ARGS);
     let before = ns.nstat();
     ns.enter(|| workload::refused_connects(9, N));
     let after = ns.nstat();

@@ -9,6 +9,17 @@ pub mod prometheus;
 pub mod tracer;
 pub mod workload;
 
+/// A one-page ring drained once a second: it cannot hold a burst of refused connects, so
+/// records are lost (and counted).
+pub const TINY_RING_ARGS: &[&str] = &[
+    "--ring-bytes",
+    "4096",
+    "--drain-interval-ms",
+    "1000",
+    "--wakeup-bytes",
+    "1048576",
+];
+
 /// Whether this process can run real-kernel tests; prints the reason when it cannot.
 pub fn can_run_kernel_tests(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.

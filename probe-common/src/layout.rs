@@ -109,6 +109,22 @@ pub struct KernelOffsets {
     pub cgroup_ancestors: u32,
     /// `sock.sk_err` (int): why a connection attempt ended.
     pub sk_err: u32,
+    /// `sock.sk_protocol` (u16 since 5.6): raw `inet_sock_set_state` keeps TCP only.
+    pub sk_protocol: u32,
+    /// `sock_common.skc_family` (u16), for raw tracepoints, which get the socket, not a record.
+    pub sk_family: u32,
+    /// `sock_common.skc_num` (u16, host order: the local port).
+    pub sk_num: u32,
+    /// `sock_common.skc_dport` (__be16).
+    pub sk_dport: u32,
+    /// `sock_common.skc_rcv_saddr` (__be32).
+    pub sk_rcv_saddr: u32,
+    /// `sock_common.skc_daddr` (__be32).
+    pub sk_daddr: u32,
+    /// `sock_common.skc_v6_rcv_saddr` (struct in6_addr; absent without IPv6).
+    pub sk_v6_rcv_saddr: u32,
+    /// `sock_common.skc_v6_daddr` (struct in6_addr; absent without IPv6).
+    pub sk_v6_daddr: u32,
     /// Non-zero when userspace filled these from BTF.
     pub valid: u32,
     pub _pad: u32,
@@ -129,6 +145,14 @@ impl KernelOffsets {
         cgroup_level: Self::ABSENT,
         cgroup_ancestors: Self::ABSENT,
         sk_err: Self::ABSENT,
+        sk_protocol: Self::ABSENT,
+        sk_family: Self::ABSENT,
+        sk_num: Self::ABSENT,
+        sk_dport: Self::ABSENT,
+        sk_rcv_saddr: Self::ABSENT,
+        sk_daddr: Self::ABSENT,
+        sk_v6_rcv_saddr: Self::ABSENT,
+        sk_v6_daddr: Self::ABSENT,
         valid: 0,
         _pad: 0,
     };

@@ -11,13 +11,15 @@ use probe_common::{EventKind, FlowEvent, RST_REASON_SLOTS};
 
 use crate::maps::{
     EVENTS, EVENT_COUNTS, LOST_COUNTS, MISC_COUNTS, NO_COOKIE_COUNTS, RST_REASON_COUNTS, SCRATCH,
-    TUNING,
+    SCRATCH_DEPTH, SCRATCH_LEVELS, TUNING,
 };
 
 #[inline(always)]
 fn bump(map: &PerCpuArray<u64>, index: u32) {
     if let Some(slot) = map.get_ptr_mut(index) {
-        // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU for our hooks.
+        // Per-CPU slot: no other CPU writes it. A program interrupting another on this CPU
+        // (see `SCRATCH`) is of another kind, so it bumps another slot, except for shared
+        // `misc` slots, where such a collision can lose one increment.
         unsafe { *slot += 1 };
     }
 }
@@ -47,15 +49,49 @@ pub fn count_rst_reason(reason: u32) {
     bump(&RST_REASON_COUNTS, slot);
 }
 
-/// The per-CPU scratch record, zeroed. `None` only if the map lookup fails, which the
-/// verifier forces us to handle.
+/// A per-CPU scratch record, held until dropped. A program that interrupts another one on the
+/// same CPU gets the next slot, so neither overwrites the other's record.
+pub struct Scratch {
+    ev: *mut FlowEvent,
+    depth: *mut u32,
+    level: u32,
+}
+
+impl Scratch {
+    #[inline(always)]
+    pub fn ev(&mut self) -> &mut FlowEvent {
+        // SAFETY: this CPU's slot `level`, which nothing else uses until `self` is dropped.
+        unsafe { &mut *self.ev }
+    }
+}
+
+impl Drop for Scratch {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // Back to the level we found: a program that interrupted us has restored it already.
+        // SAFETY: per-CPU map value, valid for the program's whole run.
+        unsafe { *self.depth = self.level };
+    }
+}
+
+/// The next free per-CPU scratch record, zeroed. `None` if a map lookup fails (which the
+/// verifier forces us to handle) or every nesting level is in use.
 #[inline(always)]
-pub fn scratch() -> Option<&'static mut FlowEvent> {
-    let ev = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: per-CPU slot, used by one program at a time on this CPU.
-    let ev = unsafe { &mut *ev };
-    *ev = FlowEvent::default();
-    Some(ev)
+pub fn scratch() -> Option<Scratch> {
+    let depth = SCRATCH_DEPTH.get_ptr_mut(0)?;
+    // An interruption between this read and the write below finishes (and restores the depth)
+    // before we continue, so the slot is still ours.
+    // SAFETY: per-CPU map value, valid for the program's whole run.
+    let level = unsafe { *depth };
+    if level >= SCRATCH_LEVELS {
+        return None;
+    }
+    let ev = SCRATCH.get_ptr_mut(level)?;
+    // SAFETY: as above.
+    unsafe { *depth = level + 1 };
+    let mut s = Scratch { ev, depth, level };
+    *s.ev() = FlowEvent::default();
+    Some(s)
 }
 
 /// Sends one record, counting the loss when the ring is full. Wakes userspace only once a

@@ -1,5 +1,5 @@
-//! linkprobe's kernel programs: one cgroup `sock_ops` program and six tracepoints. Entry
-//! points are thin; the work is in `sockops` and `tracepoints`.
+//! linkprobe's kernel programs: one cgroup `sock_ops` program and six tracepoints (three of
+//! them raw). Entry points are thin; the work is in `sockops` and `tracepoints`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

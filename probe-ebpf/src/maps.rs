@@ -37,10 +37,20 @@ pub static MISC_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(misc::C
 #[map]
 pub static RTT_LAST: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);
 
-/// Per-CPU scratch record: a `FlowEvent` is too large to build on the 512-byte BPF stack
-/// next to everything else a program keeps there.
+/// Per-CPU scratch records: a `FlowEvent` is too large to build on the 512-byte BPF stack
+/// next to everything else a program keeps there. One slot per nesting level: the raw
+/// tracepoint and `sock_ops` programs are not held back by the kernel's per-CPU
+/// `bpf_prog_active` guard, so they can interrupt another of our programs on the same CPU
+/// (softirq over process context) and must not overwrite its record.
 #[map]
-pub static SCRATCH: PerCpuArray<FlowEvent> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<FlowEvent> = PerCpuArray::with_max_entries(SCRATCH_LEVELS, 0);
+
+/// Slots of [`SCRATCH`]: process context, softirq, hardirq, NMI.
+pub const SCRATCH_LEVELS: u32 = 4;
+
+/// Per-CPU index of the next free [`SCRATCH`] slot.
+#[map]
+pub static SCRATCH_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU copy of the tracepoint record being handled: one kernel read instead of one per
 /// field.

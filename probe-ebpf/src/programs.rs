@@ -5,8 +5,8 @@
     reason = "entry points keep the explicit `match try_x(ctx)` shape of aya programs"
 )]
 use aya_ebpf::{
-    macros::{sock_ops, tracepoint},
-    programs::{SockOpsContext, TracePointContext},
+    macros::{raw_tracepoint, sock_ops, tracepoint},
+    programs::{RawTracePointContext, SockOpsContext, TracePointContext},
 };
 use probe_common::EventKind;
 
@@ -42,24 +42,22 @@ pub fn lp_rst_sent(ctx: TracePointContext) -> u32 {
     }
 }
 
-#[tracepoint]
-pub fn lp_retransmit(ctx: TracePointContext) -> u32 {
-    match tracepoints::handle(&ctx, &TP_RETRANSMIT_SKB.load(), EventKind::RetransmitSkb) {
-        Ok(v) => v,
-        Err(_) => 0,
-    }
+/// A raw tracepoint (see `tracepoints::handle_raw`). The kernel ignores its return value.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn lp_retransmit(ctx: RawTracePointContext) -> i32 {
+    let _ = tracepoints::handle_raw(&ctx, &TP_RETRANSMIT_SKB.load(), EventKind::RetransmitSkb);
+    0
 }
 
-#[tracepoint]
-pub fn lp_retrans_synack(ctx: TracePointContext) -> u32 {
-    match tracepoints::handle(
+/// A raw tracepoint (see `tracepoints::handle_raw`).
+#[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
+pub fn lp_retrans_synack(ctx: RawTracePointContext) -> i32 {
+    let _ = tracepoints::handle_raw(
         &ctx,
         &TP_RETRANSMIT_SYNACK.load(),
         EventKind::RetransmitSynack,
-    ) {
-        Ok(v) => v,
-        Err(_) => 0,
-    }
+    );
+    0
 }
 
 #[tracepoint]
@@ -70,10 +68,9 @@ pub fn lp_destroy_sock(ctx: TracePointContext) -> u32 {
     }
 }
 
-#[tracepoint]
-pub fn lp_set_state(ctx: TracePointContext) -> u32 {
-    match tracepoints::handle(&ctx, &TP_SET_STATE.load(), EventKind::StateChange) {
-        Ok(v) => v,
-        Err(_) => 0,
-    }
+/// A raw tracepoint (see `tracepoints::handle_raw`).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn lp_set_state(ctx: RawTracePointContext) -> i32 {
+    let _ = tracepoints::handle_raw(&ctx, &TP_SET_STATE.load(), EventKind::StateChange);
+    0
 }

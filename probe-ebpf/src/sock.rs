@@ -1,7 +1,7 @@
 //! Reads from kernel `struct sock` / `struct sk_buff` through offsets taken from BTF at load
 //! time (see `probe_common::KernelOffsets`), and the scope filter built on them.
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use probe_common::{misc, KernelOffsets};
+use probe_common::{flags, misc, FlowEvent, KernelOffsets};
 
 use crate::{
     emit::count_misc,
@@ -9,6 +9,7 @@ use crate::{
 };
 
 const ABSENT: u32 = KernelOffsets::ABSENT;
+const AF_INET6: u16 = 10;
 const TCP_TIME_WAIT: u8 = 6;
 const TCP_NEW_SYN_RECV: u8 = 12;
 
@@ -30,6 +31,12 @@ pub fn sk_cookie(sk: u64) -> u64 {
 #[inline(always)]
 pub fn sk_err(sk: u64) -> Option<i32> {
     read_at::<i32>(sk, OFFSETS.load().sk_err)
+}
+
+/// `sk_protocol` (`IPPROTO_*`).
+#[inline(always)]
+pub fn sk_protocol(sk: u64) -> Option<u16> {
+    read_at::<u16>(sk, OFFSETS.load().sk_protocol)
 }
 
 #[inline(always)]
@@ -54,6 +61,24 @@ pub fn skb_netns(skb: u64) -> Option<u64> {
     let offsets = OFFSETS.load();
     let dev = read_at::<u64>(skb, offsets.skb_dev)?;
     net_cookie(read_at::<u64>(dev, offsets.dev_net)?)
+}
+
+/// Family, ports and addresses from the socket (raw tracepoints have no record to take them
+/// from). IPv4 sockets report IPv4, IPv6 sockets (v4-mapped included) IPv6.
+#[inline(always)]
+pub fn fill_addrs(sk: u64, ev: &mut FlowEvent) {
+    let o = OFFSETS.load();
+    ev.family = read_at::<u16>(sk, o.sk_family).unwrap_or(0);
+    ev.sport = read_at::<u16>(sk, o.sk_num).unwrap_or(0);
+    ev.dport = u16::from_be(read_at::<u16>(sk, o.sk_dport).unwrap_or(0));
+    if ev.family == AF_INET6 {
+        ev.flags |= flags::IPV6;
+        ev.saddr = read_at::<[u8; 16]>(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]);
+        ev.daddr = read_at::<[u8; 16]>(sk, o.sk_v6_daddr).unwrap_or([0; 16]);
+    } else {
+        ev.saddr[..4].copy_from_slice(&read_at::<[u8; 4]>(sk, o.sk_rcv_saddr).unwrap_or([0; 4]));
+        ev.daddr[..4].copy_from_slice(&read_at::<[u8; 4]>(sk, o.sk_daddr).unwrap_or([0; 4]));
+    }
 }
 
 /// The socket's cgroup v2 id (full sockets only).

@@ -92,9 +92,10 @@ pub fn handle(ctx: &SockOpsContext) -> Result<u32, i64> {
     }
 
     let ops = unsafe { &*ctx.ops };
-    let Some(ev) = scratch() else {
+    let Some(mut slot) = scratch() else {
         return Ok(SOCK_OPS_OK);
     };
+    let ev = slot.ev();
     ev.ts_ns = now;
     ev.cookie = cookie;
     ev.netns_cookie = netns;

@@ -1,8 +1,11 @@
 //! Tracepoint programs. Every field offset comes from a `TpLayout` global filled from the
 //! kernel's tracefs `format` file at load time.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as gen},
-    programs::TracePointContext,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated as gen,
+    },
+    programs::{RawTracePointContext, TracePointContext},
     EbpfContext as _,
 };
 use probe_common::{addr_style, flags, misc, EventKind, FlowEvent, TpLayout, ABSENT, RECORD_BUF};
@@ -129,9 +132,10 @@ pub fn handle(tp: &TracePointContext, layout: &TpLayout, kind: EventKind) -> Res
         return Ok(0);
     };
 
-    let Some(ev) = scratch() else {
+    let Some(mut slot) = scratch() else {
         return Ok(0);
     };
+    let ev = slot.ev();
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.kind = kind as u32;
     if let Some(n) = netns {
@@ -211,6 +215,113 @@ pub fn handle(tp: &TracePointContext, layout: &TpLayout, kind: EventKind) -> Res
     if kind == EventKind::RstSent || kind == EventKind::RstReceived {
         repeat::check(ev);
     }
+    Ok(0)
+}
+
+/// Body of the raw tracepoint programs: `tcp:tcp_retransmit_skb` (`TP_PROTO(sk, skb, err)`,
+/// `err` since the record has that field), `tcp:tcp_retransmit_synack` (`sk, req`) and
+/// `sock:inet_sock_set_state` (`sk, oldstate, newstate`). Everything else is read from the
+/// socket (for SYN-ACKs, the request socket), so the event is the one the regular tracepoint
+/// would give, except that its cookie is never generated here (none of these records has one).
+///
+/// Why raw: the kernel runs a regular tracepoint's program through `trace_call_bpf`, which
+/// skips it (only bumping the program's `recursion_misses`) while any other tracing program
+/// runs on the same CPU. These three fire in softirq (retransmit timer, handshake, timeouts,
+/// resets), which often interrupts a program in process context: our own `lp_set_state` or
+/// `lp_destroy_sock` for any socket of the host, or another tool's kprobe. The retransmit was
+/// sent and counted in `TcpRetransSegs`, the socket timed out, but neither was reported.
+/// Raw tracepoints only guard against the same program recursing on the CPU: an event is
+/// still skipped when softirq interrupts this very program in process context (which runs for
+/// every socket of the host before the scope check), so heavy connection churn anywhere on
+/// the host can still cost one; `bpftool prog show` counts those as `recursion_misses`.
+#[inline(always)]
+pub fn handle_raw(
+    tp: &RawTracePointContext,
+    layout: &TpLayout,
+    kind: EventKind,
+) -> Result<u32, i64> {
+    if layout.valid == 0 {
+        return Ok(0);
+    }
+    let sk: u64 = tp.arg(0);
+    if kind == EventKind::StateChange && sock::sk_protocol(sk) != Some(IPPROTO_TCP) {
+        return Ok(0);
+    }
+    let skb: u64 = if kind == EventKind::RetransmitSkb {
+        tp.arg(1)
+    } else {
+        0
+    };
+    let Scope::In(netns) = sock::check(sk, skb) else {
+        return Ok(0);
+    };
+
+    let Some(mut slot) = scratch() else {
+        return Ok(0);
+    };
+    let ev = slot.ev();
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.kind = kind as u32;
+    if let Some(n) = netns {
+        ev.netns_cookie = n;
+        ev.flags |= flags::NETNS;
+    }
+    if kind == EventKind::StateChange {
+        ev.old_state = tp.arg::<u64>(1) as u8;
+        ev.new_state = tp.arg::<u64>(2) as u8;
+    } else {
+        let state = sock::sk_state(sk).unwrap_or(0);
+        ev.old_state = state;
+        ev.new_state = state;
+    }
+    count_event(kind);
+    if kind == EventKind::StateChange && ev.old_state == TCP_SYN_SENT && ev.new_state == TCP_CLOSE {
+        count_misc(misc::CONNECT_FAILED);
+    }
+
+    // For SYN-ACK retransmits the flow is the request socket's.
+    let flow_sk: u64 = if kind == EventKind::RetransmitSynack {
+        tp.arg(1)
+    } else {
+        sk
+    };
+    let cookie = sock::sk_cookie(flow_sk);
+    if cookie != 0 {
+        ev.cookie = cookie;
+        ev.flags |= flags::COOKIE;
+    } else {
+        count_no_cookie(kind);
+    }
+    if sk == 0 {
+        ev.flags |= flags::NO_SOCKET;
+    }
+    if kind == EventKind::RetransmitSkb && layout.err != ABSENT {
+        // Read through a helper rather than a direct context load, so the program still
+        // attaches where the tracepoint has only two arguments (the verifier would reject a
+        // load past them).
+        // SAFETY: the kernel's argument array, which has a third slot when the record has `err`.
+        let arg = unsafe { bpf_probe_read_kernel(tp.as_ptr().cast::<u64>().cast_const().add(2)) };
+        if let Ok(err) = arg {
+            ev.args[0] = err as u32;
+        }
+    }
+
+    attach_owner(kind, sk, ev);
+    if kind == EventKind::StateChange {
+        if let Some(id) = sock::sk_cgroup_id(sk) {
+            ev.args[2] = id as u32;
+            ev.args[3] = (id >> 32) as u32;
+            ev.flags |= flags::CGROUP;
+        }
+        if ev.new_state == TCP_CLOSE {
+            if let Some(err) = sock::sk_err(sk) {
+                ev.args[1] = err as u32;
+                ev.flags |= flags::SK_ERR;
+            }
+        }
+    }
+    sock::fill_addrs(flow_sk, ev);
+    emit(kind, ev);
     Ok(0)
 }
 

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, fs::File, path::PathBuf};
 
 use aya::{
-    programs::{links::CgroupAttachMode, SockOps, TracePoint},
+    programs::{links::CgroupAttachMode, RawTracePoint, SockOps, TracePoint},
     Ebpf, EbpfLoader,
 };
 use probe_common::{KernelOffsets, RepeatRstConfig, ScopeFilter, TpLayout, Tuning};
@@ -24,6 +24,9 @@ pub enum Hook {
     /// cgroup `sock_ops` (Linux 4.13; sock_ops links 5.7; `bpf_get_netns_cookie` 5.15).
     SockOps,
     Tracepoint(Tracepoint),
+    /// The same tracepoint as a raw tracepoint (program gets `TP_PROTO` arguments). The
+    /// tracefs layout still says which arguments the kernel passes.
+    RawTracepoint(Tracepoint),
 }
 
 /// One row of the probe table.
@@ -65,14 +68,16 @@ pub const PROBES: [ProbeSpec; 7] = [
     },
     ProbeSpec {
         program: "lp_retransmit",
-        hook: Hook::Tracepoint(Tracepoint::RetransmitSkb),
+        // Raw, like the SYN-ACK and state probes: a regular tracepoint program is skipped when
+        // softirq interrupts another tracing program on the CPU (probe-ebpf `handle_raw`).
+        hook: Hook::RawTracepoint(Tracepoint::RetransmitSkb),
         layout_global: Some("TP_RETRANSMIT_SKB"),
         requires: "4.15",
         provides: "every retransmitted segment (SYN and data)",
     },
     ProbeSpec {
         program: "lp_retrans_synack",
-        hook: Hook::Tracepoint(Tracepoint::RetransmitSynack),
+        hook: Hook::RawTracepoint(Tracepoint::RetransmitSynack),
         layout_global: Some("TP_RETRANSMIT_SYNACK"),
         requires: "4.16",
         provides: "SYN-ACK retransmits of listening sockets",
@@ -86,9 +91,9 @@ pub const PROBES: [ProbeSpec; 7] = [
     },
     ProbeSpec {
         program: "lp_set_state",
-        hook: Hook::Tracepoint(Tracepoint::SetState),
+        hook: Hook::RawTracepoint(Tracepoint::SetState),
         layout_global: Some("TP_SET_STATE"),
-        requires: "4.16",
+        requires: "5.6 (sock.sk_protocol)",
         provides: "TCP state changes; the owning process at connect()",
     },
 ];
@@ -169,7 +174,7 @@ fn layouts() -> BTreeMap<&'static str, Result<TpLayout, String>> {
     PROBES
         .iter()
         .filter_map(|p| match (p.hook, p.layout_global) {
-            (Hook::Tracepoint(tp), Some(global)) => {
+            (Hook::Tracepoint(tp) | Hook::RawTracepoint(tp), Some(global)) => {
                 let layout = tracefs::read_format(&root, tp)
                     .map_err(|e| e.to_string())
                     .and_then(|f| tracefs::resolve_layout(tp, &f).map_err(|e| e.to_string()));
@@ -223,10 +228,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                     attach_sock_ops(&mut ebpf, spec, &opts.sock_ops_cgroup)?,
                 )
             }
-            Hook::Tracepoint(tp) => {
-                let target = format!("{}:{}", tp.category(), tp.name());
+            Hook::Tracepoint(tp) | Hook::RawTracepoint(tp) => {
+                let raw = matches!(spec.hook, Hook::RawTracepoint(_));
+                let target = if raw {
+                    format!("raw_tp {}", tp.name())
+                } else {
+                    format!("{}:{}", tp.category(), tp.name())
+                };
                 let layout = spec.layout_global.and_then(|g| layouts.get(g));
                 let state = match layout {
+                    Some(Ok(_)) if raw => attach_raw_tracepoint(&mut ebpf, spec, tp),
                     Some(Ok(_)) => attach_tracepoint(&mut ebpf, spec, tp),
                     Some(Err(why)) => ProbeState::Off(why.clone()),
                     None => ProbeState::Off("no layout global".into()),
@@ -285,6 +296,26 @@ fn attach_tracepoint(ebpf: &mut Ebpf, spec: ProbeSpec, tp: Tracepoint) -> ProbeS
         ));
     }
     match prog.attach(tp.category(), tp.name()) {
+        Ok(_) => ProbeState::Attached,
+        Err(e) => program_error("attach failed", e),
+    }
+}
+
+fn attach_raw_tracepoint(ebpf: &mut Ebpf, spec: ProbeSpec, tp: Tracepoint) -> ProbeState {
+    let Some(prog) = ebpf.program_mut(spec.program) else {
+        return ProbeState::Off(format!("program {} missing from the object", spec.program));
+    };
+    let prog: &mut RawTracePoint = match prog.try_into() {
+        Ok(p) => p,
+        Err(e) => return program_error("wrong program type", e),
+    };
+    if let Err(e) = prog.load() {
+        return ProbeState::Off(format!(
+            "the verifier rejected it: {}",
+            verifier_summary(&e)
+        ));
+    }
+    match prog.attach(tp.name()) {
         Ok(_) => ProbeState::Attached,
         Err(e) => program_error("attach failed", e),
     }

@@ -187,6 +187,29 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         "missing",
         "connect failures cannot be typed as refused/timeout/unreachable",
     );
+    o.sk_protocol = f.field(
+        "sock",
+        "sk_protocol",
+        2,
+        "kernel < 5.6, where it is a bitfield",
+        "TCP state changes are not reported",
+    );
+    let common = |f: &mut Finder<'_>, member: &str, size: u32, hint: &str| {
+        f.field(
+            "sock",
+            &format!("__sk_common.{member}"),
+            size,
+            hint,
+            "retransmits and state changes lack that part of the address",
+        )
+    };
+    o.sk_family = common(&mut f, "skc_family", 2, "missing");
+    o.sk_num = common(&mut f, "skc_num", 2, "missing");
+    o.sk_dport = common(&mut f, "skc_dport", 2, "missing");
+    o.sk_rcv_saddr = common(&mut f, "skc_rcv_saddr", 4, "missing");
+    o.sk_daddr = common(&mut f, "skc_daddr", 4, "missing");
+    o.sk_v6_rcv_saddr = common(&mut f, "skc_v6_rcv_saddr", 16, "no CONFIG_IPV6");
+    o.sk_v6_daddr = common(&mut f, "skc_v6_daddr", 16, "no CONFIG_IPV6");
     let needed = [o.sk_cookie, o.sk_net, o.net_cookie];
     o.valid = u32::from(needed.iter().all(|&v| v != KernelOffsets::ABSENT));
     (o, f.notes)

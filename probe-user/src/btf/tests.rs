@@ -282,15 +282,35 @@ fn kernel_offsets_on_an_old_layout() {
     let atomic = b.composite(STRUCT, "", 8, false, &[("counter", s64, 0)]);
     let atomic_t = b.modifier(TYPEDEF, "atomic64_t", atomic);
     let vol_u8 = b.modifier(VOLATILE, "", u8t);
+    let u16t = b.int("short unsigned int", 2, 0, 16);
+    // The addresses sit in an anonymous struct inside an anonymous union, as in the kernel.
+    let pair = b.composite(
+        STRUCT,
+        "",
+        8,
+        false,
+        &[("skc_daddr", u32t, 0), ("skc_rcv_saddr", u32t, 32)],
+    );
+    let addrs = b.composite(
+        UNION,
+        "",
+        8,
+        false,
+        &[("skc_addrpair", u64t, 0), ("", pair, 0)],
+    );
     let common = b.composite(
         STRUCT,
         "sock_common",
-        24,
+        40,
         false,
         &[
             ("skc_state", vol_u8, 0),
             ("skc_net", pnet_t, 64),
             ("skc_cookie", atomic_t, 128),
+            ("", addrs, 192),
+            ("skc_dport", u16t, 256),
+            ("skc_num", u16t, 272),
+            ("skc_family", u16t, 288),
         ],
     );
     let tagged = b.composite(
@@ -308,9 +328,9 @@ fn kernel_offsets_on_an_old_layout() {
     b.composite(
         STRUCT,
         "sock",
-        40,
+        56,
         false,
-        &[("__sk_common", common, 0), ("sk_cgrp_data", cgrp_data, 256)],
+        &[("__sk_common", common, 0), ("sk_cgrp_data", cgrp_data, 384)],
     );
     let ino = b.composite(
         STRUCT,
@@ -354,7 +374,14 @@ fn kernel_offsets_on_an_old_layout() {
     assert_eq!(o.net_cookie, KernelOffsets::ABSENT);
     assert_eq!(o.skb_dev, KernelOffsets::ABSENT);
     assert_eq!(o.dev_net, KernelOffsets::ABSENT);
-    assert_eq!(o.sk_cgroup, 32);
+    assert_eq!(o.sk_cgroup, 48);
+    assert_eq!(o.sk_daddr, 24);
+    assert_eq!(o.sk_rcv_saddr, 28);
+    assert_eq!(o.sk_dport, 32);
+    assert_eq!(o.sk_num, 34);
+    assert_eq!(o.sk_family, 36);
+    assert_eq!(o.sk_v6_daddr, KernelOffsets::ABSENT);
+    assert_eq!(o.sk_v6_rcv_saddr, KernelOffsets::ABSENT);
     assert_eq!(o.cgroup_kn, 0);
     assert_eq!(o.kn_id, 8);
     assert_eq!(o.cgroup_level, 8);
@@ -374,10 +401,13 @@ fn kernel_offsets_on_an_old_layout() {
         "cgroup.ancestors (kernel < 5.19; its cgroup.ancestor_ids is not used): cgroup filter \
          matches the exact cgroup only",
         "sock.sk_err (missing): connect failures cannot be typed",
+        "sock.sk_protocol (kernel < 5.6, where it is a bitfield): TCP state changes are not",
+        "sock.__sk_common.skc_v6_rcv_saddr (no CONFIG_IPV6): retransmits and state changes",
+        "sock.__sk_common.skc_v6_daddr (no CONFIG_IPV6): retransmits and state changes",
     ] {
         assert!(all.contains(want), "missing note {want:?} in:\n{all}");
     }
-    assert_eq!(notes.len(), 6, "{all}");
+    assert_eq!(notes.len(), 9, "{all}");
 }
 
 fn kernel_release() -> Option<(u32, u32)> {

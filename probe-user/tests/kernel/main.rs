@@ -224,6 +224,9 @@ fn dropped_syns_retransmit_per_cookie_then_time_out() {
     trace.assert_nothing_lost();
 
     let retrans_segs = delta(&before, &after, "TcpRetransSegs");
+    // The kernel counts RetransSegs before handing the segment to the device, and a failed
+    // hand-over also in TCPRetransFail; the tracepoint reports that one with err != 0.
+    let retrans_sent = retrans_segs - delta(&before, &after, "TcpExtTCPRetransFail");
     let attempt_fails = delta(&before, &after, "TcpAttemptFails");
     let sent_ok: Vec<u64> = trace
         .of_kind("retransmit")
@@ -234,9 +237,9 @@ fn dropped_syns_retransmit_per_cookie_then_time_out() {
         "dropped SYNs",
         &[
             (
-                "retransmits (err=0) vs TcpRetransSegs",
+                "retransmits (err=0) vs RetransSegs-Fail",
                 sent_ok.len() as u64,
-                retrans_segs,
+                retrans_sent,
             ),
             (
                 "connect_failed vs TcpAttemptFails",
@@ -251,7 +254,12 @@ fn dropped_syns_retransmit_per_cookie_then_time_out() {
         retrans_segs >= N as u64 * u64::from(SYN_RETRIES),
         "{retrans_segs}"
     );
-    assert_eq!(sent_ok.len() as u64, retrans_segs);
+    // Every SYN retransmit is reported. The retransmit timer fires in softirq, often on a CPU
+    // where a tracing program runs in process context (another test's tracer, any tool's, or
+    // our own lp_destroy_sock for another socket of the host); the kernel skips a regular
+    // tracepoint program then, so lp_retransmit and lp_set_state (the timeout's
+    // SYN_SENT -> CLOSE) are raw tracepoints, which only the same program recursing can skip.
+    assert_eq!(sent_ok.len() as u64, retrans_sent);
     let mut per_cookie = BTreeSet::new();
     for c in &cookies {
         let flow = trace.flow(*c);
@@ -342,6 +350,8 @@ fn data_dropped_for_a_window_retransmits_under_the_connect_cookie() {
     trace.assert_nothing_lost();
 
     let retrans_segs = delta(&before, &after, "TcpRetransSegs");
+    // Failed hand-overs to the device are in RetransSegs too (see the dropped-SYN test).
+    let retrans_sent = retrans_segs - delta(&before, &after, "TcpExtTCPRetransFail");
     let ours: Vec<&serde_json::Value> = trace
         .of_kind("retransmit")
         .filter(|e| e["err"].as_i64().unwrap_or(0) == 0)
@@ -349,16 +359,16 @@ fn data_dropped_for_a_window_retransmits_under_the_connect_cookie() {
     report(
         "data dropped for 1.5 s",
         &[(
-            "retransmits (err=0) vs TcpRetransSegs",
+            "retransmits (err=0) vs RetransSegs-Fail",
             ours.len() as u64,
-            retrans_segs,
+            retrans_sent,
         )],
     );
     assert!(
         retrans_segs >= 2,
         "the window should force retransmits, got {retrans_segs}"
     );
-    assert_eq!(ours.len() as u64, retrans_segs);
+    assert_eq!(ours.len() as u64, retrans_sent);
     assert!(ours
         .iter()
         .all(|e| e["cookie"].as_u64() == Some(client_cookie)));
@@ -502,6 +512,13 @@ fn daemon_is_single_instance_and_detaches_cleanly() {
     );
     let trace = first.stop();
     trace.assert_nothing_lost();
+    // The kernel puts a raw tracepoint link's program only after an RCU grace period
+    // (bpf_link_free defers the link's dealloc), so those programs leave the list a few
+    // milliseconds after the daemon exited.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ours_loaded() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(!ours_loaded(), "programs or cgroup links left after exit");
     let _ = std::fs::remove_dir_all(&run_dir);
 }

@@ -78,7 +78,32 @@ pub mod misc {
     pub const RTT_NOT_SAMPLED: u32 = 2;
     /// `bpf_sock_ops_cb_flags_set` failures (the socket will miss STATE/RETRANS/RTO/RTT callbacks).
     pub const CB_FLAGS_FAILED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// SYN_SENT → CLOSE records the ring could not take, by the socket's error: their failure
+    /// cause is counted here so the exported failure totals stay exact under loss.
+    pub const CONNECT_FAILED_LOST_REFUSED: u32 = 4;
+    pub const CONNECT_FAILED_LOST_TIMEOUT: u32 = 5;
+    pub const CONNECT_FAILED_LOST_UNREACHABLE: u32 = 6;
+    /// Any other (or unreadable) `sk_err`.
+    pub const CONNECT_FAILED_LOST_OTHER: u32 = 7;
+    pub const COUNT: u32 = 8;
+
+    /// Linux errno values of the connect failures (asm-generic/errno.h).
+    pub const ECONNREFUSED: i32 = 111;
+    pub const ETIMEDOUT: i32 = 110;
+    pub const ENETDOWN: i32 = 100;
+    pub const ENETUNREACH: i32 = 101;
+    pub const EHOSTDOWN: i32 = 112;
+    pub const EHOSTUNREACH: i32 = 113;
+
+    /// The `CONNECT_FAILED_LOST_*` slot of a failed connect's `sk_err`.
+    pub const fn connect_failed_lost_slot(sk_err: i32) -> u32 {
+        match sk_err {
+            ECONNREFUSED => CONNECT_FAILED_LOST_REFUSED,
+            ETIMEDOUT => CONNECT_FAILED_LOST_TIMEOUT,
+            ENETDOWN | ENETUNREACH | EHOSTDOWN | EHOSTUNREACH => CONNECT_FAILED_LOST_UNREACHABLE,
+            _ => CONNECT_FAILED_LOST_OTHER,
+        }
+    }
 }
 
 /// Slots in the `RST_REASON_COUNTS` array; reasons at or above the last slot share it.

@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::generated::bpf_ringbuf_query,
     maps::PerCpuArray,
 };
-use probe_common::{EventKind, FlowEvent, RST_REASON_SLOTS};
+use probe_common::{flags, misc, EventKind, FlowEvent, RST_REASON_SLOTS};
 
 use crate::maps::{
     EVENTS, EVENT_COUNTS, LOST_COUNTS, MISC_COUNTS, NO_COOKIE_COUNTS, RST_REASON_COUNTS, SCRATCH,
@@ -94,8 +94,9 @@ pub fn scratch() -> Option<Scratch> {
     Some(s)
 }
 
-/// Sends one record, counting the loss when the ring is full. Wakes userspace only once a
-/// batch has accumulated; the daemon also drains on a short timer, so a quiet ring still gets read.
+/// Sends one record, counting the loss when the ring is full (a lost failed connect also by
+/// its cause). Wakes userspace only once a batch has accumulated; the daemon also drains on a
+/// short timer, so a quiet ring still gets read.
 #[inline(always)]
 pub fn emit(kind: EventKind, event: &FlowEvent) {
     let ring = core::ptr::from_ref(&EVENTS).cast_mut().cast::<c_void>();
@@ -107,5 +108,20 @@ pub fn emit(kind: EventKind, event: &FlowEvent) {
     };
     if EVENTS.output::<FlowEvent>(event, u64::from(flags)).is_err() {
         bump(&LOST_COUNTS, kind as u32);
+        if kind == EventKind::StateChange
+            && event.old_state == TCP_SYN_SENT
+            && event.new_state == TCP_CLOSE
+        {
+            let sk_err = if event.flags & flags::SK_ERR != 0 {
+                event.args[1] as i32
+            } else {
+                0
+            };
+            count_misc(misc::connect_failed_lost_slot(sk_err));
+        }
     }
 }
+
+/// TCP states (include/net/tcp_states.h).
+pub const TCP_SYN_SENT: u8 = 2;
+pub const TCP_CLOSE: u8 = 7;

@@ -11,7 +11,10 @@ use aya_ebpf::{
 use probe_common::{addr_style, flags, misc, EventKind, FlowEvent, TpLayout, ABSENT, RECORD_BUF};
 
 use crate::{
-    emit::{count_event, count_misc, count_no_cookie, count_rst_reason, emit, scratch},
+    emit::{
+        count_event, count_misc, count_no_cookie, count_rst_reason, emit, scratch, TCP_CLOSE,
+        TCP_SYN_SENT,
+    },
     maps::{Owner, SK_OWNER, TP_RECORD},
     repeat,
     sock::{self, Scope},
@@ -20,8 +23,6 @@ use crate::{
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
-const TCP_SYN_SENT: u8 = 2;
-const TCP_CLOSE: u8 = 7;
 /// Slot of `RST_REASON_COUNTS` for "this kernel does not report a reason".
 const REASON_UNKNOWN: u32 = u32::MAX;
 

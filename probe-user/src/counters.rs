@@ -31,6 +31,9 @@ pub struct KernelCounters {
     /// Sent RSTs per reason name (`unknown` where the kernel reports none).
     pub rst_reasons: BTreeMap<String, u64>,
     pub connect_failed: u64,
+    /// SYN_SENT → CLOSE records lost in the ring, by failure cause (`refused`, `timeout`,
+    /// `unreachable`, `unknown`).
+    pub connect_failed_lost: BTreeMap<&'static str, u64>,
     pub scope_unknown: u64,
     pub rtt_not_sampled: u64,
     pub cb_flags_failed: u64,
@@ -93,6 +96,15 @@ pub fn read(ebpf: &Ebpf, names: &ReasonNames) -> Result<KernelCounters, CounterE
         no_cookie: by_kind(&no_cookie),
         rst_reasons,
         connect_failed: misc_at(misc::CONNECT_FAILED),
+        connect_failed_lost: [
+            ("refused", misc::CONNECT_FAILED_LOST_REFUSED),
+            ("timeout", misc::CONNECT_FAILED_LOST_TIMEOUT),
+            ("unreachable", misc::CONNECT_FAILED_LOST_UNREACHABLE),
+            ("unknown", misc::CONNECT_FAILED_LOST_OTHER),
+        ]
+        .into_iter()
+        .map(|(cause, i)| (cause, misc_at(i)))
+        .collect(),
         scope_unknown: misc_at(misc::SCOPE_UNKNOWN),
         rtt_not_sampled: misc_at(misc::RTT_NOT_SAMPLED),
         cb_flags_failed: misc_at(misc::CB_FLAGS_FAILED),

@@ -442,3 +442,43 @@ fn failures_are_counted_even_for_flows_evicted_before_they_closed() {
         .count();
     assert_eq!(timeouts, 40);
 }
+
+#[test]
+fn the_kernels_lost_failure_slots_type_errors_like_the_flow_table() {
+    use probe_common::misc;
+    for (err, slot, cause) in [
+        (
+            libc::ECONNREFUSED,
+            misc::CONNECT_FAILED_LOST_REFUSED,
+            CloseCause::Refused,
+        ),
+        (
+            libc::ETIMEDOUT,
+            misc::CONNECT_FAILED_LOST_TIMEOUT,
+            CloseCause::Timeout,
+        ),
+        (
+            libc::EHOSTUNREACH,
+            misc::CONNECT_FAILED_LOST_UNREACHABLE,
+            CloseCause::Unreachable,
+        ),
+        (
+            libc::ENETUNREACH,
+            misc::CONNECT_FAILED_LOST_UNREACHABLE,
+            CloseCause::Unreachable,
+        ),
+        (
+            libc::EHOSTDOWN,
+            misc::CONNECT_FAILED_LOST_UNREACHABLE,
+            CloseCause::Unreachable,
+        ),
+        (
+            libc::ENETDOWN,
+            misc::CONNECT_FAILED_LOST_UNREACHABLE,
+            CloseCause::Unreachable,
+        ),
+    ] {
+        assert_eq!(misc::connect_failed_lost_slot(err), slot, "errno {err}");
+        assert_eq!(flow::failure_cause(Some(err), false), cause, "errno {err}");
+    }
+}

@@ -212,6 +212,19 @@ impl Metrics {
                 *v as f64,
             );
         }
+        // Failed connects whose CLOSE record was lost: the kernel counted them by cause.
+        for (cause, n) in &h.kernel.connect_failed_lost {
+            if *n > 0 {
+                f.value(
+                    &[
+                        ("cause", s(cause)),
+                        ("role", s("client")),
+                        ("peer", lost_label()),
+                    ],
+                    *n as f64,
+                );
+            }
+        }
         f.done(out);
 
         let mut f = Fam::new(

@@ -366,6 +366,22 @@ fn ten_thousand_peers_fold_into_other_under_the_series_cap() {
             ),
         ],
     );
+    for kind in ["state_change", "connect", "destroy"] {
+        eprintln!(
+            "   {kind}: kernel {} records {} lost {}",
+            sum(&lines, "linkprobe_kernel_events_total", &[("kind", kind)]),
+            sum(
+                &lines,
+                "linkprobe_records_received_total",
+                &[("kind", kind)]
+            ),
+            sum(&lines, "linkprobe_events_lost_total", &[("kind", kind)])
+        );
+    }
+    eprintln!(
+        "   kernel connect failures {}",
+        sum(&lines, "linkprobe_kernel_connect_failures_total", &[])
+    );
     assert!(exposition < 2000, "{exposition} lines");
     assert!(traffic <= cap, "{traffic} > {cap}");
     assert_eq!(conn_total, active_opens);
@@ -453,15 +469,34 @@ fn a_full_ring_keeps_metric_sums_exact_with_lost_records_under_peer_lost() {
             "linkprobe_kernel_events_total",
             &[("kind", "rst_received")],
         ) as u64;
+    let refused = sum(
+        &lines,
+        "linkprobe_tcp_connect_failures_total",
+        &[("cause", "refused")],
+    ) as u64;
+    let refused_lost = sum(
+        &lines,
+        "linkprobe_tcp_connect_failures_total",
+        &[("cause", "refused"), ("peer", "lost")],
+    ) as u64;
+    let attempt_fails = delta(&before, &after, "TcpAttemptFails");
     report(
         "metrics with a full ring",
         &[
+            (
+                "failures refused (incl. peer=lost) vs TcpAttemptFails",
+                refused,
+                attempt_fails,
+            ),
             ("resets sent vs TcpOutRsts", sent, out_rsts),
             ("resets (all) vs kernel RST events", all, kernel_rsts),
             ("peer=\"lost\" vs kernel RST losses", lost, kernel_lost),
         ],
     );
     assert!(lost > 0, "the ring should have overflowed");
+    assert_eq!(refused, attempt_fails);
+    eprintln!("   of which peer=\"lost\" (CLOSE record lost, cause counted in the kernel): {refused_lost}");
+    assert!(refused_lost > 0, "CLOSE records were lost too");
     assert_eq!(sent, out_rsts);
     assert_eq!(all, kernel_rsts);
     assert_eq!(lost, kernel_lost);

@@ -33,6 +33,7 @@ use crate::{
     output_flow,
     pipeline::{monotonic_ns, Pipeline},
     preflight::{self, PreflightError},
+    progstats,
     reader::{EventReader, ReaderError},
     scope::{self, ScopeError},
 };
@@ -369,6 +370,7 @@ impl<'a> Sink<'a> {
             }
         };
         let detect = self.pipeline.detectors.stats();
+        let recursion_misses = progstats::recursion_misses(&self.loaded.ebpf, &self.loaded.probes);
         let health = Health {
             kernel: &kernel,
             records: &self.records,
@@ -377,6 +379,7 @@ impl<'a> Sink<'a> {
             max_flows: self.config.flows.max_flows,
             detect: &detect,
             probes: &self.loaded.probes,
+            recursion_misses: &recursion_misses,
             version: env!("CARGO_PKG_VERSION"),
             kernel_release: &self.kernel_release,
         };

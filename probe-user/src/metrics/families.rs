@@ -27,6 +27,8 @@ pub struct Health<'a> {
     pub max_flows: usize,
     pub detect: &'a DetectStats,
     pub probes: &'a [ProbeStatus],
+    /// Times the kernel skipped each probe (`progstats`).
+    pub recursion_misses: &'a BTreeMap<&'static str, u64>,
     pub version: &'a str,
     pub kernel_release: &'a str,
 }
@@ -398,6 +400,16 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
             &[("probe", s(p.spec.program)), ("hook", p.target.clone())],
             if up { 1.0 } else { 0.0 },
         );
+    }
+    f.done(out);
+
+    let mut f = counter(
+        "linkprobe_probe_recursion_misses_total",
+        "Times the kernel skipped the probe because a tracing program already ran on that CPU \
+         (those events are neither counted nor sent).",
+    );
+    for (probe, n) in h.recursion_misses {
+        f.value(&[("probe", s(probe))], *n as f64);
     }
     f.done(out);
 

@@ -73,6 +73,7 @@ fn encode(m: &Metrics, kernel: &KernelCounters) -> (Vec<MetricFamily>, String) {
         max_flows: 65_536,
         detect: &detect,
         probes: &probes,
+        recursion_misses: &BTreeMap::from([("lp_rst_sent", 0)]),
         version: "0.1.0",
         kernel_release: "6.18.0",
     };
@@ -408,6 +409,7 @@ fn anomaly_series_count_against_the_cap_and_fold_past_it() {
         max_flows: 1,
         detect: &detect,
         probes: &[],
+        recursion_misses: &BTreeMap::new(),
         version: "0",
         kernel_release: "0",
     };

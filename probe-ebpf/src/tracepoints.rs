@@ -137,30 +137,19 @@ pub fn handle(tp: &TracePointContext, layout: &TpLayout, kind: EventKind) -> Res
         return Ok(0);
     };
     let ev = slot.ev();
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.kind = kind as u32;
-    if let Some(n) = netns {
-        ev.netns_cookie = n;
-        ev.flags |= flags::NETNS;
-    }
-
-    // States.
-    if kind == EventKind::StateChange {
-        ev.old_state = field::<i32>(ctx, layout.oldstate).unwrap_or(0) as u8;
-        ev.new_state = field::<i32>(ctx, layout.newstate).unwrap_or(0) as u8;
+    let (old_state, new_state) = if kind == EventKind::StateChange {
+        (
+            field::<i32>(ctx, layout.oldstate).unwrap_or(0) as u8,
+            field::<i32>(ctx, layout.newstate).unwrap_or(0) as u8,
+        )
     } else {
         let state = match field::<i32>(ctx, layout.state) {
             Some(s) => s as u8,
             None => sock::sk_state(sk).unwrap_or(0),
         };
-        ev.old_state = state;
-        ev.new_state = state;
-    }
-
-    count_event(kind);
-    if kind == EventKind::StateChange && ev.old_state == TCP_SYN_SENT && ev.new_state == TCP_CLOSE {
-        count_misc(misc::CONNECT_FAILED);
-    }
+        (state, state)
+    };
+    begin(ev, kind, netns, old_state, new_state);
     if kind == EventKind::RstSent {
         match field::<u32>(ctx, layout.reason) {
             Some(reason) => {
@@ -197,20 +186,7 @@ pub fn handle(tp: &TracePointContext, layout: &TpLayout, kind: EventKind) -> Res
     }
 
     attach_owner(kind, sk, ev);
-    if kind == EventKind::StateChange {
-        if let Some(id) = sock::sk_cgroup_id(sk) {
-            ev.args[2] = id as u32;
-            ev.args[3] = (id >> 32) as u32;
-            ev.flags |= flags::CGROUP;
-        }
-    }
-    if kind == EventKind::StateChange && ev.new_state == TCP_CLOSE {
-        if let Some(err) = sock::sk_err(sk) {
-            ev.args[1] = err as u32;
-            ev.flags |= flags::SK_ERR;
-        }
-    }
-
+    socket_state_extras(kind, sk, ev);
     fill_addrs(ctx, layout, ev);
     emit(kind, ev);
     if kind == EventKind::RstSent || kind == EventKind::RstReceived {
@@ -261,24 +237,13 @@ pub fn handle_raw(
         return Ok(0);
     };
     let ev = slot.ev();
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.kind = kind as u32;
-    if let Some(n) = netns {
-        ev.netns_cookie = n;
-        ev.flags |= flags::NETNS;
-    }
-    if kind == EventKind::StateChange {
-        ev.old_state = tp.arg::<u64>(1) as u8;
-        ev.new_state = tp.arg::<u64>(2) as u8;
+    let (old_state, new_state) = if kind == EventKind::StateChange {
+        (tp.arg::<u64>(1) as u8, tp.arg::<u64>(2) as u8)
     } else {
         let state = sock::sk_state(sk).unwrap_or(0);
-        ev.old_state = state;
-        ev.new_state = state;
-    }
-    count_event(kind);
-    if kind == EventKind::StateChange && ev.old_state == TCP_SYN_SENT && ev.new_state == TCP_CLOSE {
-        count_misc(misc::CONNECT_FAILED);
-    }
+        (state, state)
+    };
+    begin(ev, kind, netns, old_state, new_state);
 
     // For SYN-ACK retransmits the flow is the request socket's.
     let flow_sk: u64 = if kind == EventKind::RetransmitSynack {
@@ -308,22 +273,48 @@ pub fn handle_raw(
     }
 
     attach_owner(kind, sk, ev);
-    if kind == EventKind::StateChange {
-        if let Some(id) = sock::sk_cgroup_id(sk) {
-            ev.args[2] = id as u32;
-            ev.args[3] = (id >> 32) as u32;
-            ev.flags |= flags::CGROUP;
-        }
-        if ev.new_state == TCP_CLOSE {
-            if let Some(err) = sock::sk_err(sk) {
-                ev.args[1] = err as u32;
-                ev.flags |= flags::SK_ERR;
-            }
-        }
-    }
+    socket_state_extras(kind, sk, ev);
     sock::fill_addrs(flow_sk, ev);
     emit(kind, ev);
     Ok(0)
+}
+
+/// The header every record shares; counts the event (always before the ring reserve, so totals
+/// stay exact) and a failed connect (SYN_SENT → CLOSE).
+#[inline(always)]
+fn begin(ev: &mut FlowEvent, kind: EventKind, netns: Option<u64>, old_state: u8, new_state: u8) {
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.kind = kind as u32;
+    if let Some(n) = netns {
+        ev.netns_cookie = n;
+        ev.flags |= flags::NETNS;
+    }
+    ev.old_state = old_state;
+    ev.new_state = new_state;
+    count_event(kind);
+    if kind == EventKind::StateChange && old_state == TCP_SYN_SENT && new_state == TCP_CLOSE {
+        count_misc(misc::CONNECT_FAILED);
+    }
+}
+
+/// On state changes: the socket's cgroup id, and its error when it closes (which types a
+/// failed connect: refused, timed out, unreachable).
+#[inline(always)]
+fn socket_state_extras(kind: EventKind, sk: u64, ev: &mut FlowEvent) {
+    if kind != EventKind::StateChange {
+        return;
+    }
+    if let Some(id) = sock::sk_cgroup_id(sk) {
+        ev.args[2] = id as u32;
+        ev.args[3] = (id >> 32) as u32;
+        ev.flags |= flags::CGROUP;
+    }
+    if ev.new_state == TCP_CLOSE {
+        if let Some(err) = sock::sk_err(sk) {
+            ev.args[1] = err as u32;
+            ev.flags |= flags::SK_ERR;
+        }
+    }
 }
 
 /// connect() moves the socket to SYN_SENT in the caller's context: the one moment a tracepoint

@@ -3,7 +3,9 @@
 use std::{collections::BTreeMap, fs::File, path::PathBuf};
 
 use aya::{
-    programs::{links::CgroupAttachMode, RawTracePoint, SockOps, TracePoint},
+    programs::{
+        links::CgroupAttachMode, Program, ProgramError, RawTracePoint, SockOps, TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use probe_common::{KernelOffsets, RepeatRstConfig, ScopeFilter, TpLayout, Tuning};
@@ -281,44 +283,52 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, spec: ProbeSpec, tp: Tracepoint) -> ProbeState {
+/// Loads one program of type `P` and attaches it; each failure becomes an OFF state that says
+/// why.
+fn load_and_attach<P>(
+    ebpf: &mut Ebpf,
+    spec: ProbeSpec,
+    load: impl FnOnce(&mut P) -> Result<(), ProgramError>,
+    attach: impl FnOnce(&mut P) -> Result<(), ProgramError>,
+) -> ProbeState
+where
+    for<'a> &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
     let Some(prog) = ebpf.program_mut(spec.program) else {
         return ProbeState::Off(format!("program {} missing from the object", spec.program));
     };
-    let prog: &mut TracePoint = match prog.try_into() {
+    let prog: &mut P = match prog.try_into() {
         Ok(p) => p,
         Err(e) => return program_error("wrong program type", e),
     };
-    if let Err(e) = prog.load() {
+    if let Err(e) = load(prog) {
         return ProbeState::Off(format!(
             "the verifier rejected it: {}",
             verifier_summary(&e)
         ));
     }
-    match prog.attach(tp.category(), tp.name()) {
-        Ok(_) => ProbeState::Attached,
+    match attach(prog) {
+        Ok(()) => ProbeState::Attached,
         Err(e) => program_error("attach failed", e),
     }
 }
 
+fn attach_tracepoint(ebpf: &mut Ebpf, spec: ProbeSpec, tp: Tracepoint) -> ProbeState {
+    load_and_attach(
+        ebpf,
+        spec,
+        |p: &mut TracePoint| p.load(),
+        |p| p.attach(tp.category(), tp.name()).map(drop),
+    )
+}
+
 fn attach_raw_tracepoint(ebpf: &mut Ebpf, spec: ProbeSpec, tp: Tracepoint) -> ProbeState {
-    let Some(prog) = ebpf.program_mut(spec.program) else {
-        return ProbeState::Off(format!("program {} missing from the object", spec.program));
-    };
-    let prog: &mut RawTracePoint = match prog.try_into() {
-        Ok(p) => p,
-        Err(e) => return program_error("wrong program type", e),
-    };
-    if let Err(e) = prog.load() {
-        return ProbeState::Off(format!(
-            "the verifier rejected it: {}",
-            verifier_summary(&e)
-        ));
-    }
-    match prog.attach(tp.name()) {
-        Ok(_) => ProbeState::Attached,
-        Err(e) => program_error("attach failed", e),
-    }
+    load_and_attach(
+        ebpf,
+        spec,
+        |p: &mut RawTracePoint| p.load(),
+        |p| p.attach(tp.name()).map(drop),
+    )
 }
 
 fn attach_sock_ops(

@@ -17,6 +17,8 @@ mod parse;
 mod test_builder;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_offsets;
 
 pub use offsets::kernel_offsets;
 use parse::{str_at, Extra, Kind, Member, TypeEntry};

@@ -450,6 +450,7 @@ impl<'a> Sink<'a> {
             decode_errors: self.decode_errors,
             config: &self.config,
             started: self.started,
+            kernel_release: &self.kernel_release,
         };
         // The client may have given up (timeout): nothing to do then.
         let _ = q.reply.send(api::answer::answer(&q.query, &st));

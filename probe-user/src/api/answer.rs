@@ -36,6 +36,8 @@ pub struct LoopState<'a> {
     pub decode_errors: u64,
     pub config: &'a Config,
     pub started: Instant,
+    /// The running kernel's release, read once at start.
+    pub kernel_release: &'a str,
 }
 
 /// Converts one of the contract views into its owned API record: the same serialisation, so
@@ -145,9 +147,7 @@ fn status(st: &LoopState<'_>) -> StatusReport {
     let detect = st.pipeline.detectors.stats();
     StatusReport {
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_else(|_| "unknown".to_owned()),
+        kernel: st.kernel_release.to_owned(),
         pid: std::process::id(),
         uptime_secs: st.started.elapsed().as_secs(),
         probes: st

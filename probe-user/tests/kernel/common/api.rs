@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::tracer::Tracer;
+use super::tracer::{line_channel, Tracer};
 
 pub struct Daemon {
     tracer: Option<Tracer>,
@@ -113,14 +113,7 @@ impl Stream {
             .expect("spawn linkprobe");
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = line_channel(stdout);
         let (ready_tx, ready) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {

@@ -9,6 +9,20 @@ use std::{
 
 use serde_json::Value;
 
+/// Every line a child writes on `out`, as a channel fed by a reader thread (so tests can wait
+/// with a timeout).
+pub fn line_channel(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 pub struct Tracer {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -44,14 +58,7 @@ impl Tracer {
             .expect("spawn linkprobe");
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = line_channel(stdout);
         let stderr = std::thread::spawn(move || {
             let mut all = String::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {

@@ -119,16 +119,31 @@ pub struct MountReport {
 /// Mounts tracefs and bpffs where missing.
 pub fn ensure_kernel_fs() -> Result<MountReport, MountError> {
     let entries = read_mounts()?;
-    let mut report = MountReport::default();
-    if !is_mounted(&entries, "tracefs", Path::new(TRACEFS)) {
-        mount("tracefs", TRACEFS)?;
-        report.mounted_tracefs = true;
+    Ok(MountReport {
+        mounted_tracefs: ensure_mounted(&entries, "tracefs", TRACEFS)?,
+        mounted_bpffs: ensure_mounted(&entries, "bpf", BPFFS)?,
+    })
+}
+
+/// Mounts `fstype` at `target` unless it is there; true when this call mounted it. Another
+/// process (a second linkprobe starting, a node's other agent) may mount it at the same moment:
+/// the kernel then answers EBUSY, so a failed mount that /proc/mounts now shows is success.
+fn ensure_mounted(
+    entries: &[MountEntry],
+    fstype: &'static str,
+    target: &str,
+) -> Result<bool, MountError> {
+    if is_mounted(entries, fstype, Path::new(target)) {
+        return Ok(false);
     }
-    if !is_mounted(&entries, "bpf", Path::new(BPFFS)) {
-        mount("bpf", BPFFS)?;
-        report.mounted_bpffs = true;
+    match mount(fstype, target) {
+        Ok(()) => Ok(true),
+        Err(e) if is_mounted(&read_mounts()?, fstype, Path::new(target)) => {
+            log::debug!("{fstype} was mounted concurrently at {target} ({e})");
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
-    Ok(report)
 }
 
 /// The first cgroup2 mount in /proc/mounts (on hybrid hosts `/sys/fs/cgroup/unified`).

@@ -1,42 +1,50 @@
-//! The one ring-buffer record type and the in-kernel counter indices.
+//! The ring-buffer record, the per-flow state the kernel keeps (and copies into every record
+//! of a flow), and the indices of the in-kernel counters.
+//!
+//! The contract is "keep the flow's state in the kernel, send what matters": a healthy flow
+//! costs one [`EventKind::FlowEnd`] record when it reaches CLOSE; exceptions (RSTs sent, SYN
+//! and SYN-ACK retransmits, rate-limited data retransmits and RTOs, repeat-RST alerts) are sent
+//! at once; every other hook hit is only counted, unless detail is on for the flow (then every
+//! hook hit is a record, for `linkprobe trace`). Every record of a flow carries the flow's
+//! [`FlowState`] as it is after the hit, so userspace derives facts from counter deltas and a
+//! lost record only delays them until the next record of the flow.
 
-/// What produced a [`FlowEvent`]. Values index the per-CPU counter arrays.
+/// What produced a [`FlowRecord`]. Values index the per-CPU counter arrays.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// sock_ops `TCP_CONNECT_CB`: an active open starts (SYN about to be sent).
-    Connect = 0,
-    /// sock_ops `ACTIVE_ESTABLISHED_CB`: our SYN was answered, handshake done.
-    ActiveEstablished = 1,
-    /// sock_ops `PASSIVE_ESTABLISHED_CB`: an accepted connection finished its handshake.
-    PassiveEstablished = 2,
-    /// sock_ops `STATE_CB`: state change with the socket's counters.
-    SockOpsState = 3,
-    /// sock_ops `RETRANS_CB`: a retransmission attempt (args: seq, segs, result).
-    SockOpsRetrans = 4,
-    /// sock_ops `RTO_CB`: a retransmission timer fired.
-    Rto = 5,
-    /// sock_ops `RTT_CB`: an RTT sample. Counted every time; records are rate-limited per flow.
-    Rtt = 6,
-    /// tracepoint `tcp:tcp_receive_reset`.
-    RstReceived = 7,
-    /// tracepoint `tcp:tcp_send_reset`.
-    RstSent = 8,
-    /// tracepoint `tcp:tcp_retransmit_skb`.
-    RetransmitSkb = 9,
-    /// tracepoint `tcp:tcp_retransmit_synack`.
-    RetransmitSynack = 10,
-    /// tracepoint `tcp:tcp_destroy_sock`.
-    DestroySock = 11,
-    /// tracepoint `sock:inet_sock_set_state` (TCP only).
-    StateChange = 12,
-    /// In-kernel repeat-RST check fired (same socket, remote endpoint or local port within the
-    /// window). `args[0]` = [`repeat_scope`], `args[1]` = RSTs counted in the window.
-    RepeatRst = 13,
+    /// A flow reached CLOSE: its summary (state, `sk_err`, socket counters). Always a record.
+    FlowEnd = 0,
+    /// connect(): CLOSE → SYN_SENT. Counted; a record with detail only.
+    Connect = 1,
+    /// SYN_SENT → ESTABLISHED. Counted; a record with detail only.
+    ActiveEstablished = 2,
+    /// SYN_RECV → ESTABLISHED (an accepted connection). Counted; a record with detail only.
+    PassiveEstablished = 3,
+    /// Any TCP state change (the kinds above are also counted here). A record with detail only.
+    StateChange = 4,
+    /// `tcp_receive_reset`. Counted in the flow; its FlowEnd follows at once (a received RST
+    /// always closes the socket), so a record with detail only.
+    RstReceived = 5,
+    /// `tcp_send_reset`. Always a record (with or without a socket).
+    RstSent = 6,
+    /// `tcp_retransmit_skb`. SYNs: always a record. Data: at most one record per flow per
+    /// report interval; every one counted in the flow.
+    Retransmit = 7,
+    /// `tcp_retransmit_synack` (a listener's request socket). Always a record.
+    RetransmitSynack = 8,
+    /// sock_ops RTO callback: the retransmission timer fired. Counted in the flow; a record at
+    /// most once per flow per report interval, and not in SYN_SENT (its SYN retransmit is one).
+    Rto = 9,
+    /// In-kernel repeat-RST check fired. `args[0]` = [`repeat_scope`], `args[1]` = RSTs in
+    /// the window.
+    RepeatRst = 10,
+    /// An open flow, written by the open-flow iterator when userspace asks (never in the ring).
+    Open = 11,
 }
 
 /// Number of [`EventKind`] values; length of the per-kind counter arrays.
-pub const EVENT_KIND_COUNT: u32 = 14;
+pub const EVENT_KIND_COUNT: u32 = 12;
 
 /// `args[0]` of [`EventKind::RepeatRst`] records.
 pub mod repeat_scope {
@@ -47,20 +55,18 @@ pub mod repeat_scope {
 
 impl EventKind {
     pub const ALL: [EventKind; EVENT_KIND_COUNT as usize] = [
+        EventKind::FlowEnd,
         EventKind::Connect,
         EventKind::ActiveEstablished,
         EventKind::PassiveEstablished,
-        EventKind::SockOpsState,
-        EventKind::SockOpsRetrans,
-        EventKind::Rto,
-        EventKind::Rtt,
+        EventKind::StateChange,
         EventKind::RstReceived,
         EventKind::RstSent,
-        EventKind::RetransmitSkb,
+        EventKind::Retransmit,
         EventKind::RetransmitSynack,
-        EventKind::DestroySock,
-        EventKind::StateChange,
+        EventKind::Rto,
         EventKind::RepeatRst,
+        EventKind::Open,
     ];
 
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -74,18 +80,37 @@ pub mod misc {
     pub const CONNECT_FAILED: u32 = 0;
     /// Events dropped by the scope filter because the socket's netns/cgroup could not be read.
     pub const SCOPE_UNKNOWN: u32 = 1;
-    /// RTT callbacks that were counted but not sent as records (per-flow rate limit).
-    pub const RTT_NOT_SAMPLED: u32 = 2;
-    /// `bpf_sock_ops_cb_flags_set` failures (the socket will miss STATE/RETRANS/RTO/RTT callbacks).
-    pub const CB_FLAGS_FAILED: u32 = 3;
-    /// SYN_SENT → CLOSE records the ring could not take, by the socket's error: their failure
-    /// cause is counted here so the exported failure totals stay exact under loss.
-    pub const CONNECT_FAILED_LOST_REFUSED: u32 = 4;
-    pub const CONNECT_FAILED_LOST_TIMEOUT: u32 = 5;
-    pub const CONNECT_FAILED_LOST_UNREACHABLE: u32 = 6;
+    /// `bpf_sock_ops_cb_flags_set` failures (the socket will miss RTO callbacks).
+    pub const CB_FLAGS_FAILED: u32 = 2;
+    /// Failed connects whose FlowEnd record the ring could not take, by the socket's error:
+    /// the exported failure totals stay exact under loss.
+    pub const CONNECT_FAILED_LOST_REFUSED: u32 = 3;
+    pub const CONNECT_FAILED_LOST_TIMEOUT: u32 = 4;
+    pub const CONNECT_FAILED_LOST_UNREACHABLE: u32 = 5;
     /// Any other (or unreadable) `sk_err`.
-    pub const CONNECT_FAILED_LOST_OTHER: u32 = 7;
-    pub const COUNT: u32 = 8;
+    pub const CONNECT_FAILED_LOST_OTHER: u32 = 6;
+    /// Flow state could not be created (out of memory): the flow is reported without it.
+    pub const STATE_CREATE_FAILED: u32 = 7;
+    /// Flows first seen after their start (opened before linkprobe, or their state was
+    /// evicted from the fallback LRU map).
+    pub const STATE_LATE: u32 = 8;
+    /// Data-retransmit and RTO hits counted in their flow but not sent as a record (the
+    /// per-flow report interval): the flow's next record carries them.
+    pub const HELD_BACK: u32 = 9;
+    /// Facts whose only record was lost: the kernel counted them here, so exported totals
+    /// stay exact (userspace shows them under `peer="lost"`).
+    pub const LOST_CONN_CLIENT: u32 = 10;
+    pub const LOST_CONN_SERVER: u32 = 11;
+    pub const LOST_RST_SENT: u32 = 12;
+    pub const LOST_RST_RECEIVED: u32 = 13;
+    pub const LOST_RETRANS_SYN: u32 = 14;
+    pub const LOST_RETRANS_DATA: u32 = 15;
+    pub const LOST_RETRANS_FAILED: u32 = 16;
+    pub const LOST_RTO: u32 = 17;
+    pub const LOST_RETRANS_SYNACK: u32 = 18;
+    /// Connections ended by an RST whose closing record was lost.
+    pub const LOST_FAIL_RESET: u32 = 19;
+    pub const COUNT: u32 = 20;
 
     /// Linux errno values of the connect failures (asm-generic/errno.h).
     pub const ECONNREFUSED: i32 = 111;
@@ -109,33 +134,139 @@ pub mod misc {
 /// Slots in the `RST_REASON_COUNTS` array; reasons at or above the last slot share it.
 pub const RST_REASON_SLOTS: u32 = 128;
 
-/// `FlowEvent::flags` bits.
+/// `FlowRecord::flags` bits.
 pub mod flags {
-    /// `cookie` holds the socket cookie. Unset: no socket (e.g. RST for a closed port) or its
-    /// cookie was never generated.
+    /// `cookie` holds the socket cookie. Unset: no socket (e.g. RST for a closed port).
     pub const COOKIE: u32 = 1 << 0;
     /// Addresses are IPv6 (else IPv4 in the first 4 bytes).
     pub const IPV6: u32 = 1 << 1;
-    /// `pid`/`comm` are the process that owns the socket (the hook ran in its context).
-    pub const PID: u32 = 1 << 2;
+    /// `flow` holds the flow's state after this hit.
+    pub const FLOW: u32 = 1 << 2;
     /// `reason` holds the kernel's `sk_rst_reason` (tcp_send_reset on kernels with it).
     pub const REASON: u32 = 1 << 3;
-    /// The socket counters (`srtt_us` … `bytes_acked`) are filled (sock_ops events).
+    /// `stats` holds the socket's counters (FlowEnd, data retransmits, RTOs).
     pub const STATS: u32 = 1 << 4;
     /// `netns_cookie` is filled.
     pub const NETNS: u32 = 1 << 5;
     /// The event has no socket: addresses come from the packet.
     pub const NO_SOCKET: u32 = 1 << 6;
-    /// `args[1]` holds the socket's `sk_err` (state changes to CLOSE).
+    /// `sk_err` holds the socket's error (FlowEnd, and state changes to CLOSE).
     pub const SK_ERR: u32 = 1 << 7;
-    /// `args[2]` (low) and `args[3]` (high) hold the socket's cgroup v2 id (state changes).
-    pub const CGROUP: u32 = 1 << 8;
+    /// `args[0]` holds the retransmit's `err` (tcp_retransmit_skb on kernels with it).
+    pub const ERR: u32 = 1 << 8;
+}
+
+/// `FlowState::role` values.
+pub mod role {
+    pub const UNKNOWN: u8 = 0;
+    /// connect() on this socket.
+    pub const CLIENT: u8 = 1;
+    /// Accepted from a listener.
+    pub const SERVER: u8 = 2;
+    /// A listening socket: its state only carries the owner its accepted sockets inherit.
+    pub const LISTENER: u8 = 3;
+}
+
+/// `FlowState::flags` bits.
+pub mod state_flags {
+    /// `pid`, `comm` and `cgroup_id` were taken in the owner's process context (connect(),
+    /// listen()); accepted sockets inherit their listener's.
+    pub const OWNER: u8 = 1 << 0;
+    /// The FlowEnd record was sent (or counted lost): later records are post-close facts.
+    pub const ENDED: u8 = 1 << 1;
+    /// A record of this flow reached the ring: userspace knows the flow exists.
+    pub const DELIVERED: u8 = 1 << 2;
+    /// First seen after its start (opened before linkprobe, or state evicted).
+    pub const LATE: u8 = 1 << 3;
+    /// Every hook hit of this flow is sent as a record (detail on for it).
+    pub const DETAIL: u8 = 1 << 4;
+}
+
+/// Per-flow counts of the facts the kernel saw. Userspace turns increases into signals.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounts {
+    pub syn_retrans: u32,
+    pub data_retrans: u32,
+    /// Retransmits the kernel could not send (`err` != 0, 6.13+).
+    pub retrans_failed: u32,
+    pub rtos: u32,
+    pub rst_sent: u32,
+    pub rst_received: u32,
+}
+
+impl FlowCounts {
+    /// Field-wise `self - earlier` (saturating): the facts added since `earlier`.
+    pub const fn since(&self, earlier: &FlowCounts) -> FlowCounts {
+        FlowCounts {
+            syn_retrans: self.syn_retrans.saturating_sub(earlier.syn_retrans),
+            data_retrans: self.data_retrans.saturating_sub(earlier.data_retrans),
+            retrans_failed: self.retrans_failed.saturating_sub(earlier.retrans_failed),
+            rtos: self.rtos.saturating_sub(earlier.rtos),
+            rst_sent: self.rst_sent.saturating_sub(earlier.rst_sent),
+            rst_received: self.rst_received.saturating_sub(earlier.rst_received),
+        }
+    }
+}
+
+/// What the kernel keeps per flow (socket local storage, or the fallback LRU map), created at
+/// connect() / accept / first sight. Copied into every record of the flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// connect() (clients), the accepted socket's creation (servers), or first sight (LATE).
+    pub start_ns: u64,
+    /// 0 until ESTABLISHED.
+    pub established_ns: u64,
+    pub cookie: u64,
+    pub netns_cookie: u64,
+    /// cgroup v2 id of the owner (the socket's cgroup when no process context was seen).
+    pub cgroup_id: u64,
+    /// Last data-retransmit / RTO record sent (the per-flow report interval). Kernel-internal.
+    pub last_report_ns: u64,
+    /// Last RST of this flow, for the socket-scope repeat-RST check. Kernel-internal.
+    pub last_rst_ns: u64,
+    /// Thread-group id of the owner when [`state_flags::OWNER`] is set.
+    pub pid: u32,
+    /// `sk_rst_reason` of the last RST sent on this flow (kernels with reasons).
+    pub last_rst_reason: u32,
+    pub comm: [u8; 16],
+    pub counts: FlowCounts,
+    /// `counts` as carried by the last record of this flow that reached the ring: what
+    /// userspace knows. Kernel-internal: decides what a lost FlowEnd takes with it.
+    pub reported: FlowCounts,
+    /// RSTs of this flow in the current repeat-RST window. Kernel-internal.
+    pub rst_window: u32,
+    /// Local port (host order) once bound: the kernel releases it before the CLOSE hook runs.
+    pub local_port: u16,
+    /// [`role`] value.
+    pub role: u8,
+    /// [`state_flags`] bits.
+    pub flags: u8,
+}
+
+/// The socket's own counters (`struct tcp_sock`), read at FlowEnd and on data retransmits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockStats {
+    /// Smoothed RTT in µs (`srtt_us >> 3`).
+    pub srtt_us: u32,
+    /// Windowed minimum RTT in µs (`rtt_min`).
+    pub min_rtt_us: u32,
+    pub total_retrans: u32,
+    pub segs_in: u32,
+    pub segs_out: u32,
+    pub data_segs_in: u32,
+    pub data_segs_out: u32,
+    pub _pad: u32,
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
 }
 
 /// One ring-buffer record. Fixed size so the decoder can check it before reading.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowEvent {
+pub struct FlowRecord {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC, boot-relative).
     pub ts_ns: u64,
     pub cookie: u64,
@@ -158,28 +289,86 @@ pub struct FlowEvent {
     pub saddr: [u8; 16],
     /// Remote address, network byte order; IPv4 in the first 4 bytes.
     pub daddr: [u8; 16],
-    /// RST reason (`sk_rst_reason`) for `RstSent`.
+    /// RST reason (`sk_rst_reason`) for `RstSent` when [`flags::REASON`] is set.
     pub reason: u32,
-    /// Thread-group id when [`flags::PID`] is set.
-    pub pid: u32,
-    pub comm: [u8; 16],
-    /// Kind-specific arguments (sock_ops args, tracepoint `err`, RTT sample in µs).
-    pub args: [u32; 4],
-    /// Smoothed RTT in µs (sock_ops `srtt_us >> 3`).
-    pub srtt_us: u32,
-    pub total_retrans: u32,
-    pub segs_in: u32,
-    pub segs_out: u32,
-    pub data_segs_in: u32,
-    pub data_segs_out: u32,
-    pub bytes_received: u64,
-    pub bytes_acked: u64,
+    /// The socket's error when [`flags::SK_ERR`] is set.
+    pub sk_err: i32,
+    /// Kind-specific arguments (retransmit `err`, repeat-RST scope and count).
+    pub args: [u32; 2],
+    /// The flow after this hit, when [`flags::FLOW`] is set.
+    pub flow: FlowState,
+    /// Socket counters, when [`flags::STATS`] is set.
+    pub stats: SockStats,
 }
 
 /// Size checked by the decoder; a mismatch means kernel and userspace objects differ.
-pub const FLOW_EVENT_SIZE: usize = core::mem::size_of::<FlowEvent>();
+pub const FLOW_RECORD_SIZE: usize = core::mem::size_of::<FlowRecord>();
 
-const _: () = assert!(FLOW_EVENT_SIZE == 152);
+const _: () = assert!(core::mem::size_of::<FlowCounts>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 136);
+const _: () = assert!(core::mem::size_of::<SockStats>() == 48);
+const _: () = assert!(FLOW_RECORD_SIZE == 272);
+
+/// How a flow ended, decided the same way in the kernel (for the counts a lost FlowEnd takes
+/// with it) and in userspace (the flow table's close cause).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseClass {
+    Fin,
+    RstReceived,
+    RstSent,
+    Refused,
+    Timeout,
+    Unreachable,
+}
+
+impl CloseClass {
+    /// A connect that never established is typed by the kernel's `sk_err` (a received RST
+    /// without one is a refusal, no error at all a timeout); any other flow by its RSTs.
+    pub const fn of(
+        role: u8,
+        established: bool,
+        sk_err: i32,
+        rst_sent: u32,
+        rst_received: u32,
+    ) -> CloseClass {
+        if role == role::CLIENT && !established {
+            return match sk_err {
+                misc::ECONNREFUSED => CloseClass::Refused,
+                misc::ETIMEDOUT => CloseClass::Timeout,
+                misc::ENETDOWN | misc::ENETUNREACH | misc::EHOSTDOWN | misc::EHOSTUNREACH => {
+                    CloseClass::Unreachable
+                }
+                _ if rst_received > 0 => CloseClass::Refused,
+                _ => CloseClass::Timeout,
+            };
+        }
+        if rst_received > 0 {
+            CloseClass::RstReceived
+        } else if rst_sent > 0 {
+            CloseClass::RstSent
+        } else {
+            CloseClass::Fin
+        }
+    }
+}
+
+/// TCP states (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const LISTEN: u8 = 10;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// Address families and protocols the programs check.
+pub mod net {
+    pub const AF_INET: u16 = 2;
+    pub const AF_INET6: u16 = 10;
+    pub const IPPROTO_TCP: u16 = 6;
+}
 
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for FlowEvent {}
+unsafe impl aya::Pod for FlowRecord {}

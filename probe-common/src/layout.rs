@@ -1,8 +1,8 @@
 //! Load-time configuration handed to the eBPF programs as read-only globals.
 //!
-//! Tracepoint record layouts and kernel struct offsets differ between kernels, so userspace
-//! reads them at load time (tracefs `format` files, `/sys/kernel/btf/vmlinux`) and passes them
-//! in here. Nothing in the eBPF object hard-codes an offset.
+//! Kernel struct offsets and tracepoint arguments differ between kernels, so userspace reads
+//! them at load time (`/sys/kernel/btf/vmlinux`, tracefs `format` files) and passes them in
+//! here. Nothing in the eBPF object hard-codes an offset.
 
 /// Marker for "this field does not exist on this kernel".
 pub const ABSENT: u16 = u16::MAX;
@@ -15,7 +15,9 @@ pub mod addr_style {
     pub const SOCKADDR: u16 = 1;
 }
 
-/// Byte offsets of the fields one tracepoint program reads from its record.
+/// Byte offsets of a tracepoint record's fields, from its tracefs `format` file. The programs
+/// take TP_PROTO arguments (BTF-typed or raw tracepoints); userspace uses this to know which
+/// arguments a kernel passes (`reason`, `err`) and to report the fields each kernel has.
 /// Every offset is [`ABSENT`] where the kernel's format has no such field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +127,25 @@ pub struct KernelOffsets {
     pub sk_v6_rcv_saddr: u32,
     /// `sock_common.skc_v6_daddr` (struct in6_addr; absent without IPv6).
     pub sk_v6_daddr: u32,
+    /// `tcp_sock.srtt_us` (u32, µs << 3).
+    pub tp_srtt_us: u32,
+    /// `tcp_sock.rtt_min` + `minmax_sample.v` (u32 µs): the windowed minimum RTT.
+    pub tp_min_rtt: u32,
+    /// `tcp_sock.total_retrans` (u32).
+    pub tp_total_retrans: u32,
+    /// `tcp_sock.segs_in`, `segs_out`, `data_segs_in`, `data_segs_out` (u32 each).
+    pub tp_segs_in: u32,
+    pub tp_segs_out: u32,
+    pub tp_data_segs_in: u32,
+    pub tp_data_segs_out: u32,
+    /// `tcp_sock.bytes_received`, `bytes_acked` (u64).
+    pub tp_bytes_received: u32,
+    pub tp_bytes_acked: u32,
+    /// `sk_buff.head` (pointer) and the `network_header` / `transport_header` offsets (u16)
+    /// from it: addresses of an RST sent without a socket.
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
     /// Non-zero when userspace filled these from BTF.
     pub valid: u32,
     pub _pad: u32,
@@ -153,6 +174,18 @@ impl KernelOffsets {
         sk_daddr: Self::ABSENT,
         sk_v6_rcv_saddr: Self::ABSENT,
         sk_v6_daddr: Self::ABSENT,
+        tp_srtt_us: Self::ABSENT,
+        tp_min_rtt: Self::ABSENT,
+        tp_total_retrans: Self::ABSENT,
+        tp_segs_in: Self::ABSENT,
+        tp_segs_out: Self::ABSENT,
+        tp_data_segs_in: Self::ABSENT,
+        tp_data_segs_out: Self::ABSENT,
+        tp_bytes_received: Self::ABSENT,
+        tp_bytes_acked: Self::ABSENT,
+        skb_head: Self::ABSENT,
+        skb_network_header: Self::ABSENT,
+        skb_transport_header: Self::ABSENT,
         valid: 0,
         _pad: 0,
     };
@@ -178,15 +211,56 @@ pub struct ScopeFilter {
 pub struct Tuning {
     /// Wake userspace once this many bytes wait in the ring (batching); a timer drains the rest.
     pub wakeup_bytes: u64,
-    /// Minimum gap between two RTT records of one flow, ns.
-    pub rtt_sample_ns: u64,
+    /// Minimum gap between two data-retransmit / RTO records of one flow, ns (every hit is
+    /// still counted in the flow).
+    pub report_interval_ns: u64,
 }
 
 impl Tuning {
     pub const DEFAULT: Tuning = Tuning {
         wakeup_bytes: 64 * 1024,
-        rtt_sample_ns: 1_000_000_000,
+        report_interval_ns: 1_000_000_000,
     };
+}
+
+/// TP_PROTO arguments that only some kernels pass.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookArgs {
+    /// 1 when `tcp_send_reset` passes `enum sk_rst_reason reason` as its third argument (6.10+).
+    pub rst_reason: u32,
+    /// 1 when `tcp_retransmit_skb` passes `int err` as its third argument (6.13+).
+    pub retransmit_err: u32,
+}
+
+/// Which flows get a record for every hook hit (`linkprobe trace`, or the daemon's
+/// `--detail`). Decided when the flow's state is created and when it is established (once its
+/// addresses are final), then kept as a flag in the flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DetailFilter {
+    /// [`detail_mode`] value.
+    pub mode: u32,
+    /// With `MATCH`: a flow matches when every set criterion matches. Port 0 = any.
+    pub port: u16,
+    /// Address family of `addr`; 0 = any address.
+    pub family: u16,
+    /// Remote address (network byte order, IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// Socket cookie; 0 = any.
+    pub cookie: u64,
+    /// cgroup v2 id of the flow's owner; 0 = any.
+    pub cgroup_id: u64,
+}
+
+/// [`DetailFilter::mode`] values.
+pub mod detail_mode {
+    /// Exceptions and summaries only (the default).
+    pub const OFF: u32 = 0;
+    /// Every hook hit of every flow in scope.
+    pub const ALL: u32 = 1;
+    /// Every hook hit of the flows the filter matches (`port` matches either end).
+    pub const MATCH: u32 = 2;
 }
 
 /// The in-kernel repeat-RST check: a second RST on one socket within `window_ns`, or
@@ -222,4 +296,6 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::ScopeFilter {}
     unsafe impl aya::Pod for super::Tuning {}
+    unsafe impl aya::Pod for super::HookArgs {}
+    unsafe impl aya::Pod for super::DetailFilter {}
 }

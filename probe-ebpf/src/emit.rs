@@ -1,127 +1,142 @@
-//! Counting and ring-buffer emission. Counts always come first so that userspace totals are
-//! exact even when the ring is full.
+//! Building records in ring-buffer reservations (no scratch copies, nothing on the 512-byte
+//! stack), and what a lost record takes with it.
+//!
+//! A record of a flow carries the flow's counts, so losing one only delays its facts until the
+//! flow's next record. Facts are lost for good only with a flow's last record (its FlowEnd, or
+//! an RST sent after it) or with a record that has no flow (an RST for a closed port, a SYN-ACK
+//! retransmit): those are counted in the `misc::LOST_*` slots, so exported totals stay exact.
 use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::bpf_ringbuf_query,
-    maps::PerCpuArray,
 };
-use probe_common::{flags, misc, EventKind, FlowEvent, RST_REASON_SLOTS};
-
-use crate::maps::{
-    EVENTS, EVENT_COUNTS, LOST_COUNTS, MISC_COUNTS, NO_COOKIE_COUNTS, RST_REASON_COUNTS, SCRATCH,
-    SCRATCH_DEPTH, SCRATCH_LEVELS, TUNING,
+use probe_common::{
+    flags, misc, role, state_flags, CloseClass, EventKind, FlowRecord, FlowState,
 };
 
-#[inline(always)]
-fn bump(map: &PerCpuArray<u64>, index: u32) {
-    if let Some(slot) = map.get_ptr_mut(index) {
-        // Per-CPU slot: no other CPU writes it. A program interrupting another on this CPU
-        // (see `SCRATCH`) is of another kind, so it bumps another slot, except for shared
-        // `misc` slots, where such a collision can lose one increment.
-        unsafe { *slot += 1 };
-    }
-}
+use crate::{
+    counters::{count_lost, count_misc, count_misc_n},
+    maps::{EVENTS, TUNING},
+};
 
+/// Sends one `kind` record: `fill` writes the header (on a zeroed record), then the flow's
+/// state is copied in. Returns whether the ring took it.
 #[inline(always)]
-pub fn count_event(kind: EventKind) {
-    bump(&EVENT_COUNTS, kind as u32);
-}
-
-#[inline(always)]
-pub fn count_no_cookie(kind: EventKind) {
-    bump(&NO_COOKIE_COUNTS, kind as u32);
-}
-
-#[inline(always)]
-pub fn count_misc(index: u32) {
-    bump(&MISC_COUNTS, index);
-}
-
-#[inline(always)]
-pub fn count_rst_reason(reason: u32) {
-    let slot = if reason < RST_REASON_SLOTS - 1 {
-        reason
-    } else {
-        RST_REASON_SLOTS - 1
+pub fn send(
+    kind: EventKind,
+    flow: Option<&mut FlowState>,
+    sk_err: i32,
+    fill: impl FnOnce(&mut FlowRecord),
+) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<FlowRecord>(0) else {
+        count_lost(kind);
+        match flow {
+            Some(st) => lost_with_flow(kind, st, sk_err),
+            None => {
+                if let Some(slot) = lost_slot_without_flow(kind) {
+                    count_misc(slot);
+                }
+            }
+        }
+        return false;
     };
-    bump(&RST_REASON_COUNTS, slot);
-}
-
-/// A per-CPU scratch record, held until dropped. A program that interrupts another one on the
-/// same CPU gets the next slot, so neither overwrites the other's record.
-pub struct Scratch {
-    ev: *mut FlowEvent,
-    depth: *mut u32,
-    level: u32,
-}
-
-impl Scratch {
-    #[inline(always)]
-    pub fn ev(&mut self) -> &mut FlowEvent {
-        // SAFETY: this CPU's slot `level`, which nothing else uses until `self` is dropped.
-        unsafe { &mut *self.ev }
+    let rec = entry.as_mut_ptr();
+    // SAFETY: the reservation is `size_of::<FlowRecord>()` bytes, 8-aligned, ours until
+    // submitted; zeroing it first means no byte of an earlier record leaks into this one.
+    let rec = unsafe {
+        core::ptr::write_bytes(rec, 0, 1);
+        &mut *rec
+    };
+    rec.kind = kind as u32;
+    fill(rec);
+    if let Some(st) = flow {
+        rec.flow = *st;
+        rec.flags |= flags::FLOW;
+        // What this record carries is what userspace will know.
+        st.reported = st.counts;
+        st.flags |= state_flags::DELIVERED;
     }
+    entry.submit(wakeup_flags());
+    true
 }
 
-impl Drop for Scratch {
-    #[inline(always)]
-    fn drop(&mut self) {
-        // Back to the level we found: a program that interrupted us has restored it already.
-        // SAFETY: per-CPU map value, valid for the program's whole run.
-        unsafe { *self.depth = self.level };
-    }
-}
-
-/// The next free per-CPU scratch record, zeroed. `None` if a map lookup fails (which the
-/// verifier forces us to handle) or every nesting level is in use.
+/// Wakes userspace only once a batch has accumulated; the daemon also drains on a short timer,
+/// so a quiet ring still gets read.
 #[inline(always)]
-pub fn scratch() -> Option<Scratch> {
-    let depth = SCRATCH_DEPTH.get_ptr_mut(0)?;
-    // An interruption between this read and the write below finishes (and restores the depth)
-    // before we continue, so the slot is still ours.
-    // SAFETY: per-CPU map value, valid for the program's whole run.
-    let level = unsafe { *depth };
-    if level >= SCRATCH_LEVELS {
-        return None;
-    }
-    let ev = SCRATCH.get_ptr_mut(level)?;
-    // SAFETY: as above.
-    unsafe { *depth = level + 1 };
-    let mut s = Scratch { ev, depth, level };
-    *s.ev() = FlowEvent::default();
-    Some(s)
-}
-
-/// Sends one record, counting the loss when the ring is full (a lost failed connect also by
-/// its cause). Wakes userspace only once a batch has accumulated; the daemon also drains on a
-/// short timer, so a quiet ring still gets read.
-#[inline(always)]
-pub fn emit(kind: EventKind, event: &FlowEvent) {
+fn wakeup_flags() -> u64 {
     let ring = core::ptr::from_ref(&EVENTS).cast_mut().cast::<c_void>();
+    // SAFETY: the ring map pointer, as the helper expects.
     let pending = unsafe { bpf_ringbuf_query(ring, u64::from(BPF_RB_AVAIL_DATA)) };
-    let flags = if pending >= TUNING.load().wakeup_bytes {
+    u64::from(if pending >= TUNING.load().wakeup_bytes {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
-    };
-    if EVENTS.output::<FlowEvent>(event, u64::from(flags)).is_err() {
-        bump(&LOST_COUNTS, kind as u32);
-        if kind == EventKind::StateChange
-            && event.old_state == TCP_SYN_SENT
-            && event.new_state == TCP_CLOSE
-        {
-            let sk_err = if event.flags & flags::SK_ERR != 0 {
-                event.args[1] as i32
-            } else {
-                0
-            };
-            count_misc(misc::connect_failed_lost_slot(sk_err));
-        }
-    }
+    })
 }
 
-/// TCP states (include/net/tcp_states.h).
-pub const TCP_SYN_SENT: u8 = 2;
-pub const TCP_CLOSE: u8 = 7;
+/// The `misc::LOST_*` slot of a record that has no flow to carry its fact later.
+#[inline(always)]
+fn lost_slot_without_flow(kind: EventKind) -> Option<u32> {
+    Some(match kind {
+        EventKind::RstSent => misc::LOST_RST_SENT,
+        EventKind::RetransmitSynack => misc::LOST_RETRANS_SYNACK,
+        EventKind::Rto => misc::LOST_RTO,
+        EventKind::Retransmit => misc::LOST_RETRANS_DATA,
+        EventKind::RstReceived => misc::LOST_RST_RECEIVED,
+        // Alerts and detail-only kinds carry no countable fact of their own.
+        _ => return None,
+    })
+}
+
+/// A flow's record was lost. While the flow lives, its next record carries the facts; its
+/// FlowEnd (or a record after it) was the last chance, so count what userspace never got.
+#[inline(always)]
+fn lost_with_flow(kind: EventKind, st: &mut FlowState, sk_err: i32) {
+    let ended = st.flags & state_flags::ENDED != 0;
+    if kind != EventKind::FlowEnd && !ended {
+        return;
+    }
+    let d = st.counts.since(&st.reported);
+    count_misc_n(misc::LOST_RST_SENT, d.rst_sent);
+    count_misc_n(misc::LOST_RST_RECEIVED, d.rst_received);
+    count_misc_n(misc::LOST_RETRANS_SYN, d.syn_retrans);
+    count_misc_n(misc::LOST_RETRANS_DATA, d.data_retrans);
+    count_misc_n(misc::LOST_RETRANS_FAILED, d.retrans_failed);
+    count_misc_n(misc::LOST_RTO, d.rtos);
+    let established = st.established_ns != 0;
+    if st.flags & state_flags::DELIVERED == 0 {
+        if st.role == role::CLIENT {
+            count_misc(misc::LOST_CONN_CLIENT);
+        } else if st.role == role::SERVER && established {
+            count_misc(misc::LOST_CONN_SERVER);
+        }
+    }
+    let c = &st.counts;
+    let now = CloseClass::of(st.role, established, sk_err, c.rst_sent, c.rst_received);
+    if kind == EventKind::FlowEnd {
+        match now {
+            CloseClass::Refused | CloseClass::Timeout | CloseClass::Unreachable => {
+                count_misc(misc::connect_failed_lost_slot(sk_err));
+            }
+            CloseClass::RstReceived | CloseClass::RstSent => count_misc(misc::LOST_FAIL_RESET),
+            CloseClass::Fin => {}
+        }
+    } else {
+        // An RST after the close turns a FIN-closed flow into a reset one (an abort moves the
+        // socket to CLOSE before it sends its RST).
+        let before = CloseClass::of(
+            st.role,
+            established,
+            sk_err,
+            c.rst_sent.saturating_sub(d.rst_sent),
+            c.rst_received.saturating_sub(d.rst_received),
+        );
+        if before == CloseClass::Fin && now != CloseClass::Fin {
+            count_misc(misc::LOST_FAIL_RESET);
+        }
+    }
+    // Counted as lost now: not to be counted again by a later loss.
+    st.reported = st.counts;
+    st.flags |= state_flags::DELIVERED;
+}

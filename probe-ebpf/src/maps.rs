@@ -1,19 +1,20 @@
 //! Maps and load-time globals shared by every program.
 use aya_ebpf::{
+    bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_CLONE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use probe_common::{
-    misc, FlowEvent, KernelOffsets, RepeatRstConfig, ScopeFilter, TpLayout, Tuning,
-    EVENT_KIND_COUNT, RECORD_BUF, RST_REASON_SLOTS,
+    misc, DetailFilter, FlowState, HookArgs, KernelOffsets, RepeatRstConfig, ScopeFilter, Tuning,
+    EVENT_KIND_COUNT, RST_REASON_SLOTS,
 };
 
 /// Records for userspace. Size is overridden at load time (`--ring-bytes`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
-/// Exact per-kind event counts, incremented before any ring-buffer reserve.
+/// Exact per-kind hook hits, counted before anything can return early.
 #[map]
 pub static EVENT_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KIND_COUNT, 0);
 
@@ -21,7 +22,7 @@ pub static EVENT_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_
 #[map]
 pub static LOST_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KIND_COUNT, 0);
 
-/// Per-kind events whose socket cookie could not be resolved (no socket, or never generated).
+/// Per-kind hits without a socket cookie (no socket, e.g. an RST for a closed port).
 #[map]
 pub static NO_COOKIE_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KIND_COUNT, 0);
 
@@ -33,55 +34,54 @@ pub static RST_REASON_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(R
 #[map]
 pub static MISC_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(misc::COUNT, 0);
 
-/// Last RTT record time per socket cookie, for the per-flow RTT sample rate limit.
-#[map]
-pub static RTT_LAST: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);
-
-/// Per-CPU scratch records: a `FlowEvent` is too large to build on the 512-byte BPF stack
-/// next to everything else a program keeps there. One slot per nesting level: the raw
-/// tracepoint and `sock_ops` programs are not held back by the kernel's per-CPU
-/// `bpf_prog_active` guard, so they can interrupt another of our programs on the same CPU
-/// (softirq over process context) and must not overwrite its record.
-#[map]
-pub static SCRATCH: PerCpuArray<FlowEvent> = PerCpuArray::with_max_entries(SCRATCH_LEVELS, 0);
-
-/// Slots of [`SCRATCH`]: process context, softirq, hardirq, NMI.
-pub const SCRATCH_LEVELS: u32 = 4;
-
-/// Per-CPU index of the next free [`SCRATCH`] slot.
-#[map]
-pub static SCRATCH_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
-/// Per-CPU copy of the tracepoint record being handled: one kernel read instead of one per
-/// field.
-#[map]
-pub static TP_RECORD: PerCpuArray<[u8; RECORD_BUF]> = PerCpuArray::with_max_entries(1, 0);
-
-/// Process that called connect() on a socket, keyed by the socket's kernel address. The
-/// SYN_SENT transition is the only tracepoint in process context and comes before the cookie
-/// exists, so later events of the same socket look the owner up here.
-#[map]
-pub static SK_OWNER: LruHashMap<u64, Owner> = LruHashMap::with_max_entries(65_536, 0);
-
+/// A BTF map definition of `BPF_MAP_TYPE_SK_STORAGE` (the kernel requires BTF for it): the
+/// `#[repr(C)]` shape libbpf and aya read from the `.maps` section, where each field's pointee
+/// type carries a number (`[i32; N]`) or the key/value type.
 #[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Owner {
-    pub pid: u32,
-    pub _pad: u32,
-    pub comm: [u8; 16],
+pub struct SkStorageDef<V> {
+    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const V,
+    max_entries: *const [i32; 0],
+    /// No preallocation (required); cloned into accepted sockets, so a child starts with its
+    /// listener's owner.
+    map_flags: *const [i32; (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize],
 }
 
-/// Last RST time and RST count per socket cookie, for the repeat-RST check.
-#[map]
-pub static RST_HISTORY: LruHashMap<u64, RstHistory> = LruHashMap::with_max_entries(65_536, 0);
+// SAFETY: placeholder pointers the loader replaces; never dereferenced.
+unsafe impl<V> Sync for SkStorageDef<V> {}
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct RstHistory {
-    pub last_ns: u64,
-    pub count: u32,
-    pub _pad: u32,
+impl<V> SkStorageDef<V> {
+    pub const fn new() -> Self {
+        SkStorageDef {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    #[inline(always)]
+    pub fn as_ptr(&self) -> *mut core::ffi::c_void {
+        core::ptr::from_ref(self).cast_mut().cast()
+    }
 }
+
+/// Per-flow state in the socket's own storage: freed with the socket, no bound, no eviction.
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "FLOWS")]
+pub static FLOWS: SkStorageDef<FlowState> = SkStorageDef::new();
+
+/// Per-flow state on kernels whose tracing programs cannot use socket storage (before 5.11),
+/// keyed by the socket's kernel address, removed at CLOSE. Sized at load time
+/// (`kernel.fallback_flows`); an evicted flow is seen again as LATE.
+#[map]
+pub static FLOWS_LRU: LruHashMap<u64, FlowState> = LruHashMap::with_max_entries(65_536, 0);
+
+/// One all-zero state, never written: what a new fallback-map entry starts from.
+#[map]
+pub static ZERO_STATE: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
 
 /// RSTs per remote endpoint in the current window.
 #[map]
@@ -90,10 +90,6 @@ pub static RST_PEER_HISTORY: LruHashMap<PeerKey, Window> = LruHashMap::with_max_
 /// RSTs per local service port in the current window.
 #[map]
 pub static RST_PORT_HISTORY: LruHashMap<u32, Window> = LruHashMap::with_max_entries(4_096, 0);
-
-/// Sockets the repeat-RST check flagged: cookie → time of the alert.
-#[map]
-pub static ANOMALY_ALERTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 
 /// A remote endpoint: address (IPv4 in the first 4 bytes) and service port (0 when ephemeral).
 #[repr(C)]
@@ -133,14 +129,17 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::EMPTY);
 pub static TUNING: Global<Tuning> = Global::new(Tuning::DEFAULT);
 
 #[unsafe(no_mangle)]
-pub static TP_RST_RECEIVED: Global<TpLayout> = Global::new(TpLayout::EMPTY);
+pub static HOOK_ARGS: Global<HookArgs> = Global::new(HookArgs {
+    rst_reason: 0,
+    retransmit_err: 0,
+});
+
 #[unsafe(no_mangle)]
-pub static TP_RST_SENT: Global<TpLayout> = Global::new(TpLayout::EMPTY);
-#[unsafe(no_mangle)]
-pub static TP_RETRANSMIT_SKB: Global<TpLayout> = Global::new(TpLayout::EMPTY);
-#[unsafe(no_mangle)]
-pub static TP_RETRANSMIT_SYNACK: Global<TpLayout> = Global::new(TpLayout::EMPTY);
-#[unsafe(no_mangle)]
-pub static TP_DESTROY_SOCK: Global<TpLayout> = Global::new(TpLayout::EMPTY);
-#[unsafe(no_mangle)]
-pub static TP_SET_STATE: Global<TpLayout> = Global::new(TpLayout::EMPTY);
+pub static DETAIL: Global<DetailFilter> = Global::new(DetailFilter {
+    mode: 0,
+    port: 0,
+    family: 0,
+    addr: [0; 16],
+    cookie: 0,
+    cgroup_id: 0,
+});

@@ -1,44 +1,40 @@
-//! In-kernel repeat-RST detection: a second RST on one socket within the window, or many RSTs
+//! In-kernel repeat-RST detection: a second RST on one flow within the window, or many RSTs
 //! with one remote endpoint or on one local service port. Each hit sends a `RepeatRst` record
-//! so userspace reacts without polling; socket hits are also written to `ANOMALY_ALERTS`.
+//! so userspace reacts without polling.
 use aya_ebpf::maps::LruHashMap;
-use probe_common::{flags, repeat_scope, EventKind, FlowEvent};
+use probe_common::{repeat_scope, EventKind, FlowState};
 
 use crate::{
-    emit::{count_event, emit},
-    maps::{
-        PeerKey, RstHistory, Window, ANOMALY_ALERTS, REPEAT, RST_HISTORY, RST_PEER_HISTORY,
-        RST_PORT_HISTORY,
-    },
+    counters::count_event,
+    emit::send,
+    hooks::header,
+    maps::{PeerKey, Window, REPEAT, RST_PEER_HISTORY, RST_PORT_HISTORY},
+    sock::Addrs,
 };
 
-/// Counts one RST described by `rst` (already emitted) and raises the alerts it completes.
-/// Alerts reuse the record in place (same cookie and addresses), so call this last.
+/// Counts one RST (already counted and sent) with the flow it belongs to, if any, and raises
+/// the alerts it completes.
 #[inline(always)]
-pub fn check(rst: &mut FlowEvent) {
+pub fn check(now: u64, cookie: u64, netns: Option<u64>, a: &Addrs, flow: Option<&mut FlowState>) {
     let cfg = REPEAT.load();
-    let now = rst.ts_ns;
     let is_service = |port: u16| port < cfg.ephemeral_low || port > cfg.ephemeral_high;
 
-    if rst.flags & flags::COOKIE != 0 {
-        let previous = unsafe { RST_HISTORY.get(rst.cookie) }.copied();
-        let history = RstHistory {
-            last_ns: now,
-            count: previous.map_or(1, |p| p.count.saturating_add(1)),
-            _pad: 0,
-        };
-        // A failed insert (map busy) only costs this check one sample.
-        let _ = RST_HISTORY.insert(rst.cookie, history, 0);
-        if previous.is_some_and(|p| now.saturating_sub(p.last_ns) < cfg.window_ns) {
-            let _ = ANOMALY_ALERTS.insert(rst.cookie, now, 0);
-            alert(rst, repeat_scope::SOCKET, history.count);
+    if let Some(st) = flow {
+        // RSTs of this flow in the current window (not over its lifetime).
+        if st.last_rst_ns == 0 || now.saturating_sub(st.last_rst_ns) >= cfg.window_ns {
+            st.rst_window = 0;
+        }
+        st.last_rst_ns = now;
+        st.rst_window = st.rst_window.saturating_add(1);
+        if st.rst_window == 2 {
+            alert(now, cookie, netns, a, repeat_scope::SOCKET, 2);
         }
     }
 
     let peer = PeerKey {
-        addr: rst.daddr,
-        port: if is_service(rst.dport) { rst.dport } else { 0 },
-        family: rst.family,
+        addr: a.daddr,
+        port: if is_service(a.dport) { a.dport } else { 0 },
+        family: a.family,
         _pad: 0,
     };
     if let Some(count) = bump(
@@ -48,10 +44,10 @@ pub fn check(rst: &mut FlowEvent) {
         cfg.window_ns,
         cfg.peer_threshold,
     ) {
-        alert(rst, repeat_scope::PEER, count);
+        alert(now, cookie, netns, a, repeat_scope::PEER, count);
     }
-    if is_service(rst.sport) {
-        let port = u32::from(rst.sport);
+    if is_service(a.sport) {
+        let port = u32::from(a.sport);
         if let Some(count) = bump(
             &RST_PORT_HISTORY,
             &port,
@@ -59,7 +55,7 @@ pub fn check(rst: &mut FlowEvent) {
             cfg.window_ns,
             cfg.port_threshold,
         ) {
-            alert(rst, repeat_scope::LOCAL_PORT, count);
+            alert(now, cookie, netns, a, repeat_scope::LOCAL_PORT, count);
         }
     }
 }
@@ -101,9 +97,11 @@ fn bump<K>(
 }
 
 #[inline(always)]
-fn alert(rst: &mut FlowEvent, scope: u32, count: u32) {
+fn alert(now: u64, cookie: u64, netns: Option<u64>, a: &Addrs, scope: u32, count: u32) {
     count_event(EventKind::RepeatRst);
-    rst.kind = EventKind::RepeatRst as u32;
-    rst.args = [scope, count, 0, 0];
-    emit(EventKind::RepeatRst, rst);
+    send(EventKind::RepeatRst, None, 0, |rec| {
+        header(rec, now, cookie, netns, 0, 0);
+        a.write(rec);
+        rec.args = [scope, count];
+    });
 }

@@ -1,17 +1,15 @@
-//! Reads from kernel `struct sock` / `struct sk_buff` through offsets taken from BTF at load
-//! time (see `probe_common::KernelOffsets`), and the scope filter built on them.
+//! Reads from kernel `struct sock` / `struct tcp_sock` / `struct sk_buff` through offsets taken
+//! from BTF at load time (see `probe_common::KernelOffsets`), and the scope filter built on them.
+//! Addresses are plain numbers here (`bpf_probe_read_kernel` sources), never dereferenced.
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use probe_common::{flags, misc, FlowEvent, KernelOffsets};
+use probe_common::{flags, misc, net, tcp_state, FlowRecord, KernelOffsets, SockStats};
 
 use crate::{
-    emit::count_misc,
+    counters::count_misc,
     maps::{OFFSETS, SCOPE},
 };
 
 const ABSENT: u32 = KernelOffsets::ABSENT;
-const AF_INET6: u16 = 10;
-const TCP_TIME_WAIT: u8 = 6;
-const TCP_NEW_SYN_RECV: u8 = 12;
 
 #[inline(always)]
 fn read_at<T>(base: u64, offset: u32) -> Option<T> {
@@ -21,9 +19,11 @@ fn read_at<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
 }
 
-/// The socket cookie, or 0 when it was never generated or cannot be read.
+/// The socket cookie as the kernel stored it: 0 when it was never generated. (BTF programs ask
+/// `bpf_get_socket_cookie`, which generates it; this is for the request sockets and kernels
+/// where they cannot.)
 #[inline(always)]
-pub fn sk_cookie(sk: u64) -> u64 {
+pub fn stored_cookie(sk: u64) -> u64 {
     read_at::<u64>(sk, OFFSETS.load().sk_cookie).unwrap_or(0)
 }
 
@@ -63,21 +63,116 @@ pub fn skb_netns(skb: u64) -> Option<u64> {
     net_cookie(read_at::<u64>(dev, offsets.dev_net)?)
 }
 
-/// Family, ports and addresses from the socket (raw tracepoints have no record to take them
-/// from). IPv4 sockets report IPv4, IPv6 sockets (v4-mapped included) IPv6.
+/// A socket's (or packet's) two ends, read once per hit.
+#[derive(Clone, Copy, Default)]
+pub struct Addrs {
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+impl Addrs {
+    /// Into a record's address fields.
+    #[inline(always)]
+    pub fn write(&self, rec: &mut FlowRecord) {
+        rec.family = self.family;
+        rec.sport = self.sport;
+        rec.dport = self.dport;
+        rec.saddr = self.saddr;
+        rec.daddr = self.daddr;
+        if self.family == net::AF_INET6 {
+            rec.flags |= flags::IPV6;
+        }
+    }
+}
+
+/// Family, ports and addresses from the socket (any `sock_common`: full, request or
+/// time-wait). IPv4 sockets report IPv4, IPv6 sockets (v4-mapped included) IPv6.
 #[inline(always)]
-pub fn fill_addrs(sk: u64, ev: &mut FlowEvent) {
+pub fn addrs(sk: u64) -> Addrs {
     let o = OFFSETS.load();
-    ev.family = read_at::<u16>(sk, o.sk_family).unwrap_or(0);
-    ev.sport = read_at::<u16>(sk, o.sk_num).unwrap_or(0);
-    ev.dport = u16::from_be(read_at::<u16>(sk, o.sk_dport).unwrap_or(0));
-    if ev.family == AF_INET6 {
-        ev.flags |= flags::IPV6;
-        ev.saddr = read_at::<[u8; 16]>(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]);
-        ev.daddr = read_at::<[u8; 16]>(sk, o.sk_v6_daddr).unwrap_or([0; 16]);
+    let mut a = Addrs {
+        family: read_at::<u16>(sk, o.sk_family).unwrap_or(0),
+        sport: read_at::<u16>(sk, o.sk_num).unwrap_or(0),
+        dport: u16::from_be(read_at::<u16>(sk, o.sk_dport).unwrap_or(0)),
+        ..Addrs::default()
+    };
+    if a.family == net::AF_INET6 {
+        a.saddr = read_at::<[u8; 16]>(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]);
+        a.daddr = read_at::<[u8; 16]>(sk, o.sk_v6_daddr).unwrap_or([0; 16]);
     } else {
-        ev.saddr[..4].copy_from_slice(&read_at::<[u8; 4]>(sk, o.sk_rcv_saddr).unwrap_or([0; 4]));
-        ev.daddr[..4].copy_from_slice(&read_at::<[u8; 4]>(sk, o.sk_daddr).unwrap_or([0; 4]));
+        a.saddr[..4].copy_from_slice(&read_at::<[u8; 4]>(sk, o.sk_rcv_saddr).unwrap_or([0; 4]));
+        a.daddr[..4].copy_from_slice(&read_at::<[u8; 4]>(sk, o.sk_daddr).unwrap_or([0; 4]));
+    }
+    a
+}
+
+/// Addresses of an RST sent without a socket, from the segment it answers (`skb`): the RST
+/// goes from that segment's destination to its source.
+#[inline(always)]
+pub fn packet_addrs(skb: u64) -> Addrs {
+    let o = OFFSETS.load();
+    let mut a = Addrs::default();
+    let Some(head) = read_at::<u64>(skb, o.skb_head) else {
+        return a;
+    };
+    let (Some(nh), Some(th)) = (
+        read_at::<u16>(skb, o.skb_network_header),
+        read_at::<u16>(skb, o.skb_transport_header),
+    ) else {
+        return a;
+    };
+    // TCP header: source port, destination port (network order).
+    if let Some(ports) = read_at::<[u8; 4]>(head, u32::from(th)) {
+        a.dport = u16::from_be_bytes([ports[0], ports[1]]);
+        a.sport = u16::from_be_bytes([ports[2], ports[3]]);
+    }
+    let Some(version) = read_at::<u8>(head, u32::from(nh)) else {
+        return a;
+    };
+    if version >> 4 == 6 {
+        // ipv6hdr: saddr at 8, daddr at 24.
+        a.family = net::AF_INET6;
+        a.daddr = read_at::<[u8; 16]>(head, u32::from(nh) + 8).unwrap_or([0; 16]);
+        a.saddr = read_at::<[u8; 16]>(head, u32::from(nh) + 24).unwrap_or([0; 16]);
+    } else {
+        // iphdr: saddr at 12, daddr at 16.
+        a.family = net::AF_INET;
+        let pair = read_at::<[u8; 8]>(head, u32::from(nh) + 12).unwrap_or([0; 8]);
+        a.daddr[..4].copy_from_slice(&pair[..4]);
+        a.saddr[..4].copy_from_slice(&pair[4..]);
+    }
+    a
+}
+
+/// The local port (host order); 0 until bound, and again once the socket closes.
+#[inline(always)]
+pub fn local_port(sk: u64) -> u16 {
+    read_at::<u16>(sk, OFFSETS.load().sk_num).unwrap_or(0)
+}
+
+/// The socket's own counters (`struct tcp_sock`).
+#[inline(always)]
+pub fn tcp_stats(sk: u64) -> SockStats {
+    let o = OFFSETS.load();
+    let u32_at = |off: u32| read_at::<u32>(sk, off).unwrap_or(0);
+    SockStats {
+        srtt_us: u32_at(o.tp_srtt_us) >> 3,
+        // `~0U` until the first RTT sample.
+        min_rtt_us: match u32_at(o.tp_min_rtt) {
+            u32::MAX => 0,
+            v => v,
+        },
+        total_retrans: u32_at(o.tp_total_retrans),
+        segs_in: u32_at(o.tp_segs_in),
+        segs_out: u32_at(o.tp_segs_out),
+        data_segs_in: u32_at(o.tp_data_segs_in),
+        data_segs_out: u32_at(o.tp_data_segs_out),
+        _pad: 0,
+        bytes_received: read_at::<u64>(sk, o.tp_bytes_received).unwrap_or(0),
+        bytes_acked: read_at::<u64>(sk, o.tp_bytes_acked).unwrap_or(0),
     }
 }
 
@@ -85,25 +180,29 @@ pub fn fill_addrs(sk: u64, ev: &mut FlowEvent) {
 #[inline(always)]
 pub fn sk_cgroup_id(sk: u64) -> Option<u64> {
     let offsets = OFFSETS.load();
-    let state = sk_state(sk)?;
-    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
-        return None;
-    }
-    let cgroup = read_at::<u64>(sk, offsets.sk_cgroup)?;
+    let cgroup = full_sock_cgroup(sk)?;
     let kn = read_at::<u64>(cgroup, offsets.cgroup_kn)?;
     read_at::<u64>(kn, offsets.kn_id)
+}
+
+/// `sock_cgroup_data`'s cgroup pointer. Before 5.15 the field is a tagged value that holds a
+/// pointer only while bit 0 is clear (else it is a classid/prioidx pair).
+#[inline(always)]
+fn full_sock_cgroup(sk: u64) -> Option<u64> {
+    // Time-wait and request sockets are only `sock_common`: they have no cgroup data.
+    let state = sk_state(sk)?;
+    if state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV {
+        return None;
+    }
+    let cgroup = read_at::<u64>(sk, OFFSETS.load().sk_cgroup)?;
+    (cgroup & 1 == 0 && cgroup != 0).then_some(cgroup)
 }
 
 /// Whether the socket's cgroup is the filter cgroup or below it.
 #[inline(always)]
 fn sk_in_cgroup(sk: u64, want_id: u64, want_level: u32) -> Option<bool> {
     let offsets = OFFSETS.load();
-    // Time-wait and request sockets are only `sock_common`: they have no cgroup data.
-    let state = sk_state(sk)?;
-    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
-        return None;
-    }
-    let cgroup = read_at::<u64>(sk, offsets.sk_cgroup)?;
+    let cgroup = full_sock_cgroup(sk)?;
     let at_level = if offsets.cgroup_ancestors == ABSENT {
         cgroup
     } else {

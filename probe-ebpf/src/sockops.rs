@@ -1,130 +1,135 @@
-//! The cgroup `sock_ops` program: connect, handshake completion, and (through
-//! `bpf_sock_ops_cb_flags_set`) state, retransmit, RTO and RTT callbacks of every TCP socket.
+//! The cgroup `sock_ops` program: only for what no tracepoint gives, the retransmission timer
+//! (RTO) firing. It turns the RTO callback on when a connection starts or is accepted and
+//! returns at once for every other callback.
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_RETRANS_CB, BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_RTO_CB,
-        BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
     helpers::{
         bpf_ktime_get_ns,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+        generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
     },
     programs::SockOpsContext,
     EbpfContext as _,
 };
-use aya_log_ebpf::warn;
-use probe_common::{flags, misc, EventKind};
-
-use crate::{
-    emit::{count_event, count_misc, count_no_cookie, emit, scratch},
-    maps::{RTT_LAST, SCOPE, TUNING},
+use probe_common::{
+    flags, misc, net, state_flags, tcp_state, EventKind, FlowRecord, FlowState, SockStats,
 };
 
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
+use crate::{
+    counters::{count_event, count_misc},
+    emit::send,
+    hooks::{header, report_due},
+    maps::{FLOWS, SCOPE},
+};
+
 /// sock_ops returns 1 for "continue"; anything else would fail socket operations.
-const SOCK_OPS_OK: u32 = 1;
+pub const SOCK_OPS_OK: u32 = 1;
 
-const CALLBACKS: u32 = BPF_SOCK_OPS_STATE_CB_FLAG
-    | BPF_SOCK_OPS_RETRANS_CB_FLAG
-    | BPF_SOCK_OPS_RTO_CB_FLAG
-    | BPF_SOCK_OPS_RTT_CB_FLAG;
-
-fn kind_of(op: u32) -> Option<EventKind> {
-    Some(match op {
-        BPF_SOCK_OPS_TCP_CONNECT_CB => EventKind::Connect,
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => EventKind::ActiveEstablished,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => EventKind::PassiveEstablished,
-        BPF_SOCK_OPS_STATE_CB => EventKind::SockOpsState,
-        BPF_SOCK_OPS_RETRANS_CB => EventKind::SockOpsRetrans,
-        BPF_SOCK_OPS_RTO_CB => EventKind::Rto,
-        BPF_SOCK_OPS_RTT_CB => EventKind::Rtt,
-        _ => return None,
-    })
+/// Which store the tracepoints of this kernel use: with socket storage the RTO is counted in
+/// the flow; without, each RTO is a record of its own (by cookie, which this program also
+/// generates early so the fallback tracepoints find it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    SkStorage,
+    Fallback,
 }
 
-pub fn handle(ctx: &SockOpsContext) -> Result<u32, i64> {
-    let Some(kind) = kind_of(ctx.op()) else {
-        return Ok(SOCK_OPS_OK);
-    };
-    let family = ctx.family();
-    if family != AF_INET && family != AF_INET6 {
-        return Ok(SOCK_OPS_OK);
-    }
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let filter = SCOPE.load();
-    if filter.netns_cookie != 0 && netns != filter.netns_cookie {
-        return Ok(SOCK_OPS_OK);
-    }
-    if matches!(
-        kind,
-        EventKind::Connect | EventKind::ActiveEstablished | EventKind::PassiveEstablished
-    ) {
-        let wanted = ctx.cb_flags() | CALLBACKS;
-        if let Err(err) = ctx.set_cb_flags(wanted as i32) {
-            count_misc(misc::CB_FLAGS_FAILED);
-            warn!(
-                ctx,
-                "bpf_sock_ops_cb_flags_set failed ({}): socket misses callbacks", err
-            );
-        }
-    }
-    count_event(kind);
-
-    let now = unsafe { bpf_ktime_get_ns() };
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    if cookie == 0 {
-        count_no_cookie(kind);
-    }
-    if kind == EventKind::Rtt {
-        // RTT callbacks come with every ACK: count them all, send one record per flow per
-        // sample interval.
-        if let Some(last) = unsafe { RTT_LAST.get(cookie) } {
-            if now.saturating_sub(*last) < TUNING.load().rtt_sample_ns {
-                count_misc(misc::RTT_NOT_SAMPLED);
-                return Ok(SOCK_OPS_OK);
+#[inline(always)]
+pub fn handle(ctx: &SockOpsContext, variant: Variant) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB
+        | BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+        | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            let wanted = ctx.cb_flags() | BPF_SOCK_OPS_RTO_CB_FLAG;
+            if wanted != ctx.cb_flags() && ctx.set_cb_flags(wanted as i32).is_err() {
+                count_misc(misc::CB_FLAGS_FAILED);
+            }
+            if variant == Variant::Fallback {
+                // SAFETY: the context pointer, as the helper expects.
+                unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
             }
         }
-        // A failed insert only means the next sample is sent too.
-        let _ = RTT_LAST.insert(cookie, now, 0);
+        BPF_SOCK_OPS_RTO_CB => rto(ctx, variant),
+        _ => {}
     }
+    SOCK_OPS_OK
+}
 
-    let ops = unsafe { &*ctx.ops };
-    let Some(mut slot) = scratch() else {
-        return Ok(SOCK_OPS_OK);
+#[inline(always)]
+fn rto(ctx: &SockOpsContext, variant: Variant) {
+    // SAFETY: `ops` is the context; `sk` is the full socket (RTO callbacks have one).
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    let st = match variant {
+        // SAFETY: the helper returns NULL or this socket's storage, live for the program run.
+        Variant::SkStorage => unsafe {
+            bpf_sk_storage_get(FLOWS.as_ptr(), sk.cast(), core::ptr::null_mut(), 0)
+                .cast::<FlowState>()
+                .as_mut()
+        },
+        Variant::Fallback => None,
     };
-    let ev = slot.ev();
-    ev.ts_ns = now;
-    ev.cookie = cookie;
-    ev.netns_cookie = netns;
-    ev.kind = kind as u32;
-    ev.flags = flags::NETNS | flags::STATS;
-    ev.family = family as u16;
-    ev.sport = ctx.local_port() as u16;
-    ev.dport = u32::from_be(ctx.remote_port()) as u16;
-    ev.srtt_us = ops.srtt_us >> 3;
-    ev.total_retrans = ops.total_retrans;
-    ev.segs_in = ops.segs_in;
-    ev.segs_out = ops.segs_out;
-    ev.data_segs_in = ops.data_segs_in;
-    ev.data_segs_out = ops.data_segs_out;
-    ev.bytes_received = ops.bytes_received;
-    ev.bytes_acked = ops.bytes_acked;
-    if cookie != 0 {
-        ev.flags |= flags::COOKIE;
+    // A flow's state exists only in scope; without one the scope is unknown here.
+    if st.is_none() && (SCOPE.load().netns_cookie != 0 || SCOPE.load().cgroup_id != 0) {
+        count_misc(misc::SCOPE_UNKNOWN);
+        return;
     }
-    ev.args = args(ctx);
-    if kind == EventKind::SockOpsState {
-        ev.old_state = ev.args[0] as u8;
-        ev.new_state = ev.args[1] as u8;
-    } else {
-        ev.old_state = ops.state as u8;
-        ev.new_state = ev.old_state;
+    count_event(EventKind::Rto);
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let ops = unsafe { &*ctx.ops };
+    let state = ops.state as u8;
+    let stats = SockStats {
+        srtt_us: ops.srtt_us >> 3,
+        min_rtt_us: ops.rtt_min,
+        total_retrans: ops.total_retrans,
+        segs_in: ops.segs_in,
+        segs_out: ops.segs_out,
+        data_segs_in: ops.data_segs_in,
+        data_segs_out: ops.data_segs_out,
+        _pad: 0,
+        bytes_received: ops.bytes_received,
+        bytes_acked: ops.bytes_acked,
+    };
+    let fill = |rec: &mut FlowRecord, cookie: u64, netns: Option<u64>| {
+        header(rec, now, cookie, netns, state, state);
+        addrs(ctx, rec);
+        rec.stats = stats;
+        rec.flags |= flags::STATS;
+    };
+    match st {
+        Some(st) => {
+            st.counts.rtos = st.counts.rtos.saturating_add(1);
+            // In SYN_SENT the SYN retransmit that follows is the record (unless every hit of
+            // this flow is one).
+            let detail = st.flags & state_flags::DETAIL != 0;
+            if !detail && (state == tcp_state::SYN_SENT || !report_due(st, now)) {
+                return;
+            }
+            let (cookie, netns) = (st.cookie, Some(st.netns_cookie));
+            send(EventKind::Rto, Some(st), 0, |rec| fill(rec, cookie, netns));
+        }
+        None => {
+            // SAFETY: the context pointer, as the helper expects.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            send(EventKind::Rto, None, 0, |rec| fill(rec, cookie, None));
+        }
     }
-    if family == AF_INET6 {
-        ev.flags |= flags::IPV6;
+}
+
+/// The callback's addresses into the record.
+#[inline(always)]
+fn addrs(ctx: &SockOpsContext, rec: &mut FlowRecord) {
+    let family = ctx.family();
+    rec.family = family as u16;
+    rec.sport = ctx.local_port() as u16;
+    rec.dport = u32::from_be(ctx.remote_port()) as u16;
+    if family == u32::from(net::AF_INET6) {
+        rec.flags |= flags::IPV6;
         // SAFETY: `ops` is the context pointer; fields are read in place.
         let (local, remote) = unsafe {
             (
@@ -132,33 +137,16 @@ pub fn handle(ctx: &SockOpsContext) -> Result<u32, i64> {
                 ip6_words(&(*ctx.ops).remote_ip6),
             )
         };
-        ev.saddr = words_to_bytes(local);
-        ev.daddr = words_to_bytes(remote);
+        rec.saddr = words_to_bytes(local);
+        rec.daddr = words_to_bytes(remote);
     } else {
-        ev.saddr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
-        ev.daddr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
-    }
-    emit(kind, ev);
-    Ok(SOCK_OPS_OK)
-}
-
-/// The callback arguments. Each is a separate volatile load at a constant context offset:
-/// the verifier rejects loads through a modified context pointer, which a loop would produce.
-#[inline(always)]
-fn args(ctx: &SockOpsContext) -> [u32; 4] {
-    // SAFETY: `ops` is the context pointer; each field is read in place.
-    unsafe {
-        let a = &(*ctx.ops).__bindgen_anon_1.args;
-        [
-            core::ptr::read_volatile(&a[0]),
-            core::ptr::read_volatile(&a[1]),
-            core::ptr::read_volatile(&a[2]),
-            core::ptr::read_volatile(&a[3]),
-        ]
+        rec.saddr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
+        rec.daddr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
     }
 }
 
-/// Word-by-word volatile loads so each stays a constant-offset context access.
+/// Word-by-word volatile loads so each stays a constant-offset context access (the verifier
+/// rejects loads through a modified context pointer, which a loop would produce).
 #[inline(always)]
 fn ip6_words(words: &[u32; 4]) -> [u32; 4] {
     // SAFETY: `words` points into the context; each element is read in place.

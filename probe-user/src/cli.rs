@@ -307,9 +307,20 @@ pub struct ProbeArgs {
     /// Exit with an error unless every probe attaches (default: run with what this kernel has).
     #[arg(long)]
     pub strict: bool,
-    /// Minimum gap between two RTT records of one flow, in milliseconds (all RTT callbacks are counted).
-    #[arg(long, default_value_t = 1000)]
-    pub rtt_sample_ms: u64,
+    /// Minimum gap between two data-retransmit or RTO records of one flow, in milliseconds
+    /// (every one is counted in the flow and reaches the metrics with its next record).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub report_interval_ms: u64,
+    /// A record for every hook hit of these flows, not only summaries and exceptions: `all`,
+    /// `off`, or filters like `peer=10.0.0.5:443`, `port=8080`, `cookie=0x1f`,
+    /// `cgroup=/sys/fs/cgroup/…` (comma-separated, all must match)
+    /// [default: `all` for trace, `off` for the daemon].
+    #[arg(long, value_name = "all|off|KEY=VALUE,…", value_parser = parse_detail)]
+    pub detail: Option<crate::detail::DetailSpec>,
+}
+
+fn parse_detail(s: &str) -> Result<crate::detail::DetailSpec, String> {
+    crate::detail::DetailSpec::parse(s)
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {

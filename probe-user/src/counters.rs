@@ -19,6 +19,20 @@ pub enum CounterError {
     Read { map: &'static str, source: MapError },
 }
 
+/// The `misc::LOST_*` slots by their name in counters and metrics.
+pub const LOST_FACTS: [(&str, u32); 10] = [
+    ("connections_client", misc::LOST_CONN_CLIENT),
+    ("connections_server", misc::LOST_CONN_SERVER),
+    ("resets_sent", misc::LOST_RST_SENT),
+    ("resets_received", misc::LOST_RST_RECEIVED),
+    ("retransmits_syn", misc::LOST_RETRANS_SYN),
+    ("retransmits_data", misc::LOST_RETRANS_DATA),
+    ("retransmits_failed", misc::LOST_RETRANS_FAILED),
+    ("retransmits_rto", misc::LOST_RTO),
+    ("retransmits_synack", misc::LOST_RETRANS_SYNACK),
+    ("failures_reset", misc::LOST_FAIL_RESET),
+];
+
 /// A snapshot of every kernel counter.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct KernelCounters {
@@ -31,17 +45,31 @@ pub struct KernelCounters {
     /// Sent RSTs per reason name (`unknown` where the kernel reports none).
     pub rst_reasons: BTreeMap<String, u64>,
     pub connect_failed: u64,
-    /// SYN_SENT → CLOSE records lost in the ring, by failure cause (`refused`, `timeout`,
+    /// Failed connects whose FlowEnd was lost in the ring, by failure cause (`refused`, `timeout`,
     /// `unreachable`, `unknown`).
     pub connect_failed_lost: BTreeMap<&'static str, u64>,
     pub scope_unknown: u64,
-    pub rtt_not_sampled: u64,
+    /// Data-retransmit and RTO hits counted in their flow but sent with its next record (the
+    /// per-flow report interval).
+    pub held_back: u64,
     pub cb_flags_failed: u64,
+    /// Flows whose kernel state could not be created (out of memory).
+    pub state_create_failed: u64,
+    /// Flows first seen after their start (open before linkprobe, or evicted state).
+    pub state_late: u64,
+    /// Facts whose only record was lost, counted by the kernel (`connections_client`,
+    /// `resets_sent`, `retransmits_data`, …): exported under `peer="lost"`.
+    pub lost_facts: BTreeMap<&'static str, u64>,
 }
 
 impl KernelCounters {
     pub fn event(&self, kind: EventKind) -> u64 {
         self.events.get(kind_name(kind)).copied().unwrap_or(0)
+    }
+
+    /// A fact the kernel counted as lost (see [`LOST_FACTS`]).
+    pub fn lost_fact(&self, name: &str) -> u64 {
+        self.lost_facts.get(name).copied().unwrap_or(0)
     }
 }
 
@@ -106,7 +134,13 @@ pub fn read(ebpf: &Ebpf, names: &ReasonNames) -> Result<KernelCounters, CounterE
         .map(|(cause, i)| (cause, misc_at(i)))
         .collect(),
         scope_unknown: misc_at(misc::SCOPE_UNKNOWN),
-        rtt_not_sampled: misc_at(misc::RTT_NOT_SAMPLED),
+        held_back: misc_at(misc::HELD_BACK),
         cb_flags_failed: misc_at(misc::CB_FLAGS_FAILED),
+        state_create_failed: misc_at(misc::STATE_CREATE_FAILED),
+        state_late: misc_at(misc::STATE_LATE),
+        lost_facts: LOST_FACTS
+            .iter()
+            .map(|(name, i)| (*name, misc_at(*i)))
+            .collect(),
     })
 }

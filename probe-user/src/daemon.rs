@@ -97,6 +97,8 @@ fn load_options(
         Some(p) => p.clone(),
         None => mounts::cgroup2_root()?,
     };
+    let fallback_flows = cfg.kernel.fallback_flows;
+    let detail = detail_filter(args, &root)?;
     let cgroup = match &args.cgroup {
         Some(path) => Some(scope::cgroup_scope(&root, path)?),
         None => None,
@@ -108,11 +110,26 @@ fn load_options(
         scope: scope::filter(netns, cgroup),
         tuning: Tuning {
             wakeup_bytes: args.wakeup_bytes,
-            rtt_sample_ns: args.rtt_sample_ms.saturating_mul(1_000_000),
+            report_interval_ns: args.report_interval_ms.saturating_mul(1_000_000),
         },
+        detail,
         repeat: repeat_config(cfg, &ephemeral_ports()),
         ring_bytes: args.ring_bytes,
+        fallback_flows,
     })
+}
+
+/// The kernel's detail filter; a `cgroup=` criterion is resolved to its id.
+fn detail_filter(
+    args: &ProbeArgs,
+    root: &std::path::Path,
+) -> Result<probe_common::DetailFilter, RunError> {
+    let spec = args.detail.clone().unwrap_or_default();
+    let cgroup = match spec.cgroup() {
+        Some(path) => Some(scope::cgroup_scope(root, path)?.0),
+        None => None,
+    };
+    Ok(spec.filter(cgroup))
 }
 
 /// This host's `ip_local_port_range` (the kernel's default when unreadable): ports the kernel
@@ -180,7 +197,8 @@ pub fn start(args: &ProbeArgs) -> Result<Started, RunError> {
         loaded.probes.len()
     );
     if args.output == Format::Json {
-        println!("{}", output::ready_json(&loaded.probes));
+        let detail = args.detail.clone().unwrap_or_default();
+        println!("{}", output::ready_json(&loaded.probes, detail.mode_name()));
     }
     Ok(Started {
         loaded,

@@ -1,15 +1,19 @@
-//! Kernel record → [`Event`]. One decoder per record kind, all against the single
-//! `probe_common::FlowEvent` definition the eBPF side writes.
+//! Kernel record → [`Event`]. One decoder for the single `probe_common::FlowRecord`
+//! definition the eBPF side writes (ring records and the open-flow iterator's output alike).
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use probe_common::{flags, repeat_scope, EventKind, FlowEvent, FLOW_EVENT_SIZE};
+use probe_common::{
+    flags, repeat_scope, role, state_flags, EventKind, FlowRecord, FLOW_RECORD_SIZE,
+};
 
-use crate::event::{Detail, Event, Process, RepeatScope, Role, SockStats, TcpState};
+use crate::event::{
+    Detail, Event, FlowSnapshot, Process, RepeatScope, Role, SockStats, TcpState,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error(
-        "ring-buffer record is {0} bytes, expected {FLOW_EVENT_SIZE}: the eBPF object and the \
+        "ring-buffer record is {0} bytes, expected {FLOW_RECORD_SIZE}: the eBPF object and the \
          daemon were built from different sources; rebuild with `cargo xtask build`"
     )]
     Size(usize),
@@ -23,146 +27,98 @@ pub enum DecodeError {
 
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-    if bytes.len() != FLOW_EVENT_SIZE {
+    if bytes.len() != FLOW_RECORD_SIZE {
         return Err(DecodeError::Size(bytes.len()));
     }
-    // SAFETY: the length was checked; FlowEvent is plain old data with no invalid bit patterns,
-    // and read_unaligned copes with the ring's 8-byte alignment.
-    let raw: FlowEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    // SAFETY: the length was checked; FlowRecord is plain old data with no invalid bit
+    // patterns, and read_unaligned copes with the ring's 8-byte alignment.
+    let raw: FlowRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     decode_record(&raw)
 }
 
 /// Decodes a record already copied out of the ring.
-pub fn decode_record(raw: &FlowEvent) -> Result<Event, DecodeError> {
+pub fn decode_record(raw: &FlowRecord) -> Result<Event, DecodeError> {
     let kind = EventKind::from_u32(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
+    let state = TcpState(raw.old_state);
     let detail = match kind {
-        EventKind::Connect => connect(raw),
-        EventKind::ActiveEstablished => established(raw, Role::Client),
-        EventKind::PassiveEstablished => established(raw, Role::Server),
-        EventKind::SockOpsState => sockops_state(raw),
-        EventKind::SockOpsRetrans => sockops_retrans(raw),
-        EventKind::Rto => rto(raw),
-        EventKind::Rtt => rtt(raw),
-        EventKind::RstReceived => rst_received(raw),
-        EventKind::RstSent => rst_sent(raw),
-        EventKind::RetransmitSkb => retransmit(raw),
+        EventKind::FlowEnd => Detail::FlowEnd { from: state },
+        EventKind::Connect => Detail::Connect,
+        EventKind::ActiveEstablished => Detail::Established { role: Role::Client },
+        EventKind::PassiveEstablished => Detail::Established { role: Role::Server },
+        EventKind::StateChange => Detail::StateChange {
+            from: state,
+            to: TcpState(raw.new_state),
+        },
+        EventKind::RstReceived => Detail::RstReceived { state },
+        EventKind::RstSent => Detail::RstSent {
+            state,
+            reason: (raw.flags & flags::REASON != 0).then_some(raw.reason),
+            no_socket: raw.flags & flags::NO_SOCKET != 0,
+        },
+        EventKind::Retransmit => Detail::Retransmit {
+            state,
+            err: (raw.flags & flags::ERR != 0).then_some(raw.args[0] as i32),
+        },
         EventKind::RetransmitSynack => Detail::RetransmitSynack,
-        EventKind::DestroySock => destroy(raw),
-        EventKind::StateChange => state_change(raw),
+        EventKind::Rto => Detail::Rto { state },
         EventKind::RepeatRst => repeat_rst(raw)?,
+        EventKind::Open => Detail::Open { state },
     };
     let (local, remote) = endpoints(raw);
+    // A listener's state only holds the owner its accepted sockets inherit: not a flow.
+    let flow = (raw.flags & flags::FLOW != 0 && raw.flow.role != role::LISTENER).then_some(&raw.flow);
+    let owner = (raw.flags & flags::FLOW != 0 && raw.flow.flags & state_flags::OWNER != 0)
+        .then_some(&raw.flow);
     Ok(Event {
         ts_ns: raw.ts_ns,
         cookie: (raw.flags & flags::COOKIE != 0).then_some(raw.cookie),
         netns_cookie: (raw.flags & flags::NETNS != 0).then_some(raw.netns_cookie),
         local,
         remote,
-        sk_err: (raw.flags & flags::SK_ERR != 0).then_some(raw.args[1] as i32),
-        cgroup_id: (raw.flags & flags::CGROUP != 0)
-            .then(|| u64::from(raw.args[2]) | (u64::from(raw.args[3]) << 32)),
-        process: (raw.flags & flags::PID != 0).then(|| Process {
-            pid: raw.pid,
-            comm: comm(&raw.comm),
+        sk_err: (raw.flags & flags::SK_ERR != 0).then_some(raw.sk_err),
+        cgroup_id: (raw.flags & flags::FLOW != 0 && raw.flow.cgroup_id != 0)
+            .then_some(raw.flow.cgroup_id),
+        process: owner.map(|f| Process {
+            pid: f.pid,
+            comm: comm(&f.comm),
         }),
+        flow: flow.map(snapshot),
+        stats: (raw.flags & flags::STATS != 0).then(|| stats(&raw.stats)),
         detail,
     })
 }
 
-fn stats(raw: &FlowEvent) -> SockStats {
+fn snapshot(f: &probe_common::FlowState) -> FlowSnapshot {
+    FlowSnapshot {
+        start_ns: f.start_ns,
+        established_ns: (f.established_ns != 0).then_some(f.established_ns),
+        role: match f.role {
+            role::CLIENT => Some(Role::Client),
+            role::SERVER => Some(Role::Server),
+            _ => None,
+        },
+        counts: f.counts,
+        last_rst_reason: (f.counts.rst_sent > 0 && f.last_rst_reason != 0)
+            .then_some(f.last_rst_reason),
+        late: f.flags & state_flags::LATE != 0,
+    }
+}
+
+fn stats(s: &probe_common::SockStats) -> SockStats {
     SockStats {
-        srtt_us: raw.srtt_us,
-        total_retrans: raw.total_retrans,
-        segs_in: raw.segs_in,
-        segs_out: raw.segs_out,
-        data_segs_in: raw.data_segs_in,
-        data_segs_out: raw.data_segs_out,
-        bytes_received: raw.bytes_received,
-        bytes_acked: raw.bytes_acked,
+        srtt_us: s.srtt_us,
+        min_rtt_us: s.min_rtt_us,
+        total_retrans: s.total_retrans,
+        segs_in: s.segs_in,
+        segs_out: s.segs_out,
+        data_segs_in: s.data_segs_in,
+        data_segs_out: s.data_segs_out,
+        bytes_received: s.bytes_received,
+        bytes_acked: s.bytes_acked,
     }
 }
 
-fn connect(raw: &FlowEvent) -> Detail {
-    Detail::Connect { stats: stats(raw) }
-}
-
-fn established(raw: &FlowEvent, role: Role) -> Detail {
-    Detail::Established {
-        role,
-        stats: stats(raw),
-    }
-}
-
-fn sockops_state(raw: &FlowEvent) -> Detail {
-    Detail::SockOpsState {
-        from: TcpState(raw.old_state),
-        to: TcpState(raw.new_state),
-        stats: stats(raw),
-    }
-}
-
-fn sockops_retrans(raw: &FlowEvent) -> Detail {
-    // RETRANS_CB args: seq of the first segment, number of segments, tcp_transmit_skb result.
-    Detail::SockOpsRetrans {
-        seq: raw.args[0],
-        segs: raw.args[1],
-        result: raw.args[2] as i32,
-        stats: stats(raw),
-    }
-}
-
-fn rto(raw: &FlowEvent) -> Detail {
-    // RTO_CB args: icsk_retransmits, icsk_rto (jiffies), TCP_RTO_MAX.
-    Detail::Rto {
-        retransmits: raw.args[0],
-        rto_jiffies: raw.args[1],
-        stats: stats(raw),
-    }
-}
-
-fn rtt(raw: &FlowEvent) -> Detail {
-    // RTT_CB args: the measured RTT sample in µs, then srtt (µs << 3).
-    Detail::Rtt {
-        sample_us: raw.args[0],
-        stats: stats(raw),
-    }
-}
-
-fn rst_received(raw: &FlowEvent) -> Detail {
-    Detail::RstReceived {
-        state: TcpState(raw.old_state),
-    }
-}
-
-fn rst_sent(raw: &FlowEvent) -> Detail {
-    Detail::RstSent {
-        state: TcpState(raw.old_state),
-        reason: (raw.flags & flags::REASON != 0).then_some(raw.reason),
-        no_socket: raw.flags & flags::NO_SOCKET != 0,
-    }
-}
-
-fn retransmit(raw: &FlowEvent) -> Detail {
-    Detail::Retransmit {
-        state: TcpState(raw.old_state),
-        err: raw.args[0] as i32,
-    }
-}
-
-fn destroy(raw: &FlowEvent) -> Detail {
-    Detail::Destroy {
-        state: TcpState(raw.old_state),
-    }
-}
-
-fn state_change(raw: &FlowEvent) -> Detail {
-    Detail::StateChange {
-        from: TcpState(raw.old_state),
-        to: TcpState(raw.new_state),
-    }
-}
-
-fn repeat_rst(raw: &FlowEvent) -> Result<Detail, DecodeError> {
+fn repeat_rst(raw: &FlowRecord) -> Result<Detail, DecodeError> {
     let scope = match raw.args[0] {
         repeat_scope::SOCKET => RepeatScope::Socket,
         repeat_scope::PEER => RepeatScope::Peer,
@@ -180,7 +136,7 @@ fn comm(bytes: &[u8; 16]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
-fn endpoints(raw: &FlowEvent) -> (SocketAddr, SocketAddr) {
+fn endpoints(raw: &FlowRecord) -> (SocketAddr, SocketAddr) {
     let ip = |bytes: &[u8; 16]| -> IpAddr {
         if raw.flags & flags::IPV6 != 0 {
             let v6 = Ipv6Addr::from(*bytes);
@@ -203,8 +159,8 @@ fn endpoints(raw: &FlowEvent) -> (SocketAddr, SocketAddr) {
 mod tests {
     use super::*;
 
-    fn record(kind: EventKind) -> FlowEvent {
-        FlowEvent {
+    fn record(kind: EventKind) -> FlowRecord {
+        FlowRecord {
             ts_ns: 42,
             cookie: 7,
             netns_cookie: 9,
@@ -215,25 +171,29 @@ mod tests {
             dport: 80,
             saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             daddr: [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            ..FlowEvent::default()
+            ..FlowRecord::default()
         }
     }
 
-    fn bytes_of(raw: &FlowEvent) -> Vec<u8> {
-        // SAFETY: FlowEvent is repr(C) plain data without padding.
-        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(raw).cast::<u8>(), FLOW_EVENT_SIZE) }
-            .to_vec()
+    fn bytes_of(raw: &FlowRecord) -> Vec<u8> {
+        // SAFETY: FlowRecord is repr(C) plain data without padding.
+        unsafe {
+            std::slice::from_raw_parts(std::ptr::from_ref(raw).cast::<u8>(), FLOW_RECORD_SIZE)
+        }
+        .to_vec()
     }
 
     #[test]
     fn decodes_every_kind() {
         for kind in EventKind::ALL {
             let ev = decode(&bytes_of(&record(kind))).unwrap();
+            assert_eq!(ev.detail.kind(), kind);
             assert_eq!(ev.cookie, Some(7));
             assert_eq!(ev.netns_cookie, Some(9));
             assert_eq!(ev.local, "127.0.0.1:40000".parse().unwrap());
             assert_eq!(ev.remote, "10.1.2.3:80".parse().unwrap());
             assert_eq!(ev.ts_ns, 42);
+            assert_eq!(ev.flow, None);
         }
     }
 
@@ -266,18 +226,29 @@ mod tests {
     }
 
     #[test]
-    fn owner_process_is_decoded() {
-        let mut raw = record(EventKind::StateChange);
-        raw.flags |= flags::PID;
-        raw.pid = 1234;
-        raw.comm[..4].copy_from_slice(b"curl");
-        raw.old_state = 7;
-        raw.new_state = 2;
+    fn flow_state_gives_owner_role_and_counts() {
+        let mut raw = record(EventKind::FlowEnd);
+        raw.flags |= flags::FLOW | flags::SK_ERR | flags::STATS;
+        raw.old_state = 2;
+        raw.new_state = 7;
+        raw.sk_err = 111;
+        raw.stats.srtt_us = 30;
+        raw.flow.start_ns = 10;
+        raw.flow.role = role::CLIENT;
+        raw.flow.flags = state_flags::OWNER;
+        raw.flow.pid = 1234;
+        raw.flow.cgroup_id = 77;
+        raw.flow.comm[..4].copy_from_slice(b"curl");
+        raw.flow.counts.rst_received = 1;
         let ev = decode_record(&raw).unwrap();
-        let Detail::StateChange { from, to } = ev.detail else {
-            panic!("wrong variant");
-        };
-        assert_eq!((from, to), (TcpState::CLOSE, TcpState::SYN_SENT));
+        assert_eq!(
+            ev.detail,
+            Detail::FlowEnd {
+                from: TcpState::SYN_SENT
+            }
+        );
+        assert_eq!(ev.sk_err, Some(111));
+        assert_eq!(ev.cgroup_id, Some(77));
         assert_eq!(
             ev.process,
             Some(Process {
@@ -285,6 +256,20 @@ mod tests {
                 comm: "curl".into()
             })
         );
+        let flow = ev.flow.unwrap();
+        assert_eq!(flow.role, Some(Role::Client));
+        assert_eq!(flow.established_ns, None);
+        assert_eq!(flow.counts.rst_received, 1);
+        assert_eq!(ev.stats.map(|s| s.srtt_us), Some(30));
+    }
+
+    #[test]
+    fn no_owner_without_process_context() {
+        let mut raw = record(EventKind::RstSent);
+        raw.flags |= flags::FLOW;
+        raw.flow.pid = 99;
+        let ev = decode_record(&raw).unwrap();
+        assert_eq!(ev.process, None);
     }
 
     #[test]

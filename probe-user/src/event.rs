@@ -43,10 +43,13 @@ impl fmt::Display for TcpState {
     }
 }
 
-/// Socket counters sock_ops reports with each of its callbacks (JSON field names are a contract).
+/// The socket's own counters (`struct tcp_sock`), read at a flow's end and on data
+/// retransmits and RTOs (JSON field names are a contract).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SockStats {
     pub srtt_us: u32,
+    #[serde(default)]
+    pub min_rtt_us: u32,
     pub total_retrans: u32,
     pub segs_in: u32,
     pub segs_out: u32,
@@ -56,7 +59,8 @@ pub struct SockStats {
     pub bytes_acked: u64,
 }
 
-/// The process that owned the socket when the event happened.
+/// The process that owned the socket: the one that called connect() or listen() (an accepted
+/// socket belongs to its listener's owner).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Process {
     pub pid: u32,
@@ -70,76 +74,70 @@ pub enum Role {
     Server,
 }
 
+/// A flow's state as the kernel keeps it, after the hit a record reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowSnapshot {
+    /// connect() (clients), the accepted socket's creation (servers), first sight (`late`).
+    pub start_ns: u64,
+    pub established_ns: Option<u64>,
+    pub role: Option<Role>,
+    /// Facts counted so far (retransmits, RTOs, RSTs).
+    pub counts: FlowCounts,
+    /// Kernel reason of the flow's last RST sent.
+    pub last_rst_reason: Option<u32>,
+    /// First seen after its start (open before linkprobe, or its state was evicted).
+    pub late: bool,
+}
+
+pub use probe_common::FlowCounts;
+
 /// What happened, with the details each hook knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Detail {
-    /// An active open starts (sock_ops TCP_CONNECT_CB).
-    Connect { stats: SockStats },
-    /// The handshake completed (sock_ops ACTIVE/PASSIVE_ESTABLISHED_CB).
-    Established { role: Role, stats: SockStats },
-    /// sock_ops STATE_CB: a state change with the socket's counters at that moment.
-    SockOpsState {
-        from: TcpState,
-        to: TcpState,
-        stats: SockStats,
-    },
-    /// sock_ops RETRANS_CB.
-    SockOpsRetrans {
-        seq: u32,
-        segs: u32,
-        result: i32,
-        stats: SockStats,
-    },
-    /// sock_ops RTO_CB: the retransmission timer fired.
-    Rto {
-        retransmits: u32,
-        rto_jiffies: u32,
-        stats: SockStats,
-    },
-    /// sock_ops RTT_CB (sampled per flow).
-    Rtt { sample_us: u32, stats: SockStats },
-    /// tcp:tcp_receive_reset: the peer reset this socket.
+    /// The flow reached CLOSE (from `from`): its summary.
+    FlowEnd { from: TcpState },
+    /// connect() started (detail only).
+    Connect,
+    /// The handshake completed (detail only).
+    Established { role: Role },
+    /// Another TCP state change (detail only).
+    StateChange { from: TcpState, to: TcpState },
+    /// The peer reset this socket (detail only; the FlowEnd carries the count).
     RstReceived { state: TcpState },
-    /// tcp:tcp_send_reset: this host sent a reset; `no_socket` when no socket matched.
+    /// This host sent a reset; `no_socket` when no socket matched.
     RstSent {
         state: TcpState,
         reason: Option<u32>,
         no_socket: bool,
     },
-    /// tcp:tcp_retransmit_skb.
-    Retransmit { state: TcpState, err: i32 },
-    /// tcp:tcp_retransmit_synack.
+    /// A segment sent again; `err` where the kernel reports the send's result (6.13+).
+    Retransmit { state: TcpState, err: Option<i32> },
+    /// A listener sent its SYN-ACK again.
     RetransmitSynack,
-    /// tcp:tcp_destroy_sock.
-    Destroy { state: TcpState },
-    /// sock:inet_sock_set_state for TCP.
-    StateChange { from: TcpState, to: TcpState },
+    /// The retransmission timer fired (sock_ops).
+    Rto { state: TcpState },
     /// The in-kernel repeat-RST check fired; the event carries the RST's cookie and addresses.
     RepeatRst { scope: RepeatScope, count: u32 },
+    /// An open flow, read from the kernel when asked (never from the ring).
+    Open { state: TcpState },
 }
 
 impl Detail {
     /// The record kind this detail was decoded from.
     pub fn kind(&self) -> EventKind {
         match self {
-            Detail::Connect { .. } => EventKind::Connect,
-            Detail::Established {
-                role: Role::Client, ..
-            } => EventKind::ActiveEstablished,
-            Detail::Established {
-                role: Role::Server, ..
-            } => EventKind::PassiveEstablished,
-            Detail::SockOpsState { .. } => EventKind::SockOpsState,
-            Detail::SockOpsRetrans { .. } => EventKind::SockOpsRetrans,
-            Detail::Rto { .. } => EventKind::Rto,
-            Detail::Rtt { .. } => EventKind::Rtt,
+            Detail::FlowEnd { .. } => EventKind::FlowEnd,
+            Detail::Connect => EventKind::Connect,
+            Detail::Established { role: Role::Client } => EventKind::ActiveEstablished,
+            Detail::Established { role: Role::Server } => EventKind::PassiveEstablished,
+            Detail::StateChange { .. } => EventKind::StateChange,
             Detail::RstReceived { .. } => EventKind::RstReceived,
             Detail::RstSent { .. } => EventKind::RstSent,
-            Detail::Retransmit { .. } => EventKind::RetransmitSkb,
+            Detail::Retransmit { .. } => EventKind::Retransmit,
             Detail::RetransmitSynack => EventKind::RetransmitSynack,
-            Detail::Destroy { .. } => EventKind::DestroySock,
-            Detail::StateChange { .. } => EventKind::StateChange,
+            Detail::Rto { .. } => EventKind::Rto,
             Detail::RepeatRst { .. } => EventKind::RepeatRst,
+            Detail::Open { .. } => EventKind::Open,
         }
     }
 }
@@ -147,39 +145,41 @@ impl Detail {
 /// Stable name of an event kind, used in output, counters and metrics.
 pub fn kind_name(kind: EventKind) -> &'static str {
     match kind {
+        EventKind::FlowEnd => "flow_end",
         EventKind::Connect => "connect",
         EventKind::ActiveEstablished => "active_established",
         EventKind::PassiveEstablished => "passive_established",
-        EventKind::SockOpsState => "sockops_state",
-        EventKind::SockOpsRetrans => "sockops_retrans",
-        EventKind::Rto => "rto",
-        EventKind::Rtt => "rtt",
+        EventKind::StateChange => "state_change",
         EventKind::RstReceived => "rst_received",
         EventKind::RstSent => "rst_sent",
-        EventKind::RetransmitSkb => "retransmit",
+        EventKind::Retransmit => "retransmit",
         EventKind::RetransmitSynack => "retransmit_synack",
-        EventKind::DestroySock => "destroy",
-        EventKind::StateChange => "state_change",
+        EventKind::Rto => "rto",
         EventKind::RepeatRst => "repeat_rst",
+        EventKind::Open => "open",
     }
 }
 
-/// One decoded kernel event.
+/// One decoded kernel record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
     pub ts_ns: u64,
-    /// Socket cookie; `None` when there was no socket or its cookie was never generated.
+    /// Socket cookie; `None` when there was no socket.
     pub cookie: Option<u64>,
     pub netns_cookie: Option<u64>,
     pub local: SocketAddr,
     pub remote: SocketAddr,
-    /// The process that called connect() on this socket, where the kernel side knew it.
+    /// The socket's owner, where the kernel took it in process context.
     pub process: Option<Process>,
-    /// The socket's error (`sk_err`, an errno) when it moved to CLOSE: 111 ECONNREFUSED,
-    /// 110 ETIMEDOUT, 113 EHOSTUNREACH, … `None` on other events or when unreadable.
+    /// The socket's error (`sk_err`, an errno) at its end: 111 ECONNREFUSED, 110 ETIMEDOUT,
+    /// 113 EHOSTUNREACH, … `None` on other events or when unreadable.
     pub sk_err: Option<i32>,
-    /// The socket's cgroup v2 id (on state changes), the directory inode under the cgroup2 mount.
+    /// cgroup v2 id of the owner (the directory inode under the cgroup2 mount).
     pub cgroup_id: Option<u64>,
+    /// The flow's state after this hit, when the socket has one.
+    pub flow: Option<FlowSnapshot>,
+    /// The socket's counters, when the record carries them.
+    pub stats: Option<SockStats>,
     pub detail: Detail,
 }

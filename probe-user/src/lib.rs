@@ -10,6 +10,7 @@ pub mod counters;
 pub mod ctl;
 pub mod daemon;
 pub mod decode;
+pub mod detail;
 pub mod detect;
 pub mod diag;
 pub mod event;

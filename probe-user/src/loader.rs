@@ -1,14 +1,20 @@
-//! Loads the eBPF object and attaches each probe on its own: a probe whose hook or tracepoint
-//! layout is missing on this kernel stays off with a reason, and the rest run.
-use std::{collections::BTreeMap, fs::File, path::PathBuf};
+//! Loads the eBPF object and attaches each probe on its own: a probe whose hook is missing on
+//! this kernel stays off with a reason, and the rest run. Flow state lives in socket storage
+//! where this kernel's BTF tracepoints may use it, else in the fallback LRU map: every hook
+//! comes in both variants, and the store is chosen once, by the verifier's answer for the
+//! state-change hook.
+use std::{collections::BTreeMap, fs::File, io::Read as _, path::PathBuf};
 
 use aya::{
     programs::{
-        links::CgroupAttachMode, Program, ProgramError, RawTracePoint, SockOps, TracePoint,
+        links::CgroupAttachMode, BtfTracePoint, Iter, Program, ProgramError, SockOps,
     },
-    Ebpf, EbpfLoader,
+    Btf as AyaBtf, Ebpf, EbpfLoader,
 };
-use probe_common::{KernelOffsets, RepeatRstConfig, ScopeFilter, TpLayout, Tuning};
+use probe_common::{
+    DetailFilter, FlowRecord, HookArgs, KernelOffsets, RepeatRstConfig, ScopeFilter, TpLayout,
+    Tuning, ABSENT, FLOW_RECORD_SIZE,
+};
 
 use crate::{
     btf::{self, Btf},
@@ -23,22 +29,22 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// Where a probe hooks in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
-    /// cgroup `sock_ops` (Linux 4.13; sock_ops links 5.7; `bpf_get_netns_cookie` 5.15).
+    /// cgroup `sock_ops`.
     SockOps,
-    Tracepoint(Tracepoint),
-    /// The same tracepoint as a raw tracepoint (program gets `TP_PROTO` arguments). The
-    /// tracefs layout still says which arguments the kernel passes.
-    RawTracepoint(Tracepoint),
+    /// A BTF-typed tracepoint (`tp_btf`): TP_PROTO arguments, typed for the helpers.
+    BtfTracepoint(Tracepoint),
+    /// A BPF iterator over the host's TCP sockets, run when userspace asks.
+    IterTcp,
 }
 
 /// One row of the probe table.
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeSpec {
-    /// Program name in the eBPF object.
+    /// Program name in the eBPF object (the socket-storage variant); also the probe's name.
     pub program: &'static str,
+    /// The variant for the fallback LRU store, where there is one.
+    pub fallback: Option<&'static str>,
     pub hook: Hook,
-    /// Layout global the program reads (tracepoints only).
-    pub layout_global: Option<&'static str>,
     /// Kernel requirement, for the status table.
     pub requires: &'static str,
     /// What the probe gives users.
@@ -48,57 +54,73 @@ pub struct ProbeSpec {
 /// Every probe linkprobe knows. Each degrades alone.
 pub const PROBES: [ProbeSpec; 7] = [
     ProbeSpec {
-        program: "lp_sock_ops",
-        hook: Hook::SockOps,
-        layout_global: None,
-        requires: "5.15 (sock_ops + bpf_get_netns_cookie)",
-        provides: "connect, handshake, state/retransmit/RTO/RTT callbacks with socket counters",
+        program: "lp_state",
+        fallback: Some("lp_state_lru"),
+        hook: Hook::BtfTracepoint(Tracepoint::SetState),
+        requires: "5.5 (tp_btf); socket storage 5.11",
+        provides: "flows: connect, accept, established, and one summary when each ends",
     },
     ProbeSpec {
         program: "lp_rst_received",
-        hook: Hook::Tracepoint(Tracepoint::RstReceived),
-        layout_global: Some("TP_RST_RECEIVED"),
-        requires: "4.16",
-        provides: "RSTs received",
+        fallback: Some("lp_rst_received_lru"),
+        hook: Hook::BtfTracepoint(Tracepoint::RstReceived),
+        requires: "5.5",
+        provides: "RSTs received, counted in their flow",
     },
     ProbeSpec {
         program: "lp_rst_sent",
-        hook: Hook::Tracepoint(Tracepoint::RstSent),
-        layout_global: Some("TP_RST_SENT"),
-        requires: "4.16 (reason: 6.10)",
+        fallback: Some("lp_rst_sent_lru"),
+        hook: Hook::BtfTracepoint(Tracepoint::RstSent),
+        requires: "5.5 (reason: 6.10)",
         provides: "RSTs sent, with the kernel's reason where it has one",
     },
     ProbeSpec {
         program: "lp_retransmit",
-        // Raw, like the SYN-ACK and state probes: a regular tracepoint program is skipped when
-        // softirq interrupts another tracing program on the CPU (probe-ebpf `handle_raw`).
-        hook: Hook::RawTracepoint(Tracepoint::RetransmitSkb),
-        layout_global: Some("TP_RETRANSMIT_SKB"),
-        requires: "4.15",
-        provides: "every retransmitted segment (SYN and data)",
+        fallback: Some("lp_retransmit_lru"),
+        hook: Hook::BtfTracepoint(Tracepoint::RetransmitSkb),
+        requires: "5.5 (err: 6.13)",
+        provides: "SYN retransmits at once; data retransmits counted, reported per interval",
     },
     ProbeSpec {
         program: "lp_retrans_synack",
-        hook: Hook::RawTracepoint(Tracepoint::RetransmitSynack),
-        layout_global: Some("TP_RETRANSMIT_SYNACK"),
-        requires: "4.16",
+        fallback: None,
+        hook: Hook::BtfTracepoint(Tracepoint::RetransmitSynack),
+        requires: "5.5",
         provides: "SYN-ACK retransmits of listening sockets",
     },
     ProbeSpec {
-        program: "lp_destroy_sock",
-        hook: Hook::Tracepoint(Tracepoint::DestroySock),
-        layout_global: Some("TP_DESTROY_SOCK"),
-        requires: "4.16",
-        provides: "socket destruction (end of a flow)",
+        program: "lp_sock_ops",
+        fallback: Some("lp_sock_ops_lru"),
+        hook: Hook::SockOps,
+        requires: "4.13; RTOs per flow: socket storage",
+        provides: "RTOs (retransmission timer firings)",
     },
     ProbeSpec {
-        program: "lp_set_state",
-        hook: Hook::RawTracepoint(Tracepoint::SetState),
-        layout_global: Some("TP_SET_STATE"),
-        requires: "5.6 (sock.sk_protocol)",
-        provides: "TCP state changes; the owning process at connect()",
+        program: "lp_open_flows",
+        fallback: None,
+        hook: Hook::IterTcp,
+        requires: "5.9 (iter/tcp); socket storage 5.11",
+        provides: "open flows with their state, read when asked (`linkprobe flows`)",
     },
 ];
+
+/// Where the flows' state lives on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    /// Socket local storage (`FLOWS`): per socket, freed with it, no bound.
+    SkStorage,
+    /// The fallback LRU map (`FLOWS_LRU`), keyed by socket address, bounded and evicting.
+    Lru,
+}
+
+impl Store {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Store::SkStorage => "socket storage",
+            Store::Lru => "LRU map",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -135,8 +157,12 @@ pub enum ProbeState {
 #[derive(Clone, Debug)]
 pub struct ProbeStatus {
     pub spec: ProbeSpec,
-    /// Where it is attached, e.g. `cgroup /sys/fs/cgroup/unified` or `tcp:tcp_send_reset`.
+    /// The program that runs: the spec's, or its fallback variant.
+    pub program: &'static str,
+    /// Where it is attached, e.g. `cgroup /sys/fs/cgroup/unified` or `tp_btf tcp_send_reset`.
     pub target: String,
+    /// How it runs: `tp_btf, socket storage`, `sock_ops, LRU map`, `iter/tcp`.
+    pub how: String,
     pub state: ProbeState,
 }
 
@@ -148,17 +174,25 @@ pub struct LoadOptions {
     pub scope: ScopeFilter,
     pub tuning: Tuning,
     pub repeat: RepeatRstConfig,
+    pub detail: DetailFilter,
     /// Ring buffer size in bytes (power of two, multiple of the page size).
     pub ring_bytes: u32,
+    /// Entries of the fallback flow-state map.
+    pub fallback_flows: u32,
 }
 
 /// The loaded object plus what each probe became.
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub probes: Vec<ProbeStatus>,
+    pub store: Store,
+    /// Why the fallback store is in use (the verifier's answer for socket storage).
+    pub store_note: Option<String>,
     pub reason_names: ReasonNames,
     /// BTF members missing on this kernel and what that costs.
     pub btf_notes: Vec<String>,
+    /// Tracepoint fields this kernel has, per tracepoint (for `linkprobe probes`).
+    pub tracepoint_fields: BTreeMap<&'static str, Result<Vec<String>, String>>,
 }
 
 impl Loaded {
@@ -168,26 +202,93 @@ impl Loaded {
             .filter(|p| p.state == ProbeState::Attached)
             .count()
     }
+
+    /// Every open flow in scope with its kernel state, by running the open-flow iterator once.
+    pub fn open_flows(&mut self) -> Result<Vec<FlowRecord>, OpenFlowsError> {
+        if self.store != Store::SkStorage
+            || !self
+                .probes
+                .iter()
+                .any(|p| p.spec.hook == Hook::IterTcp && p.state == ProbeState::Attached)
+        {
+            return Err(OpenFlowsError::Unavailable);
+        }
+        let prog: &mut Iter = self
+            .ebpf
+            .program_mut("lp_open_flows")
+            .ok_or(OpenFlowsError::Unavailable)?
+            .try_into()
+            .map_err(|e: ProgramError| OpenFlowsError::Run(e.to_string()))?;
+        let link = prog
+            .attach()
+            .map_err(|e| OpenFlowsError::Run(e.to_string()))?;
+        let link = prog
+            .take_link(link)
+            .map_err(|e| OpenFlowsError::Run(e.to_string()))?;
+        let mut file = link
+            .into_file()
+            .map_err(|e| OpenFlowsError::Run(e.to_string()))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| OpenFlowsError::Run(e.to_string()))?;
+        Ok(bytes
+            .chunks_exact(FLOW_RECORD_SIZE)
+            // SAFETY: each chunk is one FlowRecord the iterator wrote; plain old data.
+            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<FlowRecord>()) })
+            .collect())
+    }
 }
 
-/// Tracepoint layouts read from tracefs; a layout that cannot be used turns its probe off.
-fn layouts() -> BTreeMap<&'static str, Result<TpLayout, String>> {
+#[derive(Debug, thiserror::Error)]
+pub enum OpenFlowsError {
+    #[error("open flows cannot be read from the kernel here (needs the open-flow iterator and socket storage)")]
+    Unavailable,
+    #[error("reading open flows from the kernel: {0}")]
+    Run(String),
+}
+
+/// Tracepoint formats from tracefs: which optional arguments each passes, and its fields.
+struct Formats {
+    layouts: BTreeMap<&'static str, Result<TpLayout, String>>,
+    fields: BTreeMap<&'static str, Result<Vec<String>, String>>,
+}
+
+fn formats() -> Formats {
     let root = PathBuf::from(mounts::TRACEFS);
-    PROBES
-        .iter()
-        .filter_map(|p| match (p.hook, p.layout_global) {
-            (Hook::Tracepoint(tp) | Hook::RawTracepoint(tp), Some(global)) => {
-                let layout = tracefs::read_format(&root, tp)
-                    .map_err(|e| e.to_string())
-                    .and_then(|f| tracefs::resolve_layout(tp, &f).map_err(|e| e.to_string()));
-                Some((global, layout))
-            }
-            _ => None,
-        })
-        .collect()
+    let mut layouts = BTreeMap::new();
+    let mut fields = BTreeMap::new();
+    for tp in Tracepoint::ALL {
+        let format = tracefs::read_format(&root, tp).map_err(|e| e.to_string());
+        fields.insert(
+            tp.name(),
+            format
+                .as_ref()
+                .map(|f| f.fields.iter().map(|x| x.name.clone()).collect())
+                .map_err(Clone::clone),
+        );
+        let layout =
+            format.and_then(|f| tracefs::resolve_layout(tp, &f).map_err(|e| e.to_string()));
+        layouts.insert(tp.name(), layout);
+    }
+    Formats { layouts, fields }
 }
 
-/// Loads the object with this kernel's layouts and offsets, then attaches every probe it can.
+/// Optional TP_PROTO arguments, from the tracepoints' formats (a field the record has is an
+/// argument the tracepoint passes).
+fn hook_args(f: &Formats) -> HookArgs {
+    let has = |tp: Tracepoint, field: fn(&TpLayout) -> u16| {
+        f.layouts
+            .get(tp.name())
+            .and_then(|l| l.as_ref().ok())
+            .is_some_and(|l| field(l) != ABSENT)
+    };
+    HookArgs {
+        rst_reason: u32::from(has(Tracepoint::RstSent, |l| l.reason)),
+        retransmit_err: u32::from(has(Tracepoint::RetransmitSkb, |l| l.err)),
+    }
+}
+
+/// Loads the object with this kernel's offsets, then attaches every probe it can.
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
@@ -197,67 +298,74 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     if offsets.valid == 0 {
         return Err(LoadError::Offsets(btf_notes.join("; ")));
     }
-    let layouts = layouts();
+    let formats = formats();
+    let args = hook_args(&formats);
     let reason_names = ReasonNames::from_tracefs(&PathBuf::from(mounts::TRACEFS));
+    let kernel_btf = AyaBtf::from_sys_fs().map_err(|e| LoadError::Ebpf(e.into()))?;
 
     let mut loader = EbpfLoader::new();
-    let scope = opts.scope;
-    let tuning = opts.tuning;
-    let repeat = opts.repeat;
+    let (scope, tuning, repeat, detail) = (opts.scope, opts.tuning, opts.repeat, opts.detail);
     let offsets: KernelOffsets = offsets;
     loader
+        .btf(Some(&kernel_btf))
         .override_global("SCOPE", &scope, true)
         .override_global("OFFSETS", &offsets, true)
         .override_global("TUNING", &tuning, true)
         .override_global("REPEAT", &repeat, true)
-        .map_max_entries("EVENTS", opts.ring_bytes);
-    let valid_layouts: Vec<(&'static str, TpLayout)> = layouts
-        .iter()
-        .filter_map(|(name, l)| l.as_ref().ok().map(|l| (*name, *l)))
-        .collect();
-    for (name, layout) in &valid_layouts {
-        loader.override_global(name, layout, true);
-    }
+        .override_global("HOOK_ARGS", &args, true)
+        .override_global("DETAIL", &detail, true)
+        .map_max_entries("EVENTS", opts.ring_bytes)
+        .map_max_entries("FLOWS_LRU", opts.fallback_flows);
     let mut ebpf = loader.load(EBPF_OBJECT)?;
 
+    let (store, store_note) = choose_store(&mut ebpf, &kernel_btf);
     let mut probes = Vec::with_capacity(PROBES.len());
     for spec in PROBES {
-        let (target, state) = match spec.hook {
-            Hook::SockOps => {
-                let target = format!("cgroup {}", opts.sock_ops_cgroup.display());
-                (
-                    target,
-                    attach_sock_ops(&mut ebpf, spec, &opts.sock_ops_cgroup)?,
-                )
-            }
-            Hook::Tracepoint(tp) | Hook::RawTracepoint(tp) => {
-                let raw = matches!(spec.hook, Hook::RawTracepoint(_));
-                let target = if raw {
-                    format!("raw_tp {}", tp.name())
-                } else {
-                    format!("{}:{}", tp.category(), tp.name())
-                };
-                let layout = spec.layout_global.and_then(|g| layouts.get(g));
-                let state = match layout {
-                    Some(Ok(_)) if raw => attach_raw_tracepoint(&mut ebpf, spec, tp),
-                    Some(Ok(_)) => attach_tracepoint(&mut ebpf, spec, tp),
-                    Some(Err(why)) => ProbeState::Off(why.clone()),
-                    None => ProbeState::Off("no layout global".into()),
-                };
-                (target, state)
-            }
+        let program = match (store, spec.fallback) {
+            (Store::Lru, Some(fallback)) => fallback,
+            _ => spec.program,
+        };
+        let (target, how, state) = match spec.hook {
+            Hook::SockOps => (
+                format!("cgroup {}", opts.sock_ops_cgroup.display()),
+                format!("sock_ops, {}", store.describe()),
+                attach_sock_ops(&mut ebpf, program, &opts.sock_ops_cgroup)?,
+            ),
+            Hook::BtfTracepoint(tp) => (
+                format!("tp_btf {}", tp.name()),
+                match spec.fallback {
+                    Some(_) => format!("tp_btf, {}", store.describe()),
+                    None => "tp_btf".to_owned(),
+                },
+                attach_btf_tracepoint(&mut ebpf, program, tp, &kernel_btf),
+            ),
+            Hook::IterTcp => (
+                "iter/tcp".to_owned(),
+                "iterator, on demand".to_owned(),
+                match store {
+                    Store::SkStorage => load_iterator(&mut ebpf, program, &kernel_btf),
+                    Store::Lru => ProbeState::Off(
+                        "needs socket storage; open flows come from the fallback map".into(),
+                    ),
+                },
+            ),
         };
         probes.push(ProbeStatus {
             spec,
+            program,
             target,
+            how,
             state,
         });
     }
     let loaded = Loaded {
         ebpf,
         probes,
+        store,
+        store_note,
         reason_names,
         btf_notes,
+        tracepoint_fields: formats.fields,
     };
     if loaded.attached_count() == 0 {
         return Err(LoadError::NothingAttached(crate::output::probe_table(
@@ -267,6 +375,25 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     Ok(loaded)
 }
 
+/// Socket storage when this kernel's verifier takes the state-change hook with it, else the
+/// fallback map, with the verifier's reason.
+fn choose_store(ebpf: &mut Ebpf, btf: &AyaBtf) -> (Store, Option<String>) {
+    let tp = Tracepoint::SetState;
+    let loaded = ebpf
+        .program_mut("lp_state")
+        .ok_or_else(|| "program lp_state missing from the object".to_owned())
+        .and_then(|p| {
+            let p: &mut BtfTracePoint = p.try_into().map_err(|e: ProgramError| e.to_string())?;
+            p.load(tp.name(), btf).map_err(|e| verifier_summary(&e))
+        });
+    match loaded {
+        Ok(()) => (Store::SkStorage, None),
+        Err(why) => {
+            log::warn!("flow state in the fallback LRU map: socket storage refused ({why})");
+            (Store::Lru, Some(why))
+        }
+    }
+}
 fn program_error(what: &str, err: impl std::error::Error) -> ProbeState {
     ProbeState::Off(format!("{what}: {}", error_chain(&err)))
 }
@@ -287,15 +414,15 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 /// why.
 fn load_and_attach<P>(
     ebpf: &mut Ebpf,
-    spec: ProbeSpec,
+    program: &'static str,
     load: impl FnOnce(&mut P) -> Result<(), ProgramError>,
     attach: impl FnOnce(&mut P) -> Result<(), ProgramError>,
 ) -> ProbeState
 where
     for<'a> &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
 {
-    let Some(prog) = ebpf.program_mut(spec.program) else {
-        return ProbeState::Off(format!("program {} missing from the object", spec.program));
+    let Some(prog) = ebpf.program_mut(program) else {
+        return ProbeState::Off(format!("program {program} missing from the object"));
     };
     let prog: &mut P = match prog.try_into() {
         Ok(p) => p,
@@ -313,33 +440,39 @@ where
     }
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, spec: ProbeSpec, tp: Tracepoint) -> ProbeState {
+fn attach_btf_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    tp: Tracepoint,
+    btf: &AyaBtf,
+) -> ProbeState {
     load_and_attach(
         ebpf,
-        spec,
-        |p: &mut TracePoint| p.load(),
-        |p| p.attach(tp.category(), tp.name()).map(drop),
+        program,
+        |p: &mut BtfTracePoint| {
+            // `choose_store` may have loaded it already.
+            if p.fd().is_ok() {
+                return Ok(());
+            }
+            p.load(tp.name(), btf)
+        },
+        |p| p.attach().map(drop),
     )
 }
 
-fn attach_raw_tracepoint(ebpf: &mut Ebpf, spec: ProbeSpec, tp: Tracepoint) -> ProbeState {
-    load_and_attach(
-        ebpf,
-        spec,
-        |p: &mut RawTracePoint| p.load(),
-        |p| p.attach(tp.name()).map(drop),
-    )
+fn load_iterator(ebpf: &mut Ebpf, program: &'static str, btf: &AyaBtf) -> ProbeState {
+    // Loaded now (so the table says whether this kernel takes it); attached per request.
+    load_and_attach(ebpf, program, |p: &mut Iter| p.load("tcp", btf), |_| Ok(()))
 }
 
 fn attach_sock_ops(
     ebpf: &mut Ebpf,
-    spec: ProbeSpec,
+    program: &'static str,
     cgroup: &std::path::Path,
 ) -> Result<ProbeState, LoadError> {
-    let Some(prog) = ebpf.program_mut(spec.program) else {
+    let Some(prog) = ebpf.program_mut(program) else {
         return Ok(ProbeState::Off(format!(
-            "program {} missing from the object",
-            spec.program
+            "program {program} missing from the object"
         )));
     };
     let prog: &mut SockOps = match prog.try_into() {

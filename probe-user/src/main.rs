@@ -5,6 +5,7 @@ use probe_user::{
     api,
     cli::{Cli, Command},
     ctl, daemon,
+    detail::DetailSpec,
     exporter::Exporter,
     lock,
 };
@@ -38,7 +39,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let api = api::for_daemon(&args, &started.loaded.reason_names)?;
             runtime.block_on(daemon::run(&args.probe, started, api))?;
         }
-        Command::Trace(args) => {
+        Command::Trace(mut args) => {
+            // A private look at one host or namespace: every hook hit unless asked otherwise.
+            args.detail.get_or_insert(DetailSpec::All);
             let started = daemon::start(&args)?;
             runtime.block_on(daemon::run(&args, started, None))?;
         }

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::{
     counters::KernelCounters,
-    event::{kind_name, Detail, Event, RepeatScope, Role, SockStats},
+    event::{kind_name, Detail, Event, FlowSnapshot, RepeatScope, Role, SockStats, TcpState},
     loader::{ProbeState, ProbeStatus},
     rst_reason::ReasonNames,
 };
@@ -49,14 +49,6 @@ pub struct EventView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub err: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub retrans_seq: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retrans_segs: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rto_retransmits: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rtt_sample_us: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub sk_err: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
@@ -65,7 +57,52 @@ pub struct EventView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeat_count: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowStateView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<&'a SockStats>,
+}
+
+/// The kernel's flow state a record carries (JSON field names are a contract).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct FlowStateView {
+    pub start_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub established_ns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    pub syn_retrans: u32,
+    pub data_retrans: u32,
+    pub retrans_failed: u32,
+    pub rtos: u32,
+    pub rst_sent: u32,
+    pub rst_received: u32,
+    #[serde(default)]
+    pub late: bool,
+}
+
+impl FlowStateView {
+    pub fn new(f: &FlowSnapshot) -> Self {
+        let c = &f.counts;
+        FlowStateView {
+            start_ns: f.start_ns,
+            established_ns: f.established_ns,
+            role: f.role.map(|r| role_name(r).to_owned()),
+            syn_retrans: c.syn_retrans,
+            data_retrans: c.data_retrans,
+            retrans_failed: c.retrans_failed,
+            rtos: c.rtos,
+            rst_sent: c.rst_sent,
+            rst_received: c.rst_received,
+            late: f.late,
+        }
+    }
+}
+
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Client => "client",
+        Role::Server => "server",
+    }
 }
 
 impl<'a> EventView<'a> {
@@ -86,47 +123,24 @@ impl<'a> EventView<'a> {
             pid: None,
             comm: None,
             err: None,
-            retrans_seq: None,
-            retrans_segs: None,
-            rto_retransmits: None,
-            rtt_sample_us: None,
-            sk_err: None,
+            sk_err: ev.sk_err,
             cgroup_id: ev.cgroup_id,
             repeat_scope: None,
             repeat_count: None,
-            stats: None,
+            flow: ev.flow.as_ref().map(FlowStateView::new),
+            stats: ev.stats.as_ref(),
         };
         match &ev.detail {
-            Detail::Connect { stats } | Detail::Established { stats, .. } => {
-                v.stats = Some(stats);
+            Detail::Connect | Detail::Established { .. } | Detail::RetransmitSynack => {}
+            Detail::FlowEnd { from } => {
+                v.old_state = Some(from.name());
+                v.new_state = Some(TcpState::CLOSE.name());
             }
-            Detail::SockOpsState { from, to, stats } => {
+            Detail::StateChange { from, to } => {
                 v.old_state = Some(from.name());
                 v.new_state = Some(to.name());
-                v.stats = Some(stats);
             }
-            Detail::SockOpsRetrans {
-                seq,
-                segs,
-                result,
-                stats,
-            } => {
-                v.retrans_seq = Some(*seq);
-                v.retrans_segs = Some(*segs);
-                v.err = Some(*result);
-                v.stats = Some(stats);
-            }
-            Detail::Rto {
-                retransmits, stats, ..
-            } => {
-                v.rto_retransmits = Some(*retransmits);
-                v.stats = Some(stats);
-            }
-            Detail::Rtt { sample_us, stats } => {
-                v.rtt_sample_us = Some(*sample_us);
-                v.stats = Some(stats);
-            }
-            Detail::RstReceived { state } | Detail::Destroy { state } => {
+            Detail::RstReceived { state } | Detail::Rto { state } | Detail::Open { state } => {
                 v.state = Some(state.name());
             }
             Detail::RstSent {
@@ -140,19 +154,13 @@ impl<'a> EventView<'a> {
             }
             Detail::Retransmit { state, err } => {
                 v.state = Some(state.name());
-                v.err = Some(*err);
-            }
-            Detail::RetransmitSynack => {}
-            Detail::StateChange { from, to } => {
-                v.old_state = Some(from.name());
-                v.new_state = Some(to.name());
+                v.err = *err;
             }
             Detail::RepeatRst { scope, count } => {
                 v.repeat_scope = Some(repeat_scope_name(*scope));
                 v.repeat_count = Some(*count);
             }
         }
-        v.sk_err = ev.sk_err;
         if let Some(p) = &ev.process {
             v.pid = Some(p.pid);
             v.comm = Some(&p.comm);
@@ -175,29 +183,31 @@ pub fn text_line(ev: &Event, reasons: &ReasonNames) -> String {
         .cookie
         .map_or_else(|| "-".to_owned(), |c| format!("{c:#x}"));
     let detail = match &ev.detail {
-        Detail::Connect { .. } => String::new(),
-        Detail::Established { role, stats } => format!(
-            "{} srtt={}us",
-            match role {
-                Role::Client => "client",
-                Role::Server => "server",
-            },
-            stats.srtt_us
-        ),
-        Detail::SockOpsState { from, to, stats } => format!(
-            "{from}->{to} retrans={} segs_out={} bytes_acked={}",
-            stats.total_retrans, stats.segs_out, stats.bytes_acked
-        ),
-        Detail::SockOpsRetrans {
-            seq, segs, result, ..
-        } => {
-            format!("seq={seq} segs={segs} result={result}")
+        Detail::Connect | Detail::RetransmitSynack => String::new(),
+        Detail::Established { role } => role_name(*role).to_owned(),
+        Detail::FlowEnd { from } => {
+            let mut text = format!("{from}->CLOSE");
+            if let Some(err) = ev.sk_err.filter(|e| *e != 0) {
+                text.push_str(&format!(" sk_err={err}"));
+            }
+            if let Some(f) = &ev.flow {
+                let c = &f.counts;
+                text.push_str(&format!(
+                    " retrans={}/{} rtos={} rst={}/{}",
+                    c.syn_retrans, c.data_retrans, c.rtos, c.rst_sent, c.rst_received
+                ));
+            }
+            if let Some(s) = &ev.stats {
+                text.push_str(&format!(
+                    " srtt={}us segs_out={} bytes_acked={}",
+                    s.srtt_us, s.segs_out, s.bytes_acked
+                ));
+            }
+            text
         }
-        Detail::Rto { retransmits, .. } => format!("retransmits={retransmits}"),
-        Detail::Rtt { sample_us, stats } => {
-            format!("sample={sample_us}us srtt={}us", stats.srtt_us)
+        Detail::RstReceived { state } | Detail::Rto { state } | Detail::Open { state } => {
+            format!("state={state}")
         }
-        Detail::RstReceived { state } | Detail::Destroy { state } => format!("state={state}"),
         Detail::RstSent {
             state,
             reason,
@@ -207,12 +217,11 @@ pub fn text_line(ev: &Event, reasons: &ReasonNames) -> String {
             reason.map_or_else(|| "-".to_owned(), |r| reasons.name(r)),
             if *no_socket { " no_socket" } else { "" }
         ),
-        Detail::Retransmit { state, err } => format!("state={state} err={err}"),
-        Detail::RetransmitSynack => String::new(),
-        Detail::StateChange { from, to } => match ev.sk_err {
-            Some(err) if err != 0 => format!("{from}->{to} sk_err={err}"),
-            _ => format!("{from}->{to}"),
+        Detail::Retransmit { state, err } => match err {
+            Some(e) => format!("state={state} err={e}"),
+            None => format!("state={state}"),
         },
+        Detail::StateChange { from, to } => format!("{from}->{to}"),
         Detail::RepeatRst { scope, count } => {
             format!("scope={} count={count}", repeat_scope_name(*scope))
         }
@@ -233,18 +242,22 @@ pub fn text_line(ev: &Event, reasons: &ReasonNames) -> String {
 
 /// The per-probe attach table, one row per probe.
 pub fn probe_table(probes: &[ProbeStatus]) -> String {
-    let mut out = format!(
-        "{:<18} {:<32} {:<9} {:<28} {}\n",
-        "PROBE", "HOOK", "STATE", "NEEDS KERNEL", "DETAIL"
-    );
+    let row = |probe: &str, hook: &str, how: &str, state: &str, needs: &str, detail: &str| {
+        format!("{probe:<18} {hook:<30} {how:<26} {state:<9} {needs:<36} {detail}\n")
+    };
+    let mut out = row("PROBE", "HOOK", "HOW", "STATE", "NEEDS KERNEL", "DETAIL");
     for p in probes {
         let (state, detail) = match &p.state {
             ProbeState::Attached => ("attached", p.spec.provides.to_owned()),
             ProbeState::Off(why) => ("OFF", why.clone()),
         };
-        out.push_str(&format!(
-            "{:<18} {:<32} {:<9} {:<28} {}\n",
-            p.spec.program, p.target, state, p.spec.requires, detail
+        out.push_str(&row(
+            p.spec.program,
+            &p.target,
+            &p.how,
+            state,
+            p.spec.requires,
+            &detail,
         ));
     }
     out
@@ -254,17 +267,22 @@ pub fn probe_table(probes: &[ProbeStatus]) -> String {
 struct ProbeView<'a> {
     name: &'static str,
     hook: &'a str,
+    how: &'a str,
+    program: &'static str,
     attached: bool,
     reason: Option<&'a str>,
 }
 
-/// JSON line announcing that probes are attached.
-pub fn ready_json(probes: &[ProbeStatus]) -> String {
+/// JSON line announcing that probes are attached, and which flows get every hook hit as a
+/// record (`detail`: off, all or match).
+pub fn ready_json(probes: &[ProbeStatus], detail: &str) -> String {
     let probes: Vec<ProbeView<'_>> = probes
         .iter()
         .map(|p| ProbeView {
             name: p.spec.program,
             hook: &p.target,
+            how: &p.how,
+            program: p.program,
             attached: p.state == ProbeState::Attached,
             reason: match &p.state {
                 ProbeState::Attached => None,
@@ -272,7 +290,7 @@ pub fn ready_json(probes: &[ProbeStatus]) -> String {
             },
         })
         .collect();
-    json_line(&serde_json::json!({ "type": "ready", "probes": probes }))
+    json_line(&serde_json::json!({ "type": "ready", "probes": probes, "detail": detail }))
 }
 
 #[derive(Serialize)]

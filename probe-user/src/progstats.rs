@@ -53,8 +53,8 @@ pub fn recursion_misses(ebpf: &Ebpf, probes: &[ProbeStatus]) -> BTreeMap<&'stati
         .iter()
         .filter(|p| p.state == ProbeState::Attached)
         .filter_map(|p| {
+            let fd = ebpf.program(p.program)?.fd().ok()?.as_fd().as_raw_fd();
             let name = p.spec.program;
-            let fd = ebpf.program(name)?.fd().ok()?.as_fd().as_raw_fd();
             match prog_info(fd) {
                 Ok(info) => Some((name, info.recursion_misses)),
                 Err(e) => {

@@ -50,7 +50,7 @@ fn parse_state(s: &str) -> Option<StateMatch> {
 }
 
 /// `10.0.0.5` or `10.0.0.5:80` (IPv6: `[::1]:80`).
-fn parse_peer(p: &str) -> Result<(IpAddr, Option<u16>), FilterError> {
+pub fn parse_peer(p: &str) -> Result<(IpAddr, Option<u16>), FilterError> {
     if let Ok(sa) = p.parse::<SocketAddr>() {
         return Ok((sa.ip(), Some(sa.port())));
     }
@@ -136,11 +136,13 @@ impl Matcher {
     pub fn event(&self, ev: &Event) -> bool {
         let proc = ev.process.as_ref();
         let state = match &ev.detail {
-            Detail::StateChange { to, .. } | Detail::SockOpsState { to, .. } => Some(*to),
+            Detail::StateChange { to, .. } => Some(*to),
+            Detail::FlowEnd { .. } => Some(TcpState::CLOSE),
             Detail::RstReceived { state }
             | Detail::RstSent { state, .. }
             | Detail::Retransmit { state, .. }
-            | Detail::Destroy { state } => Some(*state),
+            | Detail::Rto { state }
+            | Detail::Open { state } => Some(*state),
             _ => None,
         };
         self.endpoint(ev.local, ev.remote)
@@ -159,15 +161,12 @@ impl Matcher {
             && (!self.with_retrans
                 || matches!(
                     ev.detail,
-                    Detail::Retransmit { .. }
-                        | Detail::SockOpsRetrans { .. }
-                        | Detail::Rto { .. }
-                        | Detail::RetransmitSynack
+                    Detail::Retransmit { .. } | Detail::Rto { .. } | Detail::RetransmitSynack
                 ))
             && (!self.failed
                 || matches!(
                     (&ev.detail, ev.sk_err),
-                    (Detail::StateChange { from: TcpState::SYN_SENT, .. }, Some(e)) if e != 0
+                    (Detail::FlowEnd { from: TcpState::SYN_SENT }, Some(e)) if e != 0
                 ))
     }
 }

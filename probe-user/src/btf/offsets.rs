@@ -120,6 +120,31 @@ impl Finder<'_> {
     }
 }
 
+impl Finder<'_> {
+    /// `tcp_sock.rtt_min` (a `struct minmax` of three `{t, v}` samples, the best first) + the
+    /// offset of `v` in a sample: the windowed minimum RTT in µs.
+    fn min_rtt(&mut self) -> u32 {
+        let found = self
+            .btf
+            .member_offset("tcp_sock", "rtt_min")
+            .and_then(|base| Ok((base, self.btf.member_offset("minmax_sample", "v")?)))
+            .map_err(Missing::from);
+        match found {
+            Ok((base, v)) => base + v,
+            Err(why) => {
+                self.note(
+                    "tcp_sock",
+                    "rtt_min",
+                    why,
+                    "missing",
+                    "flows have no minimum RTT",
+                );
+                KernelOffsets::ABSENT
+            }
+        }
+    }
+}
+
 /// Why a member could not be used.
 enum Missing {
     /// No such struct or member in this kernel.
@@ -210,6 +235,28 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
     o.sk_daddr = common(&mut f, "skc_daddr", 4, "missing");
     o.sk_v6_rcv_saddr = common(&mut f, "skc_v6_rcv_saddr", 16, "no CONFIG_IPV6");
     o.sk_v6_daddr = common(&mut f, "skc_v6_daddr", 16, "no CONFIG_IPV6");
+    let tcp = |f: &mut Finder<'_>, member: &str, size: u32| {
+        f.field(
+            "tcp_sock",
+            member,
+            size,
+            "missing",
+            "flow summaries lack that socket counter",
+        )
+    };
+    o.tp_srtt_us = tcp(&mut f, "srtt_us", 4);
+    o.tp_min_rtt = f.min_rtt();
+    o.tp_total_retrans = tcp(&mut f, "total_retrans", 4);
+    o.tp_segs_in = tcp(&mut f, "segs_in", 4);
+    o.tp_segs_out = tcp(&mut f, "segs_out", 4);
+    o.tp_data_segs_in = tcp(&mut f, "data_segs_in", 4);
+    o.tp_data_segs_out = tcp(&mut f, "data_segs_out", 4);
+    o.tp_bytes_received = tcp(&mut f, "bytes_received", 8);
+    o.tp_bytes_acked = tcp(&mut f, "bytes_acked", 8);
+    const NO_PKT_ADDRS: &str = "RSTs sent without a socket have no addresses";
+    o.skb_head = f.field("sk_buff", "head", 8, "missing", NO_PKT_ADDRS);
+    o.skb_network_header = f.field("sk_buff", "network_header", 2, "missing", NO_PKT_ADDRS);
+    o.skb_transport_header = f.field("sk_buff", "transport_header", 2, "missing", NO_PKT_ADDRS);
     let needed = [o.sk_cookie, o.sk_net, o.net_cookie];
     o.valid = u32::from(needed.iter().all(|&v| v != KernelOffsets::ABSENT));
     (o, f.notes)

@@ -247,8 +247,12 @@ config_table! {
 }
 
 config_table! {
-    /// `[kernel]`: the in-kernel repeat-RST check (see `probe_common::RepeatRstConfig`).
+    /// `[kernel]`: the in-kernel repeat-RST check (see `probe_common::RepeatRstConfig`) and the
+    /// fallback flow-state map.
     pub struct KernelConfig in "kernel" {
+        /// Flows the kernel keeps state for where its BTF tracepoints cannot use socket
+        /// storage (before 5.11: an LRU map; an evicted flow is seen again as LATE).
+        fallback_flows: u32 = 65_536, Lo::Ge(1024.0), Hi::Le(16_777_216.0);
         /// Window of the check, ms.
         repeat_rst_window_ms: u64 = 1000, Lo::Ge(1.0), Hi::Le(60_000.0);
         /// RSTs with one remote endpoint within the window that raise an alert.

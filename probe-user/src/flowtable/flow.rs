@@ -1,11 +1,13 @@
-//! One flow's state and timeline, updated event by event.
+//! One flow's state and timeline, updated record by record. The kernel keeps the flow's counts
+//! and sends them with every record of the flow; the flow remembers what it already turned
+//! into signals (`accounted`), so a lost record only delays its facts.
 use std::{collections::VecDeque, net::SocketAddr};
 
-use probe_common::EventKind;
+use probe_common::{role, CloseClass, EventKind};
 
 use super::FlowKey;
 use crate::{
-    event::{kind_name, Detail, Event, Process, RepeatScope, Role, SockStats, TcpState},
+    event::{kind_name, Detail, Event, FlowCounts, Process, RepeatScope, Role, SockStats, TcpState},
     rst_reason::ReasonNames,
 };
 
@@ -20,6 +22,19 @@ pub enum CloseCause {
     Unreachable,
 }
 
+impl From<CloseClass> for CloseCause {
+    fn from(c: CloseClass) -> CloseCause {
+        match c {
+            CloseClass::Fin => CloseCause::Fin,
+            CloseClass::RstReceived => CloseCause::RstReceived,
+            CloseClass::RstSent => CloseCause::RstSent,
+            CloseClass::Refused => CloseCause::Refused,
+            CloseClass::Timeout => CloseCause::Timeout,
+            CloseClass::Unreachable => CloseCause::Unreachable,
+        }
+    }
+}
+
 /// What a timeline entry adds to its kind; plain data, rendered only when shown (a flow keeps
 /// up to `timeline_len` of these, so no allocation per event).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,15 +46,11 @@ pub enum Note {
         sk_err: Option<i32>,
     },
     Srtt(u32),
-    Retrans {
-        seq: u32,
-        segs: u32,
-    },
-    Rto {
-        retransmits: u32,
-    },
-    Rtt {
-        sample_us: u32,
+    /// Retransmits and RTOs the flow counted up to this record (a report stands for all of
+    /// them since the previous one).
+    Retransmits {
+        data: u32,
+        rtos: u32,
     },
     Reason(Option<u32>),
     Err(i32),
@@ -51,7 +62,7 @@ pub enum Note {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimelineEntry {
-    /// Since the flow's first event.
+    /// Since the flow's start.
     pub offset_ns: u64,
     pub kind: EventKind,
     /// The state the hook reported, where it reports one.
@@ -73,9 +84,7 @@ impl TimelineEntry {
                 _ => format!("{from}->{to}"),
             },
             Note::Srtt(us) => format!("srtt={us}us"),
-            Note::Retrans { seq, segs } => format!("seq={seq} segs={segs}"),
-            Note::Rto { retransmits } => format!("retransmits={retransmits}"),
-            Note::Rtt { sample_us } => format!("sample={sample_us}us"),
+            Note::Retransmits { data, rtos } => format!("data_retrans={data} rtos={rtos}"),
             Note::Reason(r) => {
                 r.map_or_else(String::new, |r| format!("reason={}", reasons.name(r)))
             }
@@ -92,11 +101,12 @@ pub struct Flow {
     pub remote: SocketAddr,
     pub role: Option<Role>,
     pub process: Option<Process>,
-    /// cgroup v2 id of the socket, from its first state change.
+    /// cgroup v2 id of the owner.
     pub cgroup_id: Option<u64>,
+    /// Open before linkprobe started (or first seen mid-life).
     pub preexisting: bool,
     pub start_ns: u64,
-    /// SYN → ESTABLISHED.
+    /// SYN → ESTABLISHED (clients).
     pub handshake_ns: Option<u64>,
     pub first_syn_ns: Option<u64>,
     pub syn_retransmits: u32,
@@ -107,7 +117,7 @@ pub struct Flow {
     pub min_rtt_us: Option<u32>,
     pub data_retransmits: u32,
     pub rtos: u32,
-    /// Highest socket counters sock_ops reported (segments, bytes, total retransmits).
+    /// Highest socket counters the kernel reported (segments, bytes, total retransmits).
     pub counters: SockStats,
     pub rst_sent: u32,
     pub rst_received: u32,
@@ -116,11 +126,18 @@ pub struct Flow {
     pub established: bool,
     pub close: Option<CloseCause>,
     pub closed_ns: Option<u64>,
+    /// The kernel's `sk_err` at the flow's end.
+    pub close_sk_err: Option<i32>,
     pub last_seen_ns: u64,
     pub timeline: VecDeque<TimelineEntry>,
     /// Timeline entries dropped at the bound (oldest first).
     pub timeline_dropped: u32,
-    /// Last sock_ops counters reported as a `DataSegments` signal.
+    /// The kernel's counts already turned into signals.
+    pub(super) accounted: FlowCounts,
+    /// The connection signal was given (once per flow).
+    pub(super) connection_counted: bool,
+    pub(super) handshake_counted: bool,
+    /// Last socket counters reported as a `DataSegments` signal.
     pub(super) reported_segs_out: u32,
     pub(super) reported_retrans: u32,
 }
@@ -155,9 +172,13 @@ impl Flow {
             established: false,
             close: None,
             closed_ns: None,
+            close_sk_err: None,
             last_seen_ns: ts_ns,
             timeline: VecDeque::new(),
             timeline_dropped: 0,
+            accounted: FlowCounts::default(),
+            connection_counted: false,
+            handshake_counted: false,
             reported_segs_out: 0,
             reported_retrans: 0,
         }
@@ -166,11 +187,17 @@ impl Flow {
     fn stats(&mut self, s: &SockStats) {
         if s.srtt_us > 0 {
             self.srtt_us = s.srtt_us;
-            self.min_rtt_us = Some(self.min_rtt_us.map_or(s.srtt_us, |m| m.min(s.srtt_us)));
+            let min = if s.min_rtt_us > 0 {
+                s.min_rtt_us
+            } else {
+                s.srtt_us
+            };
+            self.min_rtt_us = Some(self.min_rtt_us.map_or(min, |m| m.min(min)));
         }
         // Counters only grow; a late record must not move them back.
         let c = &mut self.counters;
         c.srtt_us = self.srtt_us;
+        c.min_rtt_us = self.min_rtt_us.unwrap_or(0);
         c.total_retrans = c.total_retrans.max(s.total_retrans);
         c.segs_in = c.segs_in.max(s.segs_in);
         c.segs_out = c.segs_out.max(s.segs_out);
@@ -180,190 +207,265 @@ impl Flow {
         c.bytes_acked = c.bytes_acked.max(s.bytes_acked);
     }
 
-    fn syn_sent(&mut self, ts: u64) {
-        if self.first_syn_ns.is_none() {
-            self.first_syn_ns = Some(ts);
-            self.last_syn_ns = Some(ts);
-        }
-        self.role.get_or_insert(Role::Client);
-    }
-
-    fn closed(&mut self, ts: u64, sk_err: Option<i32>) {
-        if self.close.is_some() {
-            return;
-        }
-        self.closed_ns = Some(ts);
-        self.close = Some(if !self.established && self.role == Some(Role::Client) {
-            failure_cause(sk_err, self.rst_received > 0)
-        } else if self.rst_received > 0 {
-            CloseCause::RstReceived
-        } else if self.rst_sent > 0 {
-            CloseCause::RstSent
-        } else {
-            CloseCause::Fin
-        });
-    }
-
-    /// An abort (SO_LINGER 0, `tcp_disconnect`) moves the socket to CLOSE before it sends
-    /// its RST: a flow that looked FIN-closed and then resets was reset.
-    fn reset_after_close(&mut self, cause: CloseCause) {
-        if self.close == Some(CloseCause::Fin) {
-            self.close = Some(cause);
+    /// The flow's kernel role as `role::*`, for the shared close classification.
+    fn kernel_role(&self) -> u8 {
+        match self.role {
+            Some(Role::Client) => role::CLIENT,
+            Some(Role::Server) => role::SERVER,
+            None => role::UNKNOWN,
         }
     }
 
-    /// Updates the flow from one of its events.
-    pub fn apply(&mut self, ev: &Event, timeline_len: usize) {
-        let ts = ev.ts_ns;
-        self.last_seen_ns = self.last_seen_ns.max(ts);
+    /// The close cause from what the flow knows now (the kernel decides a lost FlowEnd's the
+    /// same way).
+    pub(super) fn classify(&self) -> CloseCause {
+        CloseClass::of(
+            self.kernel_role(),
+            self.established,
+            self.close_sk_err.unwrap_or(0),
+            self.rst_sent,
+            self.rst_received,
+        )
+        .into()
+    }
+
+    /// Identity and times from the kernel's flow state.
+    fn learn(&mut self, ev: &Event) {
         if self.process.is_none() {
             self.process.clone_from(&ev.process);
         }
         if self.cgroup_id.is_none() {
             self.cgroup_id = ev.cgroup_id;
         }
-        // The first event with a real 4-tuple wins over a CLOSE→SYN_SENT with port 0.
+        // The first record with a real 4-tuple wins (connect() runs before the local port is
+        // bound).
         if self.local.port() == 0 && ev.local.port() != 0 {
             self.local = ev.local;
             self.remote = ev.remote;
         }
+        let Some(f) = ev.flow else {
+            return;
+        };
+        if f.late {
+            self.preexisting = true;
+        }
+        if self.role.is_none() {
+            self.role = f.role;
+        }
+        if f.start_ns != 0 && !f.late {
+            self.start_ns = self.start_ns.min(f.start_ns);
+            if self.role == Some(Role::Client) {
+                self.first_syn_ns.get_or_insert(f.start_ns);
+                self.last_syn_ns.get_or_insert(f.start_ns);
+            }
+        }
+        if let Some(est) = f.established_ns {
+            self.established = true;
+            if self.role == Some(Role::Client) && !f.late {
+                self.handshake_ns
+                    .get_or_insert(est.saturating_sub(f.start_ns));
+            }
+        }
+        if f.last_rst_reason.is_some() {
+            self.last_rst_reason = f.last_rst_reason;
+        }
+        let c = &f.counts;
+        self.syn_retransmits = self.syn_retransmits.max(c.syn_retrans);
+        self.data_retransmits = self.data_retransmits.max(c.data_retrans);
+        self.rtos = self.rtos.max(c.rtos);
+        self.rst_sent = self.rst_sent.max(c.rst_sent);
+        self.rst_received = self.rst_received.max(c.rst_received);
+    }
+
+    /// A record without flow state stands for its own fact.
+    fn count_bare(&mut self, ev: &Event) {
+        match &ev.detail {
+            Detail::RstSent { .. } => self.rst_sent += 1,
+            Detail::RstReceived { .. } => self.rst_received += 1,
+            Detail::Rto { .. } => self.rtos += 1,
+            Detail::Retransmit { state, err } if err.unwrap_or(0) == 0 => {
+                if *state == TcpState::SYN_SENT {
+                    self.syn_retransmits += 1;
+                } else {
+                    self.data_retransmits += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Updates the flow from one of its records.
+    pub fn apply(&mut self, ev: &Event, timeline_len: usize) {
+        let ts = ev.ts_ns;
+        self.last_seen_ns = self.last_seen_ns.max(ts);
+        let first_record = self.timeline.is_empty() && self.timeline_dropped == 0;
+        self.learn(ev);
+        if ev.flow.is_none() {
+            self.count_bare(ev);
+        }
+        if let Some(s) = &ev.stats {
+            self.stats(s);
+        }
+        if first_record && !self.preexisting && ev.flow.is_some() {
+            self.story_start(ev, timeline_len);
+        }
         let mut state = None;
         let note = match &ev.detail {
-            Detail::Connect { stats } => {
-                self.syn_sent(ts);
-                self.stats(stats);
+            Detail::FlowEnd { from } => {
+                self.state = TcpState::CLOSE;
+                self.close_sk_err = ev.sk_err;
+                if self.close.is_none() {
+                    self.closed_ns = Some(ts);
+                }
+                self.close = Some(self.classify());
+                Note::Transition {
+                    from: *from,
+                    to: TcpState::CLOSE,
+                    sk_err: ev.sk_err,
+                }
+            }
+            Detail::Connect => {
+                self.state = TcpState::SYN_SENT;
                 Note::None
             }
-            Detail::Established { role, stats } => {
+            Detail::Established { role } => {
                 self.role.get_or_insert(*role);
                 self.established = true;
                 self.state = TcpState::ESTABLISHED;
-                if let Some(syn) = self.first_syn_ns {
-                    self.handshake_ns.get_or_insert(ts.saturating_sub(syn));
-                }
-                self.stats(stats);
-                Note::Srtt(stats.srtt_us)
-            }
-            Detail::SockOpsState { from, to, stats } => {
-                self.stats(stats);
-                Note::Transition {
-                    from: *from,
-                    to: *to,
-                    sk_err: None,
-                }
-            }
-            Detail::SockOpsRetrans {
-                seq, segs, stats, ..
-            } => {
-                self.stats(stats);
-                Note::Retrans {
-                    seq: *seq,
-                    segs: *segs,
-                }
-            }
-            Detail::Rto {
-                retransmits, stats, ..
-            } => {
-                self.rtos += 1;
-                self.stats(stats);
-                Note::Rto {
-                    retransmits: *retransmits,
-                }
-            }
-            Detail::Rtt { sample_us, stats } => {
-                self.stats(stats);
-                Note::Rtt {
-                    sample_us: *sample_us,
-                }
-            }
-            Detail::RstReceived { state: s } => {
-                self.rst_received += 1;
-                self.reset_after_close(CloseCause::RstReceived);
-                state = Some(*s);
-                Note::None
-            }
-            Detail::RstSent {
-                state: s, reason, ..
-            } => {
-                self.rst_sent += 1;
-                self.reset_after_close(CloseCause::RstSent);
-                self.last_rst_reason = *reason;
-                state = Some(*s);
-                Note::Reason(*reason)
-            }
-            Detail::Retransmit { state: s, err } => {
-                state = Some(*s);
-                if *err == 0 {
-                    if *s == TcpState::SYN_SENT {
-                        self.syn_retransmits += 1;
-                        if let Some(last) = self.last_syn_ns.replace(ts) {
-                            if self.syn_retransmit_intervals_ms.len() < MAX_SYN_INTERVALS {
-                                let ms = ts.saturating_sub(last) / 1_000_000;
-                                self.syn_retransmit_intervals_ms
-                                    .push(u32::try_from(ms).unwrap_or(u32::MAX));
-                            }
-                        }
-                    } else {
-                        self.data_retransmits += 1;
-                    }
-                }
-                Note::Err(*err)
-            }
-            Detail::RetransmitSynack => Note::None,
-            Detail::Destroy { state: s } => {
-                state = Some(*s);
-                self.closed(ts, None);
                 Note::None
             }
             Detail::StateChange { from, to } => {
                 self.state = *to;
-                // Only a client socket is ever in SYN_SENT: a flow first seen at its failed
-                // connect's close (evicted meanwhile) is still typed as a failed attempt.
-                if *from == TcpState::SYN_SENT {
-                    self.role.get_or_insert(Role::Client);
-                }
-                if *to == TcpState::SYN_SENT {
-                    self.syn_sent(ts);
-                }
-                if *to == TcpState::ESTABLISHED {
-                    self.established = true;
-                }
-                if *to == TcpState::CLOSE {
-                    self.closed(ts, ev.sk_err);
-                }
                 Note::Transition {
                     from: *from,
                     to: *to,
                     sk_err: ev.sk_err,
                 }
             }
+            Detail::RstReceived { state: s } => {
+                state = Some(*s);
+                Note::None
+            }
+            Detail::RstSent {
+                state: s, reason, ..
+            } => {
+                state = Some(*s);
+                if reason.is_some() {
+                    self.last_rst_reason = *reason;
+                }
+                // An abort (SO_LINGER 0, unread data) moves the socket to CLOSE before it
+                // sends its RST: a flow that looked FIN-closed was reset. An RST from the
+                // time-wait socket afterwards is not.
+                if self.close.is_some() && *s == TcpState::CLOSE {
+                    self.close = Some(self.classify());
+                }
+                Note::Reason(*reason)
+            }
+            Detail::Retransmit { state: s, err } => {
+                state = Some(*s);
+                if *s == TcpState::SYN_SENT && err.unwrap_or(0) == 0 {
+                    self.syn_interval(ts);
+                }
+                match err {
+                    Some(e) if *e != 0 => Note::Err(*e),
+                    _ if *s == TcpState::SYN_SENT => Note::None,
+                    _ => Note::Retransmits {
+                        data: self.data_retransmits,
+                        rtos: self.rtos,
+                    },
+                }
+            }
+            Detail::Rto { state: s } => {
+                state = Some(*s);
+                Note::Retransmits {
+                    data: self.data_retransmits,
+                    rtos: self.rtos,
+                }
+            }
+            Detail::RetransmitSynack => Note::None,
             Detail::RepeatRst { scope, count } => Note::Repeat {
                 scope: *scope,
                 count: *count,
             },
+            Detail::Open { state: s } => {
+                self.state = *s;
+                // The kernel's view, not an event of the flow's story.
+                return;
+            }
         };
+        self.push(
+            TimelineEntry {
+                offset_ns: ts.saturating_sub(self.start_ns),
+                kind: ev.detail.kind(),
+                state,
+                note,
+            },
+            timeline_len,
+        );
+    }
+
+    /// The first record of a flow that started while linkprobe ran: the connect (and the
+    /// handshake) it reports, placed at their own times, unless this record is them (detail).
+    fn story_start(&mut self, ev: &Event, timeline_len: usize) {
+        let Some(f) = ev.flow else {
+            return;
+        };
+        let detailed = matches!(ev.detail, Detail::Connect | Detail::Established { .. });
+        if detailed {
+            return;
+        }
+        let start_kind = match f.role {
+            Some(Role::Client) => EventKind::Connect,
+            _ => EventKind::StateChange,
+        };
+        self.push(
+            TimelineEntry {
+                offset_ns: 0,
+                kind: start_kind,
+                state: None,
+                note: match f.role {
+                    Some(Role::Server) => Note::Transition {
+                        from: TcpState::LISTEN,
+                        to: TcpState::SYN_RECV,
+                        sk_err: None,
+                    },
+                    _ => Note::None,
+                },
+            },
+            timeline_len,
+        );
+        if let Some(est) = f.established_ns {
+            let kind = match f.role {
+                Some(Role::Server) => EventKind::PassiveEstablished,
+                _ => EventKind::ActiveEstablished,
+            };
+            self.push(
+                TimelineEntry {
+                    offset_ns: est.saturating_sub(self.start_ns),
+                    kind,
+                    state: None,
+                    note: Note::None,
+                },
+                timeline_len,
+            );
+        }
+    }
+
+    fn syn_interval(&mut self, ts: u64) {
+        if let Some(last) = self.last_syn_ns.replace(ts) {
+            if self.syn_retransmit_intervals_ms.len() < MAX_SYN_INTERVALS {
+                let ms = ts.saturating_sub(last) / 1_000_000;
+                self.syn_retransmit_intervals_ms
+                    .push(u32::try_from(ms).unwrap_or(u32::MAX));
+            }
+        }
+    }
+
+    fn push(&mut self, entry: TimelineEntry, timeline_len: usize) {
         if self.timeline.len() >= timeline_len.max(1) {
             self.timeline.pop_front();
             self.timeline_dropped = self.timeline_dropped.saturating_add(1);
         }
-        self.timeline.push_back(TimelineEntry {
-            offset_ns: ts.saturating_sub(self.start_ns),
-            kind: ev.detail.kind(),
-            state,
-            note,
-        });
-    }
-}
-
-/// How a connection attempt ended, from the kernel's `sk_err` when it has one.
-pub fn failure_cause(sk_err: Option<i32>, rst_received: bool) -> CloseCause {
-    match sk_err {
-        Some(libc::ECONNREFUSED) => CloseCause::Refused,
-        Some(libc::ETIMEDOUT) => CloseCause::Timeout,
-        Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN) => {
-            CloseCause::Unreachable
-        }
-        _ if rst_received => CloseCause::Refused,
-        _ => CloseCause::Timeout,
+        self.timeline.push_back(entry);
     }
 }

@@ -15,7 +15,7 @@ use std::{
 pub use flow::{CloseCause, Flow, Note, TimelineEntry};
 
 use crate::{
-    event::{Detail, Event, TcpState},
+    event::{Event, TcpState},
     rst_reason::ReasonNames,
     signal::Signal,
 };
@@ -135,7 +135,7 @@ impl FlowTable {
         }
     }
 
-    /// Applies one event; appends the signals it implies to `out`.
+    /// Applies one record; appends the signals it implies to `out`.
     pub fn apply(&mut self, ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
         let Some(cookie) = ev.cookie else {
             // No socket (RST for a closed port): no flow, but still a signal.
@@ -146,9 +146,10 @@ impl FlowTable {
             netns: ev.netns_cookie.unwrap_or(0),
             cookie,
         };
-        // tcp_destroy_sock generates a cookie for every socket it sees: a first sighting at
-        // destroy is a listener or a never-connected socket, not a flow.
-        if matches!(ev.detail, Detail::Destroy { .. }) && !self.flows.contains_key(&key) {
+        // A record without flow state (a time-wait or request socket, a SYN-ACK retransmit)
+        // only updates a flow the table already has.
+        if ev.flow.is_none() && !self.flows.contains_key(&key) {
+            signals::socketless(ev, reasons, out);
             return;
         }
         let timeline_len = self.cfg.timeline_len;

@@ -1,9 +1,11 @@
-//! Event (+ the flow it updated) → the signals the detectors count.
+//! Record (+ the flow it updated) → the signals the detectors count. A record with the flow's
+//! state gives every fact the kernel counted since the flow's previous record (usually the one
+//! this record is about); a record without it is its own fact.
 use std::time::Duration;
 
 use super::{CloseCause, Flow};
 use crate::{
-    event::{Detail, Event, RepeatScope, Role, SockStats, TcpState},
+    event::{Detail, Event, FlowCounts, RepeatScope, Role, SockStats, TcpState},
     rst_reason::ReasonNames,
     signal::{ConnectFailure, Peer, RetransmitKind, RstDirection, Signal},
 };
@@ -57,9 +59,9 @@ fn data_segments(flow: &mut Flow, ts_ns: u64, stats: &SockStats, out: &mut Vec<S
     });
 }
 
-/// Signals of an event that belongs to `flow` (already updated). `close_changed` when this
-/// event closed it or corrected its close cause (each flow's failure is reported once: only a
-/// FIN close is ever corrected, and a FIN close reports none).
+/// Signals of a record that belongs to `flow` (already updated). `close_changed` when this
+/// record closed the flow or corrected its close cause (each flow's failure is reported once:
+/// only a FIN close is ever corrected, and a FIN close reports none).
 pub fn from_flow(
     flow: &mut Flow,
     ev: &Event,
@@ -70,99 +72,32 @@ pub fn from_flow(
     let ts_ns = ev.ts_ns;
     let cookie = flow.key.cookie;
     let (peer, local_port) = scope(flow);
+    connection(flow, peer, local_port, out);
+    match ev.flow {
+        Some(snapshot) => {
+            let new = snapshot.counts.since(&flow.accounted);
+            flow.accounted = max_counts(&flow.accounted, &snapshot.counts);
+            facts(flow, ev, &new, reasons, out);
+        }
+        None => bare_fact(flow, ev, reasons, out),
+    }
+    if let Some(stats) = &ev.stats {
+        data_segments(flow, ts_ns, stats, out);
+    }
     match &ev.detail {
-        Detail::Connect { .. } => out.push(Signal::Connection {
+        Detail::FlowEnd { .. } if flow.srtt_us > 0 => out.push(Signal::Rtt {
             ts_ns,
-            role: Role::Client,
             peer,
-            local_port,
-            cookie,
+            rtt: Duration::from_micros(u64::from(flow.srtt_us)),
         }),
-        Detail::Established {
-            role: Role::Server,
-            stats,
-        } => {
-            out.push(Signal::Connection {
-                ts_ns,
-                role: Role::Server,
-                peer,
-                local_port,
-                cookie,
-            });
-            data_segments(flow, ts_ns, stats, out);
-        }
-        Detail::Established { stats, .. } => {
-            if let Some(ns) = flow.handshake_ns {
-                out.push(Signal::Handshake {
-                    ts_ns,
-                    peer,
-                    duration: Duration::from_nanos(ns),
-                });
-            }
-            data_segments(flow, ts_ns, stats, out);
-        }
-        Detail::Rto { stats, .. } => {
-            out.push(Signal::Retransmit {
-                ts_ns,
-                peer,
-                cookie: Some(cookie),
-                kind: RetransmitKind::Rto,
-            });
-            data_segments(flow, ts_ns, stats, out);
-        }
-        Detail::Rtt { sample_us, stats } => {
-            out.push(Signal::Rtt {
-                ts_ns,
-                peer,
-                rtt: Duration::from_micros(u64::from(*sample_us)),
-            });
-            data_segments(flow, ts_ns, stats, out);
-        }
-        Detail::SockOpsState { stats, .. } | Detail::SockOpsRetrans { stats, .. } => {
-            data_segments(flow, ts_ns, stats, out)
-        }
-        Detail::RstReceived { .. } | Detail::RstSent { .. } => {
-            let (direction, reason) = match &ev.detail {
-                Detail::RstSent { reason, .. } => (RstDirection::Sent, *reason),
-                _ => (RstDirection::Received, None),
-            };
-            out.push(Signal::Rst {
-                ts_ns,
-                direction,
-                peer,
-                local_port,
-                cookie: Some(cookie),
-                reason: reason_name(reason, reasons),
-                after_established: flow.established,
-            });
-        }
-        Detail::Retransmit { state, err } => {
-            let since_first_syn = flow
-                .first_syn_ns
-                .map(|first| Duration::from_nanos(ts_ns.saturating_sub(first)));
-            out.push(Signal::Retransmit {
-                ts_ns,
-                peer,
-                cookie: Some(cookie),
-                kind: retransmit_kind(*state, *err, since_first_syn),
-            });
-        }
-        Detail::RetransmitSynack => out.push(Signal::Retransmit {
+        Detail::RepeatRst { scope: s, count } => out.push(Signal::RepeatRst {
             ts_ns,
-            peer,
+            scope: *s,
+            peer: Some(peer),
+            local_port: local_port.or(Some(ev.local.port())),
             cookie: Some(cookie),
-            kind: RetransmitKind::SynAck,
+            count: *count,
         }),
-        Detail::RepeatRst { scope: s, count } => {
-            out.push(Signal::RepeatRst {
-                ts_ns,
-                scope: *s,
-                peer: Some(peer),
-                local_port: local_port.or(Some(ev.local.port())),
-                cookie: Some(cookie),
-                count: *count,
-            });
-        }
         _ => {}
     }
     if close_changed {
@@ -186,10 +121,153 @@ pub fn from_flow(
     }
 }
 
-/// A retransmit tracepoint hit: a SYN in SYN_SENT, else data; `Failed` when the kernel could
-/// not send it (the tracepoint also fires for failed attempts).
-fn retransmit_kind(state: TcpState, err: i32, since_first_syn: Option<Duration>) -> RetransmitKind {
-    if err != 0 {
+fn max_counts(a: &FlowCounts, b: &FlowCounts) -> FlowCounts {
+    FlowCounts {
+        syn_retrans: a.syn_retrans.max(b.syn_retrans),
+        data_retrans: a.data_retrans.max(b.data_retrans),
+        retrans_failed: a.retrans_failed.max(b.retrans_failed),
+        rtos: a.rtos.max(b.rtos),
+        rst_sent: a.rst_sent.max(b.rst_sent),
+        rst_received: a.rst_received.max(b.rst_received),
+    }
+}
+
+/// The connection (once per flow: a client from connect(), a server once established) and a
+/// client's handshake time once known. Flows open before linkprobe are not new connections.
+fn connection(flow: &mut Flow, peer: Peer, local_port: Option<u16>, out: &mut Vec<Signal>) {
+    if flow.preexisting {
+        return;
+    }
+    let role = match flow.role {
+        Some(Role::Client) => Role::Client,
+        Some(Role::Server) if flow.established => Role::Server,
+        _ => return,
+    };
+    if !flow.connection_counted {
+        flow.connection_counted = true;
+        out.push(Signal::Connection {
+            ts_ns: flow.start_ns,
+            role,
+            peer,
+            local_port,
+            cookie: flow.key.cookie,
+        });
+    }
+    if let (false, Role::Client, Some(ns)) = (flow.handshake_counted, role, flow.handshake_ns) {
+        flow.handshake_counted = true;
+        out.push(Signal::Handshake {
+            ts_ns: flow.start_ns.saturating_add(ns),
+            peer,
+            duration: Duration::from_nanos(ns),
+        });
+    }
+}
+
+/// The facts a record's counts add: one signal per RST, retransmit and RTO.
+fn facts(
+    flow: &Flow,
+    ev: &Event,
+    new: &FlowCounts,
+    reasons: &ReasonNames,
+    out: &mut Vec<Signal>,
+) {
+    let ts_ns = ev.ts_ns;
+    let cookie = Some(flow.key.cookie);
+    let (peer, local_port) = scope(flow);
+    let sent_reason = match &ev.detail {
+        Detail::RstSent { reason, .. } => *reason,
+        _ => flow.last_rst_reason,
+    };
+    let rst = |direction, reason: Option<u32>| Signal::Rst {
+        ts_ns,
+        direction,
+        peer,
+        local_port,
+        cookie,
+        reason: reason_name(reason, reasons),
+        after_established: flow.established,
+    };
+    let retransmit = |kind| Signal::Retransmit {
+        ts_ns,
+        peer,
+        cookie,
+        kind,
+    };
+    let since_first_syn = flow
+        .first_syn_ns
+        .map(|first| Duration::from_nanos(ts_ns.saturating_sub(first)));
+    let repeat = |n: u32, signal: Signal, out: &mut Vec<Signal>| {
+        for _ in 0..n {
+            out.push(signal.clone());
+        }
+    };
+    repeat(new.rst_sent, rst(RstDirection::Sent, sent_reason), out);
+    repeat(new.rst_received, rst(RstDirection::Received, None), out);
+    repeat(
+        new.syn_retrans,
+        retransmit(RetransmitKind::Syn { since_first_syn }),
+        out,
+    );
+    repeat(new.data_retrans, retransmit(RetransmitKind::Data), out);
+    repeat(new.retrans_failed, retransmit(RetransmitKind::Failed), out);
+    repeat(new.rtos, retransmit(RetransmitKind::Rto), out);
+}
+
+/// A record without flow state is its own fact (the fallback store's RTO, a post-close RST).
+fn bare_fact(flow: &Flow, ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
+    let ts_ns = ev.ts_ns;
+    let cookie = Some(flow.key.cookie);
+    let (peer, local_port) = scope(flow);
+    let signal = match &ev.detail {
+        Detail::RstSent { reason, .. } => Signal::Rst {
+            ts_ns,
+            direction: RstDirection::Sent,
+            peer,
+            local_port,
+            cookie,
+            reason: reason_name(*reason, reasons),
+            after_established: flow.established,
+        },
+        Detail::RstReceived { .. } => Signal::Rst {
+            ts_ns,
+            direction: RstDirection::Received,
+            peer,
+            local_port,
+            cookie,
+            reason: None,
+            after_established: flow.established,
+        },
+        Detail::Retransmit { state, err } => Signal::Retransmit {
+            ts_ns,
+            peer,
+            cookie,
+            kind: retransmit_kind(*state, *err, None),
+        },
+        Detail::Rto { .. } => Signal::Retransmit {
+            ts_ns,
+            peer,
+            cookie,
+            kind: RetransmitKind::Rto,
+        },
+        Detail::RetransmitSynack => Signal::Retransmit {
+            ts_ns,
+            peer,
+            cookie,
+            kind: RetransmitKind::SynAck,
+        },
+        _ => return,
+    };
+    out.push(signal);
+}
+
+/// A retransmit the kernel reported without flow state: a SYN in SYN_SENT, else data; `Failed`
+/// when the kernel could not send it.
+fn retransmit_kind(
+    state: TcpState,
+    err: Option<i32>,
+    since_first_syn: Option<Duration>,
+) -> RetransmitKind {
+    if err.unwrap_or(0) != 0 {
         RetransmitKind::Failed
     } else if state == TcpState::SYN_SENT {
         RetransmitKind::Syn { since_first_syn }
@@ -198,9 +276,9 @@ fn retransmit_kind(state: TcpState, err: i32, since_first_syn: Option<Duration>)
     }
 }
 
-/// Signals of an event without a socket: an RST for a closed port (our refusal), the kernel's
-/// repeat-RST alert about such RSTs, and any RST or retransmit whose cookie was not resolved
-/// (every such event is still counted).
+/// Signals of a record without a socket cookie: an RST for a closed port (our refusal), the
+/// kernel's repeat-RST alert about such RSTs, and any RST or retransmit without a flow (every
+/// such event is still counted).
 pub fn socketless(ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
     let peer = Peer {
         addr: ev.remote.ip(),
@@ -213,30 +291,35 @@ pub fn socketless(ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
             direction: RstDirection::Sent,
             peer,
             local_port,
-            cookie: None,
+            cookie: ev.cookie,
             reason: reason_name(*reason, reasons),
             after_established: false,
         }),
-        // Cookie-less RSTs received (the cookie could not be resolved): still counted.
         Detail::RstReceived { .. } => out.push(Signal::Rst {
             ts_ns: ev.ts_ns,
             direction: RstDirection::Received,
             peer,
             local_port,
-            cookie: None,
+            cookie: ev.cookie,
             reason: None,
             after_established: false,
         }),
         Detail::Retransmit { state, err } => out.push(Signal::Retransmit {
             ts_ns: ev.ts_ns,
             peer,
-            cookie: None,
+            cookie: ev.cookie,
             kind: retransmit_kind(*state, *err, None),
+        }),
+        Detail::Rto { .. } => out.push(Signal::Retransmit {
+            ts_ns: ev.ts_ns,
+            peer,
+            cookie: ev.cookie,
+            kind: RetransmitKind::Rto,
         }),
         Detail::RetransmitSynack => out.push(Signal::Retransmit {
             ts_ns: ev.ts_ns,
             peer,
-            cookie: None,
+            cookie: ev.cookie,
             kind: RetransmitKind::SynAck,
         }),
         Detail::RepeatRst { scope, count } => out.push(Signal::RepeatRst {
@@ -244,7 +327,7 @@ pub fn socketless(ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
             scope: *scope,
             peer: (*scope == RepeatScope::Peer).then_some(peer),
             local_port,
-            cookie: None,
+            cookie: ev.cookie,
             count: *count,
         }),
         _ => {}

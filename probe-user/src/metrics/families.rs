@@ -119,12 +119,9 @@ fn s(v: impl ToString) -> String {
     v.to_string()
 }
 
-/// Records of these kinds the kernel counted but could not deliver, summed.
-fn lost(h: &Health<'_>, kinds: &[&str]) -> u64 {
-    kinds
-        .iter()
-        .map(|k| h.kernel.lost.get(k).copied().unwrap_or(0))
-        .sum()
+/// Facts whose only record the ring could not take (the kernel counted them), summed.
+fn lost(h: &Health<'_>, facts: &[&str]) -> u64 {
+    facts.iter().map(|f| h.kernel.lost_fact(f)).sum()
 }
 
 impl Metrics {
@@ -158,7 +155,7 @@ impl Metrics {
                 *v as f64,
             );
         }
-        for (direction, kind) in [("sent", "rst_sent"), ("received", "rst_received")] {
+        for (direction, kind) in [("sent", "resets_sent"), ("received", "resets_received")] {
             let n = lost(h, &[kind]);
             if n > 0 {
                 f.value(
@@ -182,9 +179,17 @@ impl Metrics {
         for ((kind, peer), v) in self.retransmits.iter() {
             f.value(&[("type", s(kind)), ("peer", s(peer))], *v as f64);
         }
-        let n = lost(h, &["retransmit", "retransmit_synack", "rto"]);
-        if n > 0 {
-            f.value(&[("type", lost_label()), ("peer", lost_label())], n as f64);
+        for (kind, fact) in [
+            ("syn", "retransmits_syn"),
+            ("synack", "retransmits_synack"),
+            ("data", "retransmits_data"),
+            ("rto", "retransmits_rto"),
+            ("failed", "retransmits_failed"),
+        ] {
+            let n = lost(h, &[fact]);
+            if n > 0 {
+                f.value(&[("type", s(kind)), ("peer", lost_label())], n as f64);
+            }
         }
         f.done(out);
 
@@ -195,7 +200,10 @@ impl Metrics {
         for ((role, peer), v) in self.connections.iter() {
             f.value(&[("role", s(role)), ("peer", s(peer))], *v as f64);
         }
-        for (role, kind) in [("client", "connect"), ("server", "passive_established")] {
+        for (role, kind) in [
+            ("client", "connections_client"),
+            ("server", "connections_server"),
+        ] {
             let n = lost(h, &[kind]);
             if n > 0 {
                 f.value(&[("role", s(role)), ("peer", lost_label())], n as f64);
@@ -214,7 +222,18 @@ impl Metrics {
                 *v as f64,
             );
         }
-        // Failed connects whose CLOSE record was lost: the kernel counted them by cause.
+        // Failed connects and resets whose closing record was lost: the kernel counted them.
+        let n = lost(h, &["failures_reset"]);
+        if n > 0 {
+            f.value(
+                &[
+                    ("cause", s("reset")),
+                    ("role", lost_label()),
+                    ("peer", lost_label()),
+                ],
+                n as f64,
+            );
+        }
         for (cause, n) in &h.kernel.connect_failed_lost {
             if *n > 0 {
                 f.value(
@@ -335,6 +354,29 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
         ),
         h.kernel.connect_failed as f64,
     );
+    let mut f = counter(
+        "linkprobe_kernel_lost_facts_total",
+        "Facts whose only record the ring could not take, counted by the kernel: the traffic \
+         families show them under peer=\"lost\".",
+    );
+    for (fact, v) in &h.kernel.lost_facts {
+        f.value(&[("fact", s(fact))], *v as f64);
+    }
+    f.done(out);
+    let mut f = counter(
+        "linkprobe_kernel_flow_state_total",
+        "Kernel flow-state bookkeeping: hits held back by the per-flow report interval (sent \
+         with the flow's next record), flows first seen after their start, state that could \
+         not be created.",
+    );
+    for (what, v) in [
+        ("held_back", h.kernel.held_back),
+        ("late", h.kernel.state_late),
+        ("create_failed", h.kernel.state_create_failed),
+    ] {
+        f.value(&[("what", s(what))], v as f64);
+    }
+    f.done(out);
     single(
         out,
         counter(
@@ -397,7 +439,11 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
     for p in h.probes {
         let up = matches!(p.state, ProbeState::Attached);
         f.value(
-            &[("probe", s(p.spec.program)), ("hook", p.target.clone())],
+            &[
+                ("probe", s(p.spec.program)),
+                ("hook", p.target.clone()),
+                ("how", p.how.clone()),
+            ],
             if up { 1.0 } else { 0.0 },
         );
     }

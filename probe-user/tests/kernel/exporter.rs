@@ -464,16 +464,19 @@ fn a_full_ring_keeps_metric_sums_exact_with_lost_records_under_peer_lost() {
         &[("direction", "sent")],
     ) as u64;
     let lost = sum(&lines, "linkprobe_tcp_resets_total", &[("peer", "lost")]) as u64;
+    // RSTs whose only record was lost: socketless ones sent (their record was the fact) and
+    // those counted in flows whose summary was lost.
     let kernel_lost = sum(
         &lines,
-        "linkprobe_events_lost_total",
-        &[("kind", "rst_sent")],
+        "linkprobe_kernel_lost_facts_total",
+        &[("fact", "resets_sent")],
     ) as u64
         + sum(
             &lines,
-            "linkprobe_events_lost_total",
-            &[("kind", "rst_received")],
+            "linkprobe_kernel_lost_facts_total",
+            &[("fact", "resets_received")],
         ) as u64;
+    let records_lost = sum(&lines, "linkprobe_events_lost_total", &[]) as u64;
     let all = sum(&lines, "linkprobe_tcp_resets_total", &[]) as u64;
     let kernel_rsts = sum(
         &lines,
@@ -506,13 +509,14 @@ fn a_full_ring_keeps_metric_sums_exact_with_lost_records_under_peer_lost() {
             ),
             ("resets sent vs TcpOutRsts", sent, out_rsts),
             ("resets (all) vs kernel RST events", all, kernel_rsts),
-            ("peer=\"lost\" vs kernel RST losses", lost, kernel_lost),
+            ("peer=\"lost\" vs kernel lost RST facts", lost, kernel_lost),
         ],
     );
-    assert!(lost > 0, "the ring should have overflowed");
+    assert!(records_lost > 0, "the ring should have overflowed");
+    assert!(lost > 0, "RST facts went with the lost records");
     assert_eq!(refused, attempt_fails);
-    eprintln!("   of which peer=\"lost\" (CLOSE record lost, cause counted in the kernel): {refused_lost}");
-    assert!(refused_lost > 0, "CLOSE records were lost too");
+    eprintln!("   of which peer=\"lost\" (FlowEnd lost, cause counted in the kernel): {refused_lost}");
+    assert!(refused_lost > 0, "FlowEnd records were lost too");
     assert_eq!(sent, out_rsts);
     assert_eq!(all, kernel_rsts);
     assert_eq!(lost, kernel_lost);

@@ -28,13 +28,13 @@ use common::{
 pub(crate) static KERNEL: RwLock<()> = RwLock::new(());
 
 const ALL_PROBES: [&str; 7] = [
-    "lp_sock_ops",
+    "lp_state",
     "lp_rst_received",
     "lp_rst_sent",
     "lp_retransmit",
     "lp_retrans_synack",
-    "lp_destroy_sock",
-    "lp_set_state",
+    "lp_sock_ops",
+    "lp_open_flows",
 ];
 
 fn set(v: &[u64]) -> BTreeSet<u64> {
@@ -119,14 +119,16 @@ fn refused_connects_are_received_rsts_with_client_cookies() {
             kinds.contains(&"connect") && kinds.contains(&"rst_received"),
             "{kinds:?}"
         );
-        let failed = flow.iter().any(|e| {
-            e["kind"] == "state_change" && e["old_state"] == "SYN_SENT" && e["new_state"] == "CLOSE"
-        });
-        assert!(failed, "no SYN_SENT->CLOSE for cookie {c}: {kinds:?}");
-        let refused = flow
+        // The flow's summary: it ended from SYN_SENT with ECONNREFUSED after one RST.
+        let end = flow
             .iter()
-            .any(|e| e["new_state"] == "CLOSE" && e["sk_err"] == 111);
-        assert!(refused, "cookie {c}: the kernel's error is ECONNREFUSED");
+            .find(|e| e["kind"] == "flow_end")
+            .unwrap_or_else(|| panic!("no flow_end for cookie {c}: {kinds:?}"));
+        assert_eq!(end["old_state"], "SYN_SENT", "{end}");
+        assert_eq!(end["sk_err"], 111, "cookie {c}: the kernel's error is ECONNREFUSED");
+        assert_eq!(end["flow"]["rst_received"], 1, "{end}");
+        assert_eq!(end["flow"]["role"], "client", "{end}");
+        assert_eq!(end["local"].as_str().map(|l| l.ends_with(":0")), Some(false), "{end}");
     }
     // 25 RSTs within a second from one peer and on one service port: the kernel's own
     // repeat-RST check fires once per scope and window.
@@ -255,10 +257,9 @@ fn dropped_syns_retransmit_per_cookie_then_time_out() {
         "{retrans_segs}"
     );
     // Every SYN retransmit is reported. The retransmit timer fires in softirq, often on a CPU
-    // where a tracing program runs in process context (another test's tracer, any tool's, or
-    // our own lp_destroy_sock for another socket of the host); the kernel skips a regular
-    // tracepoint program then, so lp_retransmit and lp_set_state (the timeout's
-    // SYN_SENT -> CLOSE) are raw tracepoints, which only the same program recursing can skip.
+    // where a tracing program runs in process context (another test's tracer, any tool's); the
+    // kernel skips a regular tracepoint program then, so every hook is a BTF tracepoint, which
+    // only the same program recursing can skip.
     assert_eq!(sent_ok.len() as u64, retrans_sent);
     let mut per_cookie = BTreeSet::new();
     for c in &cookies {
@@ -272,14 +273,14 @@ fn dropped_syns_retransmit_per_cookie_then_time_out() {
             "SYN retransmits of cookie {c}"
         );
         per_cookie.insert(syn_retrans);
-        let timed_out = flow.iter().any(|e| {
-            e["kind"] == "state_change" && e["old_state"] == "SYN_SENT" && e["new_state"] == "CLOSE"
-        });
-        assert!(timed_out, "cookie {c} never left SYN_SENT");
-        let etimedout = flow
+        let end = flow
             .iter()
-            .any(|e| e["new_state"] == "CLOSE" && e["sk_err"] == 110);
-        assert!(etimedout, "cookie {c}: the kernel's error is ETIMEDOUT");
+            .find(|e| e["kind"] == "flow_end" && e["old_state"] == "SYN_SENT")
+            .unwrap_or_else(|| panic!("cookie {c} never left SYN_SENT"));
+        assert_eq!(end["sk_err"], 110, "cookie {c}: the kernel's error is ETIMEDOUT");
+        // The summary counts what the stream showed.
+        assert_eq!(end["flow"]["syn_retrans"].as_u64(), Some(syn_retrans), "{end}");
+        assert!(end["flow"]["rtos"].as_u64() >= Some(syn_retrans), "{end}");
         assert!(
             flow.iter().all(|e| e["kind"] != "rst_received"),
             "a timeout is not a reset"
@@ -381,14 +382,23 @@ fn data_dropped_for_a_window_retransmits_under_the_connect_cookie() {
     assert!(trace
         .cookies("passive_established")
         .contains(&server_cookie));
-    // sock_ops saw the same flow retransmit and the RTO fire.
+    // sock_ops saw the RTO fire on the same flow, and its summary counts every retransmit.
     let flow = trace.flow(client_cookie);
-    assert!(flow.iter().any(|e| e["kind"] == "sockops_retrans"));
     assert!(flow.iter().any(|e| e["kind"] == "rto"));
+    let end = flow
+        .iter()
+        .find(|e| e["kind"] == "flow_end")
+        .expect("the client's flow_end");
+    assert_eq!(end["flow"]["data_retrans"].as_u64(), Some(ours.len() as u64), "{end}");
+    assert_eq!(
+        end["flow"]["rtos"].as_u64(),
+        Some(flow.iter().filter(|e| e["kind"] == "rto").count() as u64),
+        "{end}"
+    );
 }
 
 #[test]
-fn normal_connection_keeps_one_cookie_from_connect_to_destroy() {
+fn normal_connection_keeps_one_cookie_from_connect_to_its_end() {
     if !can_run_kernel_tests("normal_connection") {
         return;
     }
@@ -447,36 +457,34 @@ fn normal_connection_keeps_one_cookie_from_connect_to_destroy() {
         .collect();
     eprintln!("   client timeline: {client:?}");
     let pos = |k: &str| client.iter().position(|x| *x == k);
-    let (connect, established, destroy) =
-        (pos("connect"), pos("active_established"), pos("destroy"));
+    let (connect, established, end) =
+        (pos("connect"), pos("active_established"), pos("flow_end"));
     assert!(
-        connect.is_some() && established.is_some() && destroy.is_some(),
+        connect.is_some() && established.is_some() && end.is_some(),
         "{client:?}"
     );
-    assert!(connect < established && established < destroy, "{client:?}");
+    assert!(connect < established && established < end, "{client:?}");
     assert_eq!(
         client.last(),
-        Some(&"destroy"),
-        "destroy is the last event: {client:?}"
+        Some(&"flow_end"),
+        "flow_end is the last event: {client:?}"
     );
-    assert!(client.contains(&"sockops_state") && client.contains(&"state_change"));
-    // connect() ran in this process: the SYN_SENT transition names it.
-    let owner = trace
+    assert!(client.contains(&"state_change"), "{client:?}");
+    // connect() ran in this process: the flow's owner, on every record of it, its summary
+    // included (taken in process context, kept in the kernel's flow state).
+    let me = Some(u64::from(std::process::id()));
+    for e in trace.flow(client_cookie) {
+        assert_eq!(e["pid"].as_u64(), me, "{e}");
+    }
+    let end = trace
         .flow(client_cookie)
         .into_iter()
-        .find(|e| e["kind"] == "state_change" && e["new_state"] == "SYN_SENT")
-        .expect("SYN_SENT transition");
-    assert_eq!(owner["pid"].as_u64(), Some(u64::from(std::process::id())));
-    // Later tracepoint events of the socket carry the owner too, now with the cookie.
-    let destroy_event = trace
-        .flow(client_cookie)
-        .into_iter()
-        .rev()
-        .find(|e| e["kind"] == "destroy");
-    assert_eq!(
-        destroy_event.and_then(|e| e["pid"].as_u64()),
-        Some(u64::from(std::process::id()))
-    );
+        .find(|e| e["kind"] == "flow_end")
+        .expect("flow_end");
+    assert_eq!(end["sk_err"], 0, "{end}");
+    assert!(end["stats"]["bytes_acked"].as_u64() >= Some(5), "{end}");
+    assert!(end["stats"]["srtt_us"].as_u64() > Some(0), "{end}");
+    assert!(end["flow"]["established_ns"].as_u64() > end["flow"]["start_ns"].as_u64());
 
     let server: Vec<&str> = trace
         .flow(server_cookie)
@@ -484,8 +492,13 @@ fn normal_connection_keeps_one_cookie_from_connect_to_destroy() {
         .filter_map(|e| e["kind"].as_str())
         .collect();
     eprintln!("   server timeline: {server:?}");
-    assert_eq!(server.first(), Some(&"passive_established"), "{server:?}");
-    assert_eq!(server.last(), Some(&"destroy"), "{server:?}");
+    assert_eq!(server.first(), Some(&"state_change"), "{server:?}");
+    assert!(server.contains(&"passive_established"), "{server:?}");
+    assert_eq!(server.last(), Some(&"flow_end"), "{server:?}");
+    // An accepted socket belongs to its listener's owner: this process too.
+    for e in trace.flow(server_cookie) {
+        assert_eq!(e["pid"].as_u64(), me, "{e}");
+    }
 }
 
 #[test]

@@ -1,0 +1,492 @@
+//! The bodies of the tracepoint hooks, one per fact, generic over where flow state lives.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use probe_common::{
+    flags, misc, net, role, state_flags, tcp_state, EventKind, FlowRecord, FlowState,
+};
+
+use crate::{
+    counters::{count_event, count_misc, count_no_cookie, count_rst_reason},
+    emit::send,
+    flow::{self, Sk, Store},
+    maps::TUNING,
+    repeat,
+    sock::{self, Scope},
+};
+
+/// Slot of `RST_REASON_COUNTS` for "this kernel does not report a reason".
+const REASON_UNKNOWN: u32 = u32::MAX;
+
+/// The header every record shares.
+#[inline(always)]
+pub fn header(rec: &mut FlowRecord, now: u64, cookie: u64, netns: Option<u64>, old: u8, new: u8) {
+    rec.ts_ns = now;
+    if cookie != 0 {
+        rec.cookie = cookie;
+        rec.flags |= flags::COOKIE;
+    }
+    if let Some(n) = netns {
+        rec.netns_cookie = n;
+        rec.flags |= flags::NETNS;
+    }
+    rec.old_state = old;
+    rec.new_state = new;
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: no arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Where a hook finds the flow of a socket it met mid-life.
+enum Found {
+    Flow(&'static mut FlowState),
+    /// In scope, but no state (out of memory, or a closed socket of the fallback store).
+    NoState(Option<u64>),
+    OutOfScope,
+}
+
+#[inline(always)]
+fn find<S: Store>(sk: Sk, now: u64, create: bool) -> Found {
+    if let Some(st) = S::get(sk) {
+        return Found::Flow(st);
+    }
+    let Scope::In(netns) = sock::check(sk.addr, 0) else {
+        return Found::OutOfScope;
+    };
+    if !create {
+        return Found::NoState(netns);
+    }
+    match flow::of_socket::<S>(sk, now) {
+        Some(st) => Found::Flow(st),
+        None => Found::NoState(netns),
+    }
+}
+
+/// The fallback store reads the cookie as stored; sock_ops generates it after connect()
+/// started, so look again until it is there.
+#[inline(always)]
+fn refresh_cookie<S: Store>(st: &mut FlowState, sk: Sk) {
+    if st.cookie == 0 {
+        st.cookie = S::cookie(sk);
+    }
+}
+
+/// connect() binds the local port after its state change: note it from the next hit, since
+/// the kernel releases it again before the CLOSE hook.
+#[inline(always)]
+fn note_port(st: &mut FlowState, sk: Sk) {
+    if st.local_port == 0 {
+        st.local_port = sock::local_port(sk.addr);
+    }
+}
+
+#[inline(always)]
+fn wants_detail(st: &FlowState) -> bool {
+    st.flags & state_flags::DETAIL != 0
+}
+
+/// `sock:inet_sock_set_state` (TCP): starts flows at connect(), listen() and accept, marks
+/// them established, and sends each flow's FlowEnd when it reaches CLOSE.
+#[inline(always)]
+pub fn state_change<S: Store>(sk: Sk, old: u8, new: u8) {
+    if sock::sk_protocol(sk.addr) != Some(net::IPPROTO_TCP) {
+        return;
+    }
+    let now = now();
+    let existing = S::get(sk);
+    let netns = match &existing {
+        Some(st) => Some(st.netns_cookie),
+        None => match sock::check(sk.addr, 0) {
+            Scope::In(n) => n,
+            Scope::Out => return,
+        },
+    };
+    match (old, new) {
+        (_, tcp_state::CLOSE) => flow_end::<S>(sk, existing, netns, old, new, now),
+        (_, tcp_state::SYN_SENT) | (_, tcp_state::LISTEN) | (_, tcp_state::SYN_RECV) => {
+            let (kind, role_value) = match new {
+                tcp_state::SYN_SENT => (EventKind::Connect, role::CLIENT),
+                tcp_state::LISTEN => (EventKind::StateChange, role::LISTENER),
+                _ => (EventKind::StateChange, role::SERVER),
+            };
+            count_event(kind);
+            // An accepted socket already holds its listener's state (cloned), owner included.
+            let st = match existing {
+                Some(st) => Some(st),
+                None => S::create(sk),
+            };
+            let Some(st) = st else {
+                detail_without_state(kind, sk, now, netns, old, new);
+                return;
+            };
+            flow::start(st, role_value, now, S::cookie(sk), netns.unwrap_or(0));
+            if new == tcp_state::SYN_RECV {
+                if st.flags & state_flags::OWNER == 0 {
+                    st.cgroup_id = sock::sk_cgroup_id(sk.addr).unwrap_or(0);
+                }
+                st.local_port = sock::local_port(sk.addr);
+            } else {
+                flow::take_owner(st);
+            }
+            flow::decide_detail(st, sk);
+            if wants_detail(st) {
+                send_state::<S>(kind, sk, st, now, old, new);
+            }
+        }
+        (tcp_state::SYN_SENT | tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => {
+            let kind = if old == tcp_state::SYN_SENT {
+                EventKind::ActiveEstablished
+            } else {
+                EventKind::PassiveEstablished
+            };
+            count_event(kind);
+            match find::<S>(sk, now, true) {
+                Found::Flow(st) => {
+                    if st.role == role::UNKNOWN {
+                        st.role = if old == tcp_state::SYN_SENT {
+                            role::CLIENT
+                        } else {
+                            role::SERVER
+                        };
+                    }
+                    st.established_ns = now;
+                    st.local_port = sock::local_port(sk.addr);
+                    refresh_cookie::<S>(st, sk);
+                    flow::decide_detail(st, sk);
+                    if wants_detail(st) {
+                        send_state::<S>(kind, sk, st, now, old, new);
+                    }
+                }
+                Found::NoState(netns) => detail_without_state(kind, sk, now, netns, old, new),
+                Found::OutOfScope => {}
+            }
+        }
+        _ => {
+            count_event(EventKind::StateChange);
+            match existing {
+                Some(st) if wants_detail(st) => {
+                    send_state::<S>(EventKind::StateChange, sk, st, now, old, new);
+                }
+                Some(_) => {}
+                None => detail_without_state(EventKind::StateChange, sk, now, netns, old, new),
+            }
+        }
+    }
+}
+
+/// A detail record of a state change.
+#[inline(always)]
+fn send_state<S: Store>(kind: EventKind, sk: Sk, st: &mut FlowState, now: u64, old: u8, new: u8) {
+    refresh_cookie::<S>(st, sk);
+    let cookie = st.cookie;
+    let netns = Some(st.netns_cookie);
+    let addrs = sock::addrs(sk.addr);
+    send(kind, Some(st), 0, |rec| {
+        header(rec, now, cookie, netns, old, new);
+        addrs.write(rec);
+    });
+}
+
+/// A detail record of a hit on a socket without state, when detail is on for every flow.
+#[inline(always)]
+fn detail_without_state(kind: EventKind, sk: Sk, now: u64, netns: Option<u64>, old: u8, new: u8) {
+    if !flow::detail_for_all() {
+        return;
+    }
+    let cookie = sock::stored_cookie(sk.addr);
+    let addrs = sock::addrs(sk.addr);
+    send(kind, None, 0, |rec| {
+        header(rec, now, cookie, netns, old, new);
+        addrs.write(rec);
+    });
+}
+
+/// The flow reached CLOSE: its summary, with the socket's error and counters. A listener is
+/// not a flow: its close is a plain state change.
+#[inline(always)]
+fn flow_end<S: Store>(
+    sk: Sk,
+    existing: Option<&'static mut FlowState>,
+    netns: Option<u64>,
+    old: u8,
+    new: u8,
+    now: u64,
+) {
+    if old == tcp_state::SYN_SENT {
+        count_misc(misc::CONNECT_FAILED);
+    }
+    let is_listener = match &existing {
+        Some(st) => st.role == role::LISTENER,
+        None => old == tcp_state::LISTEN,
+    };
+    if is_listener {
+        count_event(EventKind::StateChange);
+        match existing {
+            Some(st) if wants_detail(st) => {
+                send_state::<S>(EventKind::StateChange, sk, st, now, old, new);
+            }
+            Some(_) => {}
+            None => detail_without_state(EventKind::StateChange, sk, now, netns, old, new),
+        }
+        S::release(sk);
+        return;
+    }
+    count_event(EventKind::FlowEnd);
+    let sk_err = sock::sk_err(sk.addr);
+    let stats = sock::tcp_stats(sk.addr);
+    let mut addrs = sock::addrs(sk.addr);
+    if let Some(st) = &existing {
+        // The kernel released the local port just before this hook.
+        if addrs.sport == 0 {
+            addrs.sport = st.local_port;
+        }
+    }
+    let fill = |rec: &mut FlowRecord, cookie: u64| {
+        header(rec, now, cookie, netns, old, tcp_state::CLOSE);
+        addrs.write(rec);
+        if let Some(e) = sk_err {
+            rec.sk_err = e;
+            rec.flags |= flags::SK_ERR;
+        }
+        rec.stats = stats;
+        rec.flags |= flags::STATS;
+    };
+    match existing {
+        Some(st) => {
+            refresh_cookie::<S>(st, sk);
+            let cookie = st.cookie;
+            send(EventKind::FlowEnd, Some(&mut *st), sk_err.unwrap_or(0), |rec| {
+                fill(rec, cookie)
+            });
+            st.flags |= state_flags::ENDED;
+            S::release(sk);
+        }
+        None => {
+            // Opened before linkprobe (or state lost): reported with what the socket knows.
+            count_misc(misc::STATE_LATE);
+            let cookie = S::cookie(sk);
+            send(EventKind::FlowEnd, None, sk_err.unwrap_or(0), |rec| {
+                fill(rec, cookie);
+                rec.flow.cookie = cookie;
+                rec.flow.netns_cookie = netns.unwrap_or(0);
+                rec.flow.start_ns = now;
+                rec.flow.flags = state_flags::LATE;
+                rec.flags |= flags::FLOW;
+            });
+        }
+    }
+}
+
+/// `tcp:tcp_receive_reset`: the peer reset this socket. The socket closes at once, and its
+/// FlowEnd carries the count, so only detail sends a record here.
+#[inline(always)]
+pub fn rst_received<S: Store>(sk: Sk) {
+    let now = now();
+    let found = find::<S>(sk, now, true);
+    if matches!(found, Found::OutOfScope) {
+        return;
+    }
+    count_event(EventKind::RstReceived);
+    let addrs = sock::addrs(sk.addr);
+    let state = sock::sk_state(sk.addr).unwrap_or(0);
+    match found {
+        Found::Flow(st) => {
+            st.counts.rst_received = st.counts.rst_received.saturating_add(1);
+            note_port(st, sk);
+            refresh_cookie::<S>(st, sk);
+            let (cookie, netns) = (st.cookie, Some(st.netns_cookie));
+            if wants_detail(st) {
+                send(EventKind::RstReceived, Some(&mut *st), 0, |rec| {
+                    header(rec, now, cookie, netns, state, state);
+                    addrs.write(rec);
+                });
+            }
+            repeat::check(now, cookie, netns, &addrs, Some(st));
+        }
+        Found::NoState(netns) => {
+            // No flow will carry it: the record is the fact.
+            let cookie = S::cookie(sk);
+            send(EventKind::RstReceived, None, 0, |rec| {
+                header(rec, now, cookie, netns, state, state);
+                addrs.write(rec);
+            });
+            repeat::check(now, cookie, netns, &addrs, None);
+        }
+        Found::OutOfScope => {}
+    }
+}
+
+/// `tcp:tcp_send_reset`: this host sent an RST, on a flow, on a time-wait or request socket,
+/// or for no socket at all (a closed port). Always a record.
+#[inline(always)]
+pub fn rst_sent<S: Store>(sk: Sk, skb: u64, reason: Option<u32>) {
+    let now = now();
+    if sk.addr == 0 {
+        let Scope::In(netns) = sock::check(0, skb) else {
+            return;
+        };
+        count_sent(reason);
+        count_no_cookie(EventKind::RstSent);
+        let addrs = sock::packet_addrs(skb);
+        send(EventKind::RstSent, None, 0, |rec| {
+            header(rec, now, 0, netns, 0, 0);
+            addrs.write(rec);
+            rec.flags |= flags::NO_SOCKET;
+            set_reason(rec, reason);
+        });
+        repeat::check(now, 0, netns, &addrs, None);
+        return;
+    }
+    let state = sock::sk_state(sk.addr).unwrap_or(0);
+    // Only full sockets have flow state; a closed one keeps its socket storage (the FlowEnd
+    // was sent: this is an abort's RST), but the fallback store already let it go.
+    let create = state != tcp_state::TIME_WAIT
+        && state != tcp_state::NEW_SYN_RECV
+        && state != tcp_state::CLOSE;
+    let found = if state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV {
+        match sock::check(sk.addr, 0) {
+            Scope::In(netns) => Found::NoState(netns),
+            Scope::Out => Found::OutOfScope,
+        }
+    } else {
+        find::<S>(sk, now, create)
+    };
+    if matches!(found, Found::OutOfScope) {
+        return;
+    }
+    count_sent(reason);
+    let addrs = sock::addrs(sk.addr);
+    match found {
+        Found::Flow(st) => {
+            st.counts.rst_sent = st.counts.rst_sent.saturating_add(1);
+            if let Some(r) = reason {
+                st.last_rst_reason = r;
+            }
+            refresh_cookie::<S>(st, sk);
+            let (cookie, netns) = (st.cookie, Some(st.netns_cookie));
+            send(EventKind::RstSent, Some(&mut *st), 0, |rec| {
+                header(rec, now, cookie, netns, state, state);
+                addrs.write(rec);
+                set_reason(rec, reason);
+            });
+            repeat::check(now, cookie, netns, &addrs, Some(st));
+        }
+        Found::NoState(netns) => {
+            let cookie = S::cookie(sk);
+            if cookie == 0 {
+                count_no_cookie(EventKind::RstSent);
+            }
+            send(EventKind::RstSent, None, 0, |rec| {
+                header(rec, now, cookie, netns, state, state);
+                addrs.write(rec);
+                set_reason(rec, reason);
+            });
+            repeat::check(now, cookie, netns, &addrs, None);
+        }
+        Found::OutOfScope => {}
+    }
+}
+
+#[inline(always)]
+fn count_sent(reason: Option<u32>) {
+    count_event(EventKind::RstSent);
+    count_rst_reason(reason.unwrap_or(REASON_UNKNOWN));
+}
+
+#[inline(always)]
+fn set_reason(rec: &mut FlowRecord, reason: Option<u32>) {
+    if let Some(r) = reason {
+        rec.reason = r;
+        rec.flags |= flags::REASON;
+    }
+}
+
+/// Whether a rate-limited report of this flow may go now (and, if so, it goes now).
+#[inline(always)]
+pub fn report_due(st: &mut FlowState, now: u64) -> bool {
+    if wants_detail(st) {
+        return true;
+    }
+    if st.last_report_ns != 0
+        && now.saturating_sub(st.last_report_ns) < TUNING.load().report_interval_ns
+    {
+        count_misc(misc::HELD_BACK);
+        return false;
+    }
+    st.last_report_ns = now;
+    true
+}
+
+/// `tcp:tcp_retransmit_skb`: a SYN sent again (always a record: a connect is failing now) or a
+/// data segment (counted; at most one record per flow per report interval).
+#[inline(always)]
+pub fn retransmit<S: Store>(sk: Sk, has_err: bool, err: i32) {
+    let now = now();
+    let found = find::<S>(sk, now, true);
+    if matches!(found, Found::OutOfScope) {
+        return;
+    }
+    count_event(EventKind::Retransmit);
+    let state = sock::sk_state(sk.addr).unwrap_or(0);
+    let failed = has_err && err != 0;
+    let syn = !failed && state == tcp_state::SYN_SENT;
+    let addrs = sock::addrs(sk.addr);
+    let fill = |rec: &mut FlowRecord, cookie: u64, netns: Option<u64>| {
+        header(rec, now, cookie, netns, state, state);
+        addrs.write(rec);
+        if has_err {
+            rec.args[0] = err as u32;
+            rec.flags |= flags::ERR;
+        }
+        if !syn {
+            rec.stats = sock::tcp_stats(sk.addr);
+            rec.flags |= flags::STATS;
+        }
+    };
+    match found {
+        Found::Flow(st) => {
+            let c = &mut st.counts;
+            if failed {
+                c.retrans_failed = c.retrans_failed.saturating_add(1);
+            } else if syn {
+                c.syn_retrans = c.syn_retrans.saturating_add(1);
+            } else {
+                c.data_retrans = c.data_retrans.saturating_add(1);
+            }
+            note_port(st, sk);
+            if !syn && !report_due(st, now) {
+                return;
+            }
+            refresh_cookie::<S>(st, sk);
+            let (cookie, netns) = (st.cookie, Some(st.netns_cookie));
+            send(EventKind::Retransmit, Some(st), 0, |rec| fill(rec, cookie, netns));
+        }
+        Found::NoState(netns) => {
+            let cookie = S::cookie(sk);
+            send(EventKind::Retransmit, None, 0, |rec| fill(rec, cookie, netns));
+        }
+        Found::OutOfScope => {}
+    }
+}
+
+/// `tcp:tcp_retransmit_synack`: a listener sent its SYN-ACK again. The flow is the request
+/// socket's, which has no state of its own: always a record.
+#[inline(always)]
+pub fn retransmit_synack(listener: u64, req: u64) {
+    let Scope::In(netns) = sock::check(listener, 0) else {
+        return;
+    };
+    count_event(EventKind::RetransmitSynack);
+    let now = now();
+    let cookie = sock::stored_cookie(req);
+    if cookie == 0 {
+        count_no_cookie(EventKind::RetransmitSynack);
+    }
+    let state = sock::sk_state(req).unwrap_or(0);
+    let addrs = sock::addrs(req);
+    send(EventKind::RetransmitSynack, None, 0, |rec| {
+        header(rec, now, cookie, netns, state, state);
+        addrs.write(rec);
+    });
+}

@@ -349,14 +349,6 @@ pub struct EventRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub err: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retrans_seq: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retrans_segs: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rto_retransmits: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rtt_sample_us: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sk_err: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
@@ -364,6 +356,8 @@ pub struct EventRecord {
     pub repeat_scope: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat_count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<crate::output::FlowStateView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<SockStats>,
 }

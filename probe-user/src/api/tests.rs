@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::proto::*;
 use crate::{
     detect::{Anomaly, AnomalyChange, AnomalyKind, Scope},
-    event::{Detail, Event, Process, Role, SockStats, TcpState},
+    event::{Detail, Event, FlowCounts, FlowSnapshot, Process, Role, SockStats, TcpState},
     flowtable::{Flow, FlowKey},
     output::EventView,
     output_anomaly::AnomalyView,
@@ -50,9 +50,20 @@ fn sample_flow() -> Flow {
         }),
         sk_err: Some(111),
         cgroup_id: Some(5),
-        detail: Detail::StateChange {
+        flow: Some(FlowSnapshot {
+            start_ns: 1_000,
+            established_ns: None,
+            role: Some(Role::Client),
+            counts: FlowCounts {
+                rst_received: 1,
+                ..FlowCounts::default()
+            },
+            last_rst_reason: None,
+            late: false,
+        }),
+        stats: Some(SockStats::default()),
+        detail: Detail::FlowEnd {
             from: TcpState::SYN_SENT,
-            to: TcpState::CLOSE,
         },
     };
     f.apply(&ev, 8);
@@ -84,10 +95,16 @@ fn sample_event() -> Event {
         process: None,
         sk_err: None,
         cgroup_id: None,
-        detail: Detail::Established {
-            role: Role::Client,
-            stats: SockStats::default(),
-        },
+        flow: Some(FlowSnapshot {
+            start_ns: 1,
+            established_ns: Some(5),
+            role: Some(Role::Client),
+            counts: FlowCounts::default(),
+            last_rst_reason: None,
+            late: false,
+        }),
+        stats: None,
+        detail: Detail::Established { role: Role::Client },
     }
 }
 
@@ -155,6 +172,7 @@ fn json_field_names_are_stable() {
         keys(&flow["counters"]),
         set(&[
             "srtt_us",
+            "min_rtt_us",
             "total_retrans",
             "segs_in",
             "segs_out",
@@ -196,7 +214,22 @@ fn json_field_names_are_stable() {
             "netns_cookie",
             "local",
             "remote",
-            "stats"
+            "flow"
+        ])
+    );
+    assert_eq!(
+        keys(&event["flow"]),
+        set(&[
+            "start_ns",
+            "established_ns",
+            "role",
+            "syn_retrans",
+            "data_retrans",
+            "retrans_failed",
+            "rtos",
+            "rst_sent",
+            "rst_received",
+            "late"
         ])
     );
 

@@ -214,7 +214,7 @@ fn unknown_keys_list_the_valid_ones() {
         "config: unknown key detector at line 2, column 2; valid keys at the top level: flows, detect, kernel, metrics"
     );
     let msg = err("[kernel]\nwindow = 3\n");
-    assert!(msg.ends_with("valid keys of [kernel]: repeat_rst_window_ms, repeat_rst_peer_threshold, repeat_rst_port_threshold"), "{msg}");
+    assert!(msg.ends_with("valid keys of [kernel]: fallback_flows, repeat_rst_window_ms, repeat_rst_peer_threshold, repeat_rst_port_threshold"), "{msg}");
 }
 
 #[test]
@@ -304,6 +304,7 @@ fn set_overrides_keys() {
 fn kernel_config_applies_to_the_kernel_globals() {
     let mut k = probe_common::RepeatRstConfig::DEFAULT;
     let cfg = KernelConfig {
+        fallback_flows: 4096,
         repeat_rst_window_ms: 250,
         repeat_rst_peer_threshold: 5,
         repeat_rst_port_threshold: 7,

@@ -263,8 +263,17 @@ pub fn event_line(e: &EventRecord, paint: Paint) -> String {
     if let Some(v) = e.sk_err.filter(|v| *v != 0) {
         extra.push(format!("sk_err={v}"));
     }
-    if let Some(v) = e.rtt_sample_us {
-        extra.push(format!("rtt={v}us"));
+    if let Some(f) = &e.flow {
+        let retrans = f.syn_retrans + f.data_retrans;
+        if retrans + f.rtos > 0 {
+            extra.push(format!("retrans={retrans} rtos={}", f.rtos));
+        }
+        if f.rst_sent + f.rst_received > 0 {
+            extra.push(format!("rst={}↑{}↓", f.rst_sent, f.rst_received));
+        }
+    }
+    if let Some(v) = e.stats.as_ref().map(|s| s.srtt_us).filter(|v| *v > 0) {
+        extra.push(format!("srtt={v}us"));
     }
     if let (Some(s), Some(c)) = (&e.repeat_scope, e.repeat_count) {
         extra.push(format!("repeat={s} count={c}"));

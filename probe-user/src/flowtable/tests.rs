@@ -1,14 +1,18 @@
 use std::net::SocketAddr;
 
+use probe_common::CloseClass;
+
 use super::*;
 use crate::{
-    event::{Detail, Process, Role, SockStats},
+    event::{Detail, FlowCounts, FlowSnapshot, Process, Role, SockStats},
     signal::{ConnectFailure, RetransmitKind, RstDirection},
 };
 
 const CLIENT: u64 = 7;
+const START: u64 = 1_000;
 
-fn ev(ts_ns: u64, cookie: Option<u64>, detail: Detail) -> Event {
+/// A record of flow `cookie` without flow state.
+fn bare(ts_ns: u64, cookie: Option<u64>, detail: Detail) -> Event {
     Event {
         ts_ns,
         cookie,
@@ -18,21 +22,63 @@ fn ev(ts_ns: u64, cookie: Option<u64>, detail: Detail) -> Event {
         process: None,
         sk_err: None,
         cgroup_id: None,
+        flow: None,
+        stats: None,
         detail,
     }
 }
 
-fn state(ts: u64, from: u8, to: u8, sk_err: Option<i32>) -> Event {
-    let mut e = ev(
-        ts,
-        Some(CLIENT),
-        Detail::StateChange {
-            from: TcpState(from),
-            to: TcpState(to),
-        },
-    );
-    e.sk_err = sk_err;
+/// A record of a client flow started at `START`, with the kernel's counts after this hit.
+fn rec(ts_ns: u64, detail: Detail, established: Option<u64>, counts: FlowCounts) -> Event {
+    let mut e = bare(ts_ns, Some(CLIENT), detail);
+    e.process = Some(Process {
+        pid: 42,
+        comm: "psql".into(),
+    });
+    e.flow = Some(FlowSnapshot {
+        start_ns: START,
+        established_ns: established,
+        role: Some(Role::Client),
+        counts,
+        last_rst_reason: None,
+        late: false,
+    });
     e
+}
+
+fn end(ts_ns: u64, from: u8, sk_err: i32, established: Option<u64>, counts: FlowCounts) -> Event {
+    let mut e = rec(
+        ts_ns,
+        Detail::FlowEnd {
+            from: TcpState(from),
+        },
+        established,
+        counts,
+    );
+    e.sk_err = Some(sk_err);
+    e.stats = Some(SockStats {
+        srtt_us: 50,
+        min_rtt_us: 40,
+        data_segs_out: 10,
+        total_retrans: 1,
+        ..SockStats::default()
+    });
+    e
+}
+
+fn syn_retransmit(ts_ns: u64, count: u32) -> Event {
+    rec(
+        ts_ns,
+        Detail::Retransmit {
+            state: TcpState::SYN_SENT,
+            err: None,
+        },
+        None,
+        FlowCounts {
+            syn_retrans: count,
+            ..FlowCounts::default()
+        },
+    )
 }
 
 fn run(table: &mut FlowTable, events: &[Event]) -> Vec<Signal> {
@@ -47,172 +93,249 @@ fn key(cookie: u64) -> FlowKey {
     FlowKey { netns: 1, cookie }
 }
 
+fn count(signals: &[Signal], pred: impl Fn(&Signal) -> bool) -> usize {
+    signals.iter().filter(|s| pred(s)).count()
+}
+
 #[test]
-fn client_lifecycle_keeps_one_cookie_and_an_ordered_timeline() {
+fn a_summary_alone_tells_a_healthy_flows_story() {
     let mut t = FlowTable::new(FlowConfig::default());
-    let stats = SockStats {
-        srtt_us: 50,
-        data_segs_out: 10,
-        total_retrans: 1,
-        ..SockStats::default()
-    };
-    let mut first = state(100, 7, 2, None);
-    first.process = Some(Process {
-        pid: 42,
-        comm: "psql".into(),
-    });
-    let signals = run(
-        &mut t,
-        &[
-            first,
-            ev(
-                110,
-                Some(CLIENT),
-                Detail::Connect {
-                    stats: SockStats::default(),
-                },
-            ),
-            ev(
-                300,
-                Some(CLIENT),
-                Detail::Established {
-                    role: Role::Client,
-                    stats,
-                },
-            ),
-            ev(
-                900,
-                Some(CLIENT),
-                Detail::Retransmit {
-                    state: TcpState::ESTABLISHED,
-                    err: 0,
-                },
-            ),
-            state(2000, 1, 4, None),
-            state(2100, 4, 7, None),
-            ev(
-                2200,
-                Some(CLIENT),
-                Detail::Destroy {
-                    state: TcpState::CLOSE,
-                },
-            ),
-        ],
-    );
+    let est = START + 300;
+    let signals = run(&mut t, &[end(5_000, 4, 0, Some(est), FlowCounts::default())]);
     let f = t.get(&key(CLIENT)).unwrap();
     assert_eq!(f.role, Some(Role::Client));
     assert_eq!(f.process.as_ref().map(|p| p.pid), Some(42));
-    assert_eq!(f.handshake_ns, Some(200));
-    assert_eq!(f.data_retransmits, 1);
+    assert_eq!(f.start_ns, START);
+    assert_eq!(f.handshake_ns, Some(300));
     assert_eq!(f.close, Some(CloseCause::Fin));
-    let kinds: Vec<&str> = f.timeline.iter().map(TimelineEntry::kind_name).collect();
+    assert_eq!((f.srtt_us, f.min_rtt_us), (50, Some(40)));
+    let kinds: Vec<&str> = f.timeline.iter().map(|e| e.kind_name()).collect();
+    assert_eq!(kinds, ["connect", "active_established", "flow_end"]);
+    let offsets: Vec<u64> = f.timeline.iter().map(|e| e.offset_ns).collect();
+    assert_eq!(offsets, [0, 300, 4_000]);
     assert_eq!(
-        kinds,
-        [
-            "state_change",
-            "connect",
-            "active_established",
-            "retransmit",
-            "state_change",
-            "state_change",
-            "destroy"
-        ]
+        count(&signals, |s| matches!(
+            s,
+            Signal::Connection {
+                role: Role::Client,
+                ts_ns: START,
+                ..
+            }
+        )),
+        1
     );
-    assert!(f
-        .timeline
-        .iter()
-        .zip(f.timeline.iter().skip(1))
-        .all(|(a, b)| a.offset_ns <= b.offset_ns));
+    assert!(signals.iter().any(
+        |s| matches!(s, Signal::Handshake { duration, .. } if duration.as_nanos() == 300)
+    ));
+    assert!(signals.iter().any(|s| matches!(s, Signal::Rtt { .. })));
     assert!(signals
         .iter()
-        .any(|s| matches!(s, Signal::Connection { cookie: CLIENT, .. })));
-    assert!(signals.iter().any(|s| matches!(
-        s,
-        Signal::DataSegments {
-            sent: 10,
-            retransmitted: 1,
-            ..
-        }
-    )));
+        .any(|s| matches!(s, Signal::DataSegments { sent: 10, .. })));
     assert!(!signals
         .iter()
         .any(|s| matches!(s, Signal::ConnectFailed { .. })));
 }
 
 #[test]
+fn detail_records_build_one_ordered_timeline_under_one_cookie() {
+    let mut t = FlowTable::new(FlowConfig::default());
+    let none = FlowCounts::default();
+    let est = Some(START + 200);
+    let signals = run(
+        &mut t,
+        &[
+            rec(START, Detail::Connect, None, none),
+            rec(
+                START + 200,
+                Detail::Established { role: Role::Client },
+                est,
+                none,
+            ),
+            rec(
+                START + 500,
+                Detail::StateChange {
+                    from: TcpState::ESTABLISHED,
+                    to: TcpState(4),
+                },
+                est,
+                none,
+            ),
+            end(START + 900, 5, 0, est, none),
+        ],
+    );
+    let f = t.get(&key(CLIENT)).unwrap();
+    let kinds: Vec<&str> = f.timeline.iter().map(|e| e.kind_name()).collect();
+    assert_eq!(
+        kinds,
+        ["connect", "active_established", "state_change", "flow_end"]
+    );
+    let offsets: Vec<u64> = f.timeline.iter().map(|e| e.offset_ns).collect();
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
+    // Detail records do not add facts of their own: one connection, one handshake.
+    assert_eq!(
+        count(&signals, |s| matches!(s, Signal::Connection { .. })),
+        1
+    );
+    assert_eq!(count(&signals, |s| matches!(s, Signal::Handshake { .. })), 1);
+}
+
+#[test]
 fn refused_and_timed_out_connects_are_typed() {
     for (sk_err, rst, want, cause) in [
-        (
-            Some(111),
-            true,
-            CloseCause::Refused,
-            ConnectFailure::Refused,
-        ),
-        (
-            Some(110),
-            false,
-            CloseCause::Timeout,
-            ConnectFailure::Timeout,
-        ),
-        (
-            Some(113),
-            false,
-            CloseCause::Unreachable,
-            ConnectFailure::Unreachable,
-        ),
-        (None, true, CloseCause::Refused, ConnectFailure::Refused),
+        (111, 1, CloseCause::Refused, ConnectFailure::Refused),
+        (110, 0, CloseCause::Timeout, ConnectFailure::Timeout),
+        (113, 0, CloseCause::Unreachable, ConnectFailure::Unreachable),
+        (0, 1, CloseCause::Refused, ConnectFailure::Refused),
     ] {
         let mut t = FlowTable::new(FlowConfig::default());
-        let mut events = vec![
-            state(0, 7, 2, None),
-            ev(
-                1,
-                Some(CLIENT),
-                Detail::Connect {
-                    stats: SockStats::default(),
-                },
-            ),
-            ev(
-                1_500_000_000,
-                Some(CLIENT),
-                Detail::Retransmit {
-                    state: TcpState::SYN_SENT,
-                    err: 0,
-                },
-            ),
-        ];
-        if rst {
-            events.push(ev(
-                1_600_000_000,
-                Some(CLIENT),
-                Detail::RstReceived {
-                    state: TcpState::SYN_SENT,
-                },
-            ));
-        }
-        events.push(state(1_700_000_000, 2, 7, sk_err));
-        let signals = run(&mut t, &events);
+        let counts = FlowCounts {
+            syn_retrans: 1,
+            rst_received: rst,
+            ..FlowCounts::default()
+        };
+        let signals = run(
+            &mut t,
+            &[
+                syn_retransmit(START + 1_500_000_000, 1),
+                end(START + 1_700_000_000, 2, sk_err, None, counts),
+            ],
+        );
         let f = t.get(&key(CLIENT)).unwrap();
-        assert_eq!(f.close, Some(want), "{sk_err:?}");
+        assert_eq!(f.close, Some(want), "{sk_err}");
         assert_eq!(f.syn_retransmits, 1);
         assert_eq!(f.syn_retransmit_intervals_ms, vec![1500]);
-        assert!(signals
-            .iter()
-            .any(|s| matches!(s, Signal::ConnectFailed { cause: c, .. } if *c == cause)));
-        assert!(signals.iter().any(|s| matches!(
+        assert_eq!(
+            count(
+                &signals,
+                |s| matches!(s, Signal::ConnectFailed { cause: c, .. } if *c == cause)
+            ),
+            1
+        );
+        assert_eq!(
+            count(&signals, |s| matches!(
+                s,
+                Signal::Retransmit {
+                    kind: RetransmitKind::Syn { since_first_syn: Some(since) },
+                    ..
+                } if since.as_millis() == 1500
+            )),
+            1,
+            "the SYN retransmit once, from its own record"
+        );
+        assert_eq!(
+            count(&signals, |s| matches!(
+                s,
+                Signal::Rst {
+                    direction: RstDirection::Received,
+                    ..
+                }
+            )),
+            rst as usize,
+            "the RST once, from the summary"
+        );
+        assert_eq!(
+            f.close,
+            Some(CloseClass::of(probe_common::role::CLIENT, false, sk_err, 0, rst).into())
+        );
+    }
+}
+
+#[test]
+fn a_lost_record_only_delays_its_facts() {
+    let mut t = FlowTable::new(FlowConfig::default());
+    // The first SYN retransmit's record was lost: the second carries both.
+    let counts = FlowCounts {
+        syn_retrans: 2,
+        ..FlowCounts::default()
+    };
+    let signals = run(
+        &mut t,
+        &[
+            syn_retransmit(START + 3_000_000_000, 2),
+            end(START + 4_000_000_000, 2, 110, None, counts),
+            // A duplicate of the summary adds nothing.
+            end(START + 4_000_000_000, 2, 110, None, counts),
+        ],
+    );
+    let syn = count(&signals, |s| {
+        matches!(
             s,
             Signal::Retransmit {
-                kind: RetransmitKind::Syn { since_first_syn: Some(since) },
+                kind: RetransmitKind::Syn { .. },
                 ..
-            } if since.as_millis() == 1500
-        )));
-    }
+            }
+        )
+    });
+    assert_eq!(syn, 2);
+    assert_eq!(
+        count(&signals, |s| matches!(s, Signal::ConnectFailed { .. })),
+        1
+    );
+    assert_eq!(t.get(&key(CLIENT)).unwrap().syn_retransmits, 2);
+}
+
+#[test]
+fn held_back_data_retransmits_arrive_with_the_next_record() {
+    let mut t = FlowTable::new(FlowConfig::default());
+    let est = Some(START + 10);
+    let counts = |data, rtos| FlowCounts {
+        data_retrans: data,
+        rtos,
+        ..FlowCounts::default()
+    };
+    let mut report = rec(
+        START + 100,
+        Detail::Retransmit {
+            state: TcpState::ESTABLISHED,
+            err: None,
+        },
+        est,
+        counts(5, 1),
+    );
+    report.stats = Some(SockStats {
+        data_segs_out: 100,
+        total_retrans: 5,
+        ..SockStats::default()
+    });
+    let signals = run(
+        &mut t,
+        &[report, end(START + 5_000, 4, 0, est, counts(7, 2))],
+    );
+    let data = count(&signals, |s| {
+        matches!(
+            s,
+            Signal::Retransmit {
+                kind: RetransmitKind::Data,
+                ..
+            }
+        )
+    });
+    let rto = count(&signals, |s| {
+        matches!(
+            s,
+            Signal::Retransmit {
+                kind: RetransmitKind::Rto,
+                ..
+            }
+        )
+    });
+    assert_eq!((data, rto), (7, 2));
+    let f = t.get(&key(CLIENT)).unwrap();
+    assert_eq!((f.data_retransmits, f.rtos), (7, 2));
+    assert!(signals.iter().any(|s| matches!(
+        s,
+        Signal::DataSegments {
+            sent: 100,
+            retransmitted: 5,
+            ..
+        }
+    )));
 }
 
 #[test]
 fn rst_for_a_closed_port_makes_a_signal_but_no_flow() {
     let mut t = FlowTable::new(FlowConfig::default());
-    let mut e = ev(
+    let mut e = bare(
         5,
         None,
         Detail::RstSent {
@@ -236,36 +359,36 @@ fn rst_for_a_closed_port_makes_a_signal_but_no_flow() {
 }
 
 #[test]
-fn reset_after_established_is_flagged() {
+fn a_record_without_flow_state_is_not_a_new_flow() {
+    // A time-wait socket's RST, a SYN-ACK retransmit of a request socket: signals, no flow.
     let mut t = FlowTable::new(FlowConfig::default());
     let signals = run(
         &mut t,
         &[
-            ev(
+            bare(
                 1,
-                Some(CLIENT),
-                Detail::Connect {
-                    stats: SockStats::default(),
+                Some(99),
+                Detail::RstSent {
+                    state: TcpState(6),
+                    reason: None,
+                    no_socket: false,
                 },
             ),
-            ev(
-                2,
-                Some(CLIENT),
-                Detail::Established {
-                    role: Role::Client,
-                    stats: SockStats::default(),
-                },
-            ),
-            ev(
-                3,
-                Some(CLIENT),
-                Detail::RstReceived {
-                    state: TcpState::ESTABLISHED,
-                },
-            ),
-            state(4, 1, 7, Some(104)),
+            bare(2, Some(98), Detail::RetransmitSynack),
         ],
     );
+    assert!(t.is_empty());
+    assert_eq!(signals.len(), 2);
+}
+
+#[test]
+fn reset_after_established_is_flagged() {
+    let mut t = FlowTable::new(FlowConfig::default());
+    let counts = FlowCounts {
+        rst_received: 1,
+        ..FlowCounts::default()
+    };
+    let signals = run(&mut t, &[end(4, 1, 104, Some(START + 2), counts)]);
     assert_eq!(
         t.get(&key(CLIENT)).unwrap().close,
         Some(CloseCause::RstReceived)
@@ -274,121 +397,41 @@ fn reset_after_established_is_flagged() {
         s,
         Signal::Rst {
             after_established: true,
+            direction: RstDirection::Received,
+            ..
+        }
+    )));
+    assert!(signals.iter().any(|s| matches!(
+        s,
+        Signal::ConnectFailed {
+            cause: ConnectFailure::Reset,
             ..
         }
     )));
 }
 
 #[test]
-fn table_bound_evicts_closed_first_and_counts() {
-    let cfg = FlowConfig {
-        max_flows: 1000,
-        ..FlowConfig::default()
-    };
-    let mut t = FlowTable::new(cfg);
-    let start = std::time::Instant::now();
-    let mut out = Vec::new();
-    let reasons = ReasonNames::default();
-    for c in 1..=200_000u64 {
-        let connect = ev(
-            c,
-            Some(c),
-            Detail::Connect {
-                stats: SockStats::default(),
-            },
-        );
-        t.apply(&connect, &reasons, &mut out);
-        if c % 2 == 0 {
-            let mut close = state(c, 1, 7, None);
-            close.cookie = Some(c);
-            t.apply(&close, &reasons, &mut out);
-        }
-        out.clear();
-    }
-    eprintln!(
-        "flow table: 200k flows (half closed) in {:?} ({:.0} flows/s)",
-        start.elapsed(),
-        200_000.0 / start.elapsed().as_secs_f64()
-    );
-    assert_eq!(t.len(), 1000);
-    assert_eq!(t.evicted(), 199_000);
-    // Closed flows went first: every open flow among the last ones is still here.
-    assert!(t.get(&key(199_999)).is_some());
-    assert!(t.get(&key(199_997)).is_some());
-}
-
-#[test]
-fn closed_flows_expire_after_retention() {
-    let cfg = FlowConfig {
-        retain_closed: std::time::Duration::from_secs(60),
-        ..FlowConfig::default()
-    };
-    let mut t = FlowTable::new(cfg);
-    run(
-        &mut t,
-        &[
-            ev(
-                1,
-                Some(CLIENT),
-                Detail::Connect {
-                    stats: SockStats::default(),
-                },
-            ),
-            state(1_000, 2, 7, Some(111)),
-        ],
-    );
-    assert_eq!(t.expire(59_000_000_000), 0);
-    assert_eq!(t.expire(61_000_000_000), 1);
-    assert!(t.is_empty());
-    assert_eq!(t.stats().expired, 1);
-}
-
-#[test]
-fn preexisting_flows_are_marked() {
-    let mut t = FlowTable::new(FlowConfig::default());
-    let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-    let remote: SocketAddr = "127.0.0.1:6000".parse().unwrap();
-    t.insert_existing(key(9), local, remote, TcpState::ESTABLISHED, 10);
-    let f = t.get(&key(9)).unwrap();
-    assert!(f.preexisting);
-    assert_eq!(f.state, TcpState::ESTABLISHED);
-}
-
-#[test]
-fn a_socket_first_seen_at_destroy_is_not_a_flow() {
-    let mut t = FlowTable::new(FlowConfig::default());
-    let signals = run(
-        &mut t,
-        &[ev(
-            1,
-            Some(99),
-            Detail::Destroy {
-                state: TcpState::LISTEN,
-            },
-        )],
-    );
-    assert!(t.is_empty());
-    assert!(signals.is_empty());
-}
-
-#[test]
 fn an_abort_that_closes_before_its_rst_is_a_reset_not_a_fin() {
-    // SO_LINGER 0: tcp_disconnect moves the socket to CLOSE, then sends the RST.
+    // SO_LINGER 0: tcp_disconnect moves the socket to CLOSE (its summary), then sends the RST.
     let mut t = FlowTable::new(FlowConfig::default());
+    let est = Some(START + 100);
+    let sent = FlowCounts {
+        rst_sent: 1,
+        ..FlowCounts::default()
+    };
     let signals = run(
         &mut t,
         &[
-            state(100, 7, 2, None),
-            state(200, 2, 1, None),
-            state(300, 1, 7, None),
-            ev(
+            end(300, 1, 0, est, FlowCounts::default()),
+            rec(
                 301,
-                Some(CLIENT),
                 Detail::RstSent {
                     state: TcpState::CLOSE,
                     reason: Some(1),
                     no_socket: false,
                 },
+                est,
+                sent,
             ),
         ],
     );
@@ -404,6 +447,115 @@ fn an_abort_that_closes_before_its_rst_is_a_reset_not_a_fin() {
         })
         .collect();
     assert_eq!(failures, vec![ConnectFailure::Reset], "reported once");
+    assert_eq!(
+        count(&signals, |s| matches!(
+            s,
+            Signal::Rst {
+                direction: RstDirection::Sent,
+                ..
+            }
+        )),
+        1
+    );
+}
+
+#[test]
+fn a_time_wait_rst_after_a_fin_close_is_not_a_reset_of_the_flow() {
+    let mut t = FlowTable::new(FlowConfig::default());
+    let est = Some(START + 100);
+    let signals = run(
+        &mut t,
+        &[
+            end(300, 5, 0, est, FlowCounts::default()),
+            bare(
+                400,
+                Some(CLIENT),
+                Detail::RstSent {
+                    state: TcpState(6),
+                    reason: None,
+                    no_socket: false,
+                },
+            ),
+        ],
+    );
+    let f = t.get(&key(CLIENT)).unwrap();
+    assert_eq!(f.close, Some(CloseCause::Fin));
+    assert_eq!(f.rst_sent, 1);
+    assert!(!signals
+        .iter()
+        .any(|s| matches!(s, Signal::ConnectFailed { .. })));
+}
+
+#[test]
+fn table_bound_evicts_closed_first_and_counts() {
+    let cfg = FlowConfig {
+        max_flows: 1000,
+        ..FlowConfig::default()
+    };
+    let mut t = FlowTable::new(cfg);
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    let reasons = ReasonNames::default();
+    for c in 1..=200_000u64 {
+        let mut connect = rec(c, Detail::Connect, None, FlowCounts::default());
+        connect.cookie = Some(c);
+        t.apply(&connect, &reasons, &mut out);
+        if c % 2 == 0 {
+            let mut close = end(c, 1, 0, Some(c), FlowCounts::default());
+            close.cookie = Some(c);
+            t.apply(&close, &reasons, &mut out);
+        }
+        out.clear();
+    }
+    eprintln!(
+        "flow table: 200k flows (half closed) in {:?} ({:.0} flows/s)",
+        start.elapsed(),
+        200_000.0 / start.elapsed().as_secs_f64()
+    );
+    assert_eq!(t.len(), 1000);
+    assert_eq!(t.evicted(), 199_000);
+    // Closed flows went first: every open flow among the last ones is still here, and no
+    // closed one.
+    assert!(t.get(&key(199_999)).is_some());
+    assert!(t.get(&key(199_997)).is_some());
+    assert!(t.get(&key(199_998)).is_none());
+}
+
+#[test]
+fn closed_flows_expire_after_retention() {
+    let cfg = FlowConfig {
+        retain_closed: std::time::Duration::from_secs(60),
+        ..FlowConfig::default()
+    };
+    let mut t = FlowTable::new(cfg);
+    run(&mut t, &[end(1_000, 2, 111, None, FlowCounts::default())]);
+    assert_eq!(t.expire(59_000_000_000), 0);
+    assert_eq!(t.expire(61_000_000_000), 1);
+    assert!(t.is_empty());
+    assert_eq!(t.stats().expired, 1);
+}
+
+#[test]
+fn preexisting_flows_are_marked_and_not_new_connections() {
+    let mut t = FlowTable::new(FlowConfig::default());
+    let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+    let remote: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+    t.insert_existing(key(9), local, remote, TcpState::ESTABLISHED, 10);
+    let f = t.get(&key(9)).unwrap();
+    assert!(f.preexisting);
+    assert_eq!(f.state, TcpState::ESTABLISHED);
+    // Its summary (first seen late by the kernel too) counts no connection.
+    let mut late = end(50, 1, 0, None, FlowCounts::default());
+    late.cookie = Some(9);
+    if let Some(s) = late.flow.as_mut() {
+        s.late = true;
+        s.role = None;
+    }
+    let signals = run(&mut t, &[late]);
+    assert!(!signals
+        .iter()
+        .any(|s| matches!(s, Signal::Connection { .. })));
+    assert_eq!(t.get(&key(9)).unwrap().close, Some(CloseCause::Fin));
 }
 
 #[test]
@@ -412,35 +564,60 @@ fn failures_are_counted_even_for_flows_evicted_before_they_closed() {
         max_flows: 16,
         ..FlowConfig::default()
     });
-    let with_cookie = |mut e: Event, cookie: u64| {
-        e.cookie = Some(cookie);
-        e
-    };
     let mut events = Vec::new();
     for c in 100..140 {
-        events.push(with_cookie(state(c, 7, 2, None), c));
+        let mut e = syn_retransmit(c, 1);
+        e.cookie = Some(c);
+        events.push(e);
     }
     for c in 100..140 {
-        events.push(with_cookie(
-            state(1_000 + c, 2, 7, Some(libc::ETIMEDOUT)),
-            c,
-        ));
+        let mut e = end(
+            1_000 + c,
+            2,
+            libc::ETIMEDOUT,
+            None,
+            FlowCounts {
+                syn_retrans: 1,
+                ..FlowCounts::default()
+            },
+        );
+        e.cookie = Some(c);
+        events.push(e);
     }
     let signals = run(&mut t, &events);
     assert!(t.evicted() >= 24, "{}", t.evicted());
-    let timeouts = signals
-        .iter()
-        .filter(|s| {
-            matches!(
-                s,
-                Signal::ConnectFailed {
-                    cause: ConnectFailure::Timeout,
-                    ..
-                }
-            )
-        })
-        .count();
+    let timeouts = count(&signals, |s| {
+        matches!(
+            s,
+            Signal::ConnectFailed {
+                cause: ConnectFailure::Timeout,
+                ..
+            }
+        )
+    });
     assert_eq!(timeouts, 40);
+}
+
+#[test]
+fn open_flow_records_update_state_without_a_story_entry() {
+    let mut t = FlowTable::new(FlowConfig::default());
+    let est = Some(START + 5);
+    run(
+        &mut t,
+        &[rec(
+            2_000,
+            Detail::Open {
+                state: TcpState::ESTABLISHED,
+            },
+            est,
+            FlowCounts::default(),
+        )],
+    );
+    let f = t.get(&key(CLIENT)).unwrap();
+    assert_eq!(f.state, TcpState::ESTABLISHED);
+    assert!(f.established);
+    let kinds: Vec<&str> = f.timeline.iter().map(|e| e.kind_name()).collect();
+    assert_eq!(kinds, ["connect", "active_established"]);
 }
 
 #[test]
@@ -479,6 +656,12 @@ fn the_kernels_lost_failure_slots_type_errors_like_the_flow_table() {
         ),
     ] {
         assert_eq!(misc::connect_failed_lost_slot(err), slot, "errno {err}");
-        assert_eq!(flow::failure_cause(Some(err), false), cause, "errno {err}");
+        let mut t = FlowTable::new(FlowConfig::default());
+        run(&mut t, &[end(9, 2, err, None, FlowCounts::default())]);
+        assert_eq!(
+            t.get(&key(CLIENT)).unwrap().close,
+            Some(cause),
+            "errno {err}"
+        );
     }
 }

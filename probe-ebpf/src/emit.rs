@@ -11,9 +11,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::bpf_ringbuf_query,
 };
-use probe_common::{
-    flags, misc, role, state_flags, CloseClass, EventKind, FlowRecord, FlowState,
-};
+use probe_common::{flags, misc, role, state_flags, CloseClass, EventKind, FlowRecord, FlowState};
 
 use crate::{
     counters::{count_lost, count_misc, count_misc_n},

@@ -94,7 +94,9 @@ impl Store for LruStore {
     #[inline(always)]
     fn get(sk: Sk) -> Option<&'static mut FlowState> {
         // SAFETY: a live map value; see `LruStore` for its lifetime.
-        FLOWS_LRU.get_ptr_mut(&sk.addr).and_then(|p| unsafe { p.as_mut() })
+        FLOWS_LRU
+            .get_ptr_mut(&sk.addr)
+            .and_then(|p| unsafe { p.as_mut() })
     }
 
     #[inline(always)]

@@ -256,9 +256,12 @@ fn flow_end<S: Store>(
         Some(st) => {
             refresh_cookie::<S>(st, sk);
             let cookie = st.cookie;
-            send(EventKind::FlowEnd, Some(&mut *st), sk_err.unwrap_or(0), |rec| {
-                fill(rec, cookie)
-            });
+            send(
+                EventKind::FlowEnd,
+                Some(&mut *st),
+                sk_err.unwrap_or(0),
+                |rec| fill(rec, cookie),
+            );
             st.flags |= state_flags::ENDED;
             S::release(sk);
         }
@@ -460,11 +463,15 @@ pub fn retransmit<S: Store>(sk: Sk, has_err: bool, err: i32) {
             }
             refresh_cookie::<S>(st, sk);
             let (cookie, netns) = (st.cookie, Some(st.netns_cookie));
-            send(EventKind::Retransmit, Some(st), 0, |rec| fill(rec, cookie, netns));
+            send(EventKind::Retransmit, Some(st), 0, |rec| {
+                fill(rec, cookie, netns)
+            });
         }
         Found::NoState(netns) => {
             let cookie = S::cookie(sk);
-            send(EventKind::Retransmit, None, 0, |rec| fill(rec, cookie, netns));
+            send(EventKind::Retransmit, None, 0, |rec| {
+                fill(rec, cookie, netns)
+            });
         }
         Found::OutOfScope => {}
     }

@@ -1,21 +1,15 @@
-//! The open-flow iterator (`iter/tcp`): when userspace asks (`linkprobe flows`), one pass over
-//! the host's TCP sockets writes an `Open` record for each flow in scope, with its state. Open
-//! flows cost nothing on the event path this way: no record until they end or misbehave.
+//! The open-flow iterator (`iter/bpf_sk_storage_map`): when userspace asks (`linkprobe
+//! flows`), one pass over the flow-state map, every network namespace at once, writes an `Open`
+//! record for each flow still open. Open flows cost nothing on the event path this way: no
+//! record until they end or misbehave.
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::seq_file,
-    helpers::generated::{bpf_seq_write, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
-    macros::map,
-    maps::PerCpuArray,
+    bindings::seq_file, helpers::generated::bpf_seq_write, macros::map, maps::PerCpuArray,
 };
-use probe_common::{flags, state_flags, tcp_state, EventKind, FlowRecord, FlowState};
+use probe_common::{flags, role, state_flags, tcp_state, EventKind, FlowRecord, FlowState};
 
-use crate::{
-    hooks::header,
-    maps::FLOWS,
-    sock::{self, Scope},
-};
+use crate::{hooks::header, sock};
 
 /// `struct bpf_iter_meta` (include/linux/bpf.h).
 #[repr(C)]
@@ -25,12 +19,13 @@ pub struct IterMeta {
     pub seq_num: u64,
 }
 
-/// `struct bpf_iter__tcp`: the iterator program's context.
+/// `struct bpf_iter__bpf_sk_storage_map`: the iterator program's context.
 #[repr(C)]
-pub struct IterTcp {
+pub struct IterSkStorage {
     pub meta: *mut IterMeta,
-    pub sk_common: *mut c_void,
-    pub uid: u32,
+    pub map: *mut c_void,
+    pub sk: *mut c_void,
+    pub value: *mut FlowState,
 }
 
 /// The record being written: too large for the stack next to everything else.
@@ -38,30 +33,19 @@ pub struct IterTcp {
 static OPEN_RECORD: PerCpuArray<FlowRecord> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-pub fn open_flow(ctx: &IterTcp) {
-    let skc = ctx.sk_common;
-    if skc.is_null() {
+pub fn open_flow(ctx: &IterSkStorage) {
+    // SAFETY: NULL or this socket's storage (a FlowState), per the map's value type.
+    let Some(st) = (unsafe { ctx.value.as_ref() }) else {
+        return;
+    };
+    if ctx.sk.is_null() || st.role == role::LISTENER || st.flags & state_flags::ENDED != 0 {
         return;
     }
-    // SAFETY: a `sock_common` the iterator hands us; NULL for time-wait and request sockets.
-    let tp = unsafe { bpf_skc_to_tcp_sock(skc) };
-    if tp.is_null() {
-        return;
-    }
-    let addr = skc as u64;
+    let addr = ctx.sk as u64;
     let state = sock::sk_state(addr).unwrap_or(0);
-    if state == tcp_state::LISTEN || state == tcp_state::CLOSE {
+    if state == tcp_state::CLOSE {
         return;
     }
-    let Scope::In(netns) = sock::check(addr, 0) else {
-        return;
-    };
-    // SAFETY: the helper returns NULL or this socket's storage, live for the program run.
-    let st = unsafe {
-        bpf_sk_storage_get(FLOWS.as_ptr(), tp.cast(), core::ptr::null_mut(), 0)
-            .cast::<FlowState>()
-            .as_ref()
-    };
     let Some(rec) = OPEN_RECORD.get_ptr_mut(0) else {
         return;
     };
@@ -71,21 +55,13 @@ pub fn open_flow(ctx: &IterTcp) {
         &mut *rec
     };
     rec.kind = EventKind::Open as u32;
-    let cookie = st.map_or_else(|| sock::stored_cookie(addr), |s| s.cookie);
     // SAFETY: no arguments.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    header(rec, now, cookie, netns, state, state);
+    header(rec, now, st.cookie, Some(st.netns_cookie), state, state);
     sock::addrs(addr).write(rec);
     rec.stats = sock::tcp_stats(addr);
+    rec.flow = *st;
     rec.flags |= flags::STATS | flags::FLOW;
-    match st {
-        Some(st) => rec.flow = *st,
-        None => {
-            rec.flow.cookie = cookie;
-            rec.flow.netns_cookie = netns.unwrap_or(0);
-            rec.flow.flags = state_flags::LATE;
-        }
-    }
     // SAFETY: `meta` and its `seq` are the iterator's own; the record is FlowRecord bytes.
     unsafe {
         let seq = (*ctx.meta).seq;

@@ -4,7 +4,13 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
-#![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "atomic adds: the BPF target has no AtomicU64::fetch_add"))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        internal_features,
+        reason = "atomic adds: the BPF target has no AtomicU64::fetch_add"
+    )
+)]
 
 #[cfg(target_arch = "bpf")]
 mod counters;

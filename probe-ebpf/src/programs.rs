@@ -13,7 +13,7 @@ use aya_ebpf::{
 use crate::{
     flow::{LruStore, Sk, SkStore, Store},
     hooks,
-    iter::{self, IterTcp},
+    iter::{self, IterSkStorage},
     maps::HOOK_ARGS,
     sockops::{self, Variant},
 };
@@ -130,9 +130,9 @@ pub fn lp_sock_ops_lru(ctx: SockOpsContext) -> u32 {
 
 /// The open-flow iterator (see `iter`).
 #[unsafe(no_mangle)]
-#[unsafe(link_section = "iter/tcp")]
-pub fn lp_open_flows(ctx: *mut IterTcp) -> i32 {
-    // SAFETY: the kernel passes its `bpf_iter__tcp` context.
+#[unsafe(link_section = "iter/bpf_sk_storage_map")]
+pub fn lp_open_flows(ctx: *mut IterSkStorage) -> i32 {
+    // SAFETY: the kernel passes its `bpf_iter__bpf_sk_storage_map` context.
     if let Some(ctx) = unsafe { ctx.as_ref() } {
         iter::open_flow(ctx);
     }

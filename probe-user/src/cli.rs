@@ -317,6 +317,18 @@ pub struct ProbeArgs {
     /// [default: `all` for trace, `off` for the daemon].
     #[arg(long, value_name = "all|off|KEY=VALUE,…", value_parser = parse_detail)]
     pub detail: Option<crate::detail::DetailSpec>,
+    /// Where the kernel keeps per-flow state: `auto` (socket storage where the kernel allows
+    /// it, else an LRU map) or `lru` (the map even where socket storage works: to compare, or
+    /// to work around a kernel problem).
+    #[arg(long, value_enum, default_value_t = FlowStore::Auto)]
+    pub flow_store: FlowStore,
+}
+
+/// `--flow-store`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowStore {
+    Auto,
+    Lru,
 }
 
 fn parse_detail(s: &str) -> Result<crate::detail::DetailSpec, String> {

@@ -17,15 +17,15 @@ use tokio::{
 };
 
 use crate::{
-    api::{self, answer::LoopState, ApiLoop, Live, LoopQuery},
+    api::{self, answer::LoopState, proto::Query, ApiLoop, Live, LoopQuery},
     cli::ProbeArgs,
     config::{Config, ConfigError},
     counters::{self, CounterError},
-    decode::decode,
+    decode::{decode, decode_record},
     diag,
     event::kind_name,
     exporter::{Exporter, Snapshot},
-    loader::{self, LoadError, LoadOptions, Loaded, ProbeState},
+    loader::{self, LoadError, LoadOptions, Loaded, OpenFlowsError, ProbeState},
     metrics::Health,
     mounts::{self, MountError},
     output::{self, EventView, Format},
@@ -116,6 +116,7 @@ fn load_options(
         repeat: repeat_config(cfg, &ephemeral_ports()),
         ring_bytes: args.ring_bytes,
         fallback_flows,
+        force_lru: args.flow_store == crate::cli::FlowStore::Lru,
     })
 }
 
@@ -240,17 +241,21 @@ pub async fn run(
         pipeline.seed_existing(*netns, sockets, monotonic_ns());
     }
     let mut queries = api.as_mut().and_then(ApiLoop::take_queries);
+    let ring_records = args.ring_bytes as usize / probe_common::FLOW_RECORD_SIZE;
     let mut sink = Sink::new(args, &loaded, pipeline, cfg.clone(), api);
     sink.exporter = exporter;
     sink.publish();
     let mut second = tokio::time::interval(Duration::from_secs(1));
     second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A full batch means the ring holds more: come straight back, after whatever else is due.
+    let mut backlog = false;
     loop {
         tokio::select! {
-            r = reader.readable() => r.map_err(RunError::Poll)?,
+            r = reader.readable(), if !backlog => r.map_err(RunError::Poll)?,
+            () = std::future::ready(()), if backlog => {}
             _ = tick.tick() => {}
             _ = second.tick() => {
-                reader.drain(|bytes| sink.record(bytes));
+                reader.drain(DRAIN_BATCH, |bytes| sink.record(bytes));
                 sink.tick();
                 sink.publish();
             }
@@ -271,21 +276,25 @@ pub async fn run(
                 }
             } => {
                 // Answer from fresh state: take what the ring holds first.
-                reader.drain(|bytes| sink.record(bytes));
+                reader.drain(DRAIN_BATCH, |bytes| sink.record(bytes));
                 sink.answer(q);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
-        reader.drain(|bytes| sink.record(bytes));
+        backlog = reader.drain(DRAIN_BATCH, |bytes| sink.record(bytes)) == DRAIN_BATCH;
     }
-    // Records submitted before the signal are still in the ring: take them all.
-    reader.drain(|bytes| sink.record(bytes));
+    // Records submitted before the signal are still in the ring: take them (at most two
+    // rings' worth, so a storm that keeps filling it cannot hold the exit).
+    reader.drain(2 * ring_records.max(DRAIN_BATCH), |bytes| {
+        sink.record(bytes)
+    });
     sink.tick();
     if args.dump_flows {
+        sink.refresh_open_flows();
         sink.dump_flows();
     }
-    let kernel = counters::read(&loaded.ebpf, &loaded.reason_names)?;
+    let kernel = counters::read(&sink.loaded.ebpf, &sink.loaded.reason_names)?;
     let line = output::counters_json(
         &kernel,
         &sink.records,
@@ -298,11 +307,20 @@ pub async fn run(
     } else {
         eprintln!("linkprobe: final counters {line}");
     }
+    drop(sink);
     drop(reader);
     drop(loaded);
     eprintln!("linkprobe: probes detached");
     Ok(())
 }
+
+/// Records taken from the ring per loop turn: signals, ticks and API queries get their turn
+/// between batches, even under a storm.
+const DRAIN_BATCH: usize = 8192;
+
+/// How often a query may rerun the open-flow iterator (a pass over every TCP socket of the
+/// host); queries in between answer from the last pass.
+const OPEN_FLOWS_MIN_GAP: Duration = Duration::from_secs(1);
 
 /// TCP sockets open before we attach (netns cookie, sockets), from sock_diag, so their flows
 /// are known (marked pre-existing). Listed before the probes attach: reading the netns cookie
@@ -336,6 +354,8 @@ struct Sink<'a> {
     print_events: bool,
     loaded: &'a Loaded,
     pipeline: Pipeline,
+    /// When the open-flow iterator last ran.
+    open_flows_at: Option<Instant>,
     /// The API's loop side (daemon only): live items for watchers.
     api: Option<ApiLoop>,
     config: Config,
@@ -360,6 +380,7 @@ impl<'a> Sink<'a> {
             print_events: !args.no_events,
             loaded,
             pipeline,
+            open_flows_at: None,
             api,
             config,
             started: Instant::now(),
@@ -459,8 +480,40 @@ impl<'a> Sink<'a> {
         }
     }
 
+    /// Open flows as the kernel holds them now (the event path only reports flows that end or
+    /// misbehave): fed through the pipeline like records, at most once per
+    /// [`OPEN_FLOWS_MIN_GAP`].
+    fn refresh_open_flows(&mut self) {
+        if self
+            .open_flows_at
+            .is_some_and(|at| at.elapsed() < OPEN_FLOWS_MIN_GAP)
+        {
+            return;
+        }
+        self.open_flows_at = Some(Instant::now());
+        match self.loaded.open_flows() {
+            Ok(records) => {
+                log::debug!("open-flow iterator: {} flows", records.len());
+                for raw in &records {
+                    match decode_record(raw) {
+                        Ok(ev) => self.pipeline.on_event(&ev, &self.loaded.reason_names),
+                        Err(e) => {
+                            self.decode_errors += 1;
+                            log::error!("open flow: {e}");
+                        }
+                    }
+                }
+            }
+            Err(OpenFlowsError::Unavailable) => log::debug!("open flows unavailable"),
+            Err(e) => log::warn!("{e}"),
+        }
+    }
+
     /// Answers one API query from the loop's state.
-    fn answer(&self, q: LoopQuery) {
+    fn answer(&mut self, q: LoopQuery) {
+        if matches!(q.query, Query::Flows { .. } | Query::Flow { .. }) {
+            self.refresh_open_flows();
+        }
         let st = LoopState {
             pipeline: &self.pipeline,
             loaded: self.loaded,

@@ -6,9 +6,7 @@ use probe_common::{
     flags, repeat_scope, role, state_flags, EventKind, FlowRecord, FLOW_RECORD_SIZE,
 };
 
-use crate::event::{
-    Detail, Event, FlowSnapshot, Process, RepeatScope, Role, SockStats, TcpState,
-};
+use crate::event::{Detail, Event, FlowSnapshot, Process, RepeatScope, Role, SockStats, TcpState};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -66,7 +64,8 @@ pub fn decode_record(raw: &FlowRecord) -> Result<Event, DecodeError> {
     };
     let (local, remote) = endpoints(raw);
     // A listener's state only holds the owner its accepted sockets inherit: not a flow.
-    let flow = (raw.flags & flags::FLOW != 0 && raw.flow.role != role::LISTENER).then_some(&raw.flow);
+    let flow =
+        (raw.flags & flags::FLOW != 0 && raw.flow.role != role::LISTENER).then_some(&raw.flow);
     let owner = (raw.flags & flags::FLOW != 0 && raw.flow.flags & state_flags::OWNER != 0)
         .then_some(&raw.flow);
     Ok(Event {

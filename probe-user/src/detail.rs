@@ -43,9 +43,12 @@ impl DetailSpec {
                     );
                 }
                 "port" => {
-                    port = Some(value.trim().parse::<u16>().map_err(|_| {
-                        format!("port={value:?}: not a port number (1-65535)")
-                    })?);
+                    port = Some(
+                        value
+                            .trim()
+                            .parse::<u16>()
+                            .map_err(|_| format!("port={value:?}: not a port number (1-65535)"))?,
+                    );
                 }
                 "cookie" => cookie = Some(crate::cli::parse_cookie(value.trim())?),
                 "cgroup" => cgroup = Some(PathBuf::from(value.trim())),
@@ -143,7 +146,9 @@ mod tests {
     fn rejects_with_the_reason() {
         let e = DetailSpec::parse("host=x").unwrap_err();
         assert!(e.contains("peer, port, cookie or cgroup"), "{e}");
-        assert!(DetailSpec::parse("port=99999").unwrap_err().contains("port"));
+        assert!(DetailSpec::parse("port=99999")
+            .unwrap_err()
+            .contains("port"));
         assert!(DetailSpec::parse("peer=nope").is_err());
         assert!(DetailSpec::parse("everything").is_err());
     }

@@ -20,6 +20,7 @@ pub mod loader;
 pub mod lock;
 pub mod metrics;
 pub mod mounts;
+pub mod openflows;
 pub mod output;
 pub mod output_anomaly;
 pub mod output_flow;

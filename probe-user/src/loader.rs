@@ -3,22 +3,20 @@
 //! where this kernel's BTF tracepoints may use it, else in the fallback LRU map: every hook
 //! comes in both variants, and the store is chosen once, by the verifier's answer for the
 //! state-change hook.
-use std::{collections::BTreeMap, fs::File, io::Read as _, path::PathBuf};
+use std::{collections::BTreeMap, fs::File, os::fd::AsFd as _, path::PathBuf};
 
 use aya::{
-    programs::{
-        links::CgroupAttachMode, BtfTracePoint, Iter, Program, ProgramError, SockOps,
-    },
+    programs::{links::CgroupAttachMode, BtfTracePoint, Iter, Program, ProgramError, SockOps},
     Btf as AyaBtf, Ebpf, EbpfLoader,
 };
 use probe_common::{
     DetailFilter, FlowRecord, HookArgs, KernelOffsets, RepeatRstConfig, ScopeFilter, TpLayout,
-    Tuning, ABSENT, FLOW_RECORD_SIZE,
+    Tuning, ABSENT,
 };
 
 use crate::{
     btf::{self, Btf},
-    mounts,
+    mounts, openflows,
     rst_reason::ReasonNames,
     tracefs::{self, Tracepoint},
 };
@@ -33,8 +31,8 @@ pub enum Hook {
     SockOps,
     /// A BTF-typed tracepoint (`tp_btf`): TP_PROTO arguments, typed for the helpers.
     BtfTracepoint(Tracepoint),
-    /// A BPF iterator over the host's TCP sockets, run when userspace asks.
-    IterTcp,
+    /// A BPF iterator over the flow-state map (every namespace), run when userspace asks.
+    IterFlows,
 }
 
 /// One row of the probe table.
@@ -98,8 +96,8 @@ pub const PROBES: [ProbeSpec; 7] = [
     ProbeSpec {
         program: "lp_open_flows",
         fallback: None,
-        hook: Hook::IterTcp,
-        requires: "5.9 (iter/tcp); socket storage 5.11",
+        hook: Hook::IterFlows,
+        requires: "5.9 (iter/bpf_sk_storage_map)",
         provides: "open flows with their state, read when asked (`linkprobe flows`)",
     },
 ];
@@ -179,6 +177,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Entries of the fallback flow-state map.
     pub fallback_flows: u32,
+    /// Use the fallback map even where socket storage works.
+    pub force_lru: bool,
 }
 
 /// The loaded object plus what each probe became.
@@ -204,38 +204,24 @@ impl Loaded {
     }
 
     /// Every open flow in scope with its kernel state, by running the open-flow iterator once.
-    pub fn open_flows(&mut self) -> Result<Vec<FlowRecord>, OpenFlowsError> {
-        if self.store != Store::SkStorage
-            || !self
-                .probes
-                .iter()
-                .any(|p| p.spec.hook == Hook::IterTcp && p.state == ProbeState::Attached)
-        {
+    pub fn open_flows(&self) -> Result<Vec<FlowRecord>, OpenFlowsError> {
+        let attached = self
+            .probes
+            .iter()
+            .any(|p| p.spec.hook == Hook::IterFlows && p.state == ProbeState::Attached);
+        if self.store != Store::SkStorage || !attached {
             return Err(OpenFlowsError::Unavailable);
         }
-        let prog: &mut Iter = self
+        let prog = self
             .ebpf
-            .program_mut("lp_open_flows")
-            .ok_or(OpenFlowsError::Unavailable)?
-            .try_into()
-            .map_err(|e: ProgramError| OpenFlowsError::Run(e.to_string()))?;
-        let link = prog
-            .attach()
-            .map_err(|e| OpenFlowsError::Run(e.to_string()))?;
-        let link = prog
-            .take_link(link)
-            .map_err(|e| OpenFlowsError::Run(e.to_string()))?;
-        let mut file = link
-            .into_file()
-            .map_err(|e| OpenFlowsError::Run(e.to_string()))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| OpenFlowsError::Run(e.to_string()))?;
-        Ok(bytes
-            .chunks_exact(FLOW_RECORD_SIZE)
-            // SAFETY: each chunk is one FlowRecord the iterator wrote; plain old data.
-            .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<FlowRecord>()) })
-            .collect())
+            .program("lp_open_flows")
+            .and_then(|p| p.fd().ok())
+            .ok_or(OpenFlowsError::Unavailable)?;
+        let map = match self.ebpf.map("FLOWS") {
+            Some(aya::maps::Map::SkStorage(data)) => data.fd(),
+            _ => return Err(OpenFlowsError::Unavailable),
+        };
+        openflows::read(prog.as_fd(), map.as_fd()).map_err(|e| OpenFlowsError::Run(e.to_string()))
     }
 }
 
@@ -318,7 +304,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_max_entries("FLOWS_LRU", opts.fallback_flows);
     let mut ebpf = loader.load(EBPF_OBJECT)?;
 
-    let (store, store_note) = choose_store(&mut ebpf, &kernel_btf);
+    let (store, store_note) = if opts.force_lru {
+        (Store::Lru, Some("--flow-store lru".to_owned()))
+    } else {
+        choose_store(&mut ebpf, &kernel_btf)
+    };
     let mut probes = Vec::with_capacity(PROBES.len());
     for spec in PROBES {
         let program = match (store, spec.fallback) {
@@ -339,8 +329,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                 },
                 attach_btf_tracepoint(&mut ebpf, program, tp, &kernel_btf),
             ),
-            Hook::IterTcp => (
-                "iter/tcp".to_owned(),
+            Hook::IterFlows => (
+                "iter/bpf_sk_storage_map".to_owned(),
                 "iterator, on demand".to_owned(),
                 match store {
                     Store::SkStorage => load_iterator(&mut ebpf, program, &kernel_btf),
@@ -462,7 +452,12 @@ fn attach_btf_tracepoint(
 
 fn load_iterator(ebpf: &mut Ebpf, program: &'static str, btf: &AyaBtf) -> ProbeState {
     // Loaded now (so the table says whether this kernel takes it); attached per request.
-    load_and_attach(ebpf, program, |p: &mut Iter| p.load("tcp", btf), |_| Ok(()))
+    load_and_attach(
+        ebpf,
+        program,
+        |p: &mut Iter| p.load("bpf_sk_storage_map", btf),
+        |_| Ok(()),
+    )
 }
 
 fn attach_sock_ops(

@@ -40,11 +40,13 @@ impl EventReader {
         Ok(())
     }
 
-    /// Hands every available record to `f`; returns how many there were.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+    /// Hands up to `limit` available records to `f`; returns how many there were (`limit`:
+    /// there may be more).
+    pub fn drain(&mut self, limit: usize, mut f: impl FnMut(&[u8])) -> usize {
         let ring = self.ring.get_mut();
         let mut n = 0;
-        while let Some(item) = ring.next() {
+        while n < limit {
+            let Some(item) = ring.next() else { break };
             f(&item);
             n += 1;
         }

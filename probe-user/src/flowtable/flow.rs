@@ -7,7 +7,9 @@ use probe_common::{role, CloseClass, EventKind};
 
 use super::FlowKey;
 use crate::{
-    event::{kind_name, Detail, Event, FlowCounts, Process, RepeatScope, Role, SockStats, TcpState},
+    event::{
+        kind_name, Detail, Event, FlowCounts, Process, RepeatScope, Role, SockStats, TcpState,
+    },
     rst_reason::ReasonNames,
 };
 

@@ -164,13 +164,7 @@ fn connection(flow: &mut Flow, peer: Peer, local_port: Option<u16>, out: &mut Ve
 }
 
 /// The facts a record's counts add: one signal per RST, retransmit and RTO.
-fn facts(
-    flow: &Flow,
-    ev: &Event,
-    new: &FlowCounts,
-    reasons: &ReasonNames,
-    out: &mut Vec<Signal>,
-) {
+fn facts(flow: &Flow, ev: &Event, new: &FlowCounts, reasons: &ReasonNames, out: &mut Vec<Signal>) {
     let ts_ns = ev.ts_ns;
     let cookie = Some(flow.key.cookie);
     let (peer, local_port) = scope(flow);

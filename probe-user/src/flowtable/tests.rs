@@ -101,7 +101,10 @@ fn count(signals: &[Signal], pred: impl Fn(&Signal) -> bool) -> usize {
 fn a_summary_alone_tells_a_healthy_flows_story() {
     let mut t = FlowTable::new(FlowConfig::default());
     let est = START + 300;
-    let signals = run(&mut t, &[end(5_000, 4, 0, Some(est), FlowCounts::default())]);
+    let signals = run(
+        &mut t,
+        &[end(5_000, 4, 0, Some(est), FlowCounts::default())],
+    );
     let f = t.get(&key(CLIENT)).unwrap();
     assert_eq!(f.role, Some(Role::Client));
     assert_eq!(f.process.as_ref().map(|p| p.pid), Some(42));
@@ -124,9 +127,9 @@ fn a_summary_alone_tells_a_healthy_flows_story() {
         )),
         1
     );
-    assert!(signals.iter().any(
-        |s| matches!(s, Signal::Handshake { duration, .. } if duration.as_nanos() == 300)
-    ));
+    assert!(signals
+        .iter()
+        .any(|s| matches!(s, Signal::Handshake { duration, .. } if duration.as_nanos() == 300)));
     assert!(signals.iter().any(|s| matches!(s, Signal::Rtt { .. })));
     assert!(signals
         .iter()
@@ -176,7 +179,10 @@ fn detail_records_build_one_ordered_timeline_under_one_cookie() {
         count(&signals, |s| matches!(s, Signal::Connection { .. })),
         1
     );
-    assert_eq!(count(&signals, |s| matches!(s, Signal::Handshake { .. })), 1);
+    assert_eq!(
+        count(&signals, |s| matches!(s, Signal::Handshake { .. })),
+        1
+    );
 }
 
 #[test]

@@ -515,7 +515,9 @@ fn a_full_ring_keeps_metric_sums_exact_with_lost_records_under_peer_lost() {
     assert!(records_lost > 0, "the ring should have overflowed");
     assert!(lost > 0, "RST facts went with the lost records");
     assert_eq!(refused, attempt_fails);
-    eprintln!("   of which peer=\"lost\" (FlowEnd lost, cause counted in the kernel): {refused_lost}");
+    eprintln!(
+        "   of which peer=\"lost\" (FlowEnd lost, cause counted in the kernel): {refused_lost}"
+    );
     assert!(refused_lost > 0, "FlowEnd records were lost too");
     assert_eq!(sent, out_rsts);
     assert_eq!(all, kernel_rsts);

@@ -56,7 +56,9 @@ fn cgroup_filter_counts_only_sockets_of_that_cgroup() {
         .filter_map(|e| e["cgroup_id"].as_u64())
         .collect();
     assert_eq!(ids, BTreeSet::from([cgroup_id]), "cgroup ids of flows");
-    assert!(trace.of_kind("connect").all(|e| e["cgroup_id"] == cgroup_id));
+    assert!(trace
+        .of_kind("connect")
+        .all(|e| e["cgroup_id"] == cgroup_id));
 
     report(
         "cgroup filter",

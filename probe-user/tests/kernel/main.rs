@@ -8,6 +8,7 @@ mod detect;
 mod exporter;
 mod limits;
 mod prometheus_harness;
+mod summary;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -125,10 +126,17 @@ fn refused_connects_are_received_rsts_with_client_cookies() {
             .find(|e| e["kind"] == "flow_end")
             .unwrap_or_else(|| panic!("no flow_end for cookie {c}: {kinds:?}"));
         assert_eq!(end["old_state"], "SYN_SENT", "{end}");
-        assert_eq!(end["sk_err"], 111, "cookie {c}: the kernel's error is ECONNREFUSED");
+        assert_eq!(
+            end["sk_err"], 111,
+            "cookie {c}: the kernel's error is ECONNREFUSED"
+        );
         assert_eq!(end["flow"]["rst_received"], 1, "{end}");
         assert_eq!(end["flow"]["role"], "client", "{end}");
-        assert_eq!(end["local"].as_str().map(|l| l.ends_with(":0")), Some(false), "{end}");
+        assert_eq!(
+            end["local"].as_str().map(|l| l.ends_with(":0")),
+            Some(false),
+            "{end}"
+        );
     }
     // 25 RSTs within a second from one peer and on one service port: the kernel's own
     // repeat-RST check fires once per scope and window.
@@ -277,9 +285,16 @@ fn dropped_syns_retransmit_per_cookie_then_time_out() {
             .iter()
             .find(|e| e["kind"] == "flow_end" && e["old_state"] == "SYN_SENT")
             .unwrap_or_else(|| panic!("cookie {c} never left SYN_SENT"));
-        assert_eq!(end["sk_err"], 110, "cookie {c}: the kernel's error is ETIMEDOUT");
+        assert_eq!(
+            end["sk_err"], 110,
+            "cookie {c}: the kernel's error is ETIMEDOUT"
+        );
         // The summary counts what the stream showed.
-        assert_eq!(end["flow"]["syn_retrans"].as_u64(), Some(syn_retrans), "{end}");
+        assert_eq!(
+            end["flow"]["syn_retrans"].as_u64(),
+            Some(syn_retrans),
+            "{end}"
+        );
         assert!(end["flow"]["rtos"].as_u64() >= Some(syn_retrans), "{end}");
         assert!(
             flow.iter().all(|e| e["kind"] != "rst_received"),
@@ -389,7 +404,11 @@ fn data_dropped_for_a_window_retransmits_under_the_connect_cookie() {
         .iter()
         .find(|e| e["kind"] == "flow_end")
         .expect("the client's flow_end");
-    assert_eq!(end["flow"]["data_retrans"].as_u64(), Some(ours.len() as u64), "{end}");
+    assert_eq!(
+        end["flow"]["data_retrans"].as_u64(),
+        Some(ours.len() as u64),
+        "{end}"
+    );
     assert_eq!(
         end["flow"]["rtos"].as_u64(),
         Some(flow.iter().filter(|e| e["kind"] == "rto").count() as u64),
@@ -457,8 +476,7 @@ fn normal_connection_keeps_one_cookie_from_connect_to_its_end() {
         .collect();
     eprintln!("   client timeline: {client:?}");
     let pos = |k: &str| client.iter().position(|x| *x == k);
-    let (connect, established, end) =
-        (pos("connect"), pos("active_established"), pos("flow_end"));
+    let (connect, established, end) = (pos("connect"), pos("active_established"), pos("flow_end"));
     assert!(
         connect.is_some() && established.is_some() && end.is_some(),
         "{client:?}"

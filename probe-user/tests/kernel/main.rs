@@ -5,6 +5,7 @@ mod cli;
 mod cli_robust;
 mod common;
 mod detect;
+mod exactness;
 mod exporter;
 mod limits;
 mod prometheus_harness;

@@ -9,8 +9,9 @@
 //! [`FlowState`] as it is after the hit, so userspace derives facts from counter deltas and a
 //! lost record only delays them until the next record of the flow.
 
-/// What produced a [`FlowRecord`]. Values index the per-CPU counter arrays.
-#[repr(u32)]
+/// What produced a [`FlowRecord`]. Values index the per-CPU counter arrays (and the record's
+/// `kind` holds one as u32).
+#[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     /// A flow reached CLOSE: its summary (state, `sk_err`, socket counters). Always a record.

@@ -6,7 +6,9 @@ use probe_common::{
     flags, repeat_scope, role, state_flags, EventKind, FlowRecord, FLOW_RECORD_SIZE,
 };
 
-use crate::event::{Detail, Event, FlowSnapshot, Process, RepeatScope, Role, SockStats, TcpState};
+use crate::event::{
+    Comm, Detail, Event, FlowSnapshot, Process, RepeatScope, Role, SockStats, TcpState,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -79,7 +81,7 @@ pub fn decode_record(raw: &FlowRecord) -> Result<Event, DecodeError> {
             .then_some(raw.flow.cgroup_id),
         process: owner.map(|f| Process {
             pid: f.pid,
-            comm: comm(&f.comm),
+            comm: Comm::from_kernel(&f.comm),
         }),
         flow: flow.map(snapshot),
         stats: (raw.flags & flags::STATS != 0).then(|| stats(&raw.stats)),
@@ -128,11 +130,6 @@ fn repeat_rst(raw: &FlowRecord) -> Result<Detail, DecodeError> {
         scope,
         count: raw.args[1],
     })
-}
-
-fn comm(bytes: &[u8; 16]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
 fn endpoints(raw: &FlowRecord) -> (SocketAddr, SocketAddr) {
@@ -260,6 +257,16 @@ mod tests {
         assert_eq!(flow.established_ns, None);
         assert_eq!(flow.counts.rst_received, 1);
         assert_eq!(ev.stats.map(|s| s.srtt_us), Some(30));
+    }
+
+    #[test]
+    fn a_comm_cannot_carry_terminal_escapes() {
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(b"\x1b[2Jevil");
+        assert_eq!(Comm::from_kernel(&raw).as_str(), "?[2Jevil");
+        let mut raw = [0u8; 16];
+        raw[..5].copy_from_slice(&[b'n', 0xc3, 0xa9, b'\n', b'x']);
+        assert_eq!(Comm::from_kernel(&raw).as_str(), "n???x");
     }
 
     #[test]

@@ -64,7 +64,63 @@ pub struct SockStats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Process {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
+}
+
+/// A task's `comm` (at most 15 bytes), kept inline: no allocation per record. Any process can
+/// set its own comm, so bytes that are not printable ASCII become `?` when decoded: a comm
+/// never carries terminal escapes into `flows`, `watch` or the daemon's output.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Comm {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Comm {
+    /// From the kernel's NUL-padded bytes.
+    pub fn from_kernel(raw: &[u8; 16]) -> Comm {
+        let mut bytes = [0u8; 16];
+        let mut len = 0;
+        for &b in raw.iter().take_while(|&&b| b != 0) {
+            bytes[len] = if b.is_ascii_graphic() || b == b' ' {
+                b
+            } else {
+                b'?'
+            };
+            len += 1;
+        }
+        Comm {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Printable ASCII only (see `from_kernel`), so always UTF-8.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(s: &str) -> Comm {
+        let mut raw = [0u8; 16];
+        for (d, b) in raw.iter_mut().zip(s.bytes().take(15)) {
+            *d = b;
+        }
+        Comm::from_kernel(&raw)
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 /// Which end opened the connection.

@@ -163,7 +163,7 @@ impl<'a> EventView<'a> {
         }
         if let Some(p) = &ev.process {
             v.pid = Some(p.pid);
-            v.comm = Some(&p.comm);
+            v.comm = Some(p.comm.as_str());
         }
         v
     }

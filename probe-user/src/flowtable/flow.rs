@@ -1,11 +1,11 @@
 //! One flow's state and timeline, updated record by record. The kernel keeps the flow's counts
 //! and sends them with every record of the flow; the flow remembers what it already turned
 //! into signals (`accounted`), so a lost record only delays its facts.
-use std::{collections::VecDeque, net::SocketAddr};
+use std::net::SocketAddr;
 
 use probe_common::{role, CloseClass, EventKind};
 
-use super::FlowKey;
+use super::{timeline::Timeline, FlowKey};
 use crate::{
     event::{
         kind_name, Detail, Event, FlowCounts, Process, RepeatScope, Role, SockStats, TcpState,
@@ -42,10 +42,11 @@ impl From<CloseClass> for CloseCause {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Note {
     None,
+    /// `sk_err` 0: none.
     Transition {
         from: TcpState,
         to: TcpState,
-        sk_err: Option<i32>,
+        sk_err: i32,
     },
     Srtt(u32),
     /// Retransmits and RTOs the flow counted up to this record (a report stands for all of
@@ -81,10 +82,12 @@ impl TimelineEntry {
     pub fn detail(&self, reasons: &ReasonNames) -> String {
         match self.note {
             Note::None => String::new(),
-            Note::Transition { from, to, sk_err } => match sk_err {
-                Some(e) if e != 0 => format!("{from}->{to} sk_err={e}"),
-                _ => format!("{from}->{to}"),
-            },
+            Note::Transition {
+                from,
+                to,
+                sk_err: 0,
+            } => format!("{from}->{to}"),
+            Note::Transition { from, to, sk_err } => format!("{from}->{to} sk_err={sk_err}"),
             Note::Srtt(us) => format!("srtt={us}us"),
             Note::Retransmits { data, rtos } => format!("data_retrans={data} rtos={rtos}"),
             Note::Reason(r) => {
@@ -110,11 +113,11 @@ pub struct Flow {
     pub start_ns: u64,
     /// SYN → ESTABLISHED (clients).
     pub handshake_ns: Option<u64>,
-    pub first_syn_ns: Option<u64>,
     pub syn_retransmits: u32,
     /// Gaps between successive SYNs (first one from the first SYN), at most 8.
     pub syn_retransmit_intervals_ms: Vec<u32>,
-    last_syn_ns: Option<u64>,
+    /// The last SYN sent (0: none yet).
+    last_syn_ns: u64,
     pub srtt_us: u32,
     pub min_rtt_us: Option<u32>,
     pub data_retransmits: u32,
@@ -131,9 +134,7 @@ pub struct Flow {
     /// The kernel's `sk_err` at the flow's end.
     pub close_sk_err: Option<i32>,
     pub last_seen_ns: u64,
-    pub timeline: VecDeque<TimelineEntry>,
-    /// Timeline entries dropped at the bound (oldest first).
-    pub timeline_dropped: u32,
+    pub timeline: Timeline,
     /// The kernel's counts already turned into signals.
     pub(super) accounted: FlowCounts,
     /// The connection signal was given (once per flow).
@@ -158,10 +159,9 @@ impl Flow {
             preexisting: false,
             start_ns: ts_ns,
             handshake_ns: None,
-            first_syn_ns: None,
             syn_retransmits: 0,
             syn_retransmit_intervals_ms: Vec::new(),
-            last_syn_ns: None,
+            last_syn_ns: 0,
             srtt_us: 0,
             min_rtt_us: None,
             data_retransmits: 0,
@@ -176,8 +176,7 @@ impl Flow {
             closed_ns: None,
             close_sk_err: None,
             last_seen_ns: ts_ns,
-            timeline: VecDeque::new(),
-            timeline_dropped: 0,
+            timeline: Timeline::default(),
             accounted: FlowCounts::default(),
             connection_counted: false,
             handshake_counted: false,
@@ -207,6 +206,11 @@ impl Flow {
         c.data_segs_out = c.data_segs_out.max(s.data_segs_out);
         c.bytes_received = c.bytes_received.max(s.bytes_received);
         c.bytes_acked = c.bytes_acked.max(s.bytes_acked);
+    }
+
+    /// When the first SYN went out: a client's start (connect()), unless first seen late.
+    pub fn first_syn_ns(&self) -> Option<u64> {
+        (self.role == Some(Role::Client) && !self.preexisting).then_some(self.start_ns)
     }
 
     /// The flow's kernel role as `role::*`, for the shared close classification.
@@ -256,9 +260,8 @@ impl Flow {
         }
         if f.start_ns != 0 && !f.late {
             self.start_ns = self.start_ns.min(f.start_ns);
-            if self.role == Some(Role::Client) {
-                self.first_syn_ns.get_or_insert(f.start_ns);
-                self.last_syn_ns.get_or_insert(f.start_ns);
+            if self.role == Some(Role::Client) && self.last_syn_ns == 0 {
+                self.last_syn_ns = f.start_ns;
             }
         }
         if let Some(est) = f.established_ns {
@@ -300,7 +303,7 @@ impl Flow {
     pub fn apply(&mut self, ev: &Event, timeline_len: usize) {
         let ts = ev.ts_ns;
         self.last_seen_ns = self.last_seen_ns.max(ts);
-        let first_record = self.timeline.is_empty() && self.timeline_dropped == 0;
+        let first_record = self.timeline.is_empty();
         self.learn(ev);
         if ev.flow.is_none() {
             self.count_bare(ev);
@@ -323,7 +326,7 @@ impl Flow {
                 Note::Transition {
                     from: *from,
                     to: TcpState::CLOSE,
-                    sk_err: ev.sk_err,
+                    sk_err: ev.sk_err.unwrap_or(0),
                 }
             }
             Detail::Connect => {
@@ -341,7 +344,7 @@ impl Flow {
                 Note::Transition {
                     from: *from,
                     to: *to,
-                    sk_err: ev.sk_err,
+                    sk_err: ev.sk_err.unwrap_or(0),
                 }
             }
             Detail::RstReceived { state: s } => {
@@ -429,7 +432,7 @@ impl Flow {
                     Some(Role::Server) => Note::Transition {
                         from: TcpState::LISTEN,
                         to: TcpState::SYN_RECV,
-                        sk_err: None,
+                        sk_err: 0,
                     },
                     _ => Note::None,
                 },
@@ -454,20 +457,15 @@ impl Flow {
     }
 
     fn syn_interval(&mut self, ts: u64) {
-        if let Some(last) = self.last_syn_ns.replace(ts) {
-            if self.syn_retransmit_intervals_ms.len() < MAX_SYN_INTERVALS {
-                let ms = ts.saturating_sub(last) / 1_000_000;
-                self.syn_retransmit_intervals_ms
-                    .push(u32::try_from(ms).unwrap_or(u32::MAX));
-            }
+        let last = std::mem::replace(&mut self.last_syn_ns, ts);
+        if last != 0 && self.syn_retransmit_intervals_ms.len() < MAX_SYN_INTERVALS {
+            let ms = ts.saturating_sub(last) / 1_000_000;
+            self.syn_retransmit_intervals_ms
+                .push(u32::try_from(ms).unwrap_or(u32::MAX));
         }
     }
 
     fn push(&mut self, entry: TimelineEntry, timeline_len: usize) {
-        if self.timeline.len() >= timeline_len.max(1) {
-            self.timeline.pop_front();
-            self.timeline_dropped = self.timeline_dropped.saturating_add(1);
-        }
-        self.timeline.push_back(entry);
+        self.timeline.push(entry, timeline_len);
     }
 }

@@ -2,17 +2,18 @@
 //! first event to its close, kept `retain_closed` after close. Hard-bounded; evictions counted.
 //! Turns events into [`Signal`]s for the detectors.
 mod flow;
+mod lru;
 mod signals;
 #[cfg(test)]
 mod tests;
+mod timeline;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use lru::{Links, List, ListId, Slots, NIL};
 
 pub use flow::{CloseCause, Flow, Note, TimelineEntry};
+pub use timeline::Timeline;
 
 use crate::{
     event::{Event, TcpState},
@@ -54,84 +55,134 @@ pub struct FlowTableStats {
 
 struct Slot {
     flow: Flow,
-    /// Position in `open` or `closed` (by recency).
-    seq: u64,
+    links: Links,
 }
 
 pub struct FlowTable {
     cfg: FlowConfig,
-    flows: HashMap<FlowKey, Slot>,
+    slots: Vec<Slot>,
+    /// Slots whose flow was evicted or expired, for reuse.
+    free: Vec<u32>,
+    /// Socket cookie → slot. Cookies are unique on a host, across namespaces.
+    index: HashMap<u64, u32>,
     /// Open flows by last activity (oldest first).
-    open: BTreeMap<u64, FlowKey>,
+    open: List,
     /// Closed flows by close order (oldest first): evicted before any open flow.
-    closed: BTreeMap<u64, FlowKey>,
-    next_seq: u64,
+    closed: List,
     evicted: u64,
     expired: u64,
+}
+
+/// The slab as the lists see it.
+struct SlabLinks<'a>(&'a mut [Slot]);
+
+impl Slots for SlabLinks<'_> {
+    fn links(&mut self, slot: u32) -> &mut Links {
+        &mut self.0[slot as usize].links
+    }
 }
 
 impl FlowTable {
     pub fn new(cfg: FlowConfig) -> Self {
         FlowTable {
             cfg,
-            flows: HashMap::new(),
-            open: BTreeMap::new(),
-            closed: BTreeMap::new(),
-            next_seq: 0,
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            open: List::EMPTY,
+            closed: List::EMPTY,
             evicted: 0,
             expired: 0,
         }
     }
 
-    fn seq(&mut self) -> u64 {
-        self.next_seq += 1;
-        self.next_seq
+    fn list(&mut self, id: ListId) -> (&mut List, SlabLinks<'_>) {
+        let list = match id {
+            ListId::Open => &mut self.open,
+            ListId::Closed => &mut self.closed,
+        };
+        (list, SlabLinks(&mut self.slots))
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let id = self.slots[slot as usize].links.list;
+        let (list, mut slots) = self.list(id);
+        lru::unlink(&mut slots, list, slot);
+    }
+
+    fn push(&mut self, id: ListId, slot: u32) {
+        let (list, mut slots) = self.list(id);
+        lru::push_back(&mut slots, list, id, slot);
+    }
+
+    /// Drops the flow in `slot` (evicted or expired); its slot is reused.
+    fn remove(&mut self, slot: u32) {
+        self.unlink(slot);
+        let cookie = self.slots[slot as usize].flow.key.cookie;
+        self.index.remove(&cookie);
+        // Release what the flow holds beyond its slot now, not when the slot is reused.
+        self.slots[slot as usize].flow.timeline = Timeline::default();
+        self.free.push(slot);
     }
 
     /// Makes room for one more flow at the bound: oldest closed first, then least recently
     /// active open flow.
     fn make_room(&mut self) {
-        while self.flows.len() >= self.cfg.max_flows.max(1) {
-            let victim = self
-                .closed
-                .pop_first()
-                .or_else(|| self.open.pop_first())
-                .map(|(_, k)| k);
-            let Some(key) = victim else { return };
-            self.flows.remove(&key);
+        while self.index.len() >= self.cfg.max_flows.max(1) {
+            let victim = if self.closed.head != NIL {
+                self.closed.head
+            } else {
+                self.open.head
+            };
+            if victim == NIL {
+                return;
+            }
+            self.remove(victim);
             self.evicted += 1;
         }
     }
 
-    /// The flow for `key`, created when new; an open flow is re-filed as most recently active
-    /// (closed flows keep their close order).
-    fn touch(&mut self, key: FlowKey, ev: &Event) -> &mut Flow {
-        let seq = self.seq();
-        if !self.flows.contains_key(&key) {
-            self.make_room();
-            self.open.insert(seq, key);
-        }
-        let open = &mut self.open;
-        let slot = self.flows.entry(key).or_insert_with(|| Slot {
-            flow: Flow::new(key, ev.local, ev.remote, ev.ts_ns),
-            seq,
-        });
-        if slot.seq != seq && slot.flow.close.is_none() {
-            open.remove(&slot.seq);
-            open.insert(seq, key);
-            slot.seq = seq;
-        }
-        &mut slot.flow
+    /// A new open flow in a free or new slot.
+    fn insert(&mut self, flow: Flow) -> u32 {
+        self.make_room();
+        let cookie = flow.key.cookie;
+        let links = Links {
+            prev: NIL,
+            next: NIL,
+            list: ListId::Open,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Slot { flow, links };
+                slot
+            }
+            None => {
+                self.slots.push(Slot { flow, links });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(cookie, slot);
+        self.push(ListId::Open, slot);
+        slot
     }
 
-    /// Moves a flow that just closed from the open index to the closed one.
-    fn file_closed(&mut self, key: FlowKey) {
-        let seq = self.seq();
-        if let Some(slot) = self.flows.get_mut(&key) {
-            if self.open.remove(&slot.seq).is_some() {
-                self.closed.insert(seq, key);
-                slot.seq = seq;
+    fn slot_of(&self, key: &FlowKey) -> Option<u32> {
+        let slot = *self.index.get(&key.cookie)?;
+        (self.slots[slot as usize].flow.key == *key).then_some(slot)
+    }
+
+    /// The flow for `key`, created when new; an open flow is re-filed as most recently active
+    /// (closed flows keep their close order).
+    fn touch(&mut self, key: FlowKey, ev: &Event) -> u32 {
+        match self.slot_of(&key) {
+            Some(slot) => {
+                if self.slots[slot as usize].links.list == ListId::Open {
+                    self.unlink(slot);
+                    self.push(ListId::Open, slot);
+                }
+                slot
             }
+            None => self.insert(Flow::new(key, ev.local, ev.remote, ev.ts_ns)),
         }
     }
 
@@ -148,12 +199,13 @@ impl FlowTable {
         };
         // A record without flow state (a time-wait or request socket, a SYN-ACK retransmit)
         // only updates a flow the table already has.
-        if ev.flow.is_none() && !self.flows.contains_key(&key) {
+        if ev.flow.is_none() && self.slot_of(&key).is_none() {
             signals::socketless(ev, reasons, out);
             return;
         }
         let timeline_len = self.cfg.timeline_len;
-        let flow = self.touch(key, ev);
+        let slot = self.touch(key, ev);
+        let flow = &mut self.slots[slot as usize].flow;
         let cause_before = flow.close;
         flow.apply(ev, timeline_len);
         let just_closed = cause_before.is_none() && flow.close.is_some();
@@ -161,7 +213,8 @@ impl FlowTable {
         let close_changed = just_closed || (cause_before.is_some() && flow.close != cause_before);
         signals::from_flow(flow, ev, reasons, close_changed, out);
         if just_closed {
-            self.file_closed(key);
+            self.unlink(slot);
+            self.push(ListId::Closed, slot);
         }
     }
 
@@ -174,33 +227,26 @@ impl FlowTable {
         state: TcpState,
         now_ns: u64,
     ) {
-        if self.flows.contains_key(&key) {
+        if self.slot_of(&key).is_some() {
             return;
         }
-        self.make_room();
-        let seq = self.seq();
         let mut flow = Flow::new(key, local, remote, now_ns);
         flow.preexisting = true;
         flow.state = state;
-        self.open.insert(seq, key);
-        self.flows.insert(key, Slot { flow, seq });
+        self.insert(flow);
     }
 
     /// Drops closed flows older than `retain_closed`. Returns how many.
     pub fn expire(&mut self, now_ns: u64) -> usize {
         let retain = u64::try_from(self.cfg.retain_closed.as_nanos()).unwrap_or(u64::MAX);
         let mut n = 0;
-        while let Some((&seq, &key)) = self.closed.first_key_value() {
-            let closed_ns = self
-                .flows
-                .get(&key)
-                .and_then(|s| s.flow.closed_ns)
-                .unwrap_or(0);
+        while self.closed.head != NIL {
+            let slot = self.closed.head;
+            let closed_ns = self.slots[slot as usize].flow.closed_ns.unwrap_or(0);
             if closed_ns.saturating_add(retain) > now_ns {
                 break;
             }
-            self.closed.remove(&seq);
-            self.flows.remove(&key);
+            self.remove(slot);
             n += 1;
         }
         self.expired += n as u64;
@@ -208,19 +254,19 @@ impl FlowTable {
     }
 
     pub fn get(&self, key: &FlowKey) -> Option<&Flow> {
-        self.flows.get(key).map(|s| &s.flow)
+        self.slot_of(key).map(|s| &self.slots[s as usize].flow)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Flow> {
-        self.flows.values().map(|s| &s.flow)
+        self.index.values().map(|&s| &self.slots[s as usize].flow)
     }
 
     pub fn len(&self) -> usize {
-        self.flows.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
+        self.index.is_empty()
     }
 
     pub fn evicted(&self) -> u64 {
@@ -229,10 +275,10 @@ impl FlowTable {
 
     pub fn stats(&self) -> FlowTableStats {
         FlowTableStats {
-            tracked: self.flows.len(),
+            tracked: self.index.len(),
             evicted: self.evicted,
             expired: self.expired,
-            closed_in_table: self.closed.len(),
+            closed_in_table: self.closed.len,
         }
     }
 }

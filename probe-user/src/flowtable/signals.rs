@@ -188,7 +188,7 @@ fn facts(flow: &Flow, ev: &Event, new: &FlowCounts, reasons: &ReasonNames, out: 
         kind,
     };
     let since_first_syn = flow
-        .first_syn_ns
+        .first_syn_ns()
         .map(|first| Duration::from_nanos(ts_ns.saturating_sub(first)));
     let repeat = |n: u32, signal: Signal, out: &mut Vec<Signal>| {
         for _ in 0..n {

@@ -671,3 +671,35 @@ fn the_kernels_lost_failure_slots_type_errors_like_the_flow_table() {
         );
     }
 }
+
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap()
+}
+
+#[test]
+#[ignore = "measurement"]
+fn measure_memory_per_flow() {
+    let mut t = FlowTable::new(FlowConfig::default());
+    let reasons = ReasonNames::default();
+    let mut out = Vec::new();
+    let before = rss_kb();
+    for c in 1..=65_536u64 {
+        let mut e = end(c * 10, 5, 0, Some(START + 300), FlowCounts::default());
+        e.cookie = Some(c);
+        t.apply(&e, &reasons, &mut out);
+        out.clear();
+    }
+    let after = rss_kb();
+    eprintln!(
+        "65,536 flows: {} kB, {} bytes/flow; Flow {} TimelineEntry {}",
+        after - before,
+        (after - before) * 1024 / 65_536,
+        std::mem::size_of::<Flow>(),
+        std::mem::size_of::<TimelineEntry>()
+    );
+}

@@ -111,7 +111,9 @@ impl Tracer {
         let mut anomalies = Vec::new();
         let mut flows = Vec::new();
         let mut counters = Value::Null;
-        for line in self.lines.try_iter() {
+        // The process is gone, so its stdout is closed: read until the reader thread has
+        // forwarded every line (its channel then disconnects), not just what arrived so far.
+        for line in self.lines.iter() {
             let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
             match v["type"].as_str() {
                 Some("event") => events.push(v),

@@ -1,0 +1,65 @@
+//! A flow's story, bounded: the first entries (how it started) always stay, later ones are a
+//! ring that drops its oldest when full, and the drops are counted. The first entries live
+//! inline, so a healthy flow's story (connect, established, end) costs no allocation.
+use std::collections::VecDeque;
+
+use probe_common::EventKind;
+
+use super::flow::TimelineEntry;
+
+/// Entries kept inline, never dropped.
+const FIRST: usize = 3;
+
+#[derive(Clone, Debug, Default)]
+pub struct Timeline {
+    first: [Option<TimelineEntry>; FIRST],
+    /// Allocated only for flows with more to tell than the first entries.
+    rest: Option<Box<VecDeque<TimelineEntry>>>,
+    /// Entries dropped at the bound (the oldest after the first ones).
+    pub dropped: u32,
+}
+
+impl Timeline {
+    /// Appends `entry`; beyond `cap` entries the oldest after the first ones goes.
+    pub fn push(&mut self, entry: TimelineEntry, cap: usize) {
+        if let Some(slot) = self.first.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(entry);
+            return;
+        }
+        let rest = self.rest.get_or_insert_with(Box::default);
+        rest.push_back(entry);
+        if FIRST + rest.len() > cap.max(FIRST + 1) {
+            rest.pop_front();
+            self.dropped = self.dropped.saturating_add(1);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &TimelineEntry> + '_ {
+        self.first
+            .iter()
+            .flatten()
+            .chain(self.rest.iter().flat_map(|r| r.iter()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.first.iter().flatten().count() + self.rest.as_ref().map_or(0, |r| r.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first[0].is_none()
+    }
+
+    /// Whether an entry of `kind` is in it.
+    pub fn has(&self, kind: EventKind) -> bool {
+        self.iter().any(|e| e.kind == kind)
+    }
+}
+
+impl<'a> IntoIterator for &'a Timeline {
+    type Item = &'a TimelineEntry;
+    type IntoIter = Box<dyn Iterator<Item = &'a TimelineEntry> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}

@@ -2,8 +2,10 @@
 //! instead, measured side by side in one run on one machine.
 //!
 //! Each round runs every workload once with every tracer, in an order that rotates from
-//! round to round (the baseline, no tracer, is one of them); each measurement starts a fresh
-//! tracer, runs the workload in a private network namespace and stops the tracer. Figures are
+//! round to round (the baseline, no tracer, is one of them); each measurement gets a fresh
+//! network namespace (no sockets left in TIME_WAIT by the run before, which linkprobe would
+//! list at start and count in its flow table) and a fresh tracer, runs the workload in the
+//! namespace and stops the tracer. Figures are
 //! medians over rounds, ratios are against the baseline of the same round. linkprobe is
 //! measured as a black box, through its exporter and /proc, so the bench works across
 //! changes of its kernel side. Then: the flow-table phase (memory at 65,536 flows), a profile
@@ -74,6 +76,11 @@ pub fn out_dir() -> PathBuf {
     target_dir().join("bench")
 }
 
+/// A new private network namespace for one measurement or phase, deleted when dropped.
+pub fn fresh_netns(tag: &str) -> Result<Netns> {
+    Netns::create(format!("lpbench-{}-{tag}", std::process::id()))
+}
+
 /// Where `--update-docs` copies the chart (the README shows it).
 const DOCS_CHART: &str = "docs/bench.png";
 
@@ -96,12 +103,10 @@ pub fn bench(o: &BenchOptions) -> Result<()> {
     catch_sigint();
     let out = out_dir();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let ns = Netns::create(format!("lpbench-{}", std::process::id()))?;
-
-    let measurements = rounds(&ns, o, &out)?;
+    let measurements = rounds(o, &out)?;
     let rows = stats::summarize(&measurements, &o.workloads, &o.tracers);
     let fill = if o.fill_connections > 0 && o.tracers.contains(&TracerKind::Linkprobe) {
-        Some(fill::run(&ns, o.fill_connections)?)
+        Some(fill::run(&fresh_netns("fill")?, o.fill_connections)?)
     } else {
         None
     };
@@ -115,18 +120,17 @@ pub fn bench(o: &BenchOptions) -> Result<()> {
             .copied()
             .filter(|t| matches!(t, TracerKind::Linkprobe | TracerKind::Bpftrace))
             .collect();
-        Some(profile::run(&ns, &o.workloads, &profiled, o.count, &out)?)
+        Some(profile::run(&o.workloads, &profiled, o.count, &out)?)
     };
     let scrape = if o.skip_scrape || !o.tracers.contains(&TracerKind::Linkprobe) {
         None
     } else {
         Some(scrape::run(
-            &ns,
+            &fresh_netns("scrape")?,
             o.count.min(scrape::CHURN_COUNT),
             o.scrapes,
         )?)
     };
-    drop(ns);
 
     let subtitle = format!(
         "linkprobe bench: {} connections per run, {} rounds, medians; kernel {}, {} CPUs",
@@ -185,7 +189,7 @@ pub fn bench(o: &BenchOptions) -> Result<()> {
 }
 
 /// Every round: every workload with every tracer, in rotated order.
-fn rounds(ns: &Netns, o: &BenchOptions, out: &std::path::Path) -> Result<Vec<Measurement>> {
+fn rounds(o: &BenchOptions, out: &std::path::Path) -> Result<Vec<Measurement>> {
     let mut all = Vec::new();
     for round in 1..=o.rounds {
         for (wi, &workload) in o.workloads.iter().enumerate() {
@@ -197,7 +201,9 @@ fn rounds(ns: &Netns, o: &BenchOptions, out: &std::path::Path) -> Result<Vec<Mea
                     tracer.name(),
                     o.count
                 );
-                let m = measure::measure(ns, round, workload, tracer, o.count, out)?;
+                let ns = fresh_netns(&format!("{round}-{}-{}", workload.name(), tracer.name()))?;
+                let m = measure::measure(&ns, round, workload, tracer, o.count, out)?;
+                drop(ns);
                 print_measurement(&m);
                 all.push(m);
                 check_interrupted()?;

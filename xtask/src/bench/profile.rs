@@ -17,10 +17,7 @@ use super::{
     tracers::Running,
     workload::run_worker,
 };
-use crate::{
-    cmd::{capture, stdout_of},
-    netns::Netns,
-};
+use crate::cmd::{capture, stdout_of};
 
 const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// `BPF_ENABLE_STATS` command of bpf(2) and its `BPF_STATS_RUN_TIME` type (since 5.8).
@@ -262,9 +259,8 @@ fn perf_verdict(success: bool, stderr: &str) -> String {
     }
 }
 
-/// For each workload, a fresh run of each tracer with the statistics on.
+/// For each workload, a fresh run of each tracer (in a fresh namespace) with the statistics on.
 pub fn run(
-    ns: &Netns,
     workloads: &[Workload],
     tracers: &[TracerKind],
     count: u32,
@@ -275,7 +271,8 @@ pub fn run(
     for &workload in workloads {
         for &tracer in tracers {
             println!("[bench] profile: {} on {}", tracer.name(), workload.name());
-            let running = Running::start(tracer, ns, out_dir)?;
+            let ns = super::fresh_netns(&format!("profile-{}-{}", workload.name(), tracer.name()))?;
+            let running = Running::start(tracer, &ns, out_dir)?;
             let Some(pid) = running.pid() else {
                 bail!("profile: {} has no process", tracer.name());
             };
@@ -287,7 +284,7 @@ pub fn run(
                 );
             }
             let before = prog_stats(&ids)?;
-            let worker = run_worker(ns, workload, count)?;
+            let worker = run_worker(&ns, workload, count)?;
             let after = prog_stats(&ids)?;
             running.stop()?;
             runs.push(ProfileRun {

@@ -139,28 +139,6 @@ pub fn bench(o: &BenchOptions) -> Result<()> {
         kernel_release(),
         std::thread::available_parallelism().map_or(0, usize::from)
     );
-    println!();
-    println!("{subtitle}");
-    for w in &o.workloads {
-        println!("  {:<9} {}", w.name(), w.describe());
-    }
-    println!();
-    print!("{}", report::table(&rows));
-    if let Some(f) = &fill {
-        println!();
-        println!("{}", report::fill_text(f));
-    }
-    println!();
-    println!("targets (issue 11):");
-    print!("{}", report::targets_table(&targets));
-    if let Some(p) = &profile {
-        println!();
-        println!("profile (a target is missed): BPF program run time per connection");
-        print!("{}", p.text());
-    }
-    if let Some(s) = &scrape {
-        scrape::report(s);
-    }
     let results = Results {
         options: o,
         kernel: kernel_release(),
@@ -171,10 +149,42 @@ pub fn bench(o: &BenchOptions) -> Result<()> {
         profile: profile.as_ref(),
         scrape: scrape.as_ref().map(scrape::ScrapeBench::to_json),
     };
+    print_results(&subtitle, &results);
+    if let Some(s) = &scrape {
+        scrape::report(s);
+    }
+    write_outputs(o, &results, &subtitle)
+}
+
+/// The table, the flow-table phase, the targets and the profile, on stdout.
+fn print_results(subtitle: &str, r: &Results<'_>) {
+    println!();
+    println!("{subtitle}");
+    for w in &r.options.workloads {
+        println!("  {:<9} {}", w.name(), w.describe());
+    }
+    println!();
+    print!("{}", report::table(r.rows));
+    if let Some(f) = r.fill {
+        println!();
+        println!("{}", report::fill_text(f));
+    }
+    println!();
+    println!("targets (issue 11):");
+    print!("{}", report::targets_table(r.targets));
+    if let Some(p) = r.profile {
+        println!();
+        println!("profile (a target is missed): BPF program run time per connection");
+        print!("{}", p.text());
+    }
+}
+
+/// The JSON, the chart and, with `--update-docs`, the README's copy of the chart.
+fn write_outputs(o: &BenchOptions, results: &Results<'_>, subtitle: &str) -> Result<()> {
     results.write_json(&o.json)?;
     println!();
     println!("[bench] wrote {}", o.json.display());
-    chart::draw(&rows, &subtitle, &o.chart)?;
+    chart::draw(results.rows, subtitle, &o.chart)?;
     println!("[bench] wrote {}", o.chart.display());
     if o.update_docs {
         let docs = workspace_root().join(DOCS_CHART);

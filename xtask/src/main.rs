@@ -2,20 +2,23 @@
 //! Everything but `setup` does the (idempotent) set-up first, so a fresh clone on a Debian 12
 //! machine needs nothing else.
 mod bench;
-mod bench_scrape;
 mod cargo_cmds;
 mod cmd;
 mod linker;
 mod netns;
+mod procstat;
 mod setup;
 mod tracer;
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::cmd::CommandFailed;
+use crate::{
+    bench::plan::{tracers_with_baseline, unique_workloads, BenchOptions, TracerKind, Workload},
+    cmd::CommandFailed,
+};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "linkprobe developer tasks")]
@@ -54,27 +57,16 @@ enum Task {
     },
     /// Set-up, then clippy with -D warnings for the host crates and for the eBPF crate.
     Clippy,
-    /// Probe overhead on connection churn, as ratios against a baseline measured in the same
-    /// run, then /metrics scrape latency idle and under churn (needs root).
-    Bench {
-        /// Connections per measurement.
-        #[arg(
-            long,
-            default_value_t = bench::DEFAULT_COUNT,
-            value_parser = clap::value_parser!(u32).range(1..=i64::from(bench::MAX_COUNT))
-        )]
-        count: u32,
-        /// GET /metrics requests per scrape-latency measurement (idle, then under load).
-        #[arg(
-            long,
-            default_value_t = bench_scrape::DEFAULT_SCRAPES,
-            value_parser = clap::value_parser!(u32).range(10..=10_000)
-        )]
-        scrapes: u32,
-    },
-    /// (internal) The connection-churn loop `bench` runs inside its namespace.
+    /// Tracing cost on connection churn, side by side in one run: no tracer (baseline),
+    /// linkprobe's daemon, bpftrace and tcplife, in interleaved rounds on the same workloads;
+    /// then memory at 65,536 flows, a BPF profile when a target is missed, and /metrics scrape
+    /// latency (needs root). Writes a table, target/bench/bench.json and target/bench/bench.png.
+    Bench(BenchArgs),
+    /// (internal) One workload run inside the bench namespace; prints one JSON line.
     #[command(hide = true)]
     BenchWorker {
+        #[arg(long, value_enum)]
+        workload: Workload,
         #[arg(long)]
         count: u32,
     },
@@ -85,6 +77,73 @@ enum Task {
         #[arg(long)]
         peers: u32,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Connections per measurement (one workload, one tracer, one round).
+    #[arg(
+        long,
+        default_value_t = bench::DEFAULT_COUNT,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(bench::MAX_COUNT))
+    )]
+    count: u32,
+    /// Rounds; every figure is the median over them.
+    #[arg(long, default_value_t = bench::DEFAULT_ROUNDS, value_parser = clap::value_parser!(u64).range(1..=50))]
+    rounds: u64,
+    /// Workloads, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Workload::ALL)]
+    workloads: Vec<Workload>,
+    /// Tracers, comma-separated (`none`, the baseline, is always measured).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = TracerKind::ALL)]
+    tracers: Vec<TracerKind>,
+    /// Connections of the flow-table phase (memory with the table full); 0 skips it.
+    #[arg(long, default_value_t = bench::DEFAULT_FILL_CONNECTIONS)]
+    fill_connections: u32,
+    /// GET /metrics requests per scrape-latency measurement (idle, then under load).
+    #[arg(
+        long,
+        default_value_t = bench::scrape::DEFAULT_SCRAPES,
+        value_parser = clap::value_parser!(u32).range(10..=10_000)
+    )]
+    scrapes: u32,
+    /// Skip the scrape-latency phase.
+    #[arg(long)]
+    skip_scrape: bool,
+    /// Skip the BPF profile that runs when a target is missed.
+    #[arg(long)]
+    skip_profile: bool,
+    /// Where to write the JSON results [default: target/bench/bench.json].
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where to write the PNG chart [default: target/bench/bench.png].
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// Also copy the chart to docs/bench.png, the one the README shows.
+    #[arg(long)]
+    update_docs: bool,
+}
+
+impl BenchArgs {
+    fn options(self) -> BenchOptions {
+        BenchOptions {
+            count: self.count,
+            rounds: self.rounds as usize,
+            workloads: unique_workloads(&self.workloads),
+            tracers: tracers_with_baseline(&self.tracers),
+            fill_connections: self.fill_connections,
+            scrapes: self.scrapes,
+            skip_scrape: self.skip_scrape,
+            skip_profile: self.skip_profile,
+            json: self
+                .json
+                .unwrap_or_else(|| bench::out_dir().join("bench.json")),
+            chart: self
+                .chart
+                .unwrap_or_else(|| bench::out_dir().join("bench.png")),
+            update_docs: self.update_docs,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -112,8 +171,8 @@ fn run(task: Task) -> Result<()> {
         Task::Run { debug, args, .. } => cargo_cmds::run_daemon(!debug, &args),
         Task::Test { args } => cargo_cmds::test(&args),
         Task::Clippy => cargo_cmds::clippy(),
-        Task::Bench { count, scrapes } => bench::bench(count, scrapes),
-        Task::BenchWorker { count } => bench::worker(count),
-        Task::BenchRefused { peers } => bench_scrape::refused(peers),
+        Task::Bench(args) => bench::bench(&args.options()),
+        Task::BenchWorker { workload, count } => bench::worker(workload, count),
+        Task::BenchRefused { peers } => bench::scrape::refused(peers),
     }
 }

@@ -40,6 +40,20 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "tests and bench use ip netns; tests read nstat"),
     // The clean-detach test lists loaded programs and cgroup attachments with bpftool.
     ("bpftool", "tests check programs are detached with bpftool"),
+    // The bench measures linkprobe side by side with the tools users would pick instead.
+    (
+        "bpftrace",
+        "the bench compares linkprobe with a bpftrace one-liner on the same tracepoints",
+    ),
+    (
+        "libbpf-tools",
+        "the bench compares linkprobe with libbpf-tools' tcplife",
+    ),
+    // plotters draws the bench chart's text with this face (no fontconfig lookup).
+    (
+        "fonts-dejavu-core",
+        "the bench chart's labels use DejaVu Sans",
+    ),
     // `/usr/bin/prometheus` scrapes the daemon's exporter in the tests, `/usr/bin/promtool`
     // lints its exposition text. Its postinst starts a service: see `NoServiceStarts`.
     (

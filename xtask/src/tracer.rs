@@ -1,9 +1,8 @@
-//! A background linkprobe for the bench: `linkprobe trace --netns NS -o none` ([`Tracer::start`])
-//! or any other command line, e.g. a daemon with its exporter ([`Tracer::start_with`]).
+//! A background linkprobe for the bench: any linkprobe command line ([`Tracer::start_with`]),
+//! e.g. a daemon with its exporter, under a guard that stops it on every path.
 //!
 //! Contract with linkprobe: it prints the attach table on stderr, then a line containing
-//! `linkprobe: ready`, and exits 0 on SIGINT. If it also prints
-//! `linkprobe: final counters {json}` on stderr, the bench reports those counters.
+//! `linkprobe: ready`, and exits 0 on SIGINT.
 use std::{
     io::{BufRead as _, BufReader, Read as _},
     path::Path,
@@ -20,7 +19,6 @@ use crate::cmd::shown;
 const READY: &str = "linkprobe: ready";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
-const COUNTERS_PREFIX: &str = "linkprobe: final counters ";
 
 pub struct Tracer {
     /// None once waited for; Drop stops a child still running (error paths).
@@ -32,19 +30,7 @@ pub struct Tracer {
     stdout: Option<JoinHandle<String>>,
 }
 
-/// What a stopped tracer left behind.
-pub struct Stopped {
-    /// `linkprobe: final counters` JSON, when it printed one.
-    pub counters: Option<serde_json::Value>,
-}
-
 impl Tracer {
-    /// Starts `linkprobe trace --netns NS -o none` and waits until it is ready (probes
-    /// attached).
-    pub fn start(bin: &Path, netns: &str) -> Result<Tracer> {
-        Self::start_with(bin, &["trace", "--netns", netns, "-o", "none"])
-    }
-
     /// Starts `linkprobe ARGS...` (a subcommand and its flags) and waits until it is ready.
     /// Dropping the guard stops it (SIGINT, then SIGKILL), also on error paths.
     pub fn start_with(bin: &Path, args: &[&str]) -> Result<Tracer> {
@@ -118,28 +104,9 @@ impl Tracer {
         }
     }
 
-    fn pid(&self) -> Option<u32> {
+    /// The running linkprobe's pid (None once stopped).
+    pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
-    }
-
-    /// Peak resident set size (VmHWM) in kB.
-    pub fn peak_rss_kb(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-    }
-
-    /// CPU time used so far (user + system), in milliseconds.
-    pub fn cpu_ms(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?)).ok()?;
-        let after_comm = stat.get(stat.rfind(')')? + 2..)?;
-        let fields: Vec<&str> = after_comm.split_whitespace().collect();
-        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-        Some(ticks as f64 * 1000.0 / hz as f64)
     }
 
     /// `linkprobe stdout:` block for error messages (its final output).
@@ -157,7 +124,7 @@ impl Tracer {
     }
 
     /// SIGINT, then wait (bounded) for a clean exit 0.
-    pub fn stop(mut self) -> Result<Stopped> {
+    pub fn stop(mut self) -> Result<()> {
         let mut child = self.child.take().context("linkprobe already stopped")?;
         let status = interrupt_and_wait(&mut child, EXIT_TIMEOUT)?;
         // The pipe closes when linkprobe exits; collect what it printed after `ready`.
@@ -172,17 +139,15 @@ impl Tracer {
                 self.stderr_seen.join("\n"),
             );
         }
-        let counters = self
-            .stderr_seen
-            .iter()
-            .find_map(|l| l.split_once(COUNTERS_PREFIX).map(|(_, json)| json))
-            .and_then(|json| serde_json::from_str(json).ok());
-        Ok(Stopped { counters })
+        Ok(())
     }
 }
 
-/// SIGINT, wait up to `timeout`, then SIGKILL.
-fn interrupt_and_wait(child: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus> {
+/// SIGINT, wait up to `timeout`, then SIGKILL (and an error saying so).
+pub fn interrupt_and_wait(
+    child: &mut Child,
+    timeout: Duration,
+) -> Result<std::process::ExitStatus> {
     let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
     // SAFETY: signalling our own child, which has not been waited for (so the pid is ours).
     unsafe { libc::kill(pid, libc::SIGINT) };
@@ -195,7 +160,7 @@ fn interrupt_and_wait(child: &mut Child, timeout: Duration) -> Result<std::proce
             let _ = child.kill();
             let status = child.wait()?;
             bail!(
-                "linkprobe did not exit within {} s of SIGINT; killed ({status})",
+                "pid {pid} did not exit within {} s of SIGINT; killed ({status})",
                 timeout.as_secs()
             );
         }

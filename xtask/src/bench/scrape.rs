@@ -9,22 +9,26 @@
 //! to back in the namespace. The figure is the p99 ratio under load / idle; the 100 ms target
 //! is reported, never enforced (machines differ, the ratio is what compares).
 use std::{
-    io::{ErrorKind, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
+    io::ErrorKind,
+    net::{SocketAddr, TcpStream},
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::json;
 
+use super::{
+    check_interrupted, exposition,
+    http::get,
+    plan::Workload,
+    tracers::Daemon,
+    workload::{worker_command, WorkerResult},
+};
 use crate::{
-    bench::{check_interrupted, worker_command, worker_rate},
-    cargo_cmds::linkprobe_bin,
     cmd::{capture, run_stdout, shown, CommandFailed},
     netns::Netns,
-    tracer::Tracer,
 };
 
 pub const DEFAULT_SCRAPES: u32 = 100;
@@ -41,8 +45,8 @@ const FILL_PEERS: u32 = 3000;
 const MAX_PEERS: u32 = 470;
 /// The daemon publishes once a second; the filled counts must show within this time.
 const FILL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bounds each step of one scrape (connect, write, read), so a stuck server fails the bench.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections per churn-worker run under the scrapes (repeated until they end).
+pub const CHURN_COUNT: u32 = 5000;
 /// The scrapes under load start this long after the first worker, so it is churning by then.
 const LOAD_WARMUP: Duration = Duration::from_millis(200);
 const CONNECTIONS: &str = "linkprobe_tcp_connections_total";
@@ -61,59 +65,36 @@ pub struct ScrapeBench {
     load: Vec<Scrape>,
     /// Worker connections per second while the scrapes under load ran.
     churn_rate: f64,
-    /// The daemon's lost records (ring full) over the whole phase.
+    /// The daemon's lost records (ring full) over the whole phase, from its last snapshot.
     lost: Option<u64>,
 }
 
-/// The daemon's lock directory, removed when dropped (after the daemon: declare it first).
-struct RunDir(PathBuf);
-
-impl RunDir {
-    fn create() -> Result<RunDir> {
-        let p = std::env::temp_dir().join(format!("lpbench-run-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-        Ok(RunDir(p))
+impl ScrapeBench {
+    pub fn to_json(&self) -> serde_json::Value {
+        let phase = |v: &[Scrape]| {
+            json!({
+                "scrapes": v.len(),
+                "series": v.last().map(|s| s.lines),
+                "bytes": v.last().map(|s| s.bytes),
+                "p50_ms": ms(percentile(v, 0.5)),
+                "p99_ms": ms(percentile(v, 0.99)),
+                "max_ms": ms(percentile(v, 1.0)),
+            })
+        };
+        json!({
+            "idle": phase(&self.idle),
+            "under_load": phase(&self.load),
+            "churn_conns_per_sec": self.churn_rate,
+            "lost": self.lost,
+            "target_ms": TARGET.as_millis() as u64,
+        })
     }
-
-    fn path(&self) -> Result<&str> {
-        self.0
-            .to_str()
-            .context("temporary directory path is not UTF-8")
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A loopback port free now (bound, read, released).
-fn free_loopback_addr() -> Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port for /metrics")?;
-    Ok(l.local_addr()?)
 }
 
 pub fn run(ns: &Netns, count: u32, scrapes: u32) -> Result<ScrapeBench> {
-    let run_dir = RunDir::create()?;
-    let addr = free_loopback_addr()?;
-    let addr_arg = addr.to_string();
     let max_peers = format!("metrics.max_peers={MAX_PEERS}");
-    let args = [
-        "daemon",
-        "--netns",
-        ns.name(),
-        "--run-dir",
-        run_dir.path()?,
-        "--metrics-addr",
-        &addr_arg,
-        "-o",
-        "none",
-        "--set",
-        &max_peers,
-    ];
-    let daemon = Tracer::start_with(&linkprobe_bin(true), &args)?;
+    let daemon = Daemon::start(ns, &["--set", &max_peers])?;
+    let addr = daemon.addr;
     fill(ns, addr)?;
     check_interrupted()?;
     println!(
@@ -126,12 +107,8 @@ pub fn run(ns: &Netns, count: u32, scrapes: u32) -> Result<ScrapeBench> {
         ms(percentile(&idle, 0.99))
     );
     let (load, churn_rate) = under_load(ns, count, addr, scrapes)?;
-    let stopped = daemon.stop()?;
-    let lost = stopped
-        .counters
-        .as_ref()
-        .and_then(|c| c["lost"].as_object())
-        .map(|m| m.values().filter_map(serde_json::Value::as_u64).sum());
+    let lost = Some(exposition::sum(&daemon.metrics()?, super::measure::LOST, &[]) as u64);
+    daemon.stop()?;
     Ok(ScrapeBench {
         idle,
         load,
@@ -164,7 +141,7 @@ fn fill(ns: &Netns, addr: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + FILL_TIMEOUT;
     loop {
         let body = get(addr, "/metrics")?.1;
-        let counted = family_sum(&body, CONNECTIONS);
+        let counted = exposition::sum(&body, CONNECTIONS, &[]);
         if counted >= refused as f64 {
             return Ok(());
         }
@@ -178,17 +155,6 @@ fn fill(ns: &Netns, addr: SocketAddr) -> Result<()> {
         check_interrupted()?;
         thread::sleep(Duration::from_millis(250));
     }
-}
-
-/// The sum of every series of one family in an exposition body.
-fn family_sum(body: &str, family: &str) -> f64 {
-    body.lines()
-        .filter(|l| {
-            l.strip_prefix(family)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
 }
 
 /// Scrapes from a thread while the main thread runs the churn worker back to back; each
@@ -219,7 +185,7 @@ fn under_load(
 
 /// Runs the churn worker until `stop`; connections per second over the whole time.
 fn churn_until(ns: &Netns, count: u32, stop: &AtomicBool) -> Result<f64> {
-    let mut cmd = worker_command(ns, count)?;
+    let mut cmd = worker_command(ns, Workload::Conn, count)?;
     println!("$ {} (repeated until the scrapes end)", shown(&cmd));
     let start = Instant::now();
     let mut runs = 0u32;
@@ -235,7 +201,7 @@ fn churn_until(ns: &Netns, count: u32, stop: &AtomicBool) -> Result<f64> {
             }
             .into());
         }
-        worker_rate(&String::from_utf8_lossy(&out.stdout))?;
+        WorkerResult::parse(&String::from_utf8_lossy(&out.stdout))?;
         runs += 1;
     }
     Ok(f64::from(runs) * f64::from(count) / start.elapsed().as_secs_f64())
@@ -264,40 +230,6 @@ fn scrape_series(addr: SocketAddr, n: u32, stop: &AtomicBool) -> Result<Vec<Scra
         next = (next + INTERVAL).max(Instant::now());
     }
     Ok(out)
-}
-
-/// One HTTP/1.1 GET with `Connection: close`: the round trip (connect to the last byte) and
-/// the body. Anything but a 200 is an error.
-fn get(addr: SocketAddr, path: &str) -> Result<(Duration, String)> {
-    let start = Instant::now();
-    let mut s = TcpStream::connect_timeout(&addr, SCRAPE_TIMEOUT)
-        .with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(SCRAPE_TIMEOUT))?;
-    s.set_write_timeout(Some(SCRAPE_TIMEOUT))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .with_context(|| format!("sending GET {path}"))?;
-    let mut raw = Vec::with_capacity(512 * 1024);
-    s.read_to_end(&mut raw)
-        .with_context(|| format!("reading the answer to GET {path}"))?;
-    let elapsed = start.elapsed();
-    let text = String::from_utf8(raw).context("answer is not UTF-8")?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("answer without a header end: {text:.200}"))?;
-    let status = head.split(' ').nth(1).unwrap_or_default();
-    if status != "200" {
-        bail!("GET {path} answered {status}: {head}\n{body:.500}");
-    }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        bail!("GET {path} answered with a chunked body; this client only reads plain bodies");
-    }
-    Ok((elapsed, body.to_owned()))
 }
 
 /// Nearest-rank percentile (`q` in 0..=1) of the scrape times.

@@ -81,6 +81,9 @@ impl TpLayout {
 /// Size of the buffer tracepoint programs copy a record into.
 pub const RECORD_BUF: usize = 128;
 
+/// Largest `tcp_sock` block read at once for the flow's counters (see `tp_window`).
+pub const TCP_WINDOW_MAX: u32 = 1024;
+
 /// Offsets into kernel structs, taken from BTF at load time, so tracepoint programs can read
 /// the socket cookie, network namespace and cgroup of a `struct sock *`.
 /// Each is [`KernelOffsets::ABSENT`] where BTF lacks the member.
@@ -141,6 +144,16 @@ pub struct KernelOffsets {
     /// `tcp_sock.bytes_received`, `bytes_acked` (u64).
     pub tp_bytes_received: u32,
     pub tp_bytes_acked: u32,
+    /// `tcp_sock.total_rto` (u16, 6.7+): RTOs the kernel counted, SYN timeouts included.
+    pub tp_total_rto: u32,
+    /// The `tcp_sock` counters above lie in `[tp_window, tp_window + tp_window_len)`: read as one
+    /// block (one helper call, not ten). `tp_window_len` 0: read them one by one.
+    pub tp_window: u32,
+    pub tp_window_len: u32,
+    /// `sock_common.skc_daddr`, with `skc_rcv_saddr` at +4, `skc_dport` at +12, `skc_num` at +14
+    /// and `skc_family` at +16 (the layout of every kernel so far): the IPv4 tuple in one read.
+    /// ABSENT: read field by field.
+    pub sk_tuple: u32,
     /// `sk_buff.head` (pointer) and the `network_header` / `transport_header` offsets (u16)
     /// from it: addresses of an RST sent without a socket.
     pub skb_head: u32,
@@ -183,6 +196,10 @@ impl KernelOffsets {
         tp_data_segs_out: Self::ABSENT,
         tp_bytes_received: Self::ABSENT,
         tp_bytes_acked: Self::ABSENT,
+        tp_total_rto: Self::ABSENT,
+        tp_window: Self::ABSENT,
+        tp_window_len: 0,
+        sk_tuple: Self::ABSENT,
         skb_head: Self::ABSENT,
         skb_network_header: Self::ABSENT,
         skb_transport_header: Self::ABSENT,

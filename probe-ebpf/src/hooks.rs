@@ -72,6 +72,14 @@ fn refresh_cookie<S: Store>(st: &mut FlowState, sk: Sk) {
     }
 }
 
+/// The kernel's own RTO count (6.7+), where it keeps one: the flow's RTOs without sock_ops.
+#[inline(always)]
+pub fn note_rtos(st: &mut FlowState, total_rto: Option<u32>) {
+    if let Some(n) = total_rto {
+        st.counts.rtos = st.counts.rtos.max(n);
+    }
+}
+
 /// connect() binds the local port after its state change: note it from the next hit, since
 /// the kernel releases it again before the CLOSE hook.
 #[inline(always)]
@@ -90,18 +98,21 @@ fn wants_detail(st: &FlowState) -> bool {
 /// them established, and sends each flow's FlowEnd when it reaches CLOSE.
 #[inline(always)]
 pub fn state_change<S: Store>(sk: Sk, old: u8, new: u8) {
-    if sock::sk_protocol(sk.addr) != Some(net::IPPROTO_TCP) {
-        return;
-    }
-    let now = now();
+    // Only TCP sockets in scope get state: with it, neither needs checking again.
     let existing = S::get(sk);
     let netns = match &existing {
         Some(st) => Some(st.netns_cookie),
-        None => match sock::check(sk.addr, 0) {
-            Scope::In(n) => n,
-            Scope::Out => return,
-        },
+        None => {
+            if sock::sk_protocol(sk.addr) != Some(net::IPPROTO_TCP) {
+                return;
+            }
+            match sock::check(sk.addr, 0) {
+                Scope::In(n) => n,
+                Scope::Out => return,
+            }
+        }
     };
+    let now = now();
     match (old, new) {
         (_, tcp_state::CLOSE) => flow_end::<S>(sk, existing, netns, old, new, now),
         (_, tcp_state::SYN_SENT) | (_, tcp_state::LISTEN) | (_, tcp_state::SYN_RECV) => {
@@ -207,7 +218,7 @@ fn detail_without_state(kind: EventKind, sk: Sk, now: u64, netns: Option<u64>, o
 #[inline(always)]
 fn flow_end<S: Store>(
     sk: Sk,
-    existing: Option<&'static mut FlowState>,
+    mut existing: Option<&'static mut FlowState>,
     netns: Option<u64>,
     old: u8,
     new: u8,
@@ -234,13 +245,14 @@ fn flow_end<S: Store>(
     }
     count_event(EventKind::FlowEnd);
     let sk_err = sock::sk_err(sk.addr);
-    let stats = sock::tcp_stats(sk.addr);
+    let (stats, total_rto) = sock::tcp_stats(sk.addr);
     let mut addrs = sock::addrs(sk.addr);
-    if let Some(st) = &existing {
+    if let Some(st) = existing.as_deref_mut() {
         // The kernel released the local port just before this hook.
         if addrs.sport == 0 {
             addrs.sport = st.local_port;
         }
+        note_rtos(st, total_rto);
     }
     let fill = |rec: &mut FlowRecord, cookie: u64| {
         header(rec, now, cookie, netns, old, tcp_state::CLOSE);
@@ -435,6 +447,13 @@ pub fn retransmit<S: Store>(sk: Sk, has_err: bool, err: i32) {
     let failed = has_err && err != 0;
     let syn = !failed && state == tcp_state::SYN_SENT;
     let addrs = sock::addrs(sk.addr);
+    // Data retransmits report the socket's counters (and its RTOs, where the kernel counts them).
+    let (stats, total_rto) = if syn {
+        (None, None)
+    } else {
+        let (s, rtos) = sock::tcp_stats(sk.addr);
+        (Some(s), rtos)
+    };
     let fill = |rec: &mut FlowRecord, cookie: u64, netns: Option<u64>| {
         header(rec, now, cookie, netns, state, state);
         addrs.write(rec);
@@ -442,8 +461,8 @@ pub fn retransmit<S: Store>(sk: Sk, has_err: bool, err: i32) {
             rec.args[0] = err as u32;
             rec.flags |= flags::ERR;
         }
-        if !syn {
-            rec.stats = sock::tcp_stats(sk.addr);
+        if let Some(s) = stats {
+            rec.stats = s;
             rec.flags |= flags::STATS;
         }
     };
@@ -457,6 +476,7 @@ pub fn retransmit<S: Store>(sk: Sk, has_err: bool, err: i32) {
             } else {
                 c.data_retrans = c.data_retrans.saturating_add(1);
             }
+            note_rtos(st, total_rto);
             note_port(st, sk);
             if !syn && !report_due(st, now) {
                 return;

@@ -59,8 +59,12 @@ pub fn open_flow(ctx: &IterSkStorage) {
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     header(rec, now, st.cookie, Some(st.netns_cookie), state, state);
     sock::addrs(addr).write(rec);
-    rec.stats = sock::tcp_stats(addr);
+    let (stats, total_rto) = sock::tcp_stats(addr);
+    rec.stats = stats;
     rec.flow = *st;
+    if let Some(n) = total_rto {
+        rec.flow.counts.rtos = rec.flow.counts.rtos.max(n);
+    }
     rec.flags |= flags::STATS | flags::FLOW;
     // SAFETY: `meta` and its `seq` are the iterator's own; the record is FlowRecord bytes.
     unsafe {

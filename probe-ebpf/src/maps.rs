@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     misc, DetailFilter, FlowState, HookArgs, KernelOffsets, RepeatRstConfig, ScopeFilter, Tuning,
-    EVENT_KIND_COUNT, RST_REASON_SLOTS,
+    EVENT_KIND_COUNT, RST_REASON_SLOTS, TCP_WINDOW_MAX,
 };
 
 /// Records for userspace. Size is overridden at load time (`--ring-bytes`).
@@ -82,6 +82,11 @@ pub static FLOWS_LRU: LruHashMap<u64, FlowState> = LruHashMap::with_max_entries(
 /// One all-zero state, never written: what a new fallback-map entry starts from.
 #[map]
 pub static ZERO_STATE: PerCpuArray<FlowState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU copy of a socket's `tcp_sock` counter block (see `KernelOffsets::tp_window`).
+#[map]
+pub static TCP_WINDOW: PerCpuArray<[u8; TCP_WINDOW_MAX as usize]> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// RSTs per remote endpoint in the current window.
 #[map]

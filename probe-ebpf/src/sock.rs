@@ -2,11 +2,13 @@
 //! from BTF at load time (see `probe_common::KernelOffsets`), and the scope filter built on them.
 //! Addresses are plain numbers here (`bpf_probe_read_kernel` sources), never dereferenced.
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use probe_common::{flags, misc, net, tcp_state, FlowRecord, KernelOffsets, SockStats};
+use probe_common::{
+    flags, misc, net, tcp_state, FlowRecord, KernelOffsets, SockStats, TCP_WINDOW_MAX,
+};
 
 use crate::{
     counters::count_misc,
-    maps::{OFFSETS, SCOPE},
+    maps::{OFFSETS, SCOPE, TCP_WINDOW},
 };
 
 const ABSENT: u32 = KernelOffsets::ABSENT;
@@ -89,22 +91,31 @@ impl Addrs {
 }
 
 /// Family, ports and addresses from the socket (any `sock_common`: full, request or
-/// time-wait). IPv4 sockets report IPv4, IPv6 sockets (v4-mapped included) IPv6.
+/// time-wait). IPv4 sockets report IPv4, IPv6 sockets (v4-mapped included) IPv6. The IPv4
+/// tuple is one read where the kernel has its usual layout.
 #[inline(always)]
 pub fn addrs(sk: u64) -> Addrs {
     let o = OFFSETS.load();
-    let mut a = Addrs {
-        family: read_at::<u16>(sk, o.sk_family).unwrap_or(0),
-        sport: read_at::<u16>(sk, o.sk_num).unwrap_or(0),
-        dport: u16::from_be(read_at::<u16>(sk, o.sk_dport).unwrap_or(0)),
-        ..Addrs::default()
-    };
+    let mut a = Addrs::default();
+    match read_at::<[u8; 18]>(sk, o.sk_tuple) {
+        Some(t) => {
+            a.daddr[..4].copy_from_slice(&t[..4]);
+            a.saddr[..4].copy_from_slice(&t[4..8]);
+            a.dport = u16::from_be_bytes([t[12], t[13]]);
+            a.sport = u16::from_ne_bytes([t[14], t[15]]);
+            a.family = u16::from_ne_bytes([t[16], t[17]]);
+        }
+        None => {
+            a.family = read_at::<u16>(sk, o.sk_family).unwrap_or(0);
+            a.sport = read_at::<u16>(sk, o.sk_num).unwrap_or(0);
+            a.dport = u16::from_be(read_at::<u16>(sk, o.sk_dport).unwrap_or(0));
+            a.saddr[..4].copy_from_slice(&read_at::<[u8; 4]>(sk, o.sk_rcv_saddr).unwrap_or([0; 4]));
+            a.daddr[..4].copy_from_slice(&read_at::<[u8; 4]>(sk, o.sk_daddr).unwrap_or([0; 4]));
+        }
+    }
     if a.family == net::AF_INET6 {
         a.saddr = read_at::<[u8; 16]>(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]);
         a.daddr = read_at::<[u8; 16]>(sk, o.sk_v6_daddr).unwrap_or([0; 16]);
-    } else {
-        a.saddr[..4].copy_from_slice(&read_at::<[u8; 4]>(sk, o.sk_rcv_saddr).unwrap_or([0; 4]));
-        a.daddr[..4].copy_from_slice(&read_at::<[u8; 4]>(sk, o.sk_daddr).unwrap_or([0; 4]));
     }
     a
 }
@@ -153,12 +164,46 @@ pub fn local_port(sk: u64) -> u16 {
     read_at::<u16>(sk, OFFSETS.load().sk_num).unwrap_or(0)
 }
 
-/// The socket's own counters (`struct tcp_sock`).
+/// The socket's own counters (`struct tcp_sock`) and its RTO count where the kernel keeps one
+/// (`None` before 6.7): one block read where they fit a window, else field by field.
 #[inline(always)]
-pub fn tcp_stats(sk: u64) -> SockStats {
+pub fn tcp_stats(sk: u64) -> (SockStats, Option<u32>) {
     let o = OFFSETS.load();
-    let u32_at = |off: u32| read_at::<u32>(sk, off).unwrap_or(0);
-    SockStats {
+    let window = TCP_WINDOW
+        .get_ptr_mut(0)
+        .filter(|_| o.tp_window_len > 0 && o.tp_window_len <= TCP_WINDOW_MAX && sk != 0);
+    let block = window.and_then(|buf| {
+        // SAFETY: a per-CPU buffer of TCP_WINDOW_MAX bytes; the length is bounded above.
+        let rc = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                buf.cast(),
+                o.tp_window_len,
+                (sk + u64::from(o.tp_window)) as *const core::ffi::c_void,
+            )
+        };
+        // SAFETY: filled by the read above; lives in the map for the program's run.
+        (rc == 0).then(|| unsafe { &*buf })
+    });
+    let u32_at = |off: u32| -> u32 {
+        match block {
+            Some(b) => in_window(b, o.tp_window, off).map_or(0, |p| {
+                // SAFETY: `p` has 4 readable bytes inside the buffer (checked by in_window).
+                unsafe { core::ptr::read_unaligned(p.cast::<u32>()) }
+            }),
+            None => read_at::<u32>(sk, off).unwrap_or(0),
+        }
+    };
+    let u64_at = |off: u32| -> u64 {
+        match block {
+            Some(b) => in_window(b, o.tp_window, off).map_or(0, |p| {
+                // SAFETY: as above, 8 bytes.
+                unsafe { core::ptr::read_unaligned(p.cast::<u64>()) }
+            }),
+            None => read_at::<u64>(sk, off).unwrap_or(0),
+        }
+    };
+    let rtos = (o.tp_total_rto != ABSENT).then(|| u32_at(o.tp_total_rto) & 0xffff);
+    let stats = SockStats {
         srtt_us: u32_at(o.tp_srtt_us) >> 3,
         // `~0U` until the first RTT sample.
         min_rtt_us: match u32_at(o.tp_min_rtt) {
@@ -171,9 +216,21 @@ pub fn tcp_stats(sk: u64) -> SockStats {
         data_segs_in: u32_at(o.tp_data_segs_in),
         data_segs_out: u32_at(o.tp_data_segs_out),
         _pad: 0,
-        bytes_received: read_at::<u64>(sk, o.tp_bytes_received).unwrap_or(0),
-        bytes_acked: read_at::<u64>(sk, o.tp_bytes_acked).unwrap_or(0),
+        bytes_received: u64_at(o.tp_bytes_received),
+        bytes_acked: u64_at(o.tp_bytes_acked),
+    };
+    (stats, rtos)
+}
+
+/// Where field `off` of the socket lies in the block read from `base`, with 8 bytes to read.
+#[inline(always)]
+fn in_window(block: &[u8; TCP_WINDOW_MAX as usize], base: u32, off: u32) -> Option<*const u8> {
+    if off == ABSENT || off < base {
+        return None;
     }
+    let at = (off - base) as usize;
+    // 8 bytes past `at` must stay in the buffer (the verifier checks the same).
+    (at <= TCP_WINDOW_MAX as usize - 8).then(|| block[at..].as_ptr())
 }
 
 /// The socket's cgroup v2 id (full sockets only).

@@ -185,7 +185,11 @@ pub fn start(args: &ProbeArgs) -> Result<Started, RunError> {
         log::warn!("{note}");
     }
     eprint!("{}", output::probe_table(&loaded.probes));
-    let off = loaded.probes.len() - loaded.attached_count();
+    let off = loaded
+        .probes
+        .iter()
+        .filter(|p| !p.state.is_serving())
+        .count();
     if args.strict && off > 0 {
         return Err(RunError::Strict {
             off,
@@ -432,7 +436,7 @@ impl<'a> Sink<'a> {
             .iter()
             .filter_map(|p| match &p.state {
                 ProbeState::Off(why) => Some(format!("{}: {why}", p.spec.program)),
-                ProbeState::Attached => None,
+                ProbeState::Attached | ProbeState::Skipped(_) => None,
             })
             .collect();
         exporter.publish(Snapshot {

@@ -149,7 +149,16 @@ pub enum LoadError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeState {
     Attached,
+    /// Not needed on this kernel: what it gives comes from elsewhere (the reason says where).
+    Skipped(String),
     Off(String),
+}
+
+impl ProbeState {
+    /// Attached, or not needed: the probe's part of the picture is there.
+    pub fn is_serving(&self) -> bool {
+        !matches!(self, ProbeState::Off(_))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -319,7 +328,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             Hook::SockOps => (
                 format!("cgroup {}", opts.sock_ops_cgroup.display()),
                 format!("sock_ops, {}", store.describe()),
-                attach_sock_ops(&mut ebpf, program, &opts.sock_ops_cgroup)?,
+                if offsets.tp_total_rto == KernelOffsets::ABSENT || store == Store::Lru {
+                    attach_sock_ops(&mut ebpf, program, &opts.sock_ops_cgroup)?
+                } else {
+                    ProbeState::Skipped(
+                        "not needed: the kernel counts RTOs per socket (tcp_sock.total_rto, 6.7+)"
+                            .into(),
+                    )
+                },
             ),
             Hook::BtfTracepoint(tp) => (
                 format!("tp_btf {}", tp.name()),

@@ -249,6 +249,7 @@ pub fn probe_table(probes: &[ProbeStatus]) -> String {
     for p in probes {
         let (state, detail) = match &p.state {
             ProbeState::Attached => ("attached", p.spec.provides.to_owned()),
+            ProbeState::Skipped(why) => ("skipped", why.clone()),
             ProbeState::Off(why) => ("OFF", why.clone()),
         };
         out.push_str(&row(
@@ -270,6 +271,8 @@ struct ProbeView<'a> {
     how: &'a str,
     program: &'static str,
     attached: bool,
+    /// Not attached because this kernel does not need it.
+    skipped: bool,
     reason: Option<&'a str>,
 }
 
@@ -284,9 +287,10 @@ pub fn ready_json(probes: &[ProbeStatus], detail: &str) -> String {
             how: &p.how,
             program: p.program,
             attached: p.state == ProbeState::Attached,
+            skipped: matches!(p.state, ProbeState::Skipped(_)),
             reason: match &p.state {
                 ProbeState::Attached => None,
-                ProbeState::Off(why) => Some(why),
+                ProbeState::Skipped(why) | ProbeState::Off(why) => Some(why),
             },
         })
         .collect();

@@ -157,10 +157,12 @@ fn status(st: &LoopState<'_>) -> StatusReport {
             .map(|p| ProbeRow {
                 name: p.spec.program.to_owned(),
                 hook: p.target.clone(),
+                how: p.how.clone(),
                 attached: p.state == ProbeState::Attached,
+                skipped: matches!(p.state, ProbeState::Skipped(_)),
                 reason: match &p.state {
                     ProbeState::Attached => None,
-                    ProbeState::Off(why) => Some(why.clone()),
+                    ProbeState::Skipped(why) | ProbeState::Off(why) => Some(why.clone()),
                 },
                 requires: p.spec.requires.to_owned(),
             })

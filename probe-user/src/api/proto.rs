@@ -201,7 +201,13 @@ pub struct StatusReport {
 pub struct ProbeRow {
     pub name: String,
     pub hook: String,
+    /// How it runs on this kernel (`tp_btf, socket storage`, …).
+    #[serde(default)]
+    pub how: String,
     pub attached: bool,
+    /// Not attached because this kernel does not need it (`reason` says why).
+    #[serde(default)]
+    pub skipped: bool,
     pub reason: Option<String>,
     pub requires: String,
 }

@@ -1,6 +1,6 @@
 //! [`KernelOffsets`] from BTF: where the programs find the socket cookie, network namespace
 //! and cgroup behind a `struct sock *`.
-use probe_common::KernelOffsets;
+use probe_common::{KernelOffsets, TCP_WINDOW_MAX};
 
 use super::{parse::Kind, Btf, BtfError};
 
@@ -145,6 +145,48 @@ impl Finder<'_> {
     }
 }
 
+/// One block covering every `tcp_sock` counter the programs read, when it fits
+/// [`TCP_WINDOW_MAX`]; else (ABSENT, 0).
+fn tcp_window(o: &KernelOffsets) -> (u32, u32) {
+    let fields = [
+        (o.tp_srtt_us, 4),
+        (o.tp_min_rtt, 4),
+        (o.tp_total_retrans, 4),
+        (o.tp_segs_in, 4),
+        (o.tp_segs_out, 4),
+        (o.tp_data_segs_in, 4),
+        (o.tp_data_segs_out, 4),
+        (o.tp_bytes_received, 8),
+        (o.tp_bytes_acked, 8),
+        (o.tp_total_rto, 2),
+    ];
+    let present = fields
+        .iter()
+        .filter(|(off, _)| *off != KernelOffsets::ABSENT);
+    let start = present.clone().map(|(off, _)| *off).min();
+    let end = present.map(|(off, size)| off + size).max();
+    match (start, end) {
+        (Some(s), Some(e)) if e - s <= TCP_WINDOW_MAX => (s, e - s),
+        _ => (KernelOffsets::ABSENT, 0),
+    }
+}
+
+/// The offset of `skc_daddr` when the IPv4 tuple has its usual shape (see
+/// `KernelOffsets::sk_tuple`), else ABSENT.
+fn sk_tuple(o: &KernelOffsets) -> u32 {
+    let base = o.sk_daddr;
+    let usual = base != KernelOffsets::ABSENT
+        && o.sk_rcv_saddr == base.wrapping_add(4)
+        && o.sk_dport == base.wrapping_add(12)
+        && o.sk_num == base.wrapping_add(14)
+        && o.sk_family == base.wrapping_add(16);
+    if usual {
+        base
+    } else {
+        KernelOffsets::ABSENT
+    }
+}
+
 /// Why a member could not be used.
 enum Missing {
     /// No such struct or member in this kernel.
@@ -253,6 +295,11 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
     o.tp_data_segs_out = tcp(&mut f, "data_segs_out", 4);
     o.tp_bytes_received = tcp(&mut f, "bytes_received", 8);
     o.tp_bytes_acked = tcp(&mut f, "bytes_acked", 8);
+    o.tp_total_rto = f
+        .sized("tcp_sock", "total_rto", 2)
+        .unwrap_or(KernelOffsets::ABSENT);
+    (o.tp_window, o.tp_window_len) = tcp_window(&o);
+    o.sk_tuple = sk_tuple(&o);
     const NO_PKT_ADDRS: &str = "RSTs sent without a socket have no addresses";
     o.skb_head = f.field("sk_buff", "head", 8, "missing", NO_PKT_ADDRS);
     o.skb_network_header = f.field("sk_buff", "network_header", 2, "missing", NO_PKT_ADDRS);

@@ -9,6 +9,7 @@ use crate::{
 pub fn status_text(s: &StatusReport, paint: Paint) -> String {
     let mut out = String::new();
     let attached = s.probes.iter().filter(|p| p.attached).count();
+    let serving = s.probes.iter().filter(|p| p.attached || p.skipped).count();
     let _ = writeln!(
         out,
         "{} {} (pid {}), kernel {}, up {}",
@@ -18,29 +19,34 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
         s.kernel,
         human_ns(s.uptime_secs.saturating_mul(1_000_000_000))
     );
-    let probes = format!("{attached} of {} attached", s.probes.len());
+    let skipped = serving - attached;
+    let probes = if skipped > 0 {
+        format!(
+            "{attached} of {} attached, {skipped} not needed on this kernel",
+            s.probes.len()
+        )
+    } else {
+        format!("{attached} of {} attached", s.probes.len())
+    };
     let _ = writeln!(
         out,
         "probes: {}",
-        if attached == s.probes.len() {
+        if serving == s.probes.len() {
             paint.green(&probes)
         } else {
             paint.yellow(&format!("{probes} (degraded)"))
         }
     );
-    let mut t = Table::new(vec![
-        "PROBE",
-        "HOOK",
-        "STATE",
-        "NEEDS KERNEL",
-        "WHY DEGRADED",
-    ]);
+    let mut t = Table::new(vec!["PROBE", "HOOK", "HOW", "STATE", "NEEDS KERNEL", "WHY"]);
     for p in &s.probes {
         t.row(vec![
             plain(p.name.clone()),
             plain(p.hook.clone()),
+            plain(p.how.clone()),
             if p.attached {
                 ("attached".to_owned(), Tone::Good)
+            } else if p.skipped {
+                ("not needed".to_owned(), Tone::Good)
             } else {
                 ("degraded".to_owned(), Tone::Bad)
             },

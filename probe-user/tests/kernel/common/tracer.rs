@@ -83,13 +83,13 @@ impl Tracer {
         }
     }
 
-    /// Names of the probes that attached.
+    /// Names of the probes that attached, or are not needed on this kernel.
     pub fn attached(&self) -> BTreeSet<String> {
         self.ready["probes"]
             .as_array()
             .expect("probes")
             .iter()
-            .filter(|p| p["attached"] == true)
+            .filter(|p| p["attached"] == true || p["skipped"] == true)
             .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
             .collect()
     }

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | run | test | clippy | bench`.
+//! Developer tasks: `cargo xtask setup | build | run | test | clippy | bench | vm`.
 //! Everything but `setup` does the (idempotent) set-up first, so a fresh clone on a Debian 12
 //! machine needs nothing else.
 mod bench;
@@ -9,6 +9,7 @@ mod linker;
 mod netns;
 mod setup;
 mod tracer;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -72,6 +73,10 @@ enum Task {
         )]
         scrapes: u32,
     },
+    /// Kernel matrix: boot Debian cloud kernels under qemu/KVM and run `linkprobe probes`, the
+    /// real-kernel tests and the unit tests inside each (needs root and /dev/kvm); results in
+    /// target/vm/results, the README's kernel table regenerated from them.
+    Vm(vm::VmArgs),
     /// (internal) The connection-churn loop `bench` runs inside its namespace.
     #[command(hide = true)]
     BenchWorker {
@@ -112,6 +117,10 @@ fn run(task: Task) -> Result<()> {
         Task::Run { debug, args, .. } => cargo_cmds::run_daemon(!debug, &args),
         Task::Test { args } => cargo_cmds::test(&args),
         Task::Clippy => cargo_cmds::clippy(),
+        Task::Vm(args) => {
+            setup::setup()?;
+            vm::vm(&args)
+        }
         Task::Bench { count, scrapes } => bench::bench(count, scrapes),
         Task::BenchWorker { count } => bench::worker(count),
         Task::BenchRefused { peers } => bench_scrape::refused(peers),

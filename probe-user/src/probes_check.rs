@@ -71,6 +71,8 @@ pub struct Report {
     pub probes: Vec<ProbeRow>,
     pub tracepoints: Vec<TracepointRow>,
     pub btf_notes: Vec<String>,
+    /// What this kernel's tracepoints cannot show, although their probes attach.
+    pub degraded: Vec<String>,
     /// Why loading failed as a whole (no probe rows then).
     pub error: Option<String>,
 }
@@ -114,6 +116,25 @@ fn tracepoint_row(root: &Path, tp: Tracepoint) -> TracepointRow {
     }
 }
 
+/// Gaps the tracepoint formats reveal. Before 6.10 `tcp_send_reset` has no `reason` field,
+/// and the kernel only fires it for RSTs sent on behalf of a socket (6.10 made it fire for
+/// every RST, with a reason): seen in the kernel matrix, where refused connects on 6.1 give
+/// TcpOutRsts but no `rst_sent` record.
+fn degradations(tracepoints: &[TracepointRow]) -> Vec<String> {
+    let send_reset = Tracepoint::RstSent.to_string();
+    tracepoints
+        .iter()
+        .filter(|t| t.tracepoint == send_reset && t.present && !t.fields.is_empty())
+        .filter(|t| !t.fields.iter().any(|f| f == "reason"))
+        .map(|_| {
+            "lp_rst_sent: this kernel (< 6.10) traces only RSTs sent from a socket: RSTs \
+             answering a closed port (refused connects) are not seen, and sent RSTs carry no \
+             reason"
+                .to_owned()
+        })
+        .collect()
+}
+
 /// BTF notes without a loaded object, for when loading failed as a whole.
 fn btf_notes_alone() -> Vec<String> {
     match Btf::from_sys_fs() {
@@ -141,10 +162,11 @@ pub fn check(cgroup_root: Option<PathBuf>) -> Result<Report, ProbesError> {
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
     let tracefs_root = PathBuf::from(mounts::TRACEFS);
-    let tracepoints = Tracepoint::ALL
+    let tracepoints: Vec<TracepointRow> = Tracepoint::ALL
         .iter()
         .map(|tp| tracepoint_row(&tracefs_root, *tp))
         .collect();
+    let degraded = degradations(&tracepoints);
     let report = match loader::load(&opts) {
         Ok(loaded) => Report {
             record: "probes",
@@ -155,6 +177,7 @@ pub fn check(cgroup_root: Option<PathBuf>) -> Result<Report, ProbesError> {
             probes: loaded.probes.iter().map(probe_row).collect(),
             tracepoints,
             btf_notes: loaded.btf_notes.clone(),
+            degraded,
             error: None,
         },
         Err(e) => Report {
@@ -166,6 +189,7 @@ pub fn check(cgroup_root: Option<PathBuf>) -> Result<Report, ProbesError> {
             probes: Vec::new(),
             tracepoints,
             btf_notes: btf_notes_alone(),
+            degraded,
             error: Some(e.to_string()),
         },
     };
@@ -207,6 +231,12 @@ pub fn render_text(r: &Report) -> String {
         out.push_str(&format!("  {:<28} {fields}\n", t.tracepoint));
         if let Some(e) = &t.error {
             out.push_str(&format!("  {:<28} ! {e}\n", ""));
+        }
+    }
+    if !r.degraded.is_empty() {
+        out.push_str("\ndegraded:\n");
+        for d in &r.degraded {
+            out.push_str(&format!("  {d}\n"));
         }
     }
     if !r.btf_notes.is_empty() {
@@ -260,8 +290,24 @@ mod tests {
                 error: Some("missing".into()),
             }],
             btf_notes: vec!["no sk_cgrp_data".into()],
+            degraded: vec!["lp_rst_sent: no reason".into()],
             error: None,
         }
+    }
+
+    fn send_reset(fields: &[&str]) -> TracepointRow {
+        TracepointRow {
+            tracepoint: "tcp:tcp_send_reset".into(),
+            present: true,
+            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn send_reset_without_reason_is_a_degradation() {
+        assert_eq!(degradations(&[send_reset(&["skbaddr", "skaddr", "state"])]).len(), 1);
+        assert!(degradations(&[send_reset(&["skbaddr", "skaddr", "reason"])]).is_empty());
     }
 
     #[test]
@@ -272,6 +318,7 @@ mod tests {
         assert!(text.contains("1 of 2 probes attached"), "{text}");
         assert!(text.contains("! missing"), "{text}");
         assert!(text.contains("BTF notes:\n  no sk_cgrp_data"), "{text}");
+        assert!(text.contains("degraded:\n  lp_rst_sent: no reason"), "{text}");
     }
 
     #[test]

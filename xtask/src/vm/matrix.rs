@@ -89,11 +89,12 @@ pub fn render(results: &[KernelResult]) -> String {
         };
         let _ = write!(
             out,
-            "| {} | {} ({}) | {} | {} | {} | {} |",
+            "| {} | {} ({}) | {} ({}) | {} | {} | {} |",
             r.kernel,
             r.version,
             r.suite,
             secs(r.boot_s),
+            r.accel,
             secs(Some(r.run_s)),
             r.passed(),
             failed
@@ -113,7 +114,8 @@ pub fn render(results: &[KernelResult]) -> String {
         out.push('\n');
     }
     out.push_str(
-        "\nA probe cell says how the probe attached (`sock_ops`, `tracepoint`, `raw_tp`, \
+        "\nBoot: qemu start to `/init` running, under KVM or `tcg` (software emulation, several \
+         times slower; timing-sensitive tests can fail there). A probe cell says how the probe attached (`sock_ops`, `tracepoint`, `raw_tp`, \
          `tp_btf`) or **OFF**; why, and what else degrades, per kernel:\n\n",
     );
     for r in results {
@@ -135,6 +137,10 @@ pub fn render(results: &[KernelResult]) -> String {
             if let (Some(n), Some(e)) = (t["tracepoint"].as_str(), t["error"].as_str()) {
                 notes.push(format!("`{n}`: {}", cell(e)));
             }
+        }
+        let degraded = r.probes.as_ref().and_then(|p| p["degraded"].as_array());
+        for d in degraded.into_iter().flatten().filter_map(Value::as_str) {
+            notes.push(format!("degraded: {}", cell(d)));
         }
         let btf = r.probes.as_ref().and_then(|p| p["btf_notes"].as_array());
         for n in btf.into_iter().flatten().filter_map(Value::as_str) {
@@ -225,6 +231,7 @@ mod tests {
             package: format!("linux-image-{kernel}"),
             version: "1-1".into(),
             suite: "sid".into(),
+            accel: "kvm".into(),
             tree: "abc123".into(),
             when: 0,
             boot_s: Some(1.25),
@@ -274,8 +281,8 @@ mod tests {
         ];
         let md = render(&results);
         assert!(md.contains("| kernel | Debian package | boot | run | tests passed | failed | `lp_sock_ops` | `lp_rst_sent` |"), "{md}");
-        assert!(md.contains("| 5.10.0-46-cloud-amd64 | 1-1 (sid) | 1.2 s | 100.0 s | 10 | **1** | sock_ops | **OFF** |"), "{md}");
-        assert!(md.contains("| 6.1.0-50-cloud-amd64 | 1-1 (sid) | 1.2 s | 100.0 s | 10 | 0 | sock_ops | tracepoint |"), "{md}");
+        assert!(md.contains("| 5.10.0-46-cloud-amd64 | 1-1 (sid) | 1.2 s (kvm) | 100.0 s | 10 | **1** | sock_ops | **OFF** |"), "{md}");
+        assert!(md.contains("| 6.1.0-50-cloud-amd64 | 1-1 (sid) | 1.2 s (kvm) | 100.0 s | 10 | 0 | sock_ops | tracepoint |"), "{md}");
         assert!(md.contains("`lp_rst_sent` OFF: verifier \\| said no"), "{md}");
         assert!(md.contains("kernel-tests failed: `a::b`"), "{md}");
         assert!(md.contains("- **6.1.0-50-cloud-amd64**: `tcp:tcp_bad`: no such"), "{md}");

@@ -23,7 +23,12 @@ use anyhow::{bail, Context as _, Result};
 use crate::cmd::{cargo, is_root, run_stdout, stdout_of, target_dir, workspace_root};
 use kernel::Kernel;
 use packages::Want;
+use qemu::Accel;
 use results::KernelResult;
+
+/// With `--accel auto`, KVM must have the guest's /init running by then; a KVM boot of the
+/// initramfs takes seconds, so a miss means this host's KVM cannot boot stock kernels.
+const KVM_BOOT_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Test binaries run inside each VM, in order (section names of the results stream).
 const KERNEL_TESTS: &str = "kernel-tests";
@@ -44,6 +49,10 @@ pub struct VmArgs {
     /// Seconds one VM may run before it is killed.
     #[arg(long, default_value_t = 1500)]
     pub timeout: u64,
+    /// CPU virtualisation: kvm, tcg (software), or auto (KVM, falling back to TCG when KVM
+    /// cannot boot the kernel; remembered per host kernel in target/vm/accel-<release>).
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
     /// Guest memory (qemu -m).
     #[arg(long, default_value = "4G")]
     pub memory: String,
@@ -244,17 +253,45 @@ fn boot(
         args.memory,
         args.timeout
     );
-    let machine = qemu::Machine {
-        vmlinuz: &k.vmlinuz(),
-        initrd: &initrd,
+    let machine = |accel, boot_deadline| qemu::Machine {
+        accel,
+        vmlinuz: k.vmlinuz(),
+        initrd: initrd.clone(),
         console_log: run_dir.join("console.log"),
         results_log: run_dir.join("results.log"),
-        memory: &args.memory,
+        memory: args.memory.clone(),
         cpus: args.cpus,
         timeout: Duration::from_secs(args.timeout),
+        boot_deadline,
     };
     let short = k.release.trim_end_matches("-cloud-amd64").to_owned();
-    let vm_run = qemu::run(&machine, |line| println!("[vm {short}] {line}"))?;
+    let print = |line: &str| println!("[vm {short}] {line}");
+    let mut accel = match args.accel {
+        Accel::Auto => remembered_accel(dir).unwrap_or(Accel::Kvm),
+        other => other,
+    };
+    let probing = args.accel == Accel::Auto && accel == Accel::Kvm;
+    let mut vm_run = qemu::run(
+        &machine(accel, probing.then_some(KVM_BOOT_DEADLINE)),
+        print,
+    )?;
+    if probing {
+        if vm_run.boot.is_some() {
+            remember_accel(dir, Accel::Kvm)?;
+        } else {
+            println!(
+                "[vm] {}: KVM did not get /init running within {}s ({}); falling back to TCG \
+                 software emulation for this host kernel (remembered; --accel kvm forces KVM)",
+                k.release,
+                KVM_BOOT_DEADLINE.as_secs(),
+                vm_run.qemu_error.as_deref().unwrap_or("no error from qemu")
+            );
+            remember_accel(dir, Accel::Tcg)?;
+            accel = Accel::Tcg;
+            vm_run = qemu::run(&machine(accel, None), print)?;
+        }
+    }
+    let machine = machine(accel, None);
     let _ = fs::remove_file(&initrd);
     let stream = results::parse_stream(&vm_run.results);
     let found = results::Findings::from_stream(&stream, &[KERNEL_TESTS, UNIT_TESTS]);
@@ -264,6 +301,7 @@ fn boot(
         package: k.package.clone(),
         version: k.version.clone(),
         suite: k.suite.clone(),
+        accel: format!("{accel:?}").to_lowercase(),
         tree: tree(),
         when: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -277,6 +315,9 @@ fn boot(
         probes_table: found.probes_table,
         suites: found.suites,
     };
+    if let Some(e) = &vm_run.qemu_error {
+        println!("[vm] {}: {e}", k.release);
+    }
     if vm_run.boot.is_none() || !stream.done {
         let console = fs::read_to_string(&machine.console_log).unwrap_or_default();
         let tail: Vec<&str> = console.lines().rev().take(30).collect();
@@ -323,4 +364,23 @@ fn update_readme(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `target/vm/accel-<host kernel release>`: what `--accel auto` found on this host kernel.
+fn accel_file(dir: &Path) -> PathBuf {
+    let host = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    dir.join(format!("accel-{}", host.trim()))
+}
+
+fn remembered_accel(dir: &Path) -> Option<Accel> {
+    match fs::read_to_string(accel_file(dir)).ok()?.trim() {
+        "kvm" => Some(Accel::Kvm),
+        "tcg" => Some(Accel::Tcg),
+        _ => None,
+    }
+}
+
+fn remember_accel(dir: &Path, accel: Accel) -> Result<()> {
+    let text = if accel == Accel::Tcg { "tcg\n" } else { "kvm\n" };
+    fs::write(accel_file(dir), text).context("remembering the accelerator")
 }

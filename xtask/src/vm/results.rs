@@ -152,6 +152,8 @@ pub struct KernelResult {
     pub package: String,
     pub version: String,
     pub suite: String,
+    /// `kvm` or `tcg` (software emulation: timings are not comparable with KVM's).
+    pub accel: String,
     /// `git describe` of the tested tree.
     pub tree: String,
     /// Seconds since the epoch when the run ended.
@@ -189,11 +191,12 @@ impl KernelResult {
     pub fn render(&self) -> String {
         let secs = |s: Option<f64>| s.map_or_else(|| "-".to_owned(), |s| format!("{s:.1}s"));
         let mut out = format!(
-            "== kernel {} ({} {} from {})\n   boot {}  run {:.1}s{}{}\n",
+            "== kernel {} ({} {} from {}, {})\n   boot {}  run {:.1}s{}{}\n",
             self.kernel,
             self.package,
             self.version,
             self.suite,
+            self.accel,
             secs(self.boot_s),
             self.run_s,
             if self.timed_out { "  TIMED OUT" } else { "" },

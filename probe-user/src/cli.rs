@@ -77,7 +77,9 @@ pub enum Command {
     /// Can linkprobe run on this kernel? Load and attach every probe, print how each hooks in
     /// (or why it is off), the tracepoint fields and BTF notes, detach and exit (0: it can run,
     /// 1: it cannot; with --strict, 1 unless every probe attaches).
-    #[command(after_help = "Examples:\n  linkprobe probes\n  linkprobe probes -o json | jq .probes")]
+    #[command(
+        after_help = "Examples:\n  linkprobe probes\n  linkprobe probes -o json | jq .probes"
+    )]
     Probes(ProbesArgs),
     /// Print a shell completion script.
     #[command(

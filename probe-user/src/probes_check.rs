@@ -250,8 +250,7 @@ pub fn render_text(r: &Report) -> String {
 
 /// One JSON object (the same field names as [`Report`]).
 pub fn render_json(r: &Report) -> String {
-    serde_json::to_string(r)
-        .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
+    serde_json::to_string(r).unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
 }
 
 #[cfg(test)]
@@ -306,7 +305,10 @@ mod tests {
 
     #[test]
     fn send_reset_without_reason_is_a_degradation() {
-        assert_eq!(degradations(&[send_reset(&["skbaddr", "skaddr", "state"])]).len(), 1);
+        assert_eq!(
+            degradations(&[send_reset(&["skbaddr", "skaddr", "state"])]).len(),
+            1
+        );
         assert!(degradations(&[send_reset(&["skbaddr", "skaddr", "reason"])]).is_empty());
     }
 
@@ -318,7 +320,10 @@ mod tests {
         assert!(text.contains("1 of 2 probes attached"), "{text}");
         assert!(text.contains("! missing"), "{text}");
         assert!(text.contains("BTF notes:\n  no sk_cgrp_data"), "{text}");
-        assert!(text.contains("degraded:\n  lp_rst_sent: no reason"), "{text}");
+        assert!(
+            text.contains("degraded:\n  lp_rst_sent: no reason"),
+            "{text}"
+        );
     }
 
     #[test]

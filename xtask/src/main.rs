@@ -47,8 +47,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set-up, then every test: unit tests and the real-kernel tests (these need root).
+    /// Set-up, then every test: unit tests and the real-kernel tests (these need root), then
+    /// the kernel matrix on Debian 12's 6.1 and the newest Debian kernel (`vm`, as root, when
+    /// no test arguments are given).
     Test {
+        /// Skip the kernel matrix.
+        #[arg(long)]
+        no_vm: bool,
         /// Arguments for `cargo test` (e.g. `-- --test kernel -- --nocapture`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -115,7 +120,7 @@ fn run(task: Task) -> Result<()> {
             cargo_cmds::build(release)
         }
         Task::Run { debug, args, .. } => cargo_cmds::run_daemon(!debug, &args),
-        Task::Test { args } => cargo_cmds::test(&args),
+        Task::Test { args, no_vm } => cargo_cmds::test(&args, no_vm),
         Task::Clippy => cargo_cmds::clippy(),
         Task::Vm(args) => {
             setup::setup()?;

@@ -59,11 +59,23 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // …packed as initramfs archives…
     ("cpio", "the kernel matrix packs the VM's initramfs"),
     // …from kernel packages and indexes fetched over HTTP (Packages.xz)…
-    ("curl", "the kernel matrix downloads kernel packages and indexes"),
-    ("xz-utils", "the kernel matrix reads the mirror's Packages.xz"),
+    (
+        "curl",
+        "the kernel matrix downloads kernel packages and indexes",
+    ),
+    (
+        "xz-utils",
+        "the kernel matrix reads the mirror's Packages.xz",
+    ),
     // …whose modules it indexes with depmod and whose test binaries it strips with objcopy.
-    ("kmod", "the kernel matrix indexes kernel modules with depmod"),
-    ("binutils", "the kernel matrix strips debug info from the VM's test binaries"),
+    (
+        "kmod",
+        "the kernel matrix indexes kernel modules with depmod",
+    ),
+    (
+        "binutils",
+        "the kernel matrix strips debug info from the VM's test binaries",
+    ),
 ];
 
 /// Installed with `--no-install-recommends`: prometheus recommends the node exporter and its

@@ -88,9 +88,7 @@ section probes-table {linkprobe} probes
             sec.args.join(" ")
         ));
     }
-    s.push_str(
-        "mark done\nsync\necho o > /proc/sysrq-trigger\nsleep 30\n",
-    );
+    s.push_str("mark done\nsync\necho o > /proc/sysrq-trigger\nsleep 30\n");
     s
 }
 

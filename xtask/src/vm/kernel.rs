@@ -32,7 +32,9 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn vmlinuz(&self) -> PathBuf {
-        self.dir.join("boot").join(format!("vmlinuz-{}", self.release))
+        self.dir
+            .join("boot")
+            .join(format!("vmlinuz-{}", self.release))
     }
 
     /// Its modules as a cpio archive at `usr/lib/modules/<release>` (the rootfs has merged /usr).
@@ -103,7 +105,9 @@ fn index(vm_dir: &Path, suite: Suite) -> Result<Option<Vec<Package>>> {
         }
     }
     let text = stdout_of(Command::new("xz").arg("-dc").arg(&xz))?;
-    Ok(Some(packages::parse_index(&text, |n| n.starts_with("linux-"))))
+    Ok(Some(packages::parse_index(&text, |n| {
+        n.starts_with("linux-")
+    })))
 }
 
 /// Reads every suite's index and picks the kernel.
@@ -151,7 +155,11 @@ fn deb(vm_dir: &Path, suite: Suite, p: &Package) -> Result<PathBuf> {
     if path.exists() && sha256_of(&path)? == p.sha256 {
         return Ok(path);
     }
-    println!("[vm]   downloading {} ({} MB)", p.filename, p.size / 1_000_000);
+    println!(
+        "[vm]   downloading {} ({} MB)",
+        p.filename,
+        p.size / 1_000_000
+    );
     download(&format!("{}/{}", suite.archive, p.filename), &path)?;
     let got = sha256_of(&path)?;
     if got != p.sha256 {
@@ -180,7 +188,10 @@ pub fn ensure(vm_dir: &Path, choice: &Choice) -> Result<Kernel> {
     }
     let start = Instant::now();
     println!("[vm] kernel {}: fetching…", choice.release);
-    let tmp = dir.with_extension("tmp");
+    // Not with_extension: releases have dots (`7.2.13+deb14-…` would become `7.2.tmp`).
+    let tmp = vm_dir
+        .join("kernels")
+        .join(format!("{}.tmp", choice.release));
     if tmp.exists() {
         fs::remove_dir_all(&tmp)?;
     }
@@ -210,10 +221,7 @@ pub fn ensure(vm_dir: &Path, choice: &Choice) -> Result<Kernel> {
         .arg(&choice.release))?;
     let modules = tmp.join("modules.tree");
     fs::create_dir_all(modules.join("usr/lib"))?;
-    fs::rename(
-        tmp.join("usr/lib/modules"),
-        modules.join("usr/lib/modules"),
-    )?;
+    fs::rename(tmp.join("usr/lib/modules"), modules.join("usr/lib/modules"))?;
     super::initramfs::cpio(&modules, &staged.modules_cpio(), true)?;
     fs::remove_dir_all(&modules)?;
     fs::write(tmp.join(META), serde_json::to_string_pretty(&kernel)?)?;
@@ -227,12 +235,19 @@ pub fn ensure(vm_dir: &Path, choice: &Choice) -> Result<Kernel> {
 }
 
 /// Older packages put modules in `lib/modules`, newer ones in `usr/lib/modules`: one place.
+/// Newer ones (sid's 7.x) also keep vmlinuz there instead of in /boot: it goes to /boot, so
+/// the modules archive holds modules only.
 fn place_modules(root: &Path, release: &str) -> io::Result<()> {
     let old = root.join("lib/modules").join(release);
     let new = root.join("usr/lib/modules").join(release);
     if old.is_dir() && !new.exists() {
         fs::create_dir_all(root.join("usr/lib/modules"))?;
         fs::rename(&old, &new)?;
+    }
+    let boot = root.join("boot").join(format!("vmlinuz-{release}"));
+    if !boot.exists() && new.join("vmlinuz").exists() {
+        fs::create_dir_all(root.join("boot"))?;
+        fs::rename(new.join("vmlinuz"), &boot)?;
     }
     if root.join("lib").is_dir() && !root.join("lib").is_symlink() {
         fs::remove_dir_all(root.join("lib"))?;

@@ -72,7 +72,10 @@ pub fn render(results: &[KernelResult]) -> String {
         trees.join(", ")
     );
     let names = probe_names(results);
-    let _ = write!(out, "| kernel | Debian package | boot | run | tests passed | failed |");
+    let _ = write!(
+        out,
+        "| kernel | Debian package | boot | run | tests passed | failed |"
+    );
     for n in &names {
         let _ = write!(out, " `{n}` |");
     }
@@ -80,8 +83,10 @@ pub fn render(results: &[KernelResult]) -> String {
     out.push_str(&"|---".repeat(6 + names.len()));
     out.push_str("|\n");
     for r in results {
-        let failed = if r.ok() {
-            r.failed().to_string()
+        let failed = if r.ok() && r.failed() > 0 {
+            format!("{} known", r.failed())
+        } else if r.ok() {
+            "0".to_owned()
         } else if r.timed_out {
             format!("{} (timed out)", r.failed())
         } else {
@@ -147,13 +152,32 @@ pub fn render(results: &[KernelResult]) -> String {
             notes.push(format!("BTF: {}", cell(n)));
         }
         for s in &r.suites {
-            if !s.failures.is_empty() {
-                let _ = notes.push(format!(
+            let unexpected = s.unexpected();
+            if !unexpected.is_empty() {
+                notes.push(format!(
                     "{} failed: {}",
                     s.name,
-                    s.failures
+                    unexpected
                         .iter()
                         .map(|f| format!("`{f}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
+            for k in &s.known_failures {
+                match by_reason.iter_mut().find(|(why, _)| *why == k.why) {
+                    Some((_, tests)) => tests.push(&k.test),
+                    None => by_reason.push((&k.why, vec![&k.test])),
+                }
+            }
+            for (why, tests) in by_reason {
+                notes.push(format!(
+                    "known failures ({}): {}",
+                    cell(why),
+                    tests
+                        .iter()
+                        .map(|t| format!("`{t}`"))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
@@ -250,6 +274,8 @@ mod tests {
                 failed: failures.len(),
                 ignored: 0,
                 failures: failures.iter().map(|f| (*f).to_owned()).collect(),
+                known_failures: Vec::new(),
+                known_but_passed: Vec::new(),
                 tests: Vec::new(),
             }],
         }
@@ -276,17 +302,34 @@ mod tests {
     #[test]
     fn table_has_a_row_per_kernel_and_a_column_per_probe() {
         let results = [
-            result("5.10.0-46-cloud-amd64", probes(Some("verifier | said no"), &["skbaddr"]), &["a::b"]),
-            result("6.1.0-50-cloud-amd64", probes(None, &["skbaddr", "reason"]), &[]),
+            result(
+                "5.10.0-46-cloud-amd64",
+                probes(Some("verifier | said no"), &["skbaddr"]),
+                &["a::b"],
+            ),
+            result(
+                "6.1.0-50-cloud-amd64",
+                probes(None, &["skbaddr", "reason"]),
+                &[],
+            ),
         ];
         let md = render(&results);
         assert!(md.contains("| kernel | Debian package | boot | run | tests passed | failed | `lp_sock_ops` | `lp_rst_sent` |"), "{md}");
         assert!(md.contains("| 5.10.0-46-cloud-amd64 | 1-1 (sid) | 1.2 s (kvm) | 100.0 s | 10 | **1** | sock_ops | **OFF** |"), "{md}");
         assert!(md.contains("| 6.1.0-50-cloud-amd64 | 1-1 (sid) | 1.2 s (kvm) | 100.0 s | 10 | 0 | sock_ops | tracepoint |"), "{md}");
-        assert!(md.contains("`lp_rst_sent` OFF: verifier \\| said no"), "{md}");
+        assert!(
+            md.contains("`lp_rst_sent` OFF: verifier \\| said no"),
+            "{md}"
+        );
         assert!(md.contains("kernel-tests failed: `a::b`"), "{md}");
-        assert!(md.contains("- **6.1.0-50-cloud-amd64**: `tcp:tcp_bad`: no such"), "{md}");
-        assert!(md.contains("| `tcp:tcp_send_reset` | skbaddr | skbaddr reason |"), "{md}");
+        assert!(
+            md.contains("- **6.1.0-50-cloud-amd64**: `tcp:tcp_bad`: no such"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| `tcp:tcp_send_reset` | skbaddr | skbaddr reason |"),
+            "{md}"
+        );
         assert!(md.contains("| `tcp:tcp_bad` | absent | absent |"), "{md}");
     }
 

@@ -18,19 +18,46 @@ const SECURITY: &str = "http://deb.debian.org/debian-security";
 /// Suites searched for cloud kernels, oldest first. Security suites carry the newest point
 /// release of a stable kernel (bullseye's 5.10 is only updated there now).
 pub const SUITES: &[Suite] = &[
-    Suite { name: "bullseye", archive: DEBIAN },
-    Suite { name: "bullseye-security", archive: SECURITY },
-    Suite { name: "bookworm", archive: DEBIAN },
-    Suite { name: "bookworm-security", archive: SECURITY },
-    Suite { name: "bookworm-backports", archive: DEBIAN },
-    Suite { name: "trixie", archive: DEBIAN },
-    Suite { name: "trixie-security", archive: SECURITY },
-    Suite { name: "sid", archive: DEBIAN },
+    Suite {
+        name: "bullseye",
+        archive: DEBIAN,
+    },
+    Suite {
+        name: "bullseye-security",
+        archive: SECURITY,
+    },
+    Suite {
+        name: "bookworm",
+        archive: DEBIAN,
+    },
+    Suite {
+        name: "bookworm-security",
+        archive: SECURITY,
+    },
+    Suite {
+        name: "bookworm-backports",
+        archive: DEBIAN,
+    },
+    Suite {
+        name: "trixie",
+        archive: DEBIAN,
+    },
+    Suite {
+        name: "trixie-security",
+        archive: SECURITY,
+    },
+    Suite {
+        name: "sid",
+        archive: DEBIAN,
+    },
 ];
 
 impl Suite {
     pub fn index_url(self) -> String {
-        format!("{}/dists/{}/main/binary-amd64/Packages.xz", self.archive, self.name)
+        format!(
+            "{}/dists/{}/main/binary-amd64/Packages.xz",
+            self.archive, self.name
+        )
     }
 }
 
@@ -166,7 +193,9 @@ pub fn choose(indexes: &[(Suite, Vec<Package>)], want: &Want) -> Option<Choice> 
                 None => true,
                 Some((_, b, _)) => match debver::compare(&p.version, &b.version) {
                     Ordering::Greater => true,
-                    Ordering::Equal => b.name.ends_with("-unsigned") && !p.name.ends_with("-unsigned"),
+                    Ordering::Equal => {
+                        b.name.ends_with("-unsigned") && !p.name.ends_with("-unsigned")
+                    }
                     Ordering::Less => false,
                 },
             };
@@ -277,7 +306,10 @@ SHA256: 66
     fn indexes() -> Vec<(Suite, Vec<Package>)> {
         let linux = |n: &str| n.starts_with("linux-");
         vec![
-            (suite("bullseye-security"), parse_index(BULLSEYE_SECURITY, linux)),
+            (
+                suite("bullseye-security"),
+                parse_index(BULLSEYE_SECURITY, linux),
+            ),
             (suite("bookworm"), parse_index(BOOKWORM, linux)),
             (suite("sid"), parse_index(SID, linux)),
         ]
@@ -291,7 +323,12 @@ SHA256: 66
         assert_eq!(p[0].size, 100);
         assert_eq!(
             p[0].depends,
-            ["kmod", "linux-base", "initramfs-tools", "linux-initramfs-tool"]
+            [
+                "kmod",
+                "linux-base",
+                "initramfs-tools",
+                "linux-initramfs-tool"
+            ]
         );
         assert_eq!(p[1].sha256, "bb");
     }
@@ -320,7 +357,10 @@ SHA256: 66
     #[test]
     fn picks_the_newest_version_across_suites_signed_first() {
         let c = choose(&indexes(), &Want::parse("6.1")).unwrap();
-        assert_eq!(c.release, "6.1.0-50-cloud-amd64", "6.1.176-1 beats 6.1.162-1~deb11u1");
+        assert_eq!(
+            c.release, "6.1.0-50-cloud-amd64",
+            "6.1.176-1 beats 6.1.162-1~deb11u1"
+        );
         assert_eq!(c.image.name, "linux-image-6.1.0-50-cloud-amd64");
         assert_eq!(c.suite.name, "bookworm");
         assert!(c.parts.is_empty());

@@ -20,12 +20,24 @@ const MIRROR: &str = "http://deb.debian.org/debian";
 /// Packages on top of minbase (which has bash, coreutils' `timeout`, util-linux's `setpriv`,
 /// bsdutils' `script`), each with the reason the VM needs it.
 pub const PACKAGES: &[(&str, &str)] = &[
-    ("iproute2", "tests create namespaces with `ip netns` and read `nstat`"),
+    (
+        "iproute2",
+        "tests create namespaces with `ip netns` and read `nstat`",
+    ),
     ("nftables", "tests drop SYNs and data with `nft` rules"),
-    ("bpftool", "the detach test and the BTF offset tests run bpftool"),
+    (
+        "bpftool",
+        "the detach test and the BTF offset tests run bpftool",
+    ),
     ("kmod", "/init loads modules (veth, nftables) with modprobe"),
-    ("procps", "ps/pgrep for debugging a stuck run from the console"),
-    ("prometheus", "exporter tests scrape with a real Prometheus; promtool checks rules"),
+    (
+        "procps",
+        "ps/pgrep for debugging a stuck run from the console",
+    ),
+    (
+        "prometheus",
+        "exporter tests scrape with a real Prometheus; promtool checks rules",
+    ),
 ];
 
 /// Leaves out what no test reads: documentation, manuals, translations.
@@ -50,7 +62,10 @@ pub fn path(vm_dir: &Path) -> PathBuf {
     for e in PATH_EXCLUDES {
         h.update(e);
     }
-    let hex: String = h.finalize()[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = h.finalize()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     vm_dir.join(format!("rootfs-{hex}.cpio"))
 }
 
@@ -66,13 +81,21 @@ pub fn ensure(vm_dir: &Path) -> Result<PathBuf> {
     let start = Instant::now();
     println!(
         "[vm] root filesystem {name}: building… mmdebstrap --variant=minbase {SUITE} + {}",
-        PACKAGES.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(" ")
+        PACKAGES
+            .iter()
+            .map(|(p, _)| *p)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let dir = vm_dir.join("rootfs.tmp");
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     }
-    let include = PACKAGES.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(",");
+    let include = PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
+        .collect::<Vec<_>>()
+        .join(",");
     let mut cmd = Command::new("mmdebstrap");
     cmd.args(["--variant=minbase", "--mode=root", "--quiet"])
         .arg(format!("--include={include}"))

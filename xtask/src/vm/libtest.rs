@@ -29,16 +29,6 @@ pub struct Summary {
     pub ignored: usize,
 }
 
-impl Summary {
-    pub fn failures(&self) -> Vec<&str> {
-        self.tests
-            .iter()
-            .filter(|t| t.outcome == Outcome::Failed)
-            .map(|t| t.name.as_str())
-            .collect()
-    }
-}
-
 fn outcome(word: &str) -> Option<Outcome> {
     match word {
         "ok" => Some(Outcome::Ok),
@@ -140,7 +130,13 @@ test result: FAILED. 3 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; 
         let s = parse(RUN);
         assert!(s.finished);
         assert_eq!((s.passed, s.failed, s.ignored), (3, 1, 1));
-        assert_eq!(s.failures(), ["cli::b"]);
+        let failed: Vec<&str> = s
+            .tests
+            .iter()
+            .filter(|t| t.outcome == Outcome::Failed)
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(failed, ["cli::b"]);
         let names: Vec<&str> = s.tests.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["cli::a", "cli::b", "slow", "interleaved", "detach"]);
     }

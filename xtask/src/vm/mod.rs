@@ -370,6 +370,11 @@ fn saved_results(dir: &Path) -> Vec<KernelResult> {
     let mut out: Vec<KernelResult> = entries
         .filter_map(|e| serde_json::from_str(&fs::read_to_string(e.ok()?.path()).ok()?).ok())
         .collect();
+    for r in &mut out {
+        for s in &mut r.suites {
+            s.classify(&r.kernel);
+        }
+    }
     out.sort_by(|a, b| debver::compare(&a.version, &b.version));
     out
 }

@@ -98,7 +98,7 @@ pub fn run(m: &Machine, mut on_line: impl FnMut(&str)) -> Result<Run> {
     let mut cmd = command(m);
     cmd.stdin(Stdio::null())
         .stdout(File::create(&qemu_log)?)
-        .stderr(File::create(&qemu_log.with_extension("err"))?);
+        .stderr(File::create(qemu_log.with_extension("err"))?);
     let start = Instant::now();
     let mut child = KillOnDrop(cmd.spawn().context("starting qemu-system-x86_64")?);
     let mut boot = None;

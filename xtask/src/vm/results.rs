@@ -92,34 +92,14 @@ pub struct KnownFailure {
 
 impl SuiteResult {
     fn from_section(s: &Section, release: &str) -> SuiteResult {
-        let summary = libtest::parse(&s.text);
-        let known_failures = summary
-            .tests
-            .iter()
-            .filter(|t| t.outcome == Outcome::Failed)
-            .filter_map(|t| {
-                known::why(release, &s.name, &t.name).map(|why| KnownFailure {
-                    test: t.name.clone(),
-                    why: why.to_owned(),
-                })
-            })
-            .collect();
-        let known_but_passed = summary
-            .tests
-            .iter()
-            .filter(|t| t.outcome == Outcome::Ok)
-            .filter(|t| known::listed_by_name(release, &s.name, &t.name))
-            .map(|t| t.name.clone())
-            .collect();
-        let failures = summary.failures().iter().map(|f| (*f).to_owned()).collect();
         let Summary {
             tests,
             finished,
             passed,
             failed,
             ignored,
-        } = summary;
-        SuiteResult {
+        } = libtest::parse(&s.text);
+        let mut r = SuiteResult {
             name: s.name.clone(),
             rc: s.rc,
             seconds: s.seconds,
@@ -127,11 +107,33 @@ impl SuiteResult {
             passed,
             failed,
             ignored,
-            failures,
-            known_failures,
-            known_but_passed,
+            failures: Vec::new(),
+            known_failures: Vec::new(),
+            known_but_passed: Vec::new(),
             tests,
-        }
+        };
+        r.classify(release);
+        r
+    }
+
+    /// Fills the failure lists from the per-test outcomes and today's known list (also for
+    /// results saved before the list changed).
+    pub fn classify(&mut self, release: &str) {
+        let suite = self.name.as_str();
+        let named = |o: Outcome| self.tests.iter().filter(move |t| t.outcome == o);
+        self.failures = named(Outcome::Failed).map(|t| t.name.clone()).collect();
+        self.known_failures = named(Outcome::Failed)
+            .filter_map(|t| {
+                known::why(release, suite, &t.name).map(|why| KnownFailure {
+                    test: t.name.clone(),
+                    why: why.to_owned(),
+                })
+            })
+            .collect();
+        self.known_but_passed = named(Outcome::Ok)
+            .filter(|t| known::listed_by_name(release, suite, &t.name))
+            .map(|t| t.name.clone())
+            .collect();
     }
 
     /// Failures not known for this kernel.

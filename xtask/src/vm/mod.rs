@@ -317,14 +317,19 @@ fn boot(
     let machine = machine(accel, None);
     let _ = fs::remove_file(&initrd);
     let stream = results::parse_stream(&vm_run.results);
-    let found = results::Findings::from_stream(&stream, &[KERNEL_TESTS, UNIT_TESTS], &k.release);
+    let accel_name = format!("{accel:?}").to_lowercase();
+    let run = known::Run {
+        release: &k.release,
+        accel: &accel_name,
+    };
+    let found = results::Findings::from_stream(&stream, &[KERNEL_TESTS, UNIT_TESTS], run);
     let boot_s = vm_run.boot.map(|b| b.as_secs_f64());
     let r = KernelResult {
         kernel: k.release.clone(),
         package: k.package.clone(),
         version: k.version.clone(),
         suite: k.suite.clone(),
-        accel: format!("{accel:?}").to_lowercase(),
+        accel: accel_name.clone(),
         tree: tree(),
         when: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -371,8 +376,12 @@ fn saved_results(dir: &Path) -> Vec<KernelResult> {
         .filter_map(|e| serde_json::from_str(&fs::read_to_string(e.ok()?.path()).ok()?).ok())
         .collect();
     for r in &mut out {
+        let run = known::Run {
+            release: &r.kernel,
+            accel: &r.accel,
+        };
         for s in &mut r.suites {
-            s.classify(&r.kernel);
+            s.classify(run);
         }
     }
     out.sort_by(|a, b| debver::compare(&a.version, &b.version));

@@ -91,7 +91,7 @@ pub struct KnownFailure {
 }
 
 impl SuiteResult {
-    fn from_section(s: &Section, release: &str) -> SuiteResult {
+    fn from_section(s: &Section, run: known::Run<'_>) -> SuiteResult {
         let Summary {
             tests,
             finished,
@@ -112,26 +112,26 @@ impl SuiteResult {
             known_but_passed: Vec::new(),
             tests,
         };
-        r.classify(release);
+        r.classify(run);
         r
     }
 
     /// Fills the failure lists from the per-test outcomes and today's known list (also for
     /// results saved before the list changed).
-    pub fn classify(&mut self, release: &str) {
+    pub fn classify(&mut self, run: known::Run<'_>) {
         let suite = self.name.as_str();
         let named = |o: Outcome| self.tests.iter().filter(move |t| t.outcome == o);
         self.failures = named(Outcome::Failed).map(|t| t.name.clone()).collect();
         self.known_failures = named(Outcome::Failed)
             .filter_map(|t| {
-                known::why(release, suite, &t.name).map(|why| KnownFailure {
+                known::why(run, suite, &t.name).map(|why| KnownFailure {
                     test: t.name.clone(),
                     why: why.to_owned(),
                 })
             })
             .collect();
         self.known_but_passed = named(Outcome::Ok)
-            .filter(|t| known::listed_by_name(release, suite, &t.name))
+            .filter(|t| known::listed_by_name(run, suite, &t.name))
             .map(|t| t.name.clone())
             .collect();
     }
@@ -163,7 +163,7 @@ pub struct Findings {
 }
 
 impl Findings {
-    pub fn from_stream(stream: &Stream, suite_names: &[&str], release: &str) -> Findings {
+    pub fn from_stream(stream: &Stream, suite_names: &[&str], run: known::Run<'_>) -> Findings {
         let section = |n: &str| stream.sections.iter().find(|s| s.name == n);
         let probes = section("probes").and_then(|s| {
             s.text
@@ -173,13 +173,13 @@ impl Findings {
         let suites = suite_names
             .iter()
             .map(|n| match section(n) {
-                Some(s) => SuiteResult::from_section(s, release),
+                Some(s) => SuiteResult::from_section(s, run),
                 None => SuiteResult::from_section(
                     &Section {
                         name: (*n).to_owned(),
                         ..Section::default()
                     },
-                    release,
+                    run,
                 ),
             })
             .collect();
@@ -329,7 +329,11 @@ running 1 test
         assert_eq!(s.sections[1].seconds, Some(30.25));
         assert_eq!(s.sections[2].rc, None, "the VM died inside it");
 
-        let f = Findings::from_stream(&s, &["kernel-tests", "unit-tests", "missing"], "6.12.1");
+        let run = known::Run {
+            release: "6.12.1",
+            accel: "kvm",
+        };
+        let f = Findings::from_stream(&s, &["kernel-tests", "unit-tests", "missing"], run);
         assert_eq!(f.probes.unwrap()["ok"], true);
         assert_eq!(f.probes_rc, Some(0));
         let suites = f.suites;

@@ -28,18 +28,14 @@ const NO_SOCK_OPS: &str = "before 5.15 `--netns` stops with \"the kernel needs S
      (Linux 5.14+)\" and lp_sock_ops stays OFF (verifier: unknown func bpf_get_netns_cookie#122); \
      every kernel test runs the daemon with --netns and expects all probes";
 
+/// Software emulation cannot make the connection storms these tests need.
+const TCG_STORM: &str = "under software emulation the refused-connect storm runs at 300-800/s, \
+     below the test's 1000/s and the rst_storm trigger it waits for";
+
 /// Any kernel.
 const EVERY: (u32, u32) = (u32::MAX, 0);
 
 pub const KNOWN: &[Known] = &[
-    Known {
-        suite: KERNEL_TESTS,
-        test: "cli_robust::garbage_truncated_huge_and_unknown_requests_leave_the_daemon_serving",
-        before: EVERY,
-        accel: Some("tcg"),
-        why: "under software emulation the debug daemon, after 300 connections of garbage, does \
-              not answer `status` within the API's 5 s event-loop timeout",
-    },
     Known {
         suite: KERNEL_TESTS,
         test: "*",
@@ -89,26 +85,44 @@ pub const KNOWN: &[Known] = &[
         accel: None,
         why: NO_SOCKETLESS_RST_SENT,
     },
+    // Software emulation only (after the kernel entries: a kernel's own gap explains more).
     Known {
         suite: KERNEL_TESTS,
-        test: "exporter::ten_thousand_peers_fold_into_other_under_the_series_cap",
-        before: (6, 10),
-        accel: None,
-        why: NO_SOCKETLESS_RST_SENT,
+        test: "cli_robust::garbage_truncated_huge_and_unknown_requests_leave_the_daemon_serving",
+        before: EVERY,
+        accel: Some("tcg"),
+        why: "under software emulation the debug daemon, after 300 connections of garbage, does \
+              not answer `status` within the API's 5 s event-loop timeout",
     },
     Known {
         suite: KERNEL_TESTS,
         test: "detect::rst_storm_raises_one_anomaly_per_scope_within_two_seconds_and_clears",
-        before: (6, 10),
-        accel: None,
-        why: NO_SOCKETLESS_RST_SENT,
+        before: EVERY,
+        accel: Some("tcg"),
+        why: TCG_STORM,
+    },
+    Known {
+        suite: KERNEL_TESTS,
+        test: "exporter::ten_thousand_peers_fold_into_other_under_the_series_cap",
+        before: EVERY,
+        accel: Some("tcg"),
+        why: "under software emulation the debug daemon has not published the 10,000 refused \
+              connects to /metrics within the test's 10 s (every series still reads 0)",
+    },
+    Known {
+        suite: KERNEL_TESTS,
+        test: "detect::flow_table_stays_at_its_bound_and_counts_evictions",
+        before: EVERY,
+        accel: Some("tcg"),
+        why: "flaky under software emulation: tracked + evicted fell short of 2 flows per \
+              connection on 7.2 (2826 of 3000), passed on 6.1 and 6.12",
     },
     Known {
         suite: KERNEL_TESTS,
         test: "cli::cli_commands_tell_the_story_of_a_known_workload",
-        before: (6, 10),
-        accel: None,
-        why: NO_SOCKETLESS_RST_SENT,
+        before: EVERY,
+        accel: Some("tcg"),
+        why: TCG_STORM,
     },
 ];
 

@@ -53,6 +53,17 @@ fn tracepoint_names(results: &[KernelResult]) -> Vec<String> {
     names
 }
 
+/// Test names in backquotes; past a handful, the rest as a count (a whole suite can be known
+/// to fail on an old kernel).
+fn test_list(tests: &[&str]) -> String {
+    const SHOWN: usize = 4;
+    let mut out: Vec<String> = tests.iter().take(SHOWN).map(|t| format!("`{t}`")).collect();
+    if tests.len() > SHOWN {
+        out.push(format!("and {} more", tests.len() - SHOWN));
+    }
+    out.join(", ")
+}
+
 fn secs(s: Option<f64>) -> String {
     s.map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s"))
 }
@@ -175,11 +186,7 @@ pub fn render(results: &[KernelResult]) -> String {
                 notes.push(format!(
                     "known failures ({}): {}",
                     cell(why),
-                    tests
-                        .iter()
-                        .map(|t| format!("`{t}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    test_list(&tests)
                 ));
             }
             if !s.finished {

@@ -61,8 +61,12 @@ pub struct VmArgs {
     #[arg(long, default_value_t = 2)]
     pub cpus: u32,
     /// Do not regenerate README.md's kernel table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "readme_only")]
     pub no_readme: bool,
+    /// Boot nothing: print the saved results and regenerate README.md's kernel table from them
+    /// (after a change to the known failures, say).
+    #[arg(long, conflicts_with_all = ["kernel", "kernels", "all"])]
+    pub readme_only: bool,
     /// Arguments for the kernel test binary (a name filter, `--test-threads=1`, …).
     #[arg(last = true)]
     pub test_args: Vec<String>,
@@ -83,6 +87,7 @@ impl VmArgs {
             memory: "4G".into(),
             cpus: 2,
             no_readme: true,
+            readme_only: false,
             test_args: Vec::new(),
         }
     }
@@ -94,6 +99,12 @@ fn vm_dir() -> PathBuf {
 }
 
 pub fn vm(args: &VmArgs) -> Result<()> {
+    if args.readme_only {
+        for r in saved_results(&vm_dir()) {
+            print!("{}", r.render());
+        }
+        return update_readme(&vm_dir());
+    }
     if !is_root() {
         bail!(
             "`cargo xtask vm` builds a root filesystem with mmdebstrap and boots qemu with KVM, \

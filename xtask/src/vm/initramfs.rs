@@ -53,8 +53,8 @@ mount -t sysfs sys /sys
 mkdir -p /dev/pts /dev/shm /sys/fs/cgroup
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
+# /run and /tmp stay on the (writable) initramfs: a tmpfs there would hide the test binaries of
+# a workspace below /tmp.
 # The daemon attaches sock_ops to the first cgroup2 mount in /proc/mounts.
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ln -sf /proc/self/fd /dev/fd
@@ -202,6 +202,7 @@ mod tests {
         ));
         assert!(s.contains("timeout -k 10 600 \"$@\""));
         assert!(s.contains("mount -t cgroup2 cgroup2 /sys/fs/cgroup"));
+        assert!(!s.contains("tmpfs /tmp"), "would hide a workspace below /tmp");
         assert!(s.trim_end().ends_with("sleep 30"));
     }
 }

@@ -30,7 +30,7 @@ const NO_SOCK_OPS: &str = "before 5.15 `--netns` stops with \"the kernel needs S
 
 /// Software emulation cannot make the connection storms these tests need.
 const TCG_STORM: &str = "under software emulation the refused-connect storm runs at 300-800/s, \
-     below the test's 1000/s and the rst_storm trigger it waits for";
+     below the test's 1000/s and (some runs) the rst_storm trigger it waits for";
 
 /// Any kernel.
 const EVERY: (u32, u32) = (u32::MAX, 0);
@@ -120,6 +120,14 @@ pub const KNOWN: &[Known] = &[
     Known {
         suite: KERNEL_TESTS,
         test: "cli::cli_commands_tell_the_story_of_a_known_workload",
+        before: EVERY,
+        accel: Some("tcg"),
+        why: TCG_STORM,
+    },
+    // Flaky under TCG: passed on 7.2 once, then its rst_storm gauge stayed 0 for 15 s.
+    Known {
+        suite: KERNEL_TESTS,
+        test: "exporter::prometheus_sees_exact_counts_and_the_storm_gauge",
         before: EVERY,
         accel: Some("tcg"),
         why: TCG_STORM,

@@ -202,7 +202,10 @@ mod tests {
         ));
         assert!(s.contains("timeout -k 10 600 \"$@\""));
         assert!(s.contains("mount -t cgroup2 cgroup2 /sys/fs/cgroup"));
-        assert!(!s.contains("tmpfs /tmp"), "would hide a workspace below /tmp");
+        assert!(
+            !s.contains("tmpfs /tmp"),
+            "would hide a workspace below /tmp"
+        );
         assert!(s.trim_end().ends_with("sleep 30"));
     }
 }

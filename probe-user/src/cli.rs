@@ -74,6 +74,13 @@ pub enum Command {
     /// retransmit rate (last 10 s).
     #[command(after_help = "Examples:\n  linkprobe top\n  linkprobe top --by failure --once")]
     Top(TopArgs),
+    /// Can linkprobe run on this kernel? Load and attach every probe, print how each hooks in
+    /// (or why it is off), the tracepoint fields and BTF notes, detach and exit (0: it can run,
+    /// 1: it cannot; with --strict, 1 unless every probe attaches).
+    #[command(
+        after_help = "Examples:\n  linkprobe probes\n  linkprobe probes -o json | jq .probes"
+    )]
+    Probes(ProbesArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  linkprobe completions bash > /etc/bash_completion.d/linkprobe\n  linkprobe completions zsh > \"${fpath[1]}/_linkprobe\""
@@ -93,6 +100,28 @@ pub enum View {
     /// Table with more columns.
     Wide,
     /// JSON (stable field names; one object per line for streams).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbesArgs {
+    #[arg(short, long, value_enum, default_value_t = ProbesView::Table)]
+    pub output: ProbesView,
+    /// cgroup2 mount that sock_ops attaches to [default: first cgroup2 mount in /proc/mounts].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+    /// Exit 1 unless every probe attaches.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// How `linkprobe probes` prints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbesView {
+    /// Probe table, tracepoint fields, BTF notes.
+    #[default]
+    Table,
+    /// One JSON object (`type`: `probes`).
     Json,
 }
 
@@ -388,6 +417,16 @@ mod tests {
             args.metrics_addr,
             MetricsAddr(Some(crate::exporter::DEFAULT_ADDR.parse().unwrap()))
         );
+    }
+
+    #[test]
+    fn parses_probes_flags() {
+        let cli = Cli::try_parse_from(["linkprobe", "probes", "-o", "json", "--strict"]).unwrap();
+        let Command::Probes(args) = cli.command else {
+            panic!("expected probes");
+        };
+        assert_eq!(args.output, ProbesView::Json);
+        assert!(args.strict);
     }
 
     #[test]

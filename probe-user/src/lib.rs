@@ -26,6 +26,7 @@ pub mod output_anomaly;
 pub mod output_flow;
 pub mod pipeline;
 pub mod preflight;
+pub mod probes_check;
 pub mod progstats;
 pub mod reader;
 pub mod rst_reason;

@@ -3,11 +3,11 @@ use std::process::ExitCode;
 use clap::{CommandFactory as _, Parser as _};
 use probe_user::{
     api,
-    cli::{Cli, Command},
+    cli::{Cli, Command, ProbesArgs, ProbesView},
     ctl, daemon,
     detail::DetailSpec,
     exporter::Exporter,
-    lock,
+    lock, probes_check,
 };
 
 fn main() -> ExitCode {
@@ -45,6 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let started = daemon::start(&args)?;
             runtime.block_on(daemon::run(&args, started, None))?;
         }
+        Command::Probes(args) => probes(&args)?,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -54,6 +55,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         other => ctl::run(&cli.socket, other)?,
+    }
+    Ok(())
+}
+
+/// `linkprobe probes`: prints the report; an error when linkprobe cannot run here (or, with
+/// --strict, when a probe is off), so the exit code answers the question.
+fn probes(args: &ProbesArgs) -> anyhow::Result<()> {
+    let report = probes_check::check(args.cgroup_root.clone())?;
+    match args.output {
+        ProbesView::Table => print!("{}", probes_check::render_text(&report)),
+        ProbesView::Json => println!("{}", probes_check::render_json(&report)),
+    }
+    if !report.ok {
+        anyhow::bail!("no probe can run on this kernel (see above)");
+    }
+    if args.strict && report.attached < report.total {
+        anyhow::bail!(
+            "--strict: {} of {} probes are off on this kernel",
+            report.total - report.attached,
+            report.total
+        );
     }
     Ok(())
 }

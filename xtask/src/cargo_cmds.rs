@@ -1,11 +1,12 @@
 //! `build`, `run`, `test` and `clippy`: cargo invocations, each after the set-up.
-use std::{path::PathBuf, process::Command};
+use std::{path::PathBuf, process::Command, time::Instant};
 
 use anyhow::{bail, Result};
 
 use crate::{
     cmd::{cargo, exec, is_root, run, target_dir, workspace_root},
     setup::{self, EBPF_TOOLCHAIN},
+    vm,
 };
 
 /// `target/<profile>/linkprobe`.
@@ -44,8 +45,9 @@ pub fn run_daemon(release: bool, args: &[String]) -> Result<()> {
 }
 
 /// Set-up, then every test of the default members (probe-ebpf is not one: it only builds for
-/// the eBPF target, through probe-user/build.rs). A failing `cargo test` exit code is passed on.
-pub fn test(args: &[String]) -> Result<()> {
+/// the eBPF target, through probe-user/build.rs), then (as root, for the full suite) the
+/// kernel matrix on [`vm::TEST_KERNELS`]. A failing `cargo test` exit code is passed on.
+pub fn test(args: &[String], no_vm: bool) -> Result<()> {
     setup::setup()?;
     if !is_root() {
         println!(
@@ -53,7 +55,26 @@ pub fn test(args: &[String]) -> Result<()> {
              cannot run; run `sudo -E cargo xtask test` for the full suite"
         );
     }
-    run(cargo().args(["test", "--no-fail-fast"]).args(args))
+    let host = run(cargo().args(["test", "--no-fail-fast"]).args(args));
+    let matrix = if no_vm || !args.is_empty() || !is_root() {
+        println!("[test] kernel matrix: skipped (--no-vm, test arguments given, or not root)");
+        Ok(())
+    } else {
+        println!(
+            "[test] kernel matrix: {} (cargo xtask vm --kernels {})",
+            vm::TEST_KERNELS.join(", "),
+            vm::TEST_KERNELS.join(",")
+        );
+        let start = Instant::now();
+        let r = vm::vm(&vm::VmArgs::for_test());
+        println!(
+            "[test] kernel matrix: {} in {:.0}s",
+            if r.is_ok() { "passed" } else { "FAILED" },
+            start.elapsed().as_secs_f64()
+        );
+        r
+    };
+    host.and(matrix)
 }
 
 /// Clippy with `-D warnings`: the host crates, then the eBPF crate with the pinned nightly for

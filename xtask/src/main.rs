@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | run | test | clippy | bench`.
+//! Developer tasks: `cargo xtask setup | build | run | test | clippy | bench | vm`.
 //! Everything but `setup` does the (idempotent) set-up first, so a fresh clone on a Debian 12
 //! machine needs nothing else.
 mod bench;
@@ -9,6 +9,7 @@ mod netns;
 mod procstat;
 mod setup;
 mod tracer;
+mod vm;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -49,8 +50,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set-up, then every test: unit tests and the real-kernel tests (these need root).
+    /// Set-up, then every test: unit tests and the real-kernel tests (these need root), then
+    /// the kernel matrix on Debian 12's 6.1 and the newest Debian kernel (`vm`, as root, when
+    /// no test arguments are given).
     Test {
+        /// Skip the kernel matrix.
+        #[arg(long)]
+        no_vm: bool,
         /// Arguments for `cargo test` (e.g. `-- --test kernel -- --nocapture`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -62,6 +68,11 @@ enum Task {
     /// then memory at 65,536 flows, a BPF profile when a target is missed, and /metrics scrape
     /// latency (needs root). Writes a table, target/bench/bench.json and target/bench/bench.png.
     Bench(BenchArgs),
+    /// Kernel matrix: boot Debian cloud kernels under qemu (KVM where it boots them, else
+    /// emulation) and run `linkprobe probes`, the real-kernel tests and the unit tests inside
+    /// each (needs root); results in target/vm/results, the README's kernel table regenerated
+    /// from them.
+    Vm(vm::VmArgs),
     /// (internal) One workload run inside the bench namespace; prints one JSON line.
     #[command(hide = true)]
     BenchWorker {
@@ -169,8 +180,12 @@ fn run(task: Task) -> Result<()> {
             cargo_cmds::build(release)
         }
         Task::Run { debug, args, .. } => cargo_cmds::run_daemon(!debug, &args),
-        Task::Test { args } => cargo_cmds::test(&args),
+        Task::Test { args, no_vm } => cargo_cmds::test(&args, no_vm),
         Task::Clippy => cargo_cmds::clippy(),
+        Task::Vm(args) => {
+            setup::setup()?;
+            vm::vm(&args)
+        }
         Task::Bench(args) => bench::bench(&args.options()),
         Task::BenchWorker { workload, count } => bench::worker(workload, count),
         Task::BenchRefused { peers } => bench::scrape::refused(peers),

@@ -60,11 +60,42 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "tests scrape the exporter with a real Prometheus and check it with promtool",
     ),
+    // `cargo xtask vm` (the kernel matrix): boots Debian kernels under KVM…
+    (
+        "qemu-system-x86",
+        "the kernel matrix boots Debian kernels with qemu-system-x86_64",
+    ),
+    // …with a root filesystem built from the mirror…
+    (
+        "mmdebstrap",
+        "the kernel matrix builds the VM's Debian root filesystem",
+    ),
+    // …packed as initramfs archives…
+    ("cpio", "the kernel matrix packs the VM's initramfs"),
+    // …from kernel packages and indexes fetched over HTTP (Packages.xz)…
+    (
+        "curl",
+        "the kernel matrix downloads kernel packages and indexes",
+    ),
+    (
+        "xz-utils",
+        "the kernel matrix reads the mirror's Packages.xz",
+    ),
+    // …whose modules it indexes with depmod and whose test binaries it strips with objcopy.
+    (
+        "kmod",
+        "the kernel matrix indexes kernel modules with depmod",
+    ),
+    (
+        "binutils",
+        "the kernel matrix strips debug info from the VM's test binaries",
+    ),
 ];
 
 /// Installed with `--no-install-recommends`: prometheus recommends the node exporter and its
-/// collector timers, which the tests do not use.
-const WITHOUT_RECOMMENDS: &[&str] = &["prometheus"];
+/// collector timers, which the tests do not use; qemu recommends firmware and display
+/// back-ends, mmdebstrap other bootstrap tools, none of which a headless -kernel boot uses.
+const WITHOUT_RECOMMENDS: &[&str] = &["prometheus", "qemu-system-x86", "mmdebstrap"];
 
 /// Debian's hook that `invoke-rc.d` and `deb-systemd-invoke` ask before a maintainer script
 /// starts a service; exit 101 means "not allowed".

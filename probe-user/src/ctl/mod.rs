@@ -207,6 +207,7 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
         Command::Daemon(_) => Err(CtlError::NotCli("daemon")),
         Command::Trace(_) => Err(CtlError::NotCli("trace")),
         Command::Completions { .. } => Err(CtlError::NotCli("completions")),
+        Command::Probes(_) => Err(CtlError::NotCli("probes")),
     }
 }
 

@@ -1,0 +1,150 @@
+//! Per-test results from libtest's human output (`test a::b ... ok`), as printed by a test
+//! binary inside the VM. Child processes of the tests write to the same console, so a result
+//! line may be split (`test x ... ` + their output + `ok`) and foreign lines are skipped.
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    Failed,
+    Ignored,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestResult {
+    pub name: String,
+    pub outcome: Outcome,
+}
+
+/// What one test binary reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub tests: Vec<TestResult>,
+    /// Whether libtest's closing `test result:` line was seen (false: the binary crashed or was
+    /// killed, and tests without a result line are missing).
+    pub finished: bool,
+    pub passed: usize,
+    pub failed: usize,
+    pub ignored: usize,
+}
+
+fn outcome(word: &str) -> Option<Outcome> {
+    match word {
+        "ok" => Some(Outcome::Ok),
+        "FAILED" => Some(Outcome::Failed),
+        // `ignored` and `ignored, <reason>`.
+        w if w.starts_with("ignored") => Some(Outcome::Ignored),
+        _ => None,
+    }
+}
+
+/// Parses libtest's output; the counts come from the result lines, the closing line only says
+/// whether the run finished.
+pub fn parse(text: &str) -> Summary {
+    let mut s = Summary::default();
+    // A `test x ... ` line whose outcome is still to come.
+    let mut pending: Option<String> = None;
+    let mut reporting = true;
+    for raw in text.lines() {
+        let line = raw.trim_end_matches('\r').trim_end();
+        if line.starts_with("test result: ") {
+            s.finished = true;
+            continue;
+        }
+        // The captured output of failed tests follows; no result line comes after it.
+        if line == "failures:" {
+            pending = None;
+            reporting = false;
+        }
+        if !reporting {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("test ") {
+            if let Some((name, result)) = rest.split_once(" ... ") {
+                match outcome(result.trim()) {
+                    Some(o) => push(&mut s, name, o),
+                    None => pending = Some(name.to_owned()),
+                }
+                continue;
+            }
+            if let Some(name) = rest.strip_suffix(" ...") {
+                pending = Some(name.to_owned());
+                continue;
+            }
+        }
+        if let Some(name) = &pending {
+            // The outcome ends the first line that carries one after the split.
+            let last = line.rsplit(' ').next().unwrap_or("");
+            if let Some(o) = outcome(last) {
+                let name = name.clone();
+                push(&mut s, &name, o);
+                pending = None;
+            }
+        }
+    }
+    s
+}
+
+fn push(s: &mut Summary, name: &str, outcome: Outcome) {
+    match outcome {
+        Outcome::Ok => s.passed += 1,
+        Outcome::Failed => s.failed += 1,
+        Outcome::Ignored => s.ignored += 1,
+    }
+    s.tests.push(TestResult {
+        name: name.to_owned(),
+        outcome,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RUN: &str = "\
+running 5 tests\r
+test cli::a ... ok\r
+test cli::b ... FAILED\r
+test slow ... ignored, needs a real NIC\r
+test interleaved ... linkprobe: ready (7 of 7 probes attached)\r
+  12.345678 rst_sent    cookie=-\r
+ok\r
+test detach has been running for over 60 seconds\r
+test detach ... ok\r
+\r
+failures:\r
+\r
+---- cli::b stdout ----\r
+thread 'cli::b' panicked at probe-user/tests/kernel/cli.rs:10:5:\r
+test assertion ... failed\r
+\r
+failures:\r
+    cli::b\r
+\r
+test result: FAILED. 3 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 9.01s\r
+";
+
+    #[test]
+    fn parses_results_split_by_child_output() {
+        let s = parse(RUN);
+        assert!(s.finished);
+        assert_eq!((s.passed, s.failed, s.ignored), (3, 1, 1));
+        let failed: Vec<&str> = s
+            .tests
+            .iter()
+            .filter(|t| t.outcome == Outcome::Failed)
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(failed, ["cli::b"]);
+        let names: Vec<&str> = s.tests.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["cli::a", "cli::b", "slow", "interleaved", "detach"]);
+    }
+
+    #[test]
+    fn a_crashed_binary_is_not_finished() {
+        let s = parse("running 2 tests\ntest a ... ok\n");
+        assert!(!s.finished);
+        assert_eq!(s.passed, 1);
+    }
+}

@@ -59,19 +59,29 @@ pub fn send(
     true
 }
 
-/// Wakes userspace only once a batch has accumulated; the daemon also drains on a short timer,
-/// so a quiet ring still gets read.
+/// Wakes userspace once per batch: only the record that takes the ring's backlog past
+/// `wakeup_bytes` does (a wake-up costs more than a record; waking for every record while the
+/// backlog stays above the mark cost over a microsecond each). The daemon also drains on a
+/// short timer, so a quiet ring still gets read.
 #[inline(always)]
 fn wakeup_flags() -> u64 {
     let ring = core::ptr::from_ref(&EVENTS).cast_mut().cast::<c_void>();
-    // SAFETY: the ring map pointer, as the helper expects.
+    // SAFETY: the ring map pointer, as the helper expects. The backlog includes this record,
+    // reserved but not yet submitted.
     let pending = unsafe { bpf_ringbuf_query(ring, u64::from(BPF_RB_AVAIL_DATA)) };
-    u64::from(if pending >= TUNING.load().wakeup_bytes {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    })
+    let mark = TUNING.load().wakeup_bytes;
+    let record = RECORD_STRIDE;
+    u64::from(
+        if pending >= mark && pending < mark.saturating_add(record) {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        },
+    )
 }
+
+/// Bytes one record takes in the ring: the record and the ring's 8-byte header.
+const RECORD_STRIDE: u64 = core::mem::size_of::<FlowRecord>() as u64 + 8;
 
 /// The `misc::LOST_*` slot of a record that has no flow to carry its fact later.
 #[inline(always)]

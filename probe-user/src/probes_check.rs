@@ -4,7 +4,7 @@
 //! [`loader::load`]'s [`Loaded`](crate::loader::Loaded): nothing here decides what attaches.
 use std::path::{Path, PathBuf};
 
-use probe_common::{RepeatRstConfig, Tuning};
+use probe_common::{DetailFilter, RepeatRstConfig, Tuning};
 use serde::Serialize;
 
 use crate::{
@@ -16,6 +16,8 @@ use crate::{
 
 /// The smallest ring the kernel accepts: nothing is read from it.
 const RING_BYTES: u32 = 4096;
+/// The smallest fallback flow-state map (nothing is tracked).
+const FALLBACK_FLOWS: u32 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbesError {
@@ -29,20 +31,24 @@ pub enum ProbesError {
 pub fn hook_kind(hook: Hook) -> &'static str {
     match hook {
         Hook::SockOps => "sock_ops",
-        Hook::Tracepoint(_) => "tracepoint",
-        Hook::RawTracepoint(_) => "raw_tp",
+        Hook::BtfTracepoint(_) => "tp_btf",
+        Hook::IterFlows => "iter",
     }
 }
 
 #[derive(Debug, Serialize)]
 pub struct ProbeRow {
     pub name: &'static str,
-    /// `sock_ops`, `tracepoint`, `raw_tp` (and `tp_btf` once a probe uses it).
+    /// `tp_btf`, `sock_ops`, `iter`.
     pub hook: &'static str,
-    /// Where it attaches: `cgroup /sys/fs/cgroup`, `tcp:tcp_send_reset`, `raw_tp …`.
+    /// Where it attaches: `cgroup /sys/fs/cgroup`, `tp_btf tcp_send_reset`, …
     pub target: String,
+    /// How it runs here: `tp_btf, socket storage`, `tp_btf, LRU map`, `sock_ops, …`.
+    pub how: String,
     pub attached: bool,
-    /// Why it is off (None when attached).
+    /// Not attached because this kernel does not need it (`reason` says why).
+    pub skipped: bool,
+    /// Why it is off or not needed (None when attached).
     pub reason: Option<String>,
     pub requires: &'static str,
 }
@@ -71,6 +77,9 @@ pub struct Report {
     pub probes: Vec<ProbeRow>,
     pub tracepoints: Vec<TracepointRow>,
     pub btf_notes: Vec<String>,
+    /// Where flow state lives here (`socket storage`, `LRU map`), and why not socket storage.
+    pub flow_store: Option<String>,
+    pub flow_store_note: Option<String>,
     /// What this kernel's tracepoints cannot show, although their probes attach.
     pub degraded: Vec<String>,
     /// Why loading failed as a whole (no probe rows then).
@@ -82,10 +91,12 @@ fn probe_row(p: &ProbeStatus) -> ProbeRow {
         name: p.spec.program,
         hook: hook_kind(p.spec.hook),
         target: p.target.clone(),
+        how: p.how.clone(),
         attached: p.state == ProbeState::Attached,
+        skipped: matches!(p.state, ProbeState::Skipped(_)),
         reason: match &p.state {
             ProbeState::Attached => None,
-            ProbeState::Off(why) => Some(why.clone()),
+            ProbeState::Skipped(why) | ProbeState::Off(why) => Some(why.clone()),
         },
         requires: p.spec.requires,
     }
@@ -156,7 +167,10 @@ pub fn check(cgroup_root: Option<PathBuf>) -> Result<Report, ProbesError> {
         scope: scope::filter(None, None),
         tuning: Tuning::DEFAULT,
         repeat: RepeatRstConfig::DEFAULT,
+        detail: DetailFilter::default(),
         ring_bytes: RING_BYTES,
+        fallback_flows: FALLBACK_FLOWS,
+        force_lru: false,
     };
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
@@ -177,6 +191,8 @@ pub fn check(cgroup_root: Option<PathBuf>) -> Result<Report, ProbesError> {
             probes: loaded.probes.iter().map(probe_row).collect(),
             tracepoints,
             btf_notes: loaded.btf_notes.clone(),
+            flow_store: Some(loaded.store.describe().to_owned()),
+            flow_store_note: loaded.store_note.clone(),
             degraded,
             error: None,
         },
@@ -189,6 +205,8 @@ pub fn check(cgroup_root: Option<PathBuf>) -> Result<Report, ProbesError> {
             probes: Vec::new(),
             tracepoints,
             btf_notes: btf_notes_alone(),
+            flow_store: None,
+            flow_store_note: None,
             degraded,
             error: Some(e.to_string()),
         },
@@ -203,18 +221,26 @@ pub fn render_text(r: &Report) -> String {
         out.push_str(&format!("linkprobe cannot run on this kernel: {e}\n"));
     } else {
         out.push_str(&format!(
-            "{:<18} {:<10} {:<36} {:<9} {}\n",
-            "PROBE", "HOW", "HOOK", "STATE", "NEEDS KERNEL / WHY OFF"
+            "{:<18} {:<26} {:<36} {:<10} {}\n",
+            "PROBE", "HOW", "HOOK", "STATE", "NEEDS KERNEL / WHY"
         ));
         for p in &r.probes {
             let (state, detail) = match &p.reason {
                 None => ("attached", p.requires),
+                Some(why) if p.skipped => ("not needed", why.as_str()),
                 Some(why) => ("OFF", why.as_str()),
             };
             out.push_str(&format!(
-                "{:<18} {:<10} {:<36} {:<9} {}\n",
-                p.name, p.hook, p.target, state, detail
+                "{:<18} {:<26} {:<36} {:<10} {}\n",
+                p.name, p.how, p.target, state, detail
             ));
+        }
+        if let Some(store) = &r.flow_store {
+            out.push_str(&format!("\nflow state: {store}"));
+            if let Some(why) = &r.flow_store_note {
+                out.push_str(&format!(" (socket storage refused: {why})"));
+            }
+            out.push('\n');
         }
         out.push_str(&format!(
             "\n{} of {} probes attached\n",
@@ -269,15 +295,19 @@ mod tests {
                     name: "lp_sock_ops",
                     hook: "sock_ops",
                     target: "cgroup /sys/fs/cgroup".into(),
+                    how: "sock_ops, socket storage".into(),
                     attached: true,
+                    skipped: false,
                     reason: None,
                     requires: "5.15",
                 },
                 ProbeRow {
                     name: "lp_rst_sent",
-                    hook: "tracepoint",
-                    target: "tcp:tcp_send_reset".into(),
+                    hook: "tp_btf",
+                    target: "tp_btf tcp_send_reset".into(),
+                    how: "tp_btf, socket storage".into(),
                     attached: false,
+                    skipped: false,
                     reason: Some("this kernel has no tcp:tcp_send_reset tracepoint".into()),
                     requires: "4.16",
                 },
@@ -289,6 +319,8 @@ mod tests {
                 error: Some("missing".into()),
             }],
             btf_notes: vec!["no sk_cgrp_data".into()],
+            flow_store: Some("socket storage".into()),
+            flow_store_note: None,
             degraded: vec!["lp_rst_sent: no reason".into()],
             error: None,
         }
@@ -315,8 +347,12 @@ mod tests {
     #[test]
     fn text_names_how_each_probe_hooks_in_and_why_it_is_off() {
         let text = render_text(&report());
-        assert!(text.contains("lp_sock_ops        sock_ops"), "{text}");
-        assert!(text.contains("OFF       this kernel has no"), "{text}");
+        assert!(
+            text.contains("lp_sock_ops        sock_ops, socket storage"),
+            "{text}"
+        );
+        assert!(text.contains("OFF        this kernel has no"), "{text}");
+        assert!(text.contains("flow state: socket storage"), "{text}");
         assert!(text.contains("1 of 2 probes attached"), "{text}");
         assert!(text.contains("! missing"), "{text}");
         assert!(text.contains("BTF notes:\n  no sk_cgrp_data"), "{text}");

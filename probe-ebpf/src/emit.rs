@@ -43,13 +43,14 @@ pub fn send(
     // SAFETY: the reservation is `size_of::<FlowRecord>()` bytes, 8-aligned, ours until
     // submitted; zeroing it first means no byte of an earlier record leaks into this one.
     let rec = unsafe {
-        core::ptr::write_bytes(rec, 0, 1);
+        zero_words(rec);
         &mut *rec
     };
     rec.kind = kind as u32;
     fill(rec);
     if let Some(st) = flow {
-        rec.flow = *st;
+        // SAFETY: both 8-aligned FlowStates (a map value, a field of the reservation).
+        unsafe { copy_words(&mut rec.flow, st) };
         rec.flags |= flags::FLOW;
         // What this record carries is what userspace will know.
         st.reported = st.counts;
@@ -57,6 +58,39 @@ pub fn send(
     }
     entry.submit(wakeup_flags());
     true
+}
+
+/// Zeroes a value as 8-byte words. LLVM would emit a call to `memset`, which in BPF is a byte
+/// loop: slow, and each byte a step the verifier must walk on every path.
+///
+/// # Safety
+/// `dst` is valid for writes and 8-aligned; `T`'s size is a multiple of 8.
+#[inline(always)]
+pub unsafe fn zero_words<T>(dst: *mut T) {
+    const { assert!(core::mem::size_of::<T>() % 8 == 0) };
+    let words = dst.cast::<u64>();
+    let mut i = 0;
+    while i < core::mem::size_of::<T>() / 8 {
+        // SAFETY: in bounds and aligned, per the contract.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        i += 1;
+    }
+}
+
+/// Copies a value as 8-byte words (not `memcpy`: see [`zero_words`]).
+///
+/// # Safety
+/// Both are valid, 8-aligned and do not overlap; `T`'s size is a multiple of 8.
+#[inline(always)]
+pub unsafe fn copy_words<T>(dst: *mut T, src: *const T) {
+    const { assert!(core::mem::size_of::<T>() % 8 == 0) };
+    let (d, s) = (dst.cast::<u64>(), src.cast::<u64>());
+    let mut i = 0;
+    while i < core::mem::size_of::<T>() / 8 {
+        // SAFETY: in bounds and aligned, per the contract.
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+        i += 1;
+    }
 }
 
 /// Wakes userspace once per batch: only the record that takes the ring's backlog past

@@ -8,14 +8,18 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_sk_storage_get},
+        bpf_get_current_pid_tgid,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_socket_cookie,
+            bpf_sk_storage_get,
+        },
     },
 };
 use probe_common::{detail_mode, misc, role, state_flags, FlowState};
 
 use crate::{
     counters::count_misc,
+    emit::zero_words,
     maps::{DETAIL, FLOWS, FLOWS_LRU, ZERO_STATE},
     sock::{self, Scope},
 };
@@ -126,30 +130,30 @@ impl Store for LruStore {
     }
 }
 
-/// Starts (or restarts) `st` as a flow of `role` at `now`, in network namespace `netns`.
+/// Starts (or restarts) `st` as a flow of `role` at `now`, in network namespace `netns`. The
+/// owner stays (a listener's, cloned into its accepted socket); the rest starts over.
 #[inline(always)]
 pub fn start(st: &mut FlowState, role_value: u8, now: u64, cookie: u64, netns: u64) {
+    let (pid, comm, cgroup_id, owner) =
+        (st.pid, st.comm, st.cgroup_id, st.flags & state_flags::OWNER);
+    // SAFETY: an 8-aligned FlowState (socket storage or map value).
+    unsafe { zero_words(st) };
+    st.pid = pid;
+    st.comm = comm;
+    st.cgroup_id = cgroup_id;
+    st.flags = owner;
     st.start_ns = now;
-    st.established_ns = 0;
     st.cookie = cookie;
     st.netns_cookie = netns;
-    st.last_report_ns = 0;
-    st.last_rst_ns = 0;
-    st.last_rst_reason = 0;
-    st.counts = Default::default();
-    st.reported = Default::default();
-    st.rst_window = 0;
-    st.local_port = 0;
     st.role = role_value;
-    // The owner stays (a listener's, cloned into its accepted socket); the rest starts over.
-    st.flags &= state_flags::OWNER;
 }
 
 /// The process running now owns `st` (connect(), listen(): process context).
 #[inline(always)]
 pub fn take_owner(st: &mut FlowState) {
     st.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    st.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY: `comm` is 16 writable bytes; the helper NUL-terminates within them.
+    unsafe { bpf_get_current_comm(st.comm.as_mut_ptr().cast(), 16) };
     // SAFETY: no arguments; allowed in tracing programs.
     st.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     st.flags |= state_flags::OWNER;
@@ -187,7 +191,8 @@ pub fn decide_detail(st: &mut FlowState, sk: Sk) {
             let a = sock::addrs(sk.addr);
             (filter.cookie == 0 || filter.cookie == st.cookie)
                 && (filter.cgroup_id == 0 || filter.cgroup_id == st.cgroup_id)
-                && (filter.family == 0 || (filter.family == a.family && filter.addr == a.daddr))
+                && (filter.family == 0
+                    || (filter.family == a.family && filter.addr == a.remote_bytes()))
                 && (filter.port == 0 || filter.port == a.dport || filter.port == a.sport)
         }
         _ => false,

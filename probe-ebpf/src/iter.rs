@@ -9,7 +9,11 @@ use aya_ebpf::{
 };
 use probe_common::{flags, role, state_flags, tcp_state, EventKind, FlowRecord, FlowState};
 
-use crate::{hooks::header, sock};
+use crate::{
+    emit::{copy_words, zero_words},
+    hooks::header,
+    sock,
+};
 
 /// `struct bpf_iter_meta` (include/linux/bpf.h).
 #[repr(C)]
@@ -51,7 +55,7 @@ pub fn open_flow(ctx: &IterSkStorage) {
     };
     // SAFETY: this CPU's slot; the iterator does not nest on a CPU.
     let rec = unsafe {
-        core::ptr::write_bytes(rec, 0, 1);
+        zero_words(rec);
         &mut *rec
     };
     rec.kind = EventKind::Open as u32;
@@ -61,7 +65,8 @@ pub fn open_flow(ctx: &IterSkStorage) {
     sock::addrs(addr).write(rec);
     let (stats, total_rto) = sock::tcp_stats(addr);
     rec.stats = stats;
-    rec.flow = *st;
+    // SAFETY: both 8-aligned FlowStates.
+    unsafe { copy_words(&mut rec.flow, st) };
     if let Some(n) = total_rto {
         rec.flow.counts.rtos = rec.flow.counts.rtos.max(n);
     }

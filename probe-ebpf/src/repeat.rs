@@ -32,7 +32,7 @@ pub fn check(now: u64, cookie: u64, netns: Option<u64>, a: &Addrs, flow: Option<
     }
 
     let peer = PeerKey {
-        addr: a.daddr,
+        addr: a.remote_bytes(),
         port: if is_service(a.dport) { a.dport } else { 0 },
         family: a.family,
         _pad: 0,

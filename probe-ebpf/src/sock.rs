@@ -8,6 +8,7 @@ use probe_common::{
 
 use crate::{
     counters::count_misc,
+    emit::copy_words,
     maps::{OFFSETS, SCOPE, TCP_WINDOW},
 };
 
@@ -65,14 +66,17 @@ pub fn skb_netns(skb: u64) -> Option<u64> {
     net_cookie(read_at::<u64>(dev, offsets.dev_net)?)
 }
 
-/// A socket's (or packet's) two ends, read once per hit.
+/// A socket's (or packet's) two ends, read once per hit. Addresses are network-order bytes
+/// held in 8-byte words (IPv4 in the first 4 bytes), so they copy as two words.
 #[derive(Clone, Copy, Default)]
+#[repr(C)]
 pub struct Addrs {
+    pub saddr: [u64; 2],
+    pub daddr: [u64; 2],
     pub family: u16,
     pub sport: u16,
     pub dport: u16,
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
+    pub _pad: u16,
 }
 
 impl Addrs {
@@ -82,12 +86,30 @@ impl Addrs {
         rec.family = self.family;
         rec.sport = self.sport;
         rec.dport = self.dport;
-        rec.saddr = self.saddr;
-        rec.daddr = self.daddr;
+        // SAFETY: the record's address fields sit at 8-aligned offsets of an 8-aligned record.
+        unsafe {
+            copy_words(rec.saddr.as_mut_ptr().cast::<[u64; 2]>(), &self.saddr);
+            copy_words(rec.daddr.as_mut_ptr().cast::<[u64; 2]>(), &self.daddr);
+        }
         if self.family == net::AF_INET6 {
             rec.flags |= flags::IPV6;
         }
     }
+
+    /// The remote address's bytes (for map keys).
+    #[inline(always)]
+    pub fn remote_bytes(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.daddr[0].to_ne_bytes());
+        out[8..].copy_from_slice(&self.daddr[1].to_ne_bytes());
+        out
+    }
+}
+
+/// An IPv4 address (network-order bytes) in the first 4 bytes of an address word pair.
+#[inline(always)]
+fn v4_words(addr: u32) -> [u64; 2] {
+    [u64::from(addr), 0]
 }
 
 /// Family, ports and addresses from the socket (any `sock_common`: full, request or
@@ -97,25 +119,26 @@ impl Addrs {
 pub fn addrs(sk: u64) -> Addrs {
     let o = OFFSETS.load();
     let mut a = Addrs::default();
-    match read_at::<[u8; 18]>(sk, o.sk_tuple) {
+    match read_at::<[u64; 3]>(sk, o.sk_tuple) {
         Some(t) => {
-            a.daddr[..4].copy_from_slice(&t[..4]);
-            a.saddr[..4].copy_from_slice(&t[4..8]);
-            a.dport = u16::from_be_bytes([t[12], t[13]]);
-            a.sport = u16::from_ne_bytes([t[14], t[15]]);
-            a.family = u16::from_ne_bytes([t[16], t[17]]);
+            // daddr, rcv_saddr | hash, dport, num | family
+            a.daddr = v4_words(t[0] as u32);
+            a.saddr = v4_words((t[0] >> 32) as u32);
+            a.dport = u16::from_be((t[1] >> 32) as u16);
+            a.sport = (t[1] >> 48) as u16;
+            a.family = t[2] as u16;
         }
         None => {
             a.family = read_at::<u16>(sk, o.sk_family).unwrap_or(0);
             a.sport = read_at::<u16>(sk, o.sk_num).unwrap_or(0);
             a.dport = u16::from_be(read_at::<u16>(sk, o.sk_dport).unwrap_or(0));
-            a.saddr[..4].copy_from_slice(&read_at::<[u8; 4]>(sk, o.sk_rcv_saddr).unwrap_or([0; 4]));
-            a.daddr[..4].copy_from_slice(&read_at::<[u8; 4]>(sk, o.sk_daddr).unwrap_or([0; 4]));
+            a.saddr = v4_words(read_at::<u32>(sk, o.sk_rcv_saddr).unwrap_or(0));
+            a.daddr = v4_words(read_at::<u32>(sk, o.sk_daddr).unwrap_or(0));
         }
     }
     if a.family == net::AF_INET6 {
-        a.saddr = read_at::<[u8; 16]>(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]);
-        a.daddr = read_at::<[u8; 16]>(sk, o.sk_v6_daddr).unwrap_or([0; 16]);
+        a.saddr = read_at::<[u64; 2]>(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 2]);
+        a.daddr = read_at::<[u64; 2]>(sk, o.sk_v6_daddr).unwrap_or([0; 2]);
     }
     a
 }
@@ -136,9 +159,9 @@ pub fn packet_addrs(skb: u64) -> Addrs {
         return a;
     };
     // TCP header: source port, destination port (network order).
-    if let Some(ports) = read_at::<[u8; 4]>(head, u32::from(th)) {
-        a.dport = u16::from_be_bytes([ports[0], ports[1]]);
-        a.sport = u16::from_be_bytes([ports[2], ports[3]]);
+    if let Some(ports) = read_at::<u32>(head, u32::from(th)) {
+        a.dport = u16::from_be(ports as u16);
+        a.sport = u16::from_be((ports >> 16) as u16);
     }
     let Some(version) = read_at::<u8>(head, u32::from(nh)) else {
         return a;
@@ -146,14 +169,14 @@ pub fn packet_addrs(skb: u64) -> Addrs {
     if version >> 4 == 6 {
         // ipv6hdr: saddr at 8, daddr at 24.
         a.family = net::AF_INET6;
-        a.daddr = read_at::<[u8; 16]>(head, u32::from(nh) + 8).unwrap_or([0; 16]);
-        a.saddr = read_at::<[u8; 16]>(head, u32::from(nh) + 24).unwrap_or([0; 16]);
+        a.daddr = read_at::<[u64; 2]>(head, u32::from(nh) + 8).unwrap_or([0; 2]);
+        a.saddr = read_at::<[u64; 2]>(head, u32::from(nh) + 24).unwrap_or([0; 2]);
     } else {
         // iphdr: saddr at 12, daddr at 16.
         a.family = net::AF_INET;
-        let pair = read_at::<[u8; 8]>(head, u32::from(nh) + 12).unwrap_or([0; 8]);
-        a.daddr[..4].copy_from_slice(&pair[..4]);
-        a.saddr[..4].copy_from_slice(&pair[4..]);
+        let pair = read_at::<u64>(head, u32::from(nh) + 12).unwrap_or(0);
+        a.daddr = v4_words(pair as u32);
+        a.saddr = v4_words((pair >> 32) as u32);
     }
     a
 }

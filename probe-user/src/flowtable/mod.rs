@@ -63,8 +63,9 @@ pub struct FlowTable {
     slots: Vec<Slot>,
     /// Slots whose flow was evicted or expired, for reuse.
     free: Vec<u32>,
-    /// Socket cookie → slot. Cookies are unique on a host, across namespaces.
-    index: HashMap<u64, u32>,
+    /// Socket cookie → slot. Cookies are unique on a host, across namespaces, and assigned by
+    /// the kernel (no peer picks them): a fast hash is safe here.
+    index: HashMap<u64, u32, foldhash::fast::RandomState>,
     /// Open flows by last activity (oldest first).
     open: List,
     /// Closed flows by close order (oldest first): evicted before any open flow.
@@ -88,7 +89,7 @@ impl FlowTable {
             cfg,
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             open: List::EMPTY,
             closed: List::EMPTY,
             evicted: 0,

@@ -1,10 +1,10 @@
 //! Names of the kernel's RST reasons (`enum sk_rst_reason`), read from the `print fmt` of
 //! `tcp:tcp_send_reset` because the numbering changes between kernels.
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 /// Reason number → name (e.g. 12 → `TCP_ABORT_ON_LINGER`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReasonNames(BTreeMap<u32, String>);
+pub struct ReasonNames(BTreeMap<u32, Arc<str>>);
 
 impl ReasonNames {
     /// Reads tracefs; an unreadable or reason-less format gives an empty table (numbers are
@@ -31,17 +31,23 @@ impl ReasonNames {
                 continue;
             };
             if let Ok(n) = num.trim().parse::<u32>() {
-                names.insert(n, name.trim().trim_matches('"').to_owned());
+                names.insert(n, Arc::from(name.trim().trim_matches('"')));
             }
         }
         ReasonNames(names)
     }
 
     pub fn name(&self, reason: u32) -> String {
+        self.shared(reason).to_string()
+    }
+
+    /// The name as a shared string: no allocation for the reasons this kernel names (one per
+    /// RST on the event path).
+    pub fn shared(&self, reason: u32) -> Arc<str> {
         self.0
             .get(&reason)
             .cloned()
-            .unwrap_or_else(|| format!("reason_{reason}"))
+            .unwrap_or_else(|| format!("reason_{reason}").into())
     }
 
     pub fn is_empty(&self) -> bool {

@@ -114,8 +114,8 @@ pub enum Signal {
         local_port: Option<u16>,
         /// `None` when the RST had no socket (closed port).
         cookie: Option<u64>,
-        /// Kernel reason name where known.
-        reason: Option<String>,
+        /// Kernel reason name where known (shared: no allocation per RST).
+        reason: Option<std::sync::Arc<str>>,
         /// The flow was established before the reset (a "reset after established").
         after_established: bool,
     },

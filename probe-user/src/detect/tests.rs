@@ -282,7 +282,7 @@ fn rst_storm_per_local_port_in_both_directions_and_new_peaks() {
         peer: client(n),
         local_port: Some(8080),
         cookie: Some(ts),
-        reason: Some("NOT_SPECIFIED".to_string()),
+        reason: Some("NOT_SPECIFIED".into()),
         after_established: false,
     };
     // 60 RST/s on port 8080, spread over 60 clients, half sent, half received.

@@ -136,7 +136,7 @@ fn reset_after_established_is_per_peer() {
             peer: client(7),
             local_port: Some(8080),
             cookie: Some(2),
-            reason: Some("TCP_ABORT_ON_DATA".to_string()),
+            reason: Some("TCP_ABORT_ON_DATA".into()),
             after_established: true,
         });
     });

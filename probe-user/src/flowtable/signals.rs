@@ -38,8 +38,8 @@ fn scope(flow: &Flow) -> (Peer, Option<u16>) {
     }
 }
 
-fn reason_name(reason: Option<u32>, reasons: &ReasonNames) -> Option<String> {
-    reason.map(|r| reasons.name(r))
+fn reason_name(reason: Option<u32>, reasons: &ReasonNames) -> Option<std::sync::Arc<str>> {
+    reason.map(|r| reasons.shared(r))
 }
 
 fn data_segments(flow: &mut Flow, ts_ns: u64, stats: &SockStats, out: &mut Vec<Signal>) {

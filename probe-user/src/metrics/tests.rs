@@ -35,7 +35,7 @@ fn rst(i: u32, reason: &str) -> Signal {
         },
         local_port: Some(8080),
         cookie: None,
-        reason: Some(reason.to_string()),
+        reason: Some(reason.into()),
         after_established: false,
     }
 }

@@ -38,6 +38,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "exporter tests scrape with a real Prometheus; promtool checks rules",
     ),
+    (
+        "bpftrace",
+        "the exactness test runs bpftrace on the same tracepoints as linkprobe",
+    ),
 ];
 
 /// Leaves out what no test reads: documentation, manuals, translations.

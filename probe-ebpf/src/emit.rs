@@ -32,7 +32,8 @@ pub fn send(
         match flow {
             Some(st) => lost_with_flow(kind, st, sk_err),
             None => {
-                if let Some(slot) = lost_slot_without_flow(kind) {
+                let slot = lost_slot_without_flow(kind);
+                if slot != NO_SLOT {
                     count_misc(slot);
                 }
             }
@@ -117,18 +118,21 @@ fn wakeup_flags() -> u64 {
 /// Bytes one record takes in the ring: the record and the ring's 8-byte header.
 const RECORD_STRIDE: u64 = core::mem::size_of::<FlowRecord>() as u64 + 8;
 
-/// The `misc::LOST_*` slot of a record that has no flow to carry its fact later.
+/// No `misc` slot.
+const NO_SLOT: u32 = u32::MAX;
+
+/// The `misc::LOST_*` slot of a record that has no flow to carry its fact later ([`NO_SLOT`]:
+/// alerts and detail-only kinds carry no countable fact of their own).
 #[inline(always)]
-fn lost_slot_without_flow(kind: EventKind) -> Option<u32> {
-    Some(match kind {
+fn lost_slot_without_flow(kind: EventKind) -> u32 {
+    match kind {
         EventKind::RstSent => misc::LOST_RST_SENT,
         EventKind::RetransmitSynack => misc::LOST_RETRANS_SYNACK,
         EventKind::Rto => misc::LOST_RTO,
         EventKind::Retransmit => misc::LOST_RETRANS_DATA,
         EventKind::RstReceived => misc::LOST_RST_RECEIVED,
-        // Alerts and detail-only kinds carry no countable fact of their own.
-        _ => return None,
-    })
+        _ => NO_SLOT,
+    }
 }
 
 /// A flow's record was lost. While the flow lives, its next record carries the facts; its

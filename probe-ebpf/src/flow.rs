@@ -171,9 +171,9 @@ pub fn of_socket<S: Store>(sk: Sk, now: u64) -> Option<&'static mut FlowState> {
         return None;
     };
     let st = S::create(sk)?;
-    start(st, role::UNKNOWN, now, S::cookie(sk), netns.unwrap_or(0));
+    start(st, role::UNKNOWN, now, S::cookie(sk), netns);
     st.flags |= state_flags::LATE;
-    st.cgroup_id = sock::sk_cgroup_id(sk.addr).unwrap_or(0);
+    st.cgroup_id = sock::sk_cgroup_id(sk.addr);
     st.local_port = sock::local_port(sk.addr);
     count_misc(misc::STATE_LATE);
     decide_detail(st, sk);

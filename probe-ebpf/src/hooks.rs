@@ -1,7 +1,7 @@
 //! The bodies of the tracepoint hooks, one per fact, generic over where flow state lives.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use probe_common::{
-    flags, misc, net, role, state_flags, tcp_state, EventKind, FlowRecord, FlowState,
+    flags, misc, net, role, state_flags, tcp_state, EventKind, FlowRecord, FlowState, SockStats,
 };
 
 use crate::{
@@ -13,19 +13,20 @@ use crate::{
     sock::{self, Scope},
 };
 
-/// Slot of `RST_REASON_COUNTS` for "this kernel does not report a reason".
-const REASON_UNKNOWN: u32 = u32::MAX;
+/// "This kernel does not report a reason" (a tracepoint argument it does not pass); counted in
+/// the last slot of `RST_REASON_COUNTS`.
+pub const REASON_UNKNOWN: u32 = u32::MAX;
 
 /// The header every record shares.
 #[inline(always)]
-pub fn header(rec: &mut FlowRecord, now: u64, cookie: u64, netns: Option<u64>, old: u8, new: u8) {
+pub fn header(rec: &mut FlowRecord, now: u64, cookie: u64, netns: u64, old: u8, new: u8) {
     rec.ts_ns = now;
     if cookie != 0 {
         rec.cookie = cookie;
         rec.flags |= flags::COOKIE;
     }
-    if let Some(n) = netns {
-        rec.netns_cookie = n;
+    if netns != 0 {
+        rec.netns_cookie = netns;
         rec.flags |= flags::NETNS;
     }
     rec.old_state = old;
@@ -41,8 +42,9 @@ fn now() -> u64 {
 /// Where a hook finds the flow of a socket it met mid-life.
 enum Found {
     Flow(&'static mut FlowState),
-    /// In scope, but no state (out of memory, or a closed socket of the fallback store).
-    NoState(Option<u64>),
+    /// In scope, but no state (out of memory, or a closed socket of the fallback store); the
+    /// netns cookie (0: unknown).
+    NoState(u64),
     OutOfScope,
 }
 
@@ -74,9 +76,9 @@ fn refresh_cookie<S: Store>(st: &mut FlowState, sk: Sk) {
 
 /// The kernel's own RTO count (6.7+), where it keeps one: the flow's RTOs without sock_ops.
 #[inline(always)]
-pub fn note_rtos(st: &mut FlowState, total_rto: Option<u32>) {
-    if let Some(n) = total_rto {
-        st.counts.rtos = st.counts.rtos.max(n);
+pub fn note_rtos(st: &mut FlowState, total_rto: u32) {
+    if total_rto != sock::NO_RTO_COUNT {
+        st.counts.rtos = st.counts.rtos.max(total_rto);
     }
 }
 
@@ -101,9 +103,9 @@ pub fn state_change<S: Store>(sk: Sk, old: u8, new: u8) {
     // Only TCP sockets in scope get state: with it, neither needs checking again.
     let existing = S::get(sk);
     let netns = match &existing {
-        Some(st) => Some(st.netns_cookie),
+        Some(st) => st.netns_cookie,
         None => {
-            if sock::sk_protocol(sk.addr) != Some(net::IPPROTO_TCP) {
+            if sock::sk_protocol(sk.addr) != net::IPPROTO_TCP {
                 return;
             }
             match sock::check(sk.addr, 0) {
@@ -131,10 +133,10 @@ pub fn state_change<S: Store>(sk: Sk, old: u8, new: u8) {
                 detail_without_state(kind, sk, now, netns, old, new);
                 return;
             };
-            flow::start(st, role_value, now, S::cookie(sk), netns.unwrap_or(0));
+            flow::start(st, role_value, now, S::cookie(sk), netns);
             if new == tcp_state::SYN_RECV {
                 if st.flags & state_flags::OWNER == 0 {
-                    st.cgroup_id = sock::sk_cgroup_id(sk.addr).unwrap_or(0);
+                    st.cgroup_id = sock::sk_cgroup_id(sk.addr);
                 }
                 st.local_port = sock::local_port(sk.addr);
             } else {
@@ -191,7 +193,7 @@ pub fn state_change<S: Store>(sk: Sk, old: u8, new: u8) {
 fn send_state<S: Store>(kind: EventKind, sk: Sk, st: &mut FlowState, now: u64, old: u8, new: u8) {
     refresh_cookie::<S>(st, sk);
     let cookie = st.cookie;
-    let netns = Some(st.netns_cookie);
+    let netns = st.netns_cookie;
     let addrs = sock::addrs(sk.addr);
     send(kind, Some(st), 0, |rec| {
         header(rec, now, cookie, netns, old, new);
@@ -201,7 +203,7 @@ fn send_state<S: Store>(kind: EventKind, sk: Sk, st: &mut FlowState, now: u64, o
 
 /// A detail record of a hit on a socket without state, when detail is on for every flow.
 #[inline(always)]
-fn detail_without_state(kind: EventKind, sk: Sk, now: u64, netns: Option<u64>, old: u8, new: u8) {
+fn detail_without_state(kind: EventKind, sk: Sk, now: u64, netns: u64, old: u8, new: u8) {
     if !flow::detail_for_all() {
         return;
     }
@@ -219,7 +221,7 @@ fn detail_without_state(kind: EventKind, sk: Sk, now: u64, netns: Option<u64>, o
 fn flow_end<S: Store>(
     sk: Sk,
     mut existing: Option<&'static mut FlowState>,
-    netns: Option<u64>,
+    netns: u64,
     old: u8,
     new: u8,
     now: u64,
@@ -245,6 +247,7 @@ fn flow_end<S: Store>(
     }
     count_event(EventKind::FlowEnd);
     let sk_err = sock::sk_err(sk.addr);
+    let has_sk_err = sock::has_sk_err();
     let (stats, total_rto) = sock::tcp_stats(sk.addr);
     let mut addrs = sock::addrs(sk.addr);
     if let Some(st) = existing.as_deref_mut() {
@@ -257,8 +260,8 @@ fn flow_end<S: Store>(
     let fill = |rec: &mut FlowRecord, cookie: u64| {
         header(rec, now, cookie, netns, old, tcp_state::CLOSE);
         addrs.write(rec);
-        if let Some(e) = sk_err {
-            rec.sk_err = e;
+        if has_sk_err {
+            rec.sk_err = sk_err;
             rec.flags |= flags::SK_ERR;
         }
         rec.stats = stats;
@@ -268,12 +271,9 @@ fn flow_end<S: Store>(
         Some(st) => {
             refresh_cookie::<S>(st, sk);
             let cookie = st.cookie;
-            send(
-                EventKind::FlowEnd,
-                Some(&mut *st),
-                sk_err.unwrap_or(0),
-                |rec| fill(rec, cookie),
-            );
+            send(EventKind::FlowEnd, Some(&mut *st), sk_err, |rec| {
+                fill(rec, cookie)
+            });
             st.flags |= state_flags::ENDED;
             S::release(sk);
         }
@@ -281,10 +281,10 @@ fn flow_end<S: Store>(
             // Opened before linkprobe (or state lost): reported with what the socket knows.
             count_misc(misc::STATE_LATE);
             let cookie = S::cookie(sk);
-            send(EventKind::FlowEnd, None, sk_err.unwrap_or(0), |rec| {
+            send(EventKind::FlowEnd, None, sk_err, |rec| {
                 fill(rec, cookie);
                 rec.flow.cookie = cookie;
-                rec.flow.netns_cookie = netns.unwrap_or(0);
+                rec.flow.netns_cookie = netns;
                 rec.flow.start_ns = now;
                 rec.flow.flags = state_flags::LATE;
                 rec.flags |= flags::FLOW;
@@ -304,117 +304,87 @@ pub fn rst_received<S: Store>(sk: Sk) {
     }
     count_event(EventKind::RstReceived);
     let addrs = sock::addrs(sk.addr);
-    let state = sock::sk_state(sk.addr).unwrap_or(0);
-    match found {
+    let state = sock::sk_state(sk.addr);
+    let (flow, cookie, netns) = match found {
         Found::Flow(st) => {
             st.counts.rst_received = st.counts.rst_received.saturating_add(1);
             note_port(st, sk);
             refresh_cookie::<S>(st, sk);
-            let (cookie, netns) = (st.cookie, Some(st.netns_cookie));
-            if wants_detail(st) {
-                send(EventKind::RstReceived, Some(&mut *st), 0, |rec| {
-                    header(rec, now, cookie, netns, state, state);
-                    addrs.write(rec);
-                });
-            }
-            repeat::check(now, cookie, netns, &addrs, Some(st));
+            let (cookie, netns) = (st.cookie, st.netns_cookie);
+            (Some(st), cookie, netns)
         }
-        Found::NoState(netns) => {
-            // No flow will carry it: the record is the fact.
-            let cookie = S::cookie(sk);
-            send(EventKind::RstReceived, None, 0, |rec| {
-                header(rec, now, cookie, netns, state, state);
-                addrs.write(rec);
-            });
-            repeat::check(now, cookie, netns, &addrs, None);
-        }
-        Found::OutOfScope => {}
+        // No flow will carry it: the record is the fact.
+        Found::NoState(netns) => (None, S::cookie(sk), netns),
+        Found::OutOfScope => return,
+    };
+    let mut flow = flow;
+    // With state, the flow's FlowEnd (a received RST closes the socket) carries the count.
+    if flow.as_deref().is_none_or(wants_detail) {
+        send(EventKind::RstReceived, flow.as_deref_mut(), 0, |rec| {
+            header(rec, now, cookie, netns, state, state);
+            addrs.write(rec);
+        });
     }
+    repeat::check(now, cookie, netns, &addrs, flow);
 }
 
 /// `tcp:tcp_send_reset`: this host sent an RST, on a flow, on a time-wait or request socket,
 /// or for no socket at all (a closed port). Always a record.
 #[inline(always)]
-pub fn rst_sent<S: Store>(sk: Sk, skb: u64, reason: Option<u32>) {
+pub fn rst_sent<S: Store>(sk: Sk, skb: u64, reason: u32) {
     let now = now();
-    if sk.addr == 0 {
-        let Scope::In(netns) = sock::check(0, skb) else {
-            return;
-        };
-        count_sent(reason);
-        count_no_cookie(EventKind::RstSent);
-        let addrs = sock::packet_addrs(skb);
-        send(EventKind::RstSent, None, 0, |rec| {
-            header(rec, now, 0, netns, 0, 0);
-            addrs.write(rec);
-            rec.flags |= flags::NO_SOCKET;
-            set_reason(rec, reason);
-        });
-        repeat::check(now, 0, netns, &addrs, None);
-        return;
-    }
-    let state = sock::sk_state(sk.addr).unwrap_or(0);
+    let state = if sk.addr == 0 {
+        0
+    } else {
+        sock::sk_state(sk.addr)
+    };
     // Only full sockets have flow state; a closed one keeps its socket storage (the FlowEnd
     // was sent: this is an abort's RST), but the fallback store already let it go.
-    let create = state != tcp_state::TIME_WAIT
-        && state != tcp_state::NEW_SYN_RECV
-        && state != tcp_state::CLOSE;
-    let found = if state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV {
-        match sock::check(sk.addr, 0) {
+    let found = if sk.addr == 0 || state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV
+    {
+        match sock::check(sk.addr, skb) {
             Scope::In(netns) => Found::NoState(netns),
             Scope::Out => Found::OutOfScope,
         }
     } else {
-        find::<S>(sk, now, create)
+        find::<S>(sk, now, state != tcp_state::CLOSE)
     };
-    if matches!(found, Found::OutOfScope) {
-        return;
-    }
-    count_sent(reason);
-    let addrs = sock::addrs(sk.addr);
-    match found {
+    let (mut flow, cookie, netns) = match found {
         Found::Flow(st) => {
             st.counts.rst_sent = st.counts.rst_sent.saturating_add(1);
-            if let Some(r) = reason {
-                st.last_rst_reason = r;
+            if reason != REASON_UNKNOWN {
+                st.last_rst_reason = reason;
             }
             refresh_cookie::<S>(st, sk);
-            let (cookie, netns) = (st.cookie, Some(st.netns_cookie));
-            send(EventKind::RstSent, Some(&mut *st), 0, |rec| {
-                header(rec, now, cookie, netns, state, state);
-                addrs.write(rec);
-                set_reason(rec, reason);
-            });
-            repeat::check(now, cookie, netns, &addrs, Some(st));
+            let (cookie, netns) = (st.cookie, st.netns_cookie);
+            (Some(st), cookie, netns)
         }
-        Found::NoState(netns) => {
-            let cookie = S::cookie(sk);
-            if cookie == 0 {
-                count_no_cookie(EventKind::RstSent);
-            }
-            send(EventKind::RstSent, None, 0, |rec| {
-                header(rec, now, cookie, netns, state, state);
-                addrs.write(rec);
-                set_reason(rec, reason);
-            });
-            repeat::check(now, cookie, netns, &addrs, None);
-        }
-        Found::OutOfScope => {}
-    }
-}
-
-#[inline(always)]
-fn count_sent(reason: Option<u32>) {
+        // No socket (a closed port), a time-wait or request socket: the record is the fact.
+        Found::NoState(netns) => (None, if sk.addr == 0 { 0 } else { S::cookie(sk) }, netns),
+        Found::OutOfScope => return,
+    };
     count_event(EventKind::RstSent);
-    count_rst_reason(reason.unwrap_or(REASON_UNKNOWN));
-}
-
-#[inline(always)]
-fn set_reason(rec: &mut FlowRecord, reason: Option<u32>) {
-    if let Some(r) = reason {
-        rec.reason = r;
-        rec.flags |= flags::REASON;
+    count_rst_reason(reason);
+    if cookie == 0 {
+        count_no_cookie(EventKind::RstSent);
     }
+    let addrs = if sk.addr == 0 {
+        sock::packet_addrs(skb)
+    } else {
+        sock::addrs(sk.addr)
+    };
+    send(EventKind::RstSent, flow.as_deref_mut(), 0, |rec| {
+        header(rec, now, cookie, netns, state, state);
+        addrs.write(rec);
+        if sk.addr == 0 {
+            rec.flags |= flags::NO_SOCKET;
+        }
+        if reason != REASON_UNKNOWN {
+            rec.reason = reason;
+            rec.flags |= flags::REASON;
+        }
+    });
+    repeat::check(now, cookie, netns, &addrs, flow);
 }
 
 /// Whether a rate-limited report of this flow may go now (and, if so, it goes now).
@@ -443,30 +413,31 @@ pub fn retransmit<S: Store>(sk: Sk, has_err: bool, err: i32) {
         return;
     }
     count_event(EventKind::Retransmit);
-    let state = sock::sk_state(sk.addr).unwrap_or(0);
+    let state = sock::sk_state(sk.addr);
     let failed = has_err && err != 0;
     let syn = !failed && state == tcp_state::SYN_SENT;
     let addrs = sock::addrs(sk.addr);
     // Data retransmits report the socket's counters (and its RTOs, where the kernel counts them).
+    // Plain values with a flag, not an Option: see `sock::window_u64`.
     let (stats, total_rto) = if syn {
-        (None, None)
+        (SockStats::default(), sock::NO_RTO_COUNT)
     } else {
-        let (s, rtos) = sock::tcp_stats(sk.addr);
-        (Some(s), rtos)
+        sock::tcp_stats(sk.addr)
     };
-    let fill = |rec: &mut FlowRecord, cookie: u64, netns: Option<u64>| {
+    let fill = |rec: &mut FlowRecord, cookie: u64, netns: u64| {
         header(rec, now, cookie, netns, state, state);
         addrs.write(rec);
         if has_err {
             rec.args[0] = err as u32;
             rec.flags |= flags::ERR;
         }
-        if let Some(s) = stats {
-            rec.stats = s;
+        if !syn {
+            rec.stats = stats;
             rec.flags |= flags::STATS;
         }
     };
-    match found {
+    // One send for both cases: every copy of a send is more paths for the verifier to walk.
+    let (flow, cookie, netns) = match found {
         Found::Flow(st) => {
             let c = &mut st.counts;
             if failed {
@@ -482,19 +453,15 @@ pub fn retransmit<S: Store>(sk: Sk, has_err: bool, err: i32) {
                 return;
             }
             refresh_cookie::<S>(st, sk);
-            let (cookie, netns) = (st.cookie, Some(st.netns_cookie));
-            send(EventKind::Retransmit, Some(st), 0, |rec| {
-                fill(rec, cookie, netns)
-            });
+            let (cookie, netns) = (st.cookie, st.netns_cookie);
+            (Some(st), cookie, netns)
         }
-        Found::NoState(netns) => {
-            let cookie = S::cookie(sk);
-            send(EventKind::Retransmit, None, 0, |rec| {
-                fill(rec, cookie, netns)
-            });
-        }
-        Found::OutOfScope => {}
-    }
+        Found::NoState(netns) => (None, S::cookie(sk), netns),
+        Found::OutOfScope => return,
+    };
+    send(EventKind::Retransmit, flow, 0, |rec| {
+        fill(rec, cookie, netns)
+    });
 }
 
 /// `tcp:tcp_retransmit_synack`: a listener sent its SYN-ACK again. The flow is the request
@@ -510,7 +477,7 @@ pub fn retransmit_synack(listener: u64, req: u64) {
     if cookie == 0 {
         count_no_cookie(EventKind::RetransmitSynack);
     }
-    let state = sock::sk_state(req).unwrap_or(0);
+    let state = sock::sk_state(req);
     let addrs = sock::addrs(req);
     send(EventKind::RetransmitSynack, None, 0, |rec| {
         header(rec, now, cookie, netns, state, state);

@@ -46,7 +46,7 @@ pub fn open_flow(ctx: &IterSkStorage) {
         return;
     }
     let addr = ctx.sk as u64;
-    let state = sock::sk_state(addr).unwrap_or(0);
+    let state = sock::sk_state(addr);
     if state == tcp_state::CLOSE {
         return;
     }
@@ -61,14 +61,14 @@ pub fn open_flow(ctx: &IterSkStorage) {
     rec.kind = EventKind::Open as u32;
     // SAFETY: no arguments.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    header(rec, now, st.cookie, Some(st.netns_cookie), state, state);
+    header(rec, now, st.cookie, st.netns_cookie, state, state);
     sock::addrs(addr).write(rec);
     let (stats, total_rto) = sock::tcp_stats(addr);
     rec.stats = stats;
     // SAFETY: both 8-aligned FlowStates.
     unsafe { copy_words(&mut rec.flow, st) };
-    if let Some(n) = total_rto {
-        rec.flow.counts.rtos = rec.flow.counts.rtos.max(n);
+    if total_rto != sock::NO_RTO_COUNT {
+        rec.flow.counts.rtos = rec.flow.counts.rtos.max(total_rto);
     }
     rec.flags |= flags::STATS | flags::FLOW;
     // SAFETY: `meta` and its `seq` are the iterator's own; the record is FlowRecord bytes.

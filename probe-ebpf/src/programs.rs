@@ -50,7 +50,10 @@ fn state_change<S: Store>(ctx: &BtfTracePointContext) -> u32 {
 #[inline(always)]
 fn rst_sent<S: Store>(ctx: &BtfTracePointContext) -> u32 {
     let skb: u64 = ctx.arg(1);
-    let reason = optional_arg(ctx, 2, HOOK_ARGS.load().rst_reason).map(|r| r as u32);
+    let reason = match optional_arg(ctx, 2, HOOK_ARGS.load().rst_reason) {
+        Some(r) => r as u32,
+        None => hooks::REASON_UNKNOWN,
+    };
     hooks::rst_sent::<S>(sk_arg(ctx, 0), skb, reason);
     0
 }

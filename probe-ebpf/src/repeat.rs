@@ -15,7 +15,7 @@ use crate::{
 /// Counts one RST (already counted and sent) with the flow it belongs to, if any, and raises
 /// the alerts it completes.
 #[inline(always)]
-pub fn check(now: u64, cookie: u64, netns: Option<u64>, a: &Addrs, flow: Option<&mut FlowState>) {
+pub fn check(now: u64, cookie: u64, netns: u64, a: &Addrs, flow: Option<&mut FlowState>) {
     let cfg = REPEAT.load();
     let is_service = |port: u16| port < cfg.ephemeral_low || port > cfg.ephemeral_high;
 
@@ -37,39 +37,35 @@ pub fn check(now: u64, cookie: u64, netns: Option<u64>, a: &Addrs, flow: Option<
         family: a.family,
         _pad: 0,
     };
-    if let Some(count) = bump(
+    let count = bump(
         &RST_PEER_HISTORY,
         &peer,
         now,
         cfg.window_ns,
         cfg.peer_threshold,
-    ) {
+    );
+    if count != 0 {
         alert(now, cookie, netns, a, repeat_scope::PEER, count);
     }
     if is_service(a.sport) {
         let port = u32::from(a.sport);
-        if let Some(count) = bump(
+        let count = bump(
             &RST_PORT_HISTORY,
             &port,
             now,
             cfg.window_ns,
             cfg.port_threshold,
-        ) {
+        );
+        if count != 0 {
             alert(now, cookie, netns, a, repeat_scope::LOCAL_PORT, count);
         }
     }
 }
 
-/// Adds one to the key's window; returns the count when this RST reached the threshold
-/// (once per window).
+/// Adds one to the key's window; returns the count when this RST reached the threshold (once
+/// per window), else 0.
 #[inline(always)]
-fn bump<K>(
-    map: &LruHashMap<K, Window>,
-    key: &K,
-    now: u64,
-    window_ns: u64,
-    threshold: u32,
-) -> Option<u32> {
+fn bump<K>(map: &LruHashMap<K, Window>, key: &K, now: u64, window_ns: u64, threshold: u32) -> u32 {
     let Some(w) = map.get_ptr_mut(key) else {
         let fresh = Window {
             start_ns: now,
@@ -77,7 +73,7 @@ fn bump<K>(
             alerted: 0,
         };
         let _ = map.insert(key, fresh, 0);
-        return None;
+        return 0;
     };
     // SAFETY: `w` points at a live map value. Two CPUs may race on it and lose an increment:
     // the window count only decides when to alert; exact totals live in the per-CPU counters.
@@ -91,13 +87,13 @@ fn bump<K>(
     let count = w.count;
     if count >= threshold && w.alerted == 0 {
         w.alerted = 1;
-        return Some(count);
+        return count;
     }
-    None
+    0
 }
 
 #[inline(always)]
-fn alert(now: u64, cookie: u64, netns: Option<u64>, a: &Addrs, scope: u32, count: u32) {
+fn alert(now: u64, cookie: u64, netns: u64, a: &Addrs, scope: u32, count: u32) {
     count_event(EventKind::RepeatRst);
     send(EventKind::RepeatRst, None, 0, |rec| {
         header(rec, now, cookie, netns, 0, 0);

@@ -1,7 +1,7 @@
 //! Reads from kernel `struct sock` / `struct tcp_sock` / `struct sk_buff` through offsets taken
 //! from BTF at load time (see `probe_common::KernelOffsets`), and the scope filter built on them.
 //! Addresses are plain numbers here (`bpf_probe_read_kernel` sources), never dereferenced.
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 use probe_common::{
     flags, misc, net, tcp_state, FlowRecord, KernelOffsets, SockStats, TCP_WINDOW_MAX,
 };
@@ -14,12 +14,25 @@ use crate::{
 
 const ABSENT: u32 = KernelOffsets::ABSENT;
 
+/// `T` at `base + offset`, or zero: where the offset is ABSENT on this kernel (a load-time
+/// constant, so the verifier drops the branch), or where the read fails (the helper zeroes its
+/// destination then). No branch on the helper's result: each one would double the paths the
+/// verifier walks, and older kernels' verifiers give up on a program with dozens of reads.
 #[inline(always)]
-fn read_at<T>(base: u64, offset: u32) -> Option<T> {
-    if base == 0 || offset == ABSENT {
-        return None;
+fn read0<T: Default>(base: u64, offset: u32) -> T {
+    let mut v = T::default();
+    if offset != ABSENT {
+        // SAFETY: the helper reads kernel memory fault-safely into `v`, which it zeroes on
+        // failure; `v` is `size_of::<T>()` writable bytes.
+        unsafe {
+            bpf_probe_read_kernel(
+                core::ptr::from_mut(&mut v).cast(),
+                core::mem::size_of::<T>() as u32,
+                (base + u64::from(offset)) as *const core::ffi::c_void,
+            )
+        };
     }
-    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+    v
 }
 
 /// The socket cookie as the kernel stored it: 0 when it was never generated. (BTF programs ask
@@ -27,43 +40,63 @@ fn read_at<T>(base: u64, offset: u32) -> Option<T> {
 /// where they cannot.)
 #[inline(always)]
 pub fn stored_cookie(sk: u64) -> u64 {
-    read_at::<u64>(sk, OFFSETS.load().sk_cookie).unwrap_or(0)
+    read0::<u64>(sk, OFFSETS.load().sk_cookie)
 }
 
 /// The socket's pending error (errno), read when it moves to CLOSE.
 #[inline(always)]
-pub fn sk_err(sk: u64) -> Option<i32> {
-    read_at::<i32>(sk, OFFSETS.load().sk_err)
+pub fn sk_err(sk: u64) -> i32 {
+    read0::<i32>(sk, OFFSETS.load().sk_err)
 }
 
-/// `sk_protocol` (`IPPROTO_*`).
+/// Whether this kernel lets us read `sk_err` (else failures cannot be typed by it).
 #[inline(always)]
-pub fn sk_protocol(sk: u64) -> Option<u16> {
-    read_at::<u16>(sk, OFFSETS.load().sk_protocol)
+pub fn has_sk_err() -> bool {
+    OFFSETS.load().sk_err != ABSENT
 }
 
+/// `sk_protocol` (`IPPROTO_*`; 0 when unreadable).
 #[inline(always)]
-pub fn sk_state(sk: u64) -> Option<u8> {
-    read_at::<u8>(sk, OFFSETS.load().sk_state)
+pub fn sk_protocol(sk: u64) -> u16 {
+    read0::<u16>(sk, OFFSETS.load().sk_protocol)
 }
 
+/// `skc_state` (0 when unreadable).
 #[inline(always)]
-fn net_cookie(net: u64) -> Option<u64> {
-    read_at::<u64>(net, OFFSETS.load().net_cookie)
+pub fn sk_state(sk: u64) -> u8 {
+    read0::<u8>(sk, OFFSETS.load().sk_state)
 }
 
-/// Network-namespace cookie of a socket (same value as `SO_NETNS_COOKIE`).
+/// The cookie of a `struct net` (0: unknown). Integers, not `Option`s, throughout this module:
+/// LLVM spills a `None`'s undefined payload, which older verifiers reject.
 #[inline(always)]
-pub fn sk_netns(sk: u64) -> Option<u64> {
-    net_cookie(read_at::<u64>(sk, OFFSETS.load().sk_net)?)
+fn net_cookie(net: u64) -> u64 {
+    if net == 0 {
+        return 0;
+    }
+    read0::<u64>(net, OFFSETS.load().net_cookie)
 }
 
-/// Network-namespace cookie of a packet's device, for RSTs sent without a socket.
+/// Network-namespace cookie of a socket (same value as `SO_NETNS_COOKIE`; 0: unknown).
 #[inline(always)]
-pub fn skb_netns(skb: u64) -> Option<u64> {
+pub fn sk_netns(sk: u64) -> u64 {
+    net_cookie(read0::<u64>(sk, OFFSETS.load().sk_net))
+}
+
+/// Network-namespace cookie of a packet's device, for RSTs sent without a socket (0: unknown).
+#[inline(always)]
+pub fn skb_netns(skb: u64) -> u64 {
+    // The tracepoint's packet pointer may be NULL: the verifier wants the check before any
+    // arithmetic on it.
+    if skb == 0 {
+        return 0;
+    }
     let offsets = OFFSETS.load();
-    let dev = read_at::<u64>(skb, offsets.skb_dev)?;
-    net_cookie(read_at::<u64>(dev, offsets.dev_net)?)
+    let dev = read0::<u64>(skb, offsets.skb_dev);
+    if dev == 0 {
+        return 0;
+    }
+    net_cookie(read0::<u64>(dev, offsets.dev_net))
 }
 
 /// A socket's (or packet's) two ends, read once per hit. Addresses are network-order bytes
@@ -119,8 +152,9 @@ fn v4_words(addr: u32) -> [u64; 2] {
 pub fn addrs(sk: u64) -> Addrs {
     let o = OFFSETS.load();
     let mut a = Addrs::default();
-    match read_at::<[u64; 3]>(sk, o.sk_tuple) {
-        Some(t) => {
+    if o.sk_tuple != ABSENT {
+        let t = read0::<[u64; 3]>(sk, o.sk_tuple);
+        {
             // daddr, rcv_saddr | hash, dport, num | family
             a.daddr = v4_words(t[0] as u32);
             a.saddr = v4_words((t[0] >> 32) as u32);
@@ -128,17 +162,16 @@ pub fn addrs(sk: u64) -> Addrs {
             a.sport = (t[1] >> 48) as u16;
             a.family = t[2] as u16;
         }
-        None => {
-            a.family = read_at::<u16>(sk, o.sk_family).unwrap_or(0);
-            a.sport = read_at::<u16>(sk, o.sk_num).unwrap_or(0);
-            a.dport = u16::from_be(read_at::<u16>(sk, o.sk_dport).unwrap_or(0));
-            a.saddr = v4_words(read_at::<u32>(sk, o.sk_rcv_saddr).unwrap_or(0));
-            a.daddr = v4_words(read_at::<u32>(sk, o.sk_daddr).unwrap_or(0));
-        }
+    } else {
+        a.family = read0::<u16>(sk, o.sk_family);
+        a.sport = read0::<u16>(sk, o.sk_num);
+        a.dport = u16::from_be(read0::<u16>(sk, o.sk_dport));
+        a.saddr = v4_words(read0::<u32>(sk, o.sk_rcv_saddr));
+        a.daddr = v4_words(read0::<u32>(sk, o.sk_daddr));
     }
     if a.family == net::AF_INET6 {
-        a.saddr = read_at::<[u64; 2]>(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 2]);
-        a.daddr = read_at::<[u64; 2]>(sk, o.sk_v6_daddr).unwrap_or([0; 2]);
+        a.saddr = read0::<[u64; 2]>(sk, o.sk_v6_rcv_saddr);
+        a.daddr = read0::<[u64; 2]>(sk, o.sk_v6_daddr);
     }
     a
 }
@@ -149,32 +182,29 @@ pub fn addrs(sk: u64) -> Addrs {
 pub fn packet_addrs(skb: u64) -> Addrs {
     let o = OFFSETS.load();
     let mut a = Addrs::default();
-    let Some(head) = read_at::<u64>(skb, o.skb_head) else {
+    if skb == 0
+        || o.skb_head == ABSENT
+        || o.skb_network_header == ABSENT
+        || o.skb_transport_header == ABSENT
+    {
         return a;
-    };
-    let (Some(nh), Some(th)) = (
-        read_at::<u16>(skb, o.skb_network_header),
-        read_at::<u16>(skb, o.skb_transport_header),
-    ) else {
-        return a;
-    };
-    // TCP header: source port, destination port (network order).
-    if let Some(ports) = read_at::<u32>(head, u32::from(th)) {
-        a.dport = u16::from_be(ports as u16);
-        a.sport = u16::from_be((ports >> 16) as u16);
     }
-    let Some(version) = read_at::<u8>(head, u32::from(nh)) else {
-        return a;
-    };
-    if version >> 4 == 6 {
+    let head = read0::<u64>(skb, o.skb_head);
+    let nh = u32::from(read0::<u16>(skb, o.skb_network_header));
+    let th = u32::from(read0::<u16>(skb, o.skb_transport_header));
+    // TCP header: source port, destination port (network order).
+    let ports = read0::<u32>(head, th);
+    a.dport = u16::from_be(ports as u16);
+    a.sport = u16::from_be((ports >> 16) as u16);
+    if read0::<u8>(head, nh) >> 4 == 6 {
         // ipv6hdr: saddr at 8, daddr at 24.
         a.family = net::AF_INET6;
-        a.daddr = read_at::<[u64; 2]>(head, u32::from(nh) + 8).unwrap_or([0; 2]);
-        a.saddr = read_at::<[u64; 2]>(head, u32::from(nh) + 24).unwrap_or([0; 2]);
+        a.daddr = read0::<[u64; 2]>(head, nh + 8);
+        a.saddr = read0::<[u64; 2]>(head, nh + 24);
     } else {
         // iphdr: saddr at 12, daddr at 16.
         a.family = net::AF_INET;
-        let pair = read_at::<u64>(head, u32::from(nh) + 12).unwrap_or(0);
+        let pair = read0::<u64>(head, nh + 12);
         a.daddr = v4_words(pair as u32);
         a.saddr = v4_words((pair >> 32) as u32);
     }
@@ -184,55 +214,49 @@ pub fn packet_addrs(skb: u64) -> Addrs {
 /// The local port (host order); 0 until bound, and again once the socket closes.
 #[inline(always)]
 pub fn local_port(sk: u64) -> u16 {
-    read_at::<u16>(sk, OFFSETS.load().sk_num).unwrap_or(0)
+    read0::<u16>(sk, OFFSETS.load().sk_num)
 }
 
+/// [`tcp_stats`]' RTO count where the kernel keeps none (before 6.7).
+pub const NO_RTO_COUNT: u32 = u32::MAX;
+
 /// The socket's own counters (`struct tcp_sock`) and its RTO count where the kernel keeps one
-/// (`None` before 6.7): one block read where they fit a window, else field by field.
+/// ([`NO_RTO_COUNT`] before 6.7): one block read where they fit a window, else field by field.
 #[inline(always)]
-pub fn tcp_stats(sk: u64) -> (SockStats, Option<u32>) {
+pub fn tcp_stats(sk: u64) -> (SockStats, u32) {
     let o = OFFSETS.load();
-    let window = TCP_WINDOW
-        .get_ptr_mut(0)
-        .filter(|_| o.tp_window_len > 0 && o.tp_window_len <= TCP_WINDOW_MAX && sk != 0);
-    let block = window.and_then(|buf| {
-        // SAFETY: a per-CPU buffer of TCP_WINDOW_MAX bytes; the length is bounded above.
-        let rc = unsafe {
-            aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-                buf.cast(),
-                o.tp_window_len,
-                (sk + u64::from(o.tp_window)) as *const core::ffi::c_void,
-            )
-        };
-        // SAFETY: filled by the read above; lives in the map for the program's run.
-        (rc == 0).then(|| unsafe { &*buf })
-    });
-    let u32_at = |off: u32| -> u32 {
-        match block {
-            Some(b) => in_window(b, o.tp_window, off).map_or(0, |p| {
-                // SAFETY: `p` has 4 readable bytes inside the buffer (checked by in_window).
-                unsafe { core::ptr::read_unaligned(p.cast::<u32>()) }
-            }),
-            None => read_at::<u32>(sk, off).unwrap_or(0),
-        }
+    let window = if o.tp_window_len > 0 && o.tp_window_len <= TCP_WINDOW_MAX {
+        TCP_WINDOW.get_ptr_mut(0)
+    } else {
+        None
     };
-    let u64_at = |off: u32| -> u64 {
-        match block {
-            Some(b) => in_window(b, o.tp_window, off).map_or(0, |p| {
-                // SAFETY: as above, 8 bytes.
-                unsafe { core::ptr::read_unaligned(p.cast::<u64>()) }
-            }),
-            None => read_at::<u64>(sk, off).unwrap_or(0),
-        }
+    let Some(buf) = window else {
+        return tcp_stats_by_field(sk);
     };
-    let rtos = (o.tp_total_rto != ABSENT).then(|| u32_at(o.tp_total_rto) & 0xffff);
+    // SAFETY: a per-CPU buffer of TCP_WINDOW_MAX bytes; the length is bounded above.
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            buf.cast(),
+            o.tp_window_len,
+            (sk + u64::from(o.tp_window)) as *const core::ffi::c_void,
+        )
+    };
+    if rc != 0 {
+        // Counters unknown: reported as 0.
+        return (SockStats::default(), NO_RTO_COUNT);
+    }
+    // SAFETY: filled by the read above; lives in the map for the program's run.
+    let block = unsafe { &*buf };
+    let u32_at = |off: u32| -> u32 { window_u64(block, o.tp_window, off) as u32 };
+    let u64_at = |off: u32| -> u64 { window_u64(block, o.tp_window, off) };
+    let rtos = if o.tp_total_rto == ABSENT {
+        NO_RTO_COUNT
+    } else {
+        u32_at(o.tp_total_rto) & 0xffff
+    };
     let stats = SockStats {
         srtt_us: u32_at(o.tp_srtt_us) >> 3,
-        // `~0U` until the first RTT sample.
-        min_rtt_us: match u32_at(o.tp_min_rtt) {
-            u32::MAX => 0,
-            v => v,
-        },
+        min_rtt_us: no_sample(u32_at(o.tp_min_rtt)),
         total_retrans: u32_at(o.tp_total_retrans),
         segs_in: u32_at(o.tp_segs_in),
         segs_out: u32_at(o.tp_segs_out),
@@ -245,64 +269,120 @@ pub fn tcp_stats(sk: u64) -> (SockStats, Option<u32>) {
     (stats, rtos)
 }
 
-/// Where field `off` of the socket lies in the block read from `base`, with 8 bytes to read.
+/// `rtt_min` is `~0U` until the first RTT sample.
 #[inline(always)]
-fn in_window(block: &[u8; TCP_WINDOW_MAX as usize], base: u32, off: u32) -> Option<*const u8> {
-    if off == ABSENT || off < base {
-        return None;
+fn no_sample(v: u32) -> u32 {
+    if v == u32::MAX {
+        0
+    } else {
+        v
     }
-    let at = (off - base) as usize;
-    // 8 bytes past `at` must stay in the buffer (the verifier checks the same).
-    (at <= TCP_WINDOW_MAX as usize - 8).then(|| block[at..].as_ptr())
 }
 
-/// The socket's cgroup v2 id (full sockets only).
+/// [`tcp_stats`] one field at a time (counters spread wider than the window).
 #[inline(always)]
-pub fn sk_cgroup_id(sk: u64) -> Option<u64> {
+fn tcp_stats_by_field(sk: u64) -> (SockStats, u32) {
+    let o = OFFSETS.load();
+    let u32_at = |off: u32| read0::<u32>(sk, off);
+    let rtos = if o.tp_total_rto == ABSENT {
+        NO_RTO_COUNT
+    } else {
+        u32::from(read0::<u16>(sk, o.tp_total_rto))
+    };
+    let stats = SockStats {
+        srtt_us: u32_at(o.tp_srtt_us) >> 3,
+        min_rtt_us: no_sample(u32_at(o.tp_min_rtt)),
+        total_retrans: u32_at(o.tp_total_retrans),
+        segs_in: u32_at(o.tp_segs_in),
+        segs_out: u32_at(o.tp_segs_out),
+        data_segs_in: u32_at(o.tp_data_segs_in),
+        data_segs_out: u32_at(o.tp_data_segs_out),
+        _pad: 0,
+        bytes_received: read0::<u64>(sk, o.tp_bytes_received),
+        bytes_acked: read0::<u64>(sk, o.tp_bytes_acked),
+    };
+    (stats, rtos)
+}
+
+/// The 8 bytes at field `off` of the socket, from the block read at `base` (0 when the field is
+/// absent or outside the block). Plain integers throughout: an `Option` of a pointer would leave
+/// LLVM spilling an undefined payload, which older verifiers reject.
+#[inline(always)]
+fn window_u64(block: &[u8; TCP_WINDOW_MAX as usize], base: u32, off: u32) -> u64 {
+    let at = off.wrapping_sub(base) as usize;
+    if off == ABSENT || off < base || at > TCP_WINDOW_MAX as usize - 8 {
+        return 0;
+    }
+    // SAFETY: `at + 8` is inside the buffer (checked above).
+    unsafe { core::ptr::read_unaligned(block.as_ptr().add(at).cast::<u64>()) }
+}
+
+/// The socket's cgroup v2 id (full sockets only; 0: unknown).
+#[inline(always)]
+pub fn sk_cgroup_id(sk: u64) -> u64 {
     let offsets = OFFSETS.load();
-    let cgroup = full_sock_cgroup(sk)?;
-    let kn = read_at::<u64>(cgroup, offsets.cgroup_kn)?;
-    read_at::<u64>(kn, offsets.kn_id)
+    let cgroup = full_sock_cgroup(sk);
+    if cgroup == 0 {
+        return 0;
+    }
+    let kn = read0::<u64>(cgroup, offsets.cgroup_kn);
+    if kn == 0 {
+        return 0;
+    }
+    read0::<u64>(kn, offsets.kn_id)
 }
 
 /// `sock_cgroup_data`'s cgroup pointer. Before 5.15 the field is a tagged value that holds a
 /// pointer only while bit 0 is clear (else it is a classid/prioidx pair).
 #[inline(always)]
-fn full_sock_cgroup(sk: u64) -> Option<u64> {
+fn full_sock_cgroup(sk: u64) -> u64 {
     // Time-wait and request sockets are only `sock_common`: they have no cgroup data.
-    let state = sk_state(sk)?;
+    let state = sk_state(sk);
     if state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV {
-        return None;
+        return 0;
     }
-    let cgroup = read_at::<u64>(sk, OFFSETS.load().sk_cgroup)?;
-    (cgroup & 1 == 0 && cgroup != 0).then_some(cgroup)
+    let cgroup = read0::<u64>(sk, OFFSETS.load().sk_cgroup);
+    if cgroup & 1 == 0 {
+        cgroup
+    } else {
+        0
+    }
 }
 
 /// Whether the socket's cgroup is the filter cgroup or below it.
 #[inline(always)]
 fn sk_in_cgroup(sk: u64, want_id: u64, want_level: u32) -> Option<bool> {
     let offsets = OFFSETS.load();
-    let cgroup = full_sock_cgroup(sk)?;
+    let cgroup = full_sock_cgroup(sk);
+    if cgroup == 0 {
+        return None;
+    }
     let at_level = if offsets.cgroup_ancestors == ABSENT {
         cgroup
     } else {
-        let level = read_at::<i32>(cgroup, offsets.cgroup_level)?;
+        let level = read0::<i32>(cgroup, offsets.cgroup_level);
         if level < 0 || (level as u32) < want_level {
             return Some(false);
         }
         let slot = offsets
             .cgroup_ancestors
-            .checked_add(want_level.checked_mul(8)?)?;
-        read_at::<u64>(cgroup, slot)?
+            .saturating_add(want_level.saturating_mul(8));
+        read0::<u64>(cgroup, slot)
     };
-    let kn = read_at::<u64>(at_level, offsets.cgroup_kn)?;
-    Some(read_at::<u64>(kn, offsets.kn_id)? == want_id)
+    if at_level == 0 {
+        return None;
+    }
+    let kn = read0::<u64>(at_level, offsets.cgroup_kn);
+    if kn == 0 {
+        return None;
+    }
+    Some(read0::<u64>(kn, offsets.kn_id) == want_id)
 }
 
 /// Outcome of the scope check for one event.
 pub enum Scope {
-    /// Report it; carries the netns cookie when known.
-    In(Option<u64>),
+    /// Report it; carries the netns cookie (0: unknown).
+    In(u64),
     Out,
 }
 
@@ -317,15 +397,11 @@ pub fn check(sk: u64, skb: u64) -> Scope {
     } else {
         skb_netns(skb)
     };
-    if filter.netns_cookie != 0 {
-        match netns {
-            Some(n) if n == filter.netns_cookie => {}
-            Some(_) => return Scope::Out,
-            None => {
-                count_misc(misc::SCOPE_UNKNOWN);
-                return Scope::Out;
-            }
+    if filter.netns_cookie != 0 && netns != filter.netns_cookie {
+        if netns == 0 {
+            count_misc(misc::SCOPE_UNKNOWN);
         }
+        return Scope::Out;
     }
     if filter.cgroup_id != 0 {
         let inside = if sk == 0 {

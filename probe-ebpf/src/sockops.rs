@@ -95,7 +95,7 @@ fn rto(ctx: &SockOpsContext, variant: Variant) {
         bytes_received: ops.bytes_received,
         bytes_acked: ops.bytes_acked,
     };
-    let fill = |rec: &mut FlowRecord, cookie: u64, netns: Option<u64>| {
+    let fill = |rec: &mut FlowRecord, cookie: u64, netns: u64| {
         header(rec, now, cookie, netns, state, state);
         addrs(ctx, rec);
         rec.stats = stats;
@@ -110,13 +110,13 @@ fn rto(ctx: &SockOpsContext, variant: Variant) {
             if !detail && (state == tcp_state::SYN_SENT || !report_due(st, now)) {
                 return;
             }
-            let (cookie, netns) = (st.cookie, Some(st.netns_cookie));
+            let (cookie, netns) = (st.cookie, st.netns_cookie);
             send(EventKind::Rto, Some(st), 0, |rec| fill(rec, cookie, netns));
         }
         None => {
             // SAFETY: the context pointer, as the helper expects.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            send(EventKind::Rto, None, 0, |rec| fill(rec, cookie, None));
+            send(EventKind::Rto, None, 0, |rec| fill(rec, cookie, 0));
         }
     }
 }

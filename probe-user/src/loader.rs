@@ -440,9 +440,29 @@ where
             verifier_summary(&e)
         ));
     }
+    log_verifier_work(ebpf, program);
+    let Some(prog) = ebpf.program_mut(program) else {
+        return ProbeState::Off(format!("program {program} missing from the object"));
+    };
+    let prog: &mut P = match prog.try_into() {
+        Ok(p) => p,
+        Err(e) => return program_error("wrong program type", e),
+    };
     match attach(prog) {
         Ok(()) => ProbeState::Attached,
         Err(e) => program_error("attach failed", e),
+    }
+}
+
+/// How much of the verifier's 1M-instruction budget a program took (debug log): the margin
+/// older kernels, whose verifiers prune less, have left.
+fn log_verifier_work(ebpf: &Ebpf, program: &str) {
+    let count = ebpf
+        .program(program)
+        .and_then(|p| p.info().ok())
+        .and_then(|i| i.verified_instruction_count());
+    if let Some(n) = count {
+        log::debug!("{program}: the verifier walked {n} instructions");
     }
 }
 

@@ -68,7 +68,7 @@ pub fn send(
 /// `dst` is valid for writes and 8-aligned; `T`'s size is a multiple of 8.
 #[inline(always)]
 pub unsafe fn zero_words<T>(dst: *mut T) {
-    const { assert!(core::mem::size_of::<T>() % 8 == 0) };
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(8)) };
     let words = dst.cast::<u64>();
     let mut i = 0;
     while i < core::mem::size_of::<T>() / 8 {
@@ -84,7 +84,7 @@ pub unsafe fn zero_words<T>(dst: *mut T) {
 /// Both are valid, 8-aligned and do not overlap; `T`'s size is a multiple of 8.
 #[inline(always)]
 pub unsafe fn copy_words<T>(dst: *mut T, src: *const T) {
-    const { assert!(core::mem::size_of::<T>() % 8 == 0) };
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(8)) };
     let (d, s) = (dst.cast::<u64>(), src.cast::<u64>());
     let mut i = 0;
     while i < core::mem::size_of::<T>() / 8 {

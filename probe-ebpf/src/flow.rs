@@ -99,7 +99,7 @@ impl Store for LruStore {
     fn get(sk: Sk) -> Option<&'static mut FlowState> {
         // SAFETY: a live map value; see `LruStore` for its lifetime.
         FLOWS_LRU
-            .get_ptr_mut(&sk.addr)
+            .get_ptr_mut(sk.addr)
             .and_then(|p| unsafe { p.as_mut() })
     }
 
@@ -111,7 +111,7 @@ impl Store for LruStore {
         // A zeroed state from a map (never written), not from the 512-byte stack.
         let inserted = ZERO_STATE
             .get(0)
-            .is_some_and(|zero| FLOWS_LRU.insert(&sk.addr, zero, 0).is_ok());
+            .is_some_and(|zero| FLOWS_LRU.insert(sk.addr, zero, 0).is_ok());
         if !inserted {
             count_misc(misc::STATE_CREATE_FAILED);
             return None;
@@ -121,7 +121,7 @@ impl Store for LruStore {
 
     #[inline(always)]
     fn release(sk: Sk) {
-        let _ = FLOWS_LRU.remove(&sk.addr);
+        let _ = FLOWS_LRU.remove(sk.addr);
     }
 
     #[inline(always)]

@@ -130,7 +130,7 @@ pub fn state_change<S: Store>(sk: Sk, old: u8, new: u8) {
                 None => S::create(sk),
             };
             let Some(st) = st else {
-                detail_without_state(kind, sk, now, netns, old, new);
+                detail::<S>(kind, sk, None, now, netns, old, new);
                 return;
             };
             flow::start(st, role_value, now, S::cookie(sk), netns);
@@ -143,9 +143,7 @@ pub fn state_change<S: Store>(sk: Sk, old: u8, new: u8) {
                 flow::take_owner(st);
             }
             flow::decide_detail(st, sk);
-            if wants_detail(st) {
-                send_state::<S>(kind, sk, st, now, old, new);
-            }
+            detail::<S>(kind, sk, Some(st), now, netns, old, new);
         }
         (tcp_state::SYN_SENT | tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => {
             let kind = if old == tcp_state::SYN_SENT {
@@ -154,7 +152,7 @@ pub fn state_change<S: Store>(sk: Sk, old: u8, new: u8) {
                 EventKind::PassiveEstablished
             };
             count_event(kind);
-            match find::<S>(sk, now, true) {
+            let flow = match find::<S>(sk, now, true) {
                 Found::Flow(st) => {
                     if st.role == role::UNKNOWN {
                         st.role = if old == tcp_state::SYN_SENT {
@@ -165,51 +163,45 @@ pub fn state_change<S: Store>(sk: Sk, old: u8, new: u8) {
                     }
                     st.established_ns = now;
                     st.local_port = sock::local_port(sk.addr);
-                    refresh_cookie::<S>(st, sk);
                     flow::decide_detail(st, sk);
-                    if wants_detail(st) {
-                        send_state::<S>(kind, sk, st, now, old, new);
-                    }
+                    Some(st)
                 }
-                Found::NoState(netns) => detail_without_state(kind, sk, now, netns, old, new),
-                Found::OutOfScope => {}
-            }
+                Found::NoState(_) => None,
+                Found::OutOfScope => return,
+            };
+            detail::<S>(kind, sk, flow, now, netns, old, new);
         }
         _ => {
             count_event(EventKind::StateChange);
-            match existing {
-                Some(st) if wants_detail(st) => {
-                    send_state::<S>(EventKind::StateChange, sk, st, now, old, new);
-                }
-                Some(_) => {}
-                None => detail_without_state(EventKind::StateChange, sk, now, netns, old, new),
-            }
+            detail::<S>(EventKind::StateChange, sk, existing, now, netns, old, new);
         }
     }
 }
 
-/// A detail record of a state change.
+/// A detail record of a state change: for a flow with detail on, or, when detail is on for
+/// every flow, for a socket without state. One send for both: each copy of a send is more paths
+/// for the verifier.
 #[inline(always)]
-fn send_state<S: Store>(kind: EventKind, sk: Sk, st: &mut FlowState, now: u64, old: u8, new: u8) {
-    refresh_cookie::<S>(st, sk);
-    let cookie = st.cookie;
-    let netns = st.netns_cookie;
+fn detail<S: Store>(
+    kind: EventKind,
+    sk: Sk,
+    flow: Option<&mut FlowState>,
+    now: u64,
+    netns: u64,
+    old: u8,
+    new: u8,
+) {
+    let (flow, cookie, netns) = match flow {
+        Some(st) if wants_detail(st) => {
+            refresh_cookie::<S>(st, sk);
+            let (cookie, netns) = (st.cookie, st.netns_cookie);
+            (Some(st), cookie, netns)
+        }
+        None if flow::detail_for_all() => (None, sock::stored_cookie(sk.addr), netns),
+        _ => return,
+    };
     let addrs = sock::addrs(sk.addr);
-    send(kind, Some(st), 0, |rec| {
-        header(rec, now, cookie, netns, old, new);
-        addrs.write(rec);
-    });
-}
-
-/// A detail record of a hit on a socket without state, when detail is on for every flow.
-#[inline(always)]
-fn detail_without_state(kind: EventKind, sk: Sk, now: u64, netns: u64, old: u8, new: u8) {
-    if !flow::detail_for_all() {
-        return;
-    }
-    let cookie = sock::stored_cookie(sk.addr);
-    let addrs = sock::addrs(sk.addr);
-    send(kind, None, 0, |rec| {
+    send(kind, flow, 0, |rec| {
         header(rec, now, cookie, netns, old, new);
         addrs.write(rec);
     });
@@ -235,13 +227,7 @@ fn flow_end<S: Store>(
     };
     if is_listener {
         count_event(EventKind::StateChange);
-        match existing {
-            Some(st) if wants_detail(st) => {
-                send_state::<S>(EventKind::StateChange, sk, st, now, old, new);
-            }
-            Some(_) => {}
-            None => detail_without_state(EventKind::StateChange, sk, now, netns, old, new),
-        }
+        detail::<S>(EventKind::StateChange, sk, existing, now, netns, old, new);
         S::release(sk);
         return;
     }

@@ -247,8 +247,16 @@ pub fn tcp_stats(sk: u64) -> (SockStats, u32) {
     }
     // SAFETY: filled by the read above; lives in the map for the program's run.
     let block = unsafe { &*buf };
-    let u32_at = |off: u32| -> u32 { window_u64(block, o.tp_window, off) as u32 };
-    let u64_at = |off: u32| -> u64 { window_u64(block, o.tp_window, off) };
+    stats_from(
+        |off| window_u64(block, o.tp_window, off) as u32,
+        |off| window_u64(block, o.tp_window, off),
+    )
+}
+
+/// The counters, each read by `u32_at` / `u64_at` at its offset.
+#[inline(always)]
+fn stats_from(u32_at: impl Fn(u32) -> u32, u64_at: impl Fn(u32) -> u64) -> (SockStats, u32) {
+    let o = OFFSETS.load();
     let rtos = if o.tp_total_rto == ABSENT {
         NO_RTO_COUNT
     } else {
@@ -282,26 +290,8 @@ fn no_sample(v: u32) -> u32 {
 /// [`tcp_stats`] one field at a time (counters spread wider than the window).
 #[inline(always)]
 fn tcp_stats_by_field(sk: u64) -> (SockStats, u32) {
-    let o = OFFSETS.load();
-    let u32_at = |off: u32| read0::<u32>(sk, off);
-    let rtos = if o.tp_total_rto == ABSENT {
-        NO_RTO_COUNT
-    } else {
-        u32::from(read0::<u16>(sk, o.tp_total_rto))
-    };
-    let stats = SockStats {
-        srtt_us: u32_at(o.tp_srtt_us) >> 3,
-        min_rtt_us: no_sample(u32_at(o.tp_min_rtt)),
-        total_retrans: u32_at(o.tp_total_retrans),
-        segs_in: u32_at(o.tp_segs_in),
-        segs_out: u32_at(o.tp_segs_out),
-        data_segs_in: u32_at(o.tp_data_segs_in),
-        data_segs_out: u32_at(o.tp_data_segs_out),
-        _pad: 0,
-        bytes_received: read0::<u64>(sk, o.tp_bytes_received),
-        bytes_acked: read0::<u64>(sk, o.tp_bytes_acked),
-    };
-    (stats, rtos)
+    // `total_rto` is 16 bits wide; `stats_from` masks it.
+    stats_from(|off| read0::<u32>(sk, off), |off| read0::<u64>(sk, off))
 }
 
 /// The 8 bytes at field `off` of the socket, from the block read at `base` (0 when the field is

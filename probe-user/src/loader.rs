@@ -159,6 +159,22 @@ impl ProbeState {
     pub fn is_serving(&self) -> bool {
         !matches!(self, ProbeState::Off(_))
     }
+
+    pub fn is_attached(&self) -> bool {
+        *self == ProbeState::Attached
+    }
+
+    pub fn is_skipped(&self) -> bool {
+        matches!(self, ProbeState::Skipped(_))
+    }
+
+    /// Why it is off or not needed (`None` when attached).
+    pub fn why(&self) -> Option<&str> {
+        match self {
+            ProbeState::Attached => None,
+            ProbeState::Skipped(why) | ProbeState::Off(why) => Some(why),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -286,12 +286,9 @@ pub fn ready_json(probes: &[ProbeStatus], detail: &str) -> String {
             hook: &p.target,
             how: &p.how,
             program: p.program,
-            attached: p.state == ProbeState::Attached,
-            skipped: matches!(p.state, ProbeState::Skipped(_)),
-            reason: match &p.state {
-                ProbeState::Attached => None,
-                ProbeState::Skipped(why) | ProbeState::Off(why) => Some(why),
-            },
+            attached: p.state.is_attached(),
+            skipped: p.state.is_skipped(),
+            reason: p.state.why(),
         })
         .collect();
     json_line(&serde_json::json!({ "type": "ready", "probes": probes, "detail": detail }))

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::{
     btf::{self, Btf},
-    loader::{self, Hook, LoadOptions, ProbeState, ProbeStatus},
+    loader::{self, Hook, LoadOptions, ProbeStatus},
     mounts, preflight, scope,
     tracefs::{self, Tracepoint},
 };
@@ -92,12 +92,9 @@ fn probe_row(p: &ProbeStatus) -> ProbeRow {
         hook: hook_kind(p.spec.hook),
         target: p.target.clone(),
         how: p.how.clone(),
-        attached: p.state == ProbeState::Attached,
-        skipped: matches!(p.state, ProbeState::Skipped(_)),
-        reason: match &p.state {
-            ProbeState::Attached => None,
-            ProbeState::Skipped(why) | ProbeState::Off(why) => Some(why.clone()),
-        },
+        attached: p.state.is_attached(),
+        skipped: p.state.is_skipped(),
+        reason: p.state.why().map(str::to_owned),
         requires: p.spec.requires,
     }
 }

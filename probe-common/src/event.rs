@@ -111,7 +111,18 @@ pub mod misc {
     pub const LOST_RETRANS_SYNACK: u32 = 18;
     /// Connections ended by an RST whose closing record was lost.
     pub const LOST_FAIL_RESET: u32 = 19;
-    pub const COUNT: u32 = 20;
+    /// State changes counted but sent as no record, detail on: an accepted socket's SYN_RECV
+    /// where the kernel announces it before giving the socket its own cookie (6.1, 6.12), so no
+    /// record could name the flow.
+    pub const UNNAMED_STATE_CHANGE: u32 = 20;
+    /// Hits a backup program handled because the kernel skipped its primary (the primary
+    /// was already running on that CPU: preempted or interrupted), one slot per
+    /// [`crate::backup`] hook, from `BACKUP_RUNS`.
+    pub const BACKUP_RUNS: u32 = 21;
+    /// A primary could not leave its mark for its backup (no task storage): that hit may be
+    /// counted twice.
+    pub const BACKUP_MARK_FAILED: u32 = 26;
+    pub const COUNT: u32 = 27;
 
     /// Linux errno values of the connect failures (asm-generic/errno.h).
     pub const ECONNREFUSED: i32 = 111;
@@ -373,3 +384,16 @@ pub mod net {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowRecord {}
+
+/// The hooks that run with a backup copy: the kernel skips a BTF tracepoint program while that
+/// program already runs on the CPU (preempted inside it on kernels whose tracepoints are
+/// preemptible, or interrupted by a softirq), so each hook has a second program that handles
+/// exactly the hits its primary did not. Indexes `misc::BACKUP_RUNS + n`.
+pub mod backup {
+    pub const STATE: u32 = 0;
+    pub const RST_RECEIVED: u32 = 1;
+    pub const RST_SENT: u32 = 2;
+    pub const RETRANSMIT: u32 = 3;
+    pub const RETRANS_SYNACK: u32 = 4;
+    pub const COUNT: u32 = 5;
+}

@@ -133,7 +133,13 @@ pub fn state_change<S: Store>(sk: Sk, old: u8, new: u8) {
                 detail::<S>(kind, sk, None, now, netns, old, new);
                 return;
             };
-            flow::start(st, role_value, now, S::cookie(sk), netns);
+            // Kernels up to 6.12 at least announce an accepted socket's SYN_RECV before giving it its
+            // peer and its own cookie: it still holds its listener's. Its cookie is taken when
+            // it is established, and this state change is not reported on its own (no record
+            // could name the flow); `start_ns` keeps its time.
+            let unfinished_child = new == tcp_state::SYN_RECV && sock::remote_port(sk.addr) == 0;
+            let cookie = if unfinished_child { 0 } else { S::cookie(sk) };
+            flow::start(st, role_value, now, cookie, netns);
             if new == tcp_state::SYN_RECV {
                 if st.flags & state_flags::OWNER == 0 {
                     st.cgroup_id = sock::sk_cgroup_id(sk.addr);
@@ -143,6 +149,12 @@ pub fn state_change<S: Store>(sk: Sk, old: u8, new: u8) {
                 flow::take_owner(st);
             }
             flow::decide_detail(st, sk);
+            if unfinished_child {
+                if wants_detail(st) {
+                    count_misc(misc::UNNAMED_STATE_CHANGE);
+                }
+                return;
+            }
             detail::<S>(kind, sk, Some(st), now, netns, old, new);
         }
         (tcp_state::SYN_SENT | tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => {
@@ -163,6 +175,7 @@ pub fn state_change<S: Store>(sk: Sk, old: u8, new: u8) {
                     }
                     st.established_ns = now;
                     st.local_port = sock::local_port(sk.addr);
+                    refresh_cookie::<S>(st, sk);
                     flow::decide_detail(st, sk);
                     Some(st)
                 }

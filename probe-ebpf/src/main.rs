@@ -13,6 +13,8 @@
 )]
 
 #[cfg(target_arch = "bpf")]
+mod backup;
+#[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
 mod emit;

@@ -1,8 +1,11 @@
 //! Maps and load-time globals shared by every program.
 use aya_ebpf::{
-    bindings::{bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, BPF_F_CLONE, BPF_F_NO_PREALLOC},
+    bindings::{
+        bpf_map_type::{BPF_MAP_TYPE_SK_STORAGE, BPF_MAP_TYPE_TASK_STORAGE},
+        BPF_F_CLONE, BPF_F_NO_PREALLOC,
+    },
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use probe_common::{
@@ -34,26 +37,25 @@ pub static RST_REASON_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(R
 #[map]
 pub static MISC_COUNTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(misc::COUNT, 0);
 
-/// A BTF map definition of `BPF_MAP_TYPE_SK_STORAGE` (the kernel requires BTF for it): the
-/// `#[repr(C)]` shape libbpf and aya read from the `.maps` section, where each field's pointee
-/// type carries a number (`[i32; N]`) or the key/value type.
+/// A BTF map definition of a local storage map (`BPF_MAP_TYPE_SK_STORAGE`,
+/// `BPF_MAP_TYPE_TASK_STORAGE`: the kernel requires BTF for them): the `#[repr(C)]` shape libbpf
+/// and aya read from the `.maps` section, where each field's pointee type carries a number
+/// (`[i32; N]`) or the key/value type.
 #[repr(C)]
-pub struct SkStorageDef<V> {
-    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
+pub struct LocalStorageDef<V, const KIND: usize, const FLAGS: usize> {
+    r#type: *const [i32; KIND],
     key: *const i32,
     value: *const V,
     max_entries: *const [i32; 0],
-    /// No preallocation (required); cloned into accepted sockets, so a child starts with its
-    /// listener's owner.
-    map_flags: *const [i32; (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize],
+    map_flags: *const [i32; FLAGS],
 }
 
 // SAFETY: placeholder pointers the loader replaces; never dereferenced.
-unsafe impl<V> Sync for SkStorageDef<V> {}
+unsafe impl<V, const KIND: usize, const FLAGS: usize> Sync for LocalStorageDef<V, KIND, FLAGS> {}
 
-impl<V> SkStorageDef<V> {
+impl<V, const KIND: usize, const FLAGS: usize> LocalStorageDef<V, KIND, FLAGS> {
     pub const fn new() -> Self {
-        SkStorageDef {
+        LocalStorageDef {
             r#type: core::ptr::null(),
             key: core::ptr::null(),
             value: core::ptr::null(),
@@ -68,6 +70,18 @@ impl<V> SkStorageDef<V> {
     }
 }
 
+/// Socket storage, not preallocated (required), cloned into accepted sockets so a child starts
+/// with its listener's owner.
+pub type SkStorageDef<V> = LocalStorageDef<
+    V,
+    { BPF_MAP_TYPE_SK_STORAGE as usize },
+    { (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize },
+>;
+
+/// Task storage, not preallocated (required).
+pub type TaskStorageDef<V> =
+    LocalStorageDef<V, { BPF_MAP_TYPE_TASK_STORAGE as usize }, { BPF_F_NO_PREALLOC as usize }>;
+
 /// Per-flow state in the socket's own storage: freed with the socket, no bound, no eviction.
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "FLOWS")]
@@ -78,6 +92,27 @@ pub static FLOWS: SkStorageDef<FlowState> = SkStorageDef::new();
 /// (`kernel.fallback_flows`); an evicted flow is seen again as LATE.
 #[map]
 pub static FLOWS_LRU: LruHashMap<u64, FlowState> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Per task: the last hits its primaries handled, for their backups (see `backup`).
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "HIT_MARKS")]
+pub static HIT_MARKS: TaskStorageDef<HitMarks> = TaskStorageDef::new();
+
+/// The last hits one task's primaries handled (keys, 0 for none), written round-robin.
+#[repr(C)]
+pub struct HitMarks {
+    pub keys: [u64; HIT_MARKS_LEN],
+    pub next: u32,
+    pub _pad: u32,
+}
+
+/// Marks kept per task: more than the hits that can nest between a primary and its backup.
+pub const HIT_MARKS_LEN: usize = 8;
+
+/// Slot 0 is 1 while backup programs are attached: primaries then mark their hits. Written by
+/// userspace at run time.
+#[map]
+pub static BACKUP_ON: Array<u32> = Array::with_max_entries(1, 0);
 
 /// One all-zero state, never written: what a new fallback-map entry starts from.
 #[map]

@@ -217,6 +217,12 @@ pub fn local_port(sk: u64) -> u16 {
     read0::<u16>(sk, OFFSETS.load().sk_num)
 }
 
+/// The remote port (host order); 0 until the socket has a peer.
+#[inline(always)]
+pub fn remote_port(sk: u64) -> u16 {
+    u16::from_be(read0::<u16>(sk, OFFSETS.load().sk_dport))
+}
+
 /// [`tcp_stats`]' RTO count where the kernel keeps none (before 6.7).
 pub const NO_RTO_COUNT: u32 = u32::MAX;
 

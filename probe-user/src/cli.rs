@@ -351,6 +351,11 @@ pub struct ProbeArgs {
     /// to work around a kernel problem).
     #[arg(long, value_enum, default_value_t = FlowStore::Auto)]
     pub flow_store: FlowStore,
+    /// Backup programs for the hits the kernel skips a probe for (the probe was already running
+    /// on that CPU, preempted or interrupted): `auto` attaches them when the kernel first skips
+    /// one, `always` at start, `never` not at all.
+    #[arg(long, value_enum, default_value_t = crate::backups::BackupMode::Auto)]
+    pub backup_probes: crate::backups::BackupMode,
 }
 
 /// `--flow-store`.

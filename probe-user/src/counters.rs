@@ -57,6 +57,13 @@ pub struct KernelCounters {
     pub state_create_failed: u64,
     /// Flows first seen after their start (open before linkprobe, or evicted state).
     pub state_late: u64,
+    /// State changes with detail on that no record could name (an accepted socket's SYN_RECV
+    /// before the kernel gave it its cookie: 6.1, 6.12).
+    pub unnamed_state_changes: u64,
+    /// Hits each probe's backup program handled because the kernel skipped the probe.
+    pub backup_runs: BTreeMap<&'static str, u64>,
+    /// Hits whose primary could not mark them for its backup (may be counted twice).
+    pub backup_mark_failed: u64,
     /// Facts whose only record was lost, counted by the kernel (`connections_client`,
     /// `resets_sent`, `retransmits_data`, …): exported under `peer="lost"`.
     pub lost_facts: BTreeMap<&'static str, u64>,
@@ -138,6 +145,12 @@ pub fn read(ebpf: &Ebpf, names: &ReasonNames) -> Result<KernelCounters, CounterE
         cb_flags_failed: misc_at(misc::CB_FLAGS_FAILED),
         state_create_failed: misc_at(misc::STATE_CREATE_FAILED),
         state_late: misc_at(misc::STATE_LATE),
+        unnamed_state_changes: misc_at(misc::UNNAMED_STATE_CHANGE),
+        backup_runs: crate::loader::PROBES
+            .iter()
+            .filter_map(|p| Some((p.program, misc_at(misc::BACKUP_RUNS + p.backup?))))
+            .collect(),
+        backup_mark_failed: misc_at(misc::BACKUP_MARK_FAILED),
         lost_facts: LOST_FACTS
             .iter()
             .map(|(name, i)| (*name, misc_at(*i)))

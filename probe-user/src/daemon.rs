@@ -1,13 +1,7 @@
 //! Runs the probes: preflight, mounts, load/attach, then the event loop until SIGINT/SIGTERM,
 //! after which everything is detached (dropping the `Ebpf` closes every link) and the final
 //! kernel counters are printed.
-use std::{
-    collections::BTreeMap,
-    io,
-    ops::RangeInclusive,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{io, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use aya_log::EbpfLogger;
 use probe_common::{RepeatRstConfig, Tuning};
@@ -17,25 +11,21 @@ use tokio::{
 };
 
 use crate::{
-    api::{self, answer::LoopState, proto::Query, ApiLoop, Live, LoopQuery},
+    api::ApiLoop,
     cli::ProbeArgs,
     config::{Config, ConfigError},
     counters::{self, CounterError},
-    decode::{decode, decode_record},
     diag,
-    event::kind_name,
-    exporter::{Exporter, Snapshot},
-    loader::{self, LoadError, LoadOptions, Loaded, OpenFlowsError, ProbeState},
-    metrics::Health,
+    exporter::Exporter,
+    loader::{self, LoadError, LoadOptions, Loaded},
     mounts::{self, MountError},
-    output::{self, EventView, Format},
-    output_anomaly::{self, AnomalyView},
-    output_flow,
+    output::{self, Format},
     pipeline::{monotonic_ns, Pipeline},
     preflight::{self, PreflightError},
     progstats,
     reader::{EventReader, ReaderError},
     scope::{self, ScopeError},
+    sink::Sink,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +107,7 @@ fn load_options(
         ring_bytes: args.ring_bytes,
         fallback_flows,
         force_lru: args.flow_store == crate::cli::FlowStore::Lru,
+        backups: args.backup_probes,
     })
 }
 
@@ -197,13 +188,21 @@ pub fn start(args: &ProbeArgs) -> Result<Started, RunError> {
         });
     }
     eprintln!(
-        "linkprobe: ready ({} of {} probes attached)",
+        "linkprobe: ready ({} of {} probes attached{})",
         loaded.attached_count(),
-        loaded.probes.len()
+        loaded.probes.len(),
+        if loaded.backups.attached() {
+            ", with backups"
+        } else {
+            ""
+        }
     );
     if args.output == Format::Json {
         let detail = args.detail.clone().unwrap_or_default();
-        println!("{}", output::ready_json(&loaded.probes, detail.mode_name()));
+        println!(
+            "{}",
+            output::ready_json(&loaded.probes, detail.mode_name(), &loaded.backups)
+        );
     }
     Ok(Started {
         loaded,
@@ -257,7 +256,8 @@ pub async fn run(
         tokio::select! {
             r = reader.readable(), if !backlog => r.map_err(RunError::Poll)?,
             () = std::future::ready(()), if backlog => {}
-            _ = tick.tick() => {}
+            // Every drain tick: `--backup-probes auto` reacts to the first skipped run at once.
+            _ = tick.tick() => sink.ensure_backups(),
             _ = second.tick() => {
                 reader.drain(DRAIN_BATCH, |bytes| sink.record(bytes));
                 sink.tick();
@@ -299,10 +299,15 @@ pub async fn run(
         sink.dump_flows();
     }
     let kernel = counters::read(&sink.loaded.ebpf, &sink.loaded.reason_names)?;
+    let misses = progstats::unrecovered(
+        &progstats::recursion_misses(&sink.loaded.ebpf, &sink.loaded.probes),
+        &kernel.backup_runs,
+    );
     let line = output::counters_json(
         &kernel,
         &sink.records,
         sink.decode_errors,
+        &misses,
         &sink.pipeline.flows.stats(),
         &sink.pipeline.detectors.stats(),
     );
@@ -321,10 +326,6 @@ pub async fn run(
 /// Records taken from the ring per loop turn: signals, ticks and API queries get their turn
 /// between batches, even under a storm.
 const DRAIN_BATCH: usize = 8192;
-
-/// How often a query may rerun the open-flow iterator (a pass over every TCP socket of the
-/// host); queries in between answer from the last pass.
-const OPEN_FLOWS_MIN_GAP: Duration = Duration::from_secs(1);
 
 /// TCP sockets open before we attach (netns cookie, sockets), from sock_diag, so their flows
 /// are known (marked pre-existing). Listed before the probes attach: reading the netns cookie
@@ -348,239 +349,5 @@ fn existing_sockets(netns: Option<&(PathBuf, u64)>) -> Option<(u64, Vec<diag::Ex
             log::warn!("cannot list existing TCP sockets (sock_diag): {e}");
             None
         }
-    }
-}
-
-/// Decodes records, feeds the flow table and detectors, and writes events and anomalies out;
-/// keeps per-kind record counts for the summary.
-struct Sink<'a> {
-    format: Format,
-    print_events: bool,
-    loaded: &'a Loaded,
-    pipeline: Pipeline,
-    /// When the open-flow iterator last ran.
-    open_flows_at: Option<Instant>,
-    /// The API's loop side (daemon only): live items for watchers.
-    api: Option<ApiLoop>,
-    config: Config,
-    started: Instant,
-    records: BTreeMap<&'static str, u64>,
-    decode_errors: u64,
-    stdout: io::Stdout,
-    exporter: Option<Exporter>,
-    kernel_release: String,
-}
-
-impl<'a> Sink<'a> {
-    fn new(
-        args: &ProbeArgs,
-        loaded: &'a Loaded,
-        pipeline: Pipeline,
-        config: Config,
-        api: Option<ApiLoop>,
-    ) -> Self {
-        Sink {
-            format: args.output,
-            print_events: !args.no_events,
-            loaded,
-            pipeline,
-            open_flows_at: None,
-            api,
-            config,
-            started: Instant::now(),
-            records: BTreeMap::new(),
-            decode_errors: 0,
-            stdout: io::stdout(),
-            exporter: None,
-            kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|r| r.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into()),
-        }
-    }
-
-    /// Hands the exporter a fresh snapshot: traffic metrics, anomalies and self-health with
-    /// the kernel's counters read now (after a drain, so the sums match them).
-    fn publish(&self) {
-        let Some(exporter) = &self.exporter else {
-            return;
-        };
-        let kernel = match counters::read(&self.loaded.ebpf, &self.loaded.reason_names) {
-            Ok(k) => k,
-            Err(e) => {
-                // No snapshot: /readyz turns stale and says so.
-                log::error!("metrics not published: {e}");
-                return;
-            }
-        };
-        let detect = self.pipeline.detectors.stats();
-        let recursion_misses = progstats::recursion_misses(&self.loaded.ebpf, &self.loaded.probes);
-        let health = Health {
-            kernel: &kernel,
-            records: &self.records,
-            decode_errors: self.decode_errors,
-            flows: self.pipeline.flows.stats(),
-            max_flows: self.config.flows.max_flows,
-            detect: &detect,
-            probes: &self.loaded.probes,
-            recursion_misses: &recursion_misses,
-            version: env!("CARGO_PKG_VERSION"),
-            kernel_release: &self.kernel_release,
-        };
-        let families = self
-            .pipeline
-            .metrics
-            .families(&health, self.pipeline.detectors.active());
-        let probes_down = self
-            .loaded
-            .probes
-            .iter()
-            .filter_map(|p| match &p.state {
-                ProbeState::Off(why) => Some(format!("{}: {why}", p.spec.program)),
-                ProbeState::Attached | ProbeState::Skipped(_) => None,
-            })
-            .collect();
-        exporter.publish(Snapshot {
-            families,
-            published_ns: monotonic_ns(),
-            probes_total: self.loaded.probes.len(),
-            probes_down,
-        });
-    }
-
-    fn write(&mut self, line: &str) {
-        let mut out = self.stdout.lock();
-        if output::emit_line(&mut out, line).is_err() {
-            // stdout closed (e.g. `| head`): keep counting and detecting, stop printing.
-            self.format = Format::None;
-        }
-    }
-
-    /// Closes detector windows; reports anomaly changes on stdout and in the log.
-    fn tick(&mut self) {
-        let now = monotonic_ns();
-        for change in self.pipeline.tick(now) {
-            if let Some(api) = self.api.as_ref().filter(|a| a.watched()) {
-                match api::answer::change_record(&change, now) {
-                    Ok(r) => api.publish(Live::Anomaly(r)),
-                    Err(e) => log::error!("encoding anomaly: {e}"),
-                }
-            }
-            // Text output already shows it on stdout; otherwise the log is where people look.
-            if self.format != Format::Text {
-                log::warn!("{}", output_anomaly::anomaly_text(&change));
-            }
-            let line = match self.format {
-                Format::None => continue,
-                Format::Text => output_anomaly::anomaly_text(&change),
-                Format::Json => match serde_json::to_string(&AnomalyView::new(&change, now)) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        log::error!("encoding anomaly: {e}");
-                        continue;
-                    }
-                },
-            };
-            self.write(&line);
-        }
-    }
-
-    /// Open flows as the kernel holds them now (the event path only reports flows that end or
-    /// misbehave): fed through the pipeline like records, at most once per
-    /// [`OPEN_FLOWS_MIN_GAP`].
-    fn refresh_open_flows(&mut self) {
-        if self
-            .open_flows_at
-            .is_some_and(|at| at.elapsed() < OPEN_FLOWS_MIN_GAP)
-        {
-            return;
-        }
-        self.open_flows_at = Some(Instant::now());
-        match self.loaded.open_flows() {
-            Ok(records) => {
-                log::debug!("open-flow iterator: {} flows", records.len());
-                for raw in &records {
-                    match decode_record(raw) {
-                        Ok(ev) => self.pipeline.on_event(&ev, &self.loaded.reason_names),
-                        Err(e) => {
-                            self.decode_errors += 1;
-                            log::error!("open flow: {e}");
-                        }
-                    }
-                }
-            }
-            Err(OpenFlowsError::Unavailable) => log::debug!("open flows unavailable"),
-            Err(e) => log::warn!("{e}"),
-        }
-    }
-
-    /// Answers one API query from the loop's state.
-    fn answer(&mut self, q: LoopQuery) {
-        if matches!(q.query, Query::Flows { .. } | Query::Flow { .. }) {
-            self.refresh_open_flows();
-        }
-        let st = LoopState {
-            pipeline: &self.pipeline,
-            loaded: self.loaded,
-            records: &self.records,
-            decode_errors: self.decode_errors,
-            config: &self.config,
-            started: self.started,
-            kernel_release: &self.kernel_release,
-        };
-        // The client may have given up (timeout): nothing to do then.
-        let _ = q.reply.send(api::answer::answer(&q.query, &st));
-    }
-
-    fn dump_flows(&mut self) {
-        let lines: Vec<String> = self
-            .pipeline
-            .flows
-            .iter()
-            .map(|f| match self.format {
-                Format::Json => {
-                    serde_json::to_string(&output_flow::FlowView::new(f, &self.loaded.reason_names))
-                        .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
-                }
-                _ => output_flow::flow_text(f, &self.loaded.reason_names),
-            })
-            .collect();
-        if self.format != Format::None {
-            for l in lines {
-                self.write(&l);
-            }
-        }
-    }
-
-    fn record(&mut self, bytes: &[u8]) {
-        let ev = match decode(bytes) {
-            Ok(ev) => ev,
-            Err(e) => {
-                self.decode_errors += 1;
-                log::error!("{e}");
-                return;
-            }
-        };
-        *self.records.entry(kind_name(ev.detail.kind())).or_default() += 1;
-        self.pipeline.on_event(&ev, &self.loaded.reason_names);
-        if let Some(api) = self.api.as_ref().filter(|a| a.watched()) {
-            api.publish(Live::Event(ev.clone()));
-        }
-        if !self.print_events {
-            return;
-        }
-        let line = match self.format {
-            Format::None => return,
-            Format::Text => output::text_line(&ev, &self.loaded.reason_names),
-            Format::Json => {
-                match serde_json::to_string(&EventView::new(&ev, &self.loaded.reason_names)) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        log::error!("encoding event: {e}");
-                        return;
-                    }
-                }
-            }
-        };
-        self.write(&line);
     }
 }

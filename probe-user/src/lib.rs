@@ -3,6 +3,8 @@
 //! probes (`loader`) → ring (`reader`) → `decode` → `event` → `flowtable` → `signal` →
 //! `detect` and `metrics` → `exporter` (HTTP) and `output` → CLI.
 pub mod api;
+pub mod backups;
+pub mod bpfsys;
 pub mod btf;
 pub mod cli;
 pub mod config;
@@ -32,5 +34,6 @@ pub mod reader;
 pub mod rst_reason;
 pub mod scope;
 pub mod signal;
+pub mod sink;
 pub mod top;
 pub mod tracefs;

@@ -15,6 +15,7 @@ use probe_common::{
 };
 
 use crate::{
+    backups::{BackupMode, Backups},
     btf::{self, Btf},
     mounts, openflows,
     rst_reason::ReasonNames,
@@ -47,6 +48,8 @@ pub struct ProbeSpec {
     pub requires: &'static str,
     /// What the probe gives users.
     pub provides: &'static str,
+    /// Its backup program's slot (`probe_common::backup`), for BTF tracepoint probes.
+    pub backup: Option<u32>,
 }
 
 /// Every probe linkprobe knows. Each degrades alone.
@@ -57,6 +60,7 @@ pub const PROBES: [ProbeSpec; 7] = [
         hook: Hook::BtfTracepoint(Tracepoint::SetState),
         requires: "5.5 (tp_btf); socket storage 5.11",
         provides: "flows: connect, accept, established, and one summary when each ends",
+        backup: Some(probe_common::backup::STATE),
     },
     ProbeSpec {
         program: "lp_rst_received",
@@ -64,6 +68,7 @@ pub const PROBES: [ProbeSpec; 7] = [
         hook: Hook::BtfTracepoint(Tracepoint::RstReceived),
         requires: "5.5",
         provides: "RSTs received, counted in their flow",
+        backup: Some(probe_common::backup::RST_RECEIVED),
     },
     ProbeSpec {
         program: "lp_rst_sent",
@@ -71,6 +76,7 @@ pub const PROBES: [ProbeSpec; 7] = [
         hook: Hook::BtfTracepoint(Tracepoint::RstSent),
         requires: "5.5 (reason: 6.10)",
         provides: "RSTs sent, with the kernel's reason where it has one",
+        backup: Some(probe_common::backup::RST_SENT),
     },
     ProbeSpec {
         program: "lp_retransmit",
@@ -78,6 +84,7 @@ pub const PROBES: [ProbeSpec; 7] = [
         hook: Hook::BtfTracepoint(Tracepoint::RetransmitSkb),
         requires: "5.5 (err: 6.13)",
         provides: "SYN retransmits at once; data retransmits counted, reported per interval",
+        backup: Some(probe_common::backup::RETRANSMIT),
     },
     ProbeSpec {
         program: "lp_retrans_synack",
@@ -85,6 +92,7 @@ pub const PROBES: [ProbeSpec; 7] = [
         hook: Hook::BtfTracepoint(Tracepoint::RetransmitSynack),
         requires: "5.5",
         provides: "SYN-ACK retransmits of listening sockets",
+        backup: Some(probe_common::backup::RETRANS_SYNACK),
     },
     ProbeSpec {
         program: "lp_sock_ops",
@@ -92,6 +100,7 @@ pub const PROBES: [ProbeSpec; 7] = [
         hook: Hook::SockOps,
         requires: "4.13; RTOs per flow: socket storage",
         provides: "RTOs (retransmission timer firings)",
+        backup: None,
     },
     ProbeSpec {
         program: "lp_open_flows",
@@ -99,6 +108,7 @@ pub const PROBES: [ProbeSpec; 7] = [
         hook: Hook::IterFlows,
         requires: "5.9 (iter/bpf_sk_storage_map)",
         provides: "open flows with their state, read when asked (`linkprobe flows`)",
+        backup: None,
     },
 ];
 
@@ -204,6 +214,8 @@ pub struct LoadOptions {
     pub fallback_flows: u32,
     /// Use the fallback map even where socket storage works.
     pub force_lru: bool,
+    /// When backup programs attach.
+    pub backups: BackupMode,
 }
 
 /// The loaded object plus what each probe became.
@@ -218,6 +230,8 @@ pub struct Loaded {
     pub btf_notes: Vec<String>,
     /// Tracepoint fields this kernel has, per tracepoint (for `linkprobe probes`).
     pub tracepoint_fields: BTreeMap<&'static str, Result<Vec<String>, String>>,
+    /// Second programs for the hits the kernel skips a primary for.
+    pub backups: Backups,
 }
 
 impl Loaded {
@@ -319,6 +333,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let offsets: KernelOffsets = offsets;
     loader
         .btf(Some(&kernel_btf))
+        // HIT_MARKS is task storage, which aya 0.14 has no type for: the kernel creates it,
+        // the programs use it, userspace never touches it.
+        .allow_unsupported_maps()
         .override_global("SCOPE", &scope, true)
         .override_global("OFFSETS", &offsets, true)
         .override_global("TUNING", &tuning, true)
@@ -380,6 +397,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             state,
         });
     }
+    let backups = Backups::load(&mut ebpf, &probes, &kernel_btf, opts.backups);
+    if opts
+        .backups
+        .at_start(&crate::backups::Preemption::of_this_kernel())
+    {
+        if let Err(e) = backups.attach(&ebpf) {
+            log::warn!("backup programs not attached: {e}");
+        }
+    }
     let loaded = Loaded {
         ebpf,
         probes,
@@ -388,6 +414,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         reason_names,
         btf_notes,
         tracepoint_fields: formats.fields,
+        backups,
     };
     if loaded.attached_count() == 0 {
         return Err(LoadError::NothingAttached(crate::output::probe_table(
@@ -545,7 +572,7 @@ fn attach_sock_ops(
 }
 
 /// The verifier log is long; keep its last lines, which say why.
-fn verifier_summary(err: &aya::programs::ProgramError) -> String {
+pub(crate) fn verifier_summary(err: &aya::programs::ProgramError) -> String {
     match err {
         aya::programs::ProgramError::LoadError {
             io_error,

@@ -5,11 +5,13 @@
 use std::{
     fs::File,
     io::{self, Read as _},
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, BorrowedFd},
 };
 
 use aya_obj::generated::{bpf_attach_type, bpf_cmd};
 use probe_common::{FlowRecord, FLOW_RECORD_SIZE};
+
+use crate::bpfsys::{new_fd, raw};
 
 /// `union bpf_attr` for `BPF_LINK_CREATE` with iterator info (include/uapi/linux/bpf.h).
 #[repr(C)]
@@ -37,28 +39,6 @@ struct IterCreate {
     flags: u32,
 }
 
-fn bpf<T>(cmd: bpf_cmd, attr: &mut T) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a live, fully initialised bpf_attr prefix of the command's layout.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            std::ptr::from_mut(attr),
-            std::mem::size_of::<T>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(rc).map_err(|_| io::Error::other("bpf() returned a bad fd"))?;
-    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn raw(fd: BorrowedFd<'_>) -> u32 {
-    fd.as_raw_fd() as u32
-}
-
 /// Runs the iterator `prog` over `map` once and returns the records it wrote.
 pub fn read(prog: BorrowedFd<'_>, map: BorrowedFd<'_>) -> io::Result<Vec<FlowRecord>> {
     let info = IterLinkInfo {
@@ -74,12 +54,12 @@ pub fn read(prog: BorrowedFd<'_>, map: BorrowedFd<'_>) -> io::Result<Vec<FlowRec
         iter_info_len: std::mem::size_of::<IterLinkInfo>() as u32,
         _pad: 0,
     };
-    let link = bpf(bpf_cmd::BPF_LINK_CREATE, &mut link)?;
+    let link = new_fd(bpf_cmd::BPF_LINK_CREATE, &mut link)?;
     let mut create = IterCreate {
         link_fd: raw(link.as_fd()),
         flags: 0,
     };
-    let mut file = File::from(bpf(bpf_cmd::BPF_ITER_CREATE, &mut create)?);
+    let mut file = File::from(new_fd(bpf_cmd::BPF_ITER_CREATE, &mut create)?);
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
     Ok(bytes

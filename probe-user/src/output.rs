@@ -276,9 +276,13 @@ struct ProbeView<'a> {
     reason: Option<&'a str>,
 }
 
-/// JSON line announcing that probes are attached, and which flows get every hook hit as a
-/// record (`detail`: off, all or match).
-pub fn ready_json(probes: &[ProbeStatus], detail: &str) -> String {
+/// JSON line announcing that probes are attached, which flows get every hook hit as a record
+/// (`detail`: off, all or match), and the backup programs (`backups`: mode, attached, probes).
+pub fn ready_json(
+    probes: &[ProbeStatus],
+    detail: &str,
+    backups: &crate::backups::Backups,
+) -> String {
     let probes: Vec<ProbeView<'_>> = probes
         .iter()
         .map(|p| ProbeView {
@@ -291,7 +295,17 @@ pub fn ready_json(probes: &[ProbeStatus], detail: &str) -> String {
             reason: p.state.why(),
         })
         .collect();
-    json_line(&serde_json::json!({ "type": "ready", "probes": probes, "detail": detail }))
+    let backups = serde_json::json!({
+        "mode": format!("{:?}", backups.mode).to_lowercase(),
+        "attached": backups.attached(),
+        "probes": backups.probes().collect::<Vec<_>>(),
+    });
+    json_line(&serde_json::json!({
+        "type": "ready",
+        "probes": probes,
+        "detail": detail,
+        "backups": backups,
+    }))
 }
 
 #[derive(Serialize)]
@@ -301,6 +315,8 @@ struct CountersView<'a> {
     /// Records decoded by this process, per kind.
     records: &'a std::collections::BTreeMap<&'static str, u64>,
     decode_errors: u64,
+    /// Runs of each probe the kernel skipped (already running on that CPU): hits never seen.
+    recursion_misses: &'a std::collections::BTreeMap<&'static str, u64>,
     flows: FlowsView,
     anomalies: AnomaliesView,
     #[serde(flatten)]
@@ -328,6 +344,7 @@ pub fn counters_json(
     kernel: &KernelCounters,
     records: &std::collections::BTreeMap<&'static str, u64>,
     decode_errors: u64,
+    recursion_misses: &std::collections::BTreeMap<&'static str, u64>,
     flows: &crate::flowtable::FlowTableStats,
     detect: &crate::detect::DetectStats,
 ) -> String {
@@ -335,6 +352,7 @@ pub fn counters_json(
         record: "counters",
         records,
         decode_errors,
+        recursion_misses,
         flows: FlowsView {
             tracked: flows.tracked,
             evicted: flows.evicted,

@@ -8,6 +8,7 @@ use probe_common::{DetailFilter, RepeatRstConfig, Tuning};
 use serde::Serialize;
 
 use crate::{
+    backups::BackupMode,
     btf::{self, Btf},
     loader::{self, Hook, LoadOptions, ProbeStatus},
     mounts, preflight, scope,
@@ -168,6 +169,8 @@ pub fn check(cgroup_root: Option<PathBuf>) -> Result<Report, ProbesError> {
         ring_bytes: RING_BYTES,
         fallback_flows: FALLBACK_FLOWS,
         force_lru: false,
+        // Attached too: the check is whether this kernel takes them.
+        backups: BackupMode::Always,
     };
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())

@@ -1,8 +1,9 @@
-//! How often the kernel skipped one of our programs. A tracepoint program is not run while
-//! another tracing program runs on the same CPU (a raw tracepoint: while the same program does),
-//! and the kernel only counts it in the program's `recursion_misses` (`bpf_prog_info`, Linux
-//! 5.12). Such events were neither counted by our per-CPU counters nor sent, so this is the only
-//! place they show up: the exporter reports them per probe.
+//! How often the kernel skipped one of our programs. A BTF tracepoint program is not run while
+//! the same program already runs on that CPU (preempted inside it, or interrupted), and the
+//! kernel only counts it in the program's `recursion_misses` (`bpf_prog_info`, Linux 5.12).
+//! Such hits were neither counted by our counters nor sent unless the probe's backup program
+//! handled them (`backups`), so the skipped runs less the backup's runs are the hits nobody saw:
+//! the exporter reports them per probe.
 use std::{
     collections::BTreeMap,
     io,
@@ -30,19 +31,7 @@ fn prog_info(fd: i32) -> io::Result<bpf_prog_info> {
         info_len: std::mem::size_of::<bpf_prog_info>() as u32,
         info: std::ptr::from_mut(&mut info) as u64,
     };
-    // SAFETY: the attr and the info buffer it points to live across the call; the kernel
-    // writes at most `info_len` bytes into `info`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
-            std::ptr::from_mut(&mut attr),
-            std::mem::size_of::<InfoByFd>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    crate::bpfsys::call(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok(info)
 }
 
@@ -64,4 +53,33 @@ pub fn recursion_misses(ebpf: &Ebpf, probes: &[ProbeStatus]) -> BTreeMap<&'stati
             }
         })
         .collect()
+}
+
+/// Hits no program saw, per probe: its skipped runs less those its backup handled.
+pub fn unrecovered(
+    misses: &BTreeMap<&'static str, u64>,
+    backup_runs: &BTreeMap<&'static str, u64>,
+) -> BTreeMap<&'static str, u64> {
+    misses
+        .iter()
+        .map(|(probe, n)| {
+            let recovered = backup_runs.get(probe).copied().unwrap_or(0);
+            (*probe, n.saturating_sub(recovered))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hits_a_backup_handled_are_not_lost() {
+        let misses = BTreeMap::from([("lp_state", 10), ("lp_rst_sent", 3), ("lp_sock_ops", 0)]);
+        let runs = BTreeMap::from([("lp_state", 10), ("lp_rst_sent", 1)]);
+        assert_eq!(
+            unrecovered(&misses, &runs),
+            BTreeMap::from([("lp_state", 0), ("lp_rst_sent", 2), ("lp_sock_ops", 0)])
+        );
+    }
 }

@@ -367,12 +367,13 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
         "linkprobe_kernel_flow_state_total",
         "Kernel flow-state bookkeeping: hits held back by the per-flow report interval (sent \
          with the flow's next record), flows first seen after their start, state that could \
-         not be created.",
+         not be created, state changes with detail on that no record could name.",
     );
     for (what, v) in [
         ("held_back", h.kernel.held_back),
         ("late", h.kernel.state_late),
         ("create_failed", h.kernel.state_create_failed),
+        ("unnamed", h.kernel.unnamed_state_changes),
     ] {
         f.value(&[("what", s(what))], v as f64);
     }
@@ -452,10 +453,20 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
 
     let mut f = counter(
         "linkprobe_probe_recursion_misses_total",
-        "Times the kernel skipped the probe because a tracing program already ran on that CPU \
-         (those events are neither counted nor sent).",
+        "Hits the kernel skipped the probe for (it already ran on that CPU: preempted or \
+         interrupted) and its backup program did not handle: neither counted nor sent.",
     );
     for (probe, n) in h.recursion_misses {
+        f.value(&[("probe", s(probe))], *n as f64);
+    }
+    f.done(out);
+
+    let mut f = counter(
+        "linkprobe_probe_backup_runs_total",
+        "Hits the kernel skipped the probe for that its backup program handled (counted and \
+         sent as usual).",
+    );
+    for (probe, n) in &h.kernel.backup_runs {
         f.value(&[("probe", s(probe))], *n as f64);
     }
     f.done(out);

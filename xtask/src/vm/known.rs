@@ -22,11 +22,10 @@ pub struct Known {
 const NO_SOCKETLESS_RST_SENT: &str = "tcp:tcp_send_reset before 6.10 skips RSTs sent without a \
      socket (refused connects): rst_sent stays below TcpOutRsts";
 
-/// Every real-kernel test scopes the daemon to its own namespace (`--netns`) and expects every
-/// probe attached; before 5.15 neither holds, and the daemon says so in one sentence each.
-const NO_SOCK_OPS: &str = "before 5.15 `--netns` stops with \"the kernel needs SO_NETNS_COOKIE \
-     (Linux 5.14+)\" and lp_sock_ops stays OFF (verifier: unknown func bpf_get_netns_cookie#122); \
-     every kernel test runs the daemon with --netns and expects all probes";
+/// Every real-kernel test scopes linkprobe to its own namespace (`--netns`), which needs the
+/// namespace's cookie; before 5.14 userspace cannot read it, and the daemon says so.
+const NO_NETNS_COOKIE: &str = "before 5.14 `--netns` stops with \"the kernel needs \
+     SO_NETNS_COOKIE (Linux 5.14+)\", and every kernel test runs linkprobe with --netns";
 
 /// Software emulation cannot make the connection storms these tests need.
 const TCG_STORM: &str = "under software emulation the refused-connect storm runs at 300-800/s, \
@@ -39,9 +38,9 @@ pub const KNOWN: &[Known] = &[
     Known {
         suite: KERNEL_TESTS,
         test: "*",
-        before: (5, 15),
+        before: (5, 14),
         accel: None,
-        why: NO_SOCK_OPS,
+        why: NO_NETNS_COOKIE,
     },
     Known {
         suite: KERNEL_TESTS,
@@ -49,13 +48,6 @@ pub const KNOWN: &[Known] = &[
         before: (6, 10),
         accel: None,
         why: NO_SOCKETLESS_RST_SENT,
-    },
-    Known {
-        suite: KERNEL_TESTS,
-        test: "linger_zero_aborts_are_sent_rsts_with_cookie_and_reason",
-        before: (6, 10),
-        accel: None,
-        why: "tcp:tcp_send_reset has no `reason` field before 6.10",
     },
     Known {
         suite: KERNEL_TESTS,
@@ -192,7 +184,7 @@ mod tests {
         assert!(why(run("6.1.0-57-cloud-amd64"), "unit-tests", t).is_none());
         assert_eq!(
             why(run("5.10.0-46-cloud-amd64"), k, "other"),
-            Some(NO_SOCK_OPS)
+            Some(NO_NETNS_COOKIE)
         );
         assert!(why(run("5.10.0-46-cloud-amd64"), "unit-tests", "other").is_none());
         assert!(listed_by_name(run("6.1.0-57-cloud-amd64"), k, t));

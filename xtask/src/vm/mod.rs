@@ -325,6 +325,19 @@ fn boot(
             vm_run = qemu::run(&machine(accel, None), print)?;
         }
     }
+    if vm_run.boot.is_none() {
+        // A kernel that dies before /init (seen once under TCG: an oops patching a static key
+        // at boot) says nothing about linkprobe: one more boot before calling it a failure.
+        println!(
+            "[vm] {}: /init never ran ({}); booting once more",
+            k.release,
+            vm_run
+                .qemu_error
+                .as_deref()
+                .unwrap_or("see the console below")
+        );
+        vm_run = qemu::run(&machine(accel, None), print)?;
+    }
     let machine = machine(accel, None);
     let _ = fs::remove_file(&initrd);
     let stream = results::parse_stream(&vm_run.results);

@@ -41,3 +41,23 @@ pub fn can_run_kernel_tests(test: &str) -> bool {
     }
     true
 }
+
+/// Whether this kernel's `tcp:tcp_send_reset` has a `reason` field (6.10+): read from tracefs,
+/// not from linkprobe, as an oracle of its own (tracefs is mounted by the tracer started
+/// before).
+pub fn send_reset_has_reason() -> bool {
+    std::fs::read_to_string("/sys/kernel/tracing/events/tcp/tcp_send_reset/format")
+        .expect("tcp_send_reset format (tracefs mounted by the tracer)")
+        .contains(" reason;")
+}
+
+/// RSTs sent that this kernel's `tcp:tcp_send_reset` never shows, of `socketless` sent without
+/// a socket (answers to refused connects): all of them before 6.10, whose tracepoint fires
+/// only for RSTs sent from a socket (the same kernels have no `reason` field).
+pub fn rsts_the_kernel_hides(socketless: u64) -> u64 {
+    if send_reset_has_reason() {
+        0
+    } else {
+        socketless
+    }
+}

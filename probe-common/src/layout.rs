@@ -248,6 +248,9 @@ pub struct HookArgs {
     pub rst_reason: u32,
     /// 1 when `tcp_retransmit_skb` passes `int err` as its third argument (6.13+).
     pub retransmit_err: u32,
+    /// 1 when the kernel has task storage (5.11+): primaries can mark hits for their backups.
+    /// 0: `HIT_MARKS` is a stand-in map and the verifier never walks the marking code.
+    pub task_storage: u32,
 }
 
 /// Which flows get a record for every hook hit (`linkprobe trace`, or the daemon's

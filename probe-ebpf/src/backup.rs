@@ -18,7 +18,7 @@ use probe_common::misc;
 
 use crate::{
     counters::count_misc,
-    maps::{HitMarks, BACKUP_ON, HIT_MARKS, HIT_MARKS_LEN},
+    maps::{HitMarks, BACKUP_ON, HIT_MARKS, HIT_MARKS_LEN, HOOK_ARGS},
 };
 
 /// What identifies one hit of `hook`: its arguments (a socket or packet address and the hook's
@@ -33,10 +33,11 @@ pub fn key(hook: u32, addr: u64, extra: u64) -> u64 {
     }
 }
 
-/// Whether backups are attached (primaries then mark their hits).
+/// Whether backups are attached (primaries then mark their hits). The load-time constant comes
+/// first: where it is 0 the verifier prunes every task-storage call it guards.
 #[inline(always)]
 pub fn on() -> bool {
-    BACKUP_ON.get(0).is_some_and(|v| *v != 0)
+    HOOK_ARGS.load().task_storage != 0 && BACKUP_ON.get(0).is_some_and(|v| *v != 0)
 }
 
 #[inline(always)]

@@ -172,6 +172,7 @@ pub static TUNING: Global<Tuning> = Global::new(Tuning::DEFAULT);
 pub static HOOK_ARGS: Global<HookArgs> = Global::new(HookArgs {
     rst_reason: 0,
     retransmit_err: 0,
+    task_storage: 0,
 });
 
 #[unsafe(no_mangle)]

@@ -7,7 +7,12 @@
 //! Attaching happens while the daemon runs and only shares the loaded object, so it goes
 //! through the `bpf()` calls directly (program and map descriptors are all it needs).
 use std::{
-    os::fd::{AsFd as _, OwnedFd},
+    ffi::CString,
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
     sync::Mutex,
 };
 
@@ -46,6 +51,76 @@ pub enum BackupError {
         source: std::io::Error,
     },
 }
+
+/// Before 5.11 the kernel has no task storage, so `HIT_MARKS` cannot be created and the object
+/// would not load at all. In its place the loader is handed this pinned one-entry array (aya
+/// opens a map pinned at the path it is given instead of creating it): the programs load, the
+/// load-time constant `task_storage = 0` makes the verifier prune every use of it, and backups
+/// are off. The pin is removed when this is dropped (after loading).
+pub struct MarksStandIn {
+    path: PathBuf,
+    _map: OwnedFd,
+}
+
+/// `union bpf_attr` for `BPF_MAP_CREATE` (the fields up to `map_flags`).
+#[repr(C)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// `union bpf_attr` for `BPF_OBJ_PIN`.
+#[repr(C)]
+struct ObjPin {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+impl MarksStandIn {
+    /// Creates and pins the stand-in in `bpffs` (a name of this process's own).
+    pub fn create(bpffs: &Path) -> std::io::Result<MarksStandIn> {
+        let mut create = MapCreate {
+            map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 1,
+            map_flags: 0,
+        };
+        let map = bpfsys::new_fd(bpf_cmd::BPF_MAP_CREATE, &mut create)?;
+        let path = bpffs.join(format!("linkprobe-{}-HIT_MARKS", std::process::id()));
+        // A leftover of a crashed run with the same pid would be opened instead: remove it.
+        let _ = std::fs::remove_file(&path);
+        let c_path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("bpffs path has a NUL byte"))?;
+        let mut pin = ObjPin {
+            pathname: c_path.as_ptr() as u64,
+            bpf_fd: bpfsys::raw(map.as_fd()),
+            file_flags: 0,
+        };
+        bpfsys::call(bpf_cmd::BPF_OBJ_PIN, &mut pin)?;
+        Ok(MarksStandIn { path, _map: map })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for MarksStandIn {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            log::warn!("removing {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// What a backup needs that this kernel lacks, when it lacks it.
+pub const NEEDS_TASK_STORAGE: &str = "this kernel has no task storage (Linux 5.11+) for the \
+     marks backups need: skipped runs stay counted as misses";
 
 /// One loaded backup: the probe it stands in for and its program.
 #[derive(Debug)]
@@ -111,7 +186,14 @@ pub fn backup_of(program: &str) -> String {
 
 impl Backups {
     /// Loads the backup of every attached tracepoint probe (not attached yet).
-    pub fn load(ebpf: &mut Ebpf, probes: &[ProbeStatus], btf: &Btf, mode: BackupMode) -> Backups {
+    /// Without `task_storage` none loads: each is refused with [`NEEDS_TASK_STORAGE`].
+    pub fn load(
+        ebpf: &mut Ebpf,
+        probes: &[ProbeStatus],
+        btf: &Btf,
+        mode: BackupMode,
+        task_storage: bool,
+    ) -> Backups {
         let mut backups = Backups {
             mode,
             loaded: Vec::new(),
@@ -129,6 +211,12 @@ impl Backups {
                 continue;
             }
             let program = backup_of(p.program);
+            if !task_storage {
+                backups
+                    .refused
+                    .push((program, NEEDS_TASK_STORAGE.to_owned()));
+                continue;
+            }
             let loaded = ebpf
                 .program_mut(&program)
                 .ok_or_else(|| "missing from the object".to_owned())

@@ -3,7 +3,12 @@
 //! where this kernel's BTF tracepoints may use it, else in the fallback LRU map: every hook
 //! comes in both variants, and the store is chosen once, by the verifier's answer for the
 //! state-change hook.
-use std::{collections::BTreeMap, fs::File, os::fd::AsFd as _, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     programs::{links::CgroupAttachMode, BtfTracePoint, Iter, Program, ProgramError, SockOps},
@@ -15,7 +20,7 @@ use probe_common::{
 };
 
 use crate::{
-    backups::{BackupMode, Backups},
+    backups::{BackupMode, Backups, MarksStandIn},
     btf::{self, Btf},
     mounts, openflows,
     rst_reason::ReasonNames,
@@ -151,6 +156,11 @@ pub enum LoadError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "this kernel has no task storage (before 5.11) and the map standing in for it could \
+         not be pinned in /sys/fs/bpf: {0}; check that bpffs is mounted there and writable"
+    )]
+    MarksStandIn(std::io::Error),
     #[error("none of linkprobe's probes could be attached:\n{0}")]
     NothingAttached(String),
 }
@@ -310,6 +320,8 @@ fn hook_args(f: &Formats) -> HookArgs {
     HookArgs {
         rst_reason: u32::from(has(Tracepoint::RstSent, |l| l.reason)),
         retransmit_err: u32::from(has(Tracepoint::RetransmitSkb, |l| l.err)),
+        // Assumed; `load` retries with 0 when the kernel cannot create task storage.
+        task_storage: 1,
     }
 }
 
@@ -325,6 +337,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     }
     let formats = formats();
     let args = hook_args(&formats);
+    let args_without_task_storage = HookArgs {
+        task_storage: 0,
+        ..args
+    };
     let reason_names = ReasonNames::from_tracefs(&PathBuf::from(mounts::TRACEFS));
     let kernel_btf = AyaBtf::from_sys_fs().map_err(|e| LoadError::Ebpf(e.into()))?;
 
@@ -344,7 +360,21 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global("DETAIL", &detail, true)
         .map_max_entries("EVENTS", opts.ring_bytes)
         .map_max_entries("FLOWS_LRU", opts.fallback_flows);
-    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let (mut ebpf, task_storage) = match loader.load(EBPF_OBJECT) {
+        Ok(ebpf) => (ebpf, true),
+        Err(aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+            name, io_error, ..
+        })) if name == "HIT_MARKS" => {
+            log::info!("no task storage for backup marks ({io_error}): loading without backups");
+            let stand_in =
+                MarksStandIn::create(Path::new(mounts::BPFFS)).map_err(LoadError::MarksStandIn)?;
+            loader
+                .override_global("HOOK_ARGS", &args_without_task_storage, true)
+                .map_pin_path("HIT_MARKS", stand_in.path().to_owned());
+            (loader.load(EBPF_OBJECT)?, false)
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     let (store, store_note) = if opts.force_lru {
         (Store::Lru, Some("--flow-store lru".to_owned()))
@@ -397,7 +427,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             state,
         });
     }
-    let backups = Backups::load(&mut ebpf, &probes, &kernel_btf, opts.backups);
+    let backups = Backups::load(&mut ebpf, &probes, &kernel_btf, opts.backups, task_storage);
     if opts
         .backups
         .at_start(&crate::backups::Preemption::of_this_kernel())

@@ -299,6 +299,9 @@ pub fn ready_json(
         "mode": format!("{:?}", backups.mode).to_lowercase(),
         "attached": backups.attached(),
         "probes": backups.probes().collect::<Vec<_>>(),
+        "unavailable": backups.refused.iter()
+            .map(|(program, why)| serde_json::json!({"program": program, "why": why}))
+            .collect::<Vec<_>>(),
     });
     json_line(&serde_json::json!({
         "type": "ready",

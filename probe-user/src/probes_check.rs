@@ -83,6 +83,8 @@ pub struct Report {
     pub flow_store_note: Option<String>,
     /// What this kernel's tracepoints cannot show, although their probes attach.
     pub degraded: Vec<String>,
+    /// The backup programs: which probes have one, or why none can.
+    pub backups: Option<String>,
     /// Why loading failed as a whole (no probe rows then).
     pub error: Option<String>,
 }
@@ -194,6 +196,7 @@ pub fn check(cgroup_root: Option<PathBuf>) -> Result<Report, ProbesError> {
             flow_store: Some(loaded.store.describe().to_owned()),
             flow_store_note: loaded.store_note.clone(),
             degraded,
+            backups: Some(backups_line(&loaded.backups)),
             error: None,
         },
         Err(e) => Report {
@@ -208,10 +211,30 @@ pub fn check(cgroup_root: Option<PathBuf>) -> Result<Report, ProbesError> {
             flow_store: None,
             flow_store_note: None,
             degraded,
+            backups: None,
             error: Some(e.to_string()),
         },
     };
     Ok(report)
+}
+
+/// `backups: ...` of the report.
+fn backups_line(b: &crate::backups::Backups) -> String {
+    let with: Vec<&str> = b.probes().collect();
+    let mut line = if with.is_empty() {
+        "none".to_owned()
+    } else {
+        format!(
+            "{} ({})",
+            with.join(", "),
+            if b.attached() { "attached" } else { "loaded" }
+        )
+    };
+    if let Some((_, why)) = b.refused.first() {
+        let refused: Vec<&str> = b.refused.iter().map(|(p, _)| p.as_str()).collect();
+        line.push_str(&format!("; not for {}: {why}", refused.join(", ")));
+    }
+    line
 }
 
 /// The human view: the probe table with how each probe hooks in, then fields and notes.
@@ -241,6 +264,9 @@ pub fn render_text(r: &Report) -> String {
                 out.push_str(&format!(" (socket storage refused: {why})"));
             }
             out.push('\n');
+        }
+        if let Some(b) = &r.backups {
+            out.push_str(&format!("backup programs: {b}\n"));
         }
         out.push_str(&format!(
             "\n{} of {} probes attached\n",
@@ -322,6 +348,7 @@ mod tests {
             flow_store: Some("socket storage".into()),
             flow_store_note: None,
             degraded: vec!["lp_rst_sent: no reason".into()],
+            backups: Some("none; not for lp_rst_sent_b: no task storage".into()),
             error: None,
         }
     }
@@ -347,6 +374,10 @@ mod tests {
     #[test]
     fn text_names_how_each_probe_hooks_in_and_why_it_is_off() {
         let text = render_text(&report());
+        assert!(
+            text.contains("backup programs: none; not for lp_rst_sent_b: no task storage"),
+            "{text}"
+        );
         assert!(
             text.contains("lp_sock_ops        sock_ops, socket storage"),
             "{text}"

@@ -90,8 +90,8 @@ pub fn render(results: &[KernelResult]) -> String {
     for n in &names {
         let _ = write!(out, " `{n}` |");
     }
-    out.push('\n');
-    out.push_str(&"|---".repeat(6 + names.len()));
+    out.push_str(" flow state | backups |\n");
+    out.push_str(&"|---".repeat(8 + names.len()));
     out.push_str("|\n");
     for r in results {
         let failed = if r.ok() && r.failed() > 0 {
@@ -121,18 +121,33 @@ pub fn render(results: &[KernelResult]) -> String {
                 Some(p) if p["attached"].as_bool() == Some(true) => {
                     p["hook"].as_str().unwrap_or("?").to_owned()
                 }
+                Some(p) if p["skipped"].as_bool() == Some(true) => "not needed".to_owned(),
                 Some(_) => "**OFF**".to_owned(),
                 None if r.probes.is_none() => "?".to_owned(),
                 None => "-".to_owned(),
             };
             let _ = write!(out, " {c} |");
         }
-        out.push('\n');
+        let report = |k: &str| r.probes.as_ref().and_then(|p| p[k].as_str());
+        let _ = writeln!(
+            out,
+            " {} | {} |",
+            report("flow_store").map_or("?".to_owned(), cell),
+            match report("backups") {
+                None => "?",
+                Some(b) if b.starts_with("none") => "**none**",
+                Some(b) if b.contains("; not for") => "**some**",
+                Some(_) => "yes",
+            }
+        );
     }
     out.push_str(
         "\nBoot: qemu start to `/init` running, under KVM or `tcg` (software emulation, several \
          times slower; timing-sensitive tests can fail there). A probe cell says how the probe attached (`sock_ops`, `tracepoint`, `raw_tp`, \
-         `tp_btf`) or **OFF**; why, and what else degrades, per kernel:\n\n",
+         `tp_btf`), `not needed` (the kernel gives what it would) or **OFF**. Flow state: where \
+         the kernel side keeps per-flow state (socket storage, or the LRU map where tracing \
+         programs cannot use it). Backups: whether the backup programs for hits the kernel \
+         skips a probe for can load. Why, and what else degrades, per kernel:\n\n",
     );
     for r in results {
         let mut notes = Vec::new();
@@ -145,8 +160,28 @@ pub fn render(results: &[KernelResult]) -> String {
         for p in probes(r) {
             if let Some(why) = p["reason"].as_str() {
                 let name = p["name"].as_str().unwrap_or("?");
-                notes.push(format!("`{name}` OFF: {}", cell(why)));
+                if p["skipped"].as_bool() == Some(true) {
+                    notes.push(format!("`{name}` {}", cell(why)));
+                } else {
+                    notes.push(format!("`{name}` OFF: {}", cell(why)));
+                }
             }
+        }
+        if let Some(note) = r
+            .probes
+            .as_ref()
+            .and_then(|p| p["flow_store_note"].as_str())
+        {
+            notes.push(format!(
+                "flow state in the LRU map: socket storage refused ({})",
+                cell(note)
+            ));
+        }
+        match r.probes.as_ref().and_then(|p| p["backups"].as_str()) {
+            Some(b) if b.contains("; not for") || b.starts_with("none") => {
+                notes.push(format!("backup programs: {}", cell(b)));
+            }
+            _ => {}
         }
         let tps = r.probes.as_ref().and_then(|p| p["tracepoints"].as_array());
         for t in tps.into_iter().flatten() {
@@ -302,6 +337,8 @@ mod tests {
                 {"tracepoint": "tcp:tcp_bad", "present": false, "fields": [], "error": "no such"},
             ],
             "btf_notes": [],
+            "flow_store": "socket storage",
+            "backups": if off_reason.is_none() { "lp_rst_sent (loaded)" } else { "none; not for lp_rst_sent_b: no task storage" },
             "error": null,
         })
     }
@@ -322,8 +359,8 @@ mod tests {
         ];
         let md = render(&results);
         assert!(md.contains("| kernel | Debian package | boot | run | tests passed | failed | `lp_sock_ops` | `lp_rst_sent` |"), "{md}");
-        assert!(md.contains("| 5.10.0-46-cloud-amd64 | 1-1 (sid) | 1.2 s (kvm) | 100.0 s | 10 | **1** | sock_ops | **OFF** |"), "{md}");
-        assert!(md.contains("| 6.1.0-50-cloud-amd64 | 1-1 (sid) | 1.2 s (kvm) | 100.0 s | 10 | 0 | sock_ops | tracepoint |"), "{md}");
+        assert!(md.contains("| 5.10.0-46-cloud-amd64 | 1-1 (sid) | 1.2 s (kvm) | 100.0 s | 10 | **1** | sock_ops | **OFF** | socket storage | **none** |"), "{md}");
+        assert!(md.contains("| 6.1.0-50-cloud-amd64 | 1-1 (sid) | 1.2 s (kvm) | 100.0 s | 10 | 0 | sock_ops | tracepoint | socket storage | yes |"), "{md}");
         assert!(
             md.contains("`lp_rst_sent` OFF: verifier \\| said no"),
             "{md}"

@@ -198,6 +198,20 @@ pub fn render(results: &[KernelResult]) -> String {
             notes.push(format!("BTF: {}", cell(n)));
         }
         for s in &r.suites {
+            if !s.passed_on_retry.is_empty() {
+                notes.push(format!(
+                    "failed, then passed when run again alone (flaky under {}): {}",
+                    r.accel,
+                    test_list(
+                        &s.passed_on_retry
+                            .iter()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>()
+                    )
+                ));
+            }
+        }
+        for s in &r.suites {
             let unexpected = s.unexpected();
             if !unexpected.is_empty() {
                 notes.push(format!(
@@ -318,6 +332,7 @@ mod tests {
                 failures: failures.iter().map(|f| (*f).to_owned()).collect(),
                 known_failures: Vec::new(),
                 known_but_passed: Vec::new(),
+                passed_on_retry: Vec::new(),
                 tests: Vec::new(),
             }],
         }

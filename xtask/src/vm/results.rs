@@ -81,6 +81,10 @@ pub struct SuiteResult {
     /// Tests listed in `known` for this kernel that passed (the list can shrink).
     #[serde(default)]
     pub known_but_passed: Vec<String>,
+    /// Under TCG, failures that passed when run again alone in a second boot (see
+    /// `retry_under_tcg`): timing under emulation, not the kernel. Listed, never hidden.
+    #[serde(default)]
+    pub passed_on_retry: Vec<String>,
     pub tests: Vec<libtest::TestResult>,
 }
 
@@ -110,6 +114,7 @@ impl SuiteResult {
             failures: Vec::new(),
             known_failures: Vec::new(),
             known_but_passed: Vec::new(),
+            passed_on_retry: Vec::new(),
             tests,
         };
         r.classify(run);
@@ -136,13 +141,23 @@ impl SuiteResult {
             .collect();
     }
 
-    /// Failures not known for this kernel.
+    /// Failures not known for this kernel and not passed on a retry.
     pub fn unexpected(&self) -> Vec<&str> {
         self.failures
             .iter()
             .filter(|f| !self.known_failures.iter().any(|k| &k.test == *f))
+            .filter(|f| !self.passed_on_retry.contains(f))
             .map(String::as_str)
             .collect()
+    }
+
+    /// Takes a retry's outcomes: each listed failure that passed there.
+    pub fn merge_retry(&mut self, retry: &SuiteResult) {
+        for t in &retry.tests {
+            if t.outcome == Outcome::Ok && self.failures.contains(&t.name) {
+                self.passed_on_retry.push(t.name.clone());
+            }
+        }
     }
 
     /// Passed: every test ran to a result and none failed but known ones (whose failures make
@@ -280,6 +295,12 @@ impl KernelResult {
             for k in &s.known_failures {
                 out.push_str(&format!("      failed (known: {}) {}\n", k.why, k.test));
             }
+            for t in &s.passed_on_retry {
+                out.push_str(&format!(
+                    "      failed, then passed when run again alone (flaky under {}): {t}\n",
+                    self.accel
+                ));
+            }
             for t in &s.known_but_passed {
                 out.push_str(&format!(
                     "      passed although listed as known to fail here (xtask/src/vm/known.rs): {t}\n"
@@ -342,5 +363,56 @@ running 1 test
         assert!(!suites[1].finished);
         assert_eq!(suites[2].passed, 0);
         assert!(!suites[2].ok());
+    }
+
+    fn suite(outcomes: &[(&str, Outcome)]) -> SuiteResult {
+        let tests: Vec<libtest::TestResult> = outcomes
+            .iter()
+            .map(|(n, o)| libtest::TestResult {
+                name: (*n).to_owned(),
+                outcome: *o,
+            })
+            .collect();
+        let failed = tests
+            .iter()
+            .filter(|t| t.outcome == Outcome::Failed)
+            .count();
+        let mut s = SuiteResult {
+            name: "kernel-tests".into(),
+            rc: Some(if failed == 0 { 0 } else { 101 }),
+            seconds: Some(1.0),
+            finished: true,
+            passed: tests.len() - failed,
+            failed,
+            ignored: 0,
+            failures: Vec::new(),
+            known_failures: Vec::new(),
+            known_but_passed: Vec::new(),
+            passed_on_retry: Vec::new(),
+            tests,
+        };
+        s.classify(known::Run {
+            release: "7.2.13+deb14-cloud-amd64",
+            accel: "tcg",
+        });
+        s
+    }
+
+    #[test]
+    fn a_retry_clears_only_the_failures_that_pass_there() {
+        let mut first = suite(&[
+            ("a", Outcome::Ok),
+            ("b", Outcome::Failed),
+            ("c", Outcome::Failed),
+        ]);
+        assert_eq!(first.unexpected(), ["b", "c"]);
+        first.merge_retry(&suite(&[("b", Outcome::Ok), ("c", Outcome::Failed)]));
+        assert_eq!(first.passed_on_retry, ["b"]);
+        assert_eq!(first.unexpected(), ["c"]);
+        assert!(!first.ok());
+        first.merge_retry(&suite(&[("c", Outcome::Ok)]));
+        assert!(first.ok());
+        // What failed stays counted as failed in the run itself.
+        assert_eq!(first.failed, 2);
     }
 }

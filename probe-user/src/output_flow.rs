@@ -1,5 +1,5 @@
 //! JSON and text rendering of flow-table entries (field names are a contract).
-use std::net::SocketAddr;
+use std::{net::SocketAddr, num::NonZeroU64};
 
 use serde::Serialize;
 
@@ -86,9 +86,9 @@ impl<'a> FlowView<'a> {
             cgroup_id: f.cgroup_id,
             preexisting: f.preexisting,
             start_ns: f.start_ns,
-            handshake_us: f.handshake_ns.map(|ns| ns / 1000),
+            handshake_us: f.handshake_ns.map(|ns| ns.get() / 1000),
             syn_retransmits: f.syn_retransmits,
-            syn_retransmit_intervals_ms: &f.syn_retransmit_intervals_ms,
+            syn_retransmit_intervals_ms: f.syn_retransmit_intervals_ms(),
             srtt_us: f.srtt_us,
             min_rtt_us: f.min_rtt_us,
             data_retransmits: f.data_retransmits,
@@ -98,7 +98,7 @@ impl<'a> FlowView<'a> {
             rst_received: f.rst_received,
             state: f.state.name(),
             close: f.close.map(close_name),
-            closed_ns: f.closed_ns,
+            closed_ns: f.closed_ns.map(NonZeroU64::get),
             timeline: f
                 .timeline
                 .iter()

@@ -1,7 +1,7 @@
 //! One flow's state and timeline, updated record by record. The kernel keeps the flow's counts
 //! and sends them with every record of the flow; the flow remembers what it already turned
 //! into signals (`accounted`), so a lost record only delays its facts.
-use std::net::SocketAddr;
+use std::{net::SocketAddr, num::NonZeroU64};
 
 use probe_common::{role, CloseClass, EventKind};
 
@@ -111,11 +111,17 @@ pub struct Flow {
     /// Open before linkprobe started (or first seen mid-life).
     pub preexisting: bool,
     pub start_ns: u64,
-    /// SYN → ESTABLISHED (clients).
-    pub handshake_ns: Option<u64>,
+    /// SYN → ESTABLISHED (clients). `NonZeroU64` (a handshake takes time): 8 bytes in each of
+    /// up to 65,536 flows instead of an `Option<u64>`'s 16.
+    pub handshake_ns: Option<NonZeroU64>,
     pub syn_retransmits: u32,
-    /// Gaps between successive SYNs (first one from the first SYN), at most 8.
-    pub syn_retransmit_intervals_ms: Vec<u32>,
+    /// Gaps between successive SYNs (first one from the first SYN), at most 8; allocated only
+    /// for flows that retransmitted a SYN (read with [`Flow::syn_retransmit_intervals_ms`]).
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes instead of 24 in each of up to 65,536 flows; most never allocate it"
+    )]
+    syn_intervals: Option<Box<Vec<u32>>>,
     /// The last SYN sent (0: none yet).
     last_syn_ns: u64,
     pub srtt_us: u32,
@@ -130,7 +136,8 @@ pub struct Flow {
     pub state: TcpState,
     pub established: bool,
     pub close: Option<CloseCause>,
-    pub closed_ns: Option<u64>,
+    /// When the flow ended (kernel clock, never 0 once set).
+    pub closed_ns: Option<NonZeroU64>,
     /// The kernel's `sk_err` at the flow's end.
     pub close_sk_err: Option<i32>,
     pub last_seen_ns: u64,
@@ -160,7 +167,7 @@ impl Flow {
             start_ns: ts_ns,
             handshake_ns: None,
             syn_retransmits: 0,
-            syn_retransmit_intervals_ms: Vec::new(),
+            syn_intervals: None,
             last_syn_ns: 0,
             srtt_us: 0,
             min_rtt_us: None,
@@ -267,8 +274,9 @@ impl Flow {
         if let Some(est) = f.established_ns {
             self.established = true;
             if self.role == Some(Role::Client) && !f.late {
+                let took = est.saturating_sub(f.start_ns);
                 self.handshake_ns
-                    .get_or_insert(est.saturating_sub(f.start_ns));
+                    .get_or_insert(NonZeroU64::new(took).unwrap_or(NonZeroU64::MIN));
             }
         }
         if f.last_rst_reason.is_some() {
@@ -320,7 +328,7 @@ impl Flow {
                 self.state = TcpState::CLOSE;
                 self.close_sk_err = ev.sk_err;
                 if self.close.is_none() {
-                    self.closed_ns = Some(ts);
+                    self.closed_ns = NonZeroU64::new(ts);
                 }
                 self.close = Some(self.classify());
                 Note::Transition {
@@ -458,11 +466,19 @@ impl Flow {
 
     fn syn_interval(&mut self, ts: u64) {
         let last = std::mem::replace(&mut self.last_syn_ns, ts);
-        if last != 0 && self.syn_retransmit_intervals_ms.len() < MAX_SYN_INTERVALS {
-            let ms = ts.saturating_sub(last) / 1_000_000;
-            self.syn_retransmit_intervals_ms
-                .push(u32::try_from(ms).unwrap_or(u32::MAX));
+        if last == 0 {
+            return;
         }
+        let intervals = self.syn_intervals.get_or_insert_default();
+        if intervals.len() < MAX_SYN_INTERVALS {
+            let ms = ts.saturating_sub(last) / 1_000_000;
+            intervals.push(u32::try_from(ms).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// Gaps between successive SYNs (first one from the first SYN), at most 8.
+    pub fn syn_retransmit_intervals_ms(&self) -> &[u32] {
+        self.syn_intervals.as_deref().map_or(&[], Vec::as_slice)
     }
 
     fn push(&mut self, entry: TimelineEntry, timeline_len: usize) {

@@ -243,7 +243,10 @@ impl FlowTable {
         let mut n = 0;
         while self.closed.head != NIL {
             let slot = self.closed.head;
-            let closed_ns = self.slots[slot as usize].flow.closed_ns.unwrap_or(0);
+            let closed_ns = self.slots[slot as usize]
+                .flow
+                .closed_ns
+                .map_or(0, std::num::NonZeroU64::get);
             if closed_ns.saturating_add(retain) > now_ns {
                 break;
             }

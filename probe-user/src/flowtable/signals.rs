@@ -153,7 +153,8 @@ fn connection(flow: &mut Flow, peer: Peer, local_port: Option<u16>, out: &mut Ve
             cookie: flow.key.cookie,
         });
     }
-    if let (false, Role::Client, Some(ns)) = (flow.handshake_counted, role, flow.handshake_ns) {
+    let handshake_ns = flow.handshake_ns.map(std::num::NonZeroU64::get);
+    if let (false, Role::Client, Some(ns)) = (flow.handshake_counted, role, handshake_ns) {
         flow.handshake_counted = true;
         out.push(Signal::Handshake {
             ts_ns: flow.start_ns.saturating_add(ns),

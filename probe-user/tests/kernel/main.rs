@@ -277,7 +277,12 @@ fn dropped_syns_retransmit_per_cookie_then_time_out() {
     // where a tracing program runs in process context (another test's tracer, any tool's); the
     // kernel skips a regular tracepoint program then, so every hook is a BTF tracepoint, which
     // only the same program recursing can skip.
-    assert_eq!(sent_ok.len() as u64, retrans_sent);
+    assert_eq!(
+        sent_ok.len() as u64,
+        retrans_sent,
+        "kernel counters: {}",
+        trace.counters
+    );
     let mut per_cookie = BTreeSet::new();
     for c in &cookies {
         let flow = trace.flow(*c);

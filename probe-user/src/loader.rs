@@ -513,18 +513,12 @@ where
             verifier_summary(&e)
         ));
     }
-    log_verifier_work(ebpf, program);
-    let Some(prog) = ebpf.program_mut(program) else {
-        return ProbeState::Off(format!("program {program} missing from the object"));
-    };
-    let prog: &mut P = match prog.try_into() {
-        Ok(p) => p,
-        Err(e) => return program_error("wrong program type", e),
-    };
-    match attach(prog) {
+    let state = match attach(prog) {
         Ok(()) => ProbeState::Attached,
         Err(e) => program_error("attach failed", e),
-    }
+    };
+    log_verifier_work(ebpf, program);
+    state
 }
 
 /// How much of the verifier's 1M-instruction budget a program took (debug log): the margin

@@ -121,8 +121,8 @@ pub mod misc {
     pub const BACKUP_RUNS: u32 = 21;
     /// A primary could not leave its mark for its backup (no task storage): that hit may be
     /// counted twice.
-    pub const BACKUP_MARK_FAILED: u32 = 26;
-    pub const COUNT: u32 = 27;
+    pub const BACKUP_MARK_FAILED: u32 = BACKUP_RUNS + crate::backup::COUNT;
+    pub const COUNT: u32 = BACKUP_MARK_FAILED + 1;
 
     /// Linux errno values of the connect failures (asm-generic/errno.h).
     pub const ECONNREFUSED: i32 = 111;

@@ -83,7 +83,12 @@ impl<'a> Sink<'a> {
     /// the probes (tried once; hits skipped before are counted as unrecovered).
     pub(crate) fn ensure_backups(&mut self) {
         let backups = &self.loaded.backups;
-        if self.backups_tried || backups.mode != BackupMode::Auto {
+        // No backup loaded (none can, before 5.11): nothing to attach, and the skipped runs are
+        // exported as they are.
+        if self.backups_tried
+            || backups.mode != BackupMode::Auto
+            || backups.probes().next().is_none()
+        {
             return;
         }
         let misses = progstats::recursion_misses(&self.loaded.ebpf, &self.loaded.probes);

@@ -138,8 +138,7 @@ pub fn vm(args: &VmArgs) -> Result<()> {
             let _ = fs::remove_file(&retry_payload);
             let suite = |r: &KernelResult| r.suites.iter().position(|s| s.name == KERNEL_TESTS);
             if let (Some(i), Some(j)) = (suite(&r), suite(&retry)) {
-                let retried = retry.suites[j].clone();
-                r.suites[i].merge_retry(&retried);
+                r.suites[i].merge_retry(&retry.suites[j]);
             }
         }
         save(&dir, &r)?;

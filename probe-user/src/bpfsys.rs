@@ -1,5 +1,6 @@
-//! The `bpf()` system call for the few commands aya 0.14 does not wrap: iterator links made with
-//! a map (`openflows`) and program info (`progstats`).
+//! The `bpf()` system call for the few commands aya 0.14 does not wrap, or wraps only behind
+//! `&mut Ebpf`: iterator links made with a map (`openflows`), program info (`progstats`), and
+//! for the backups a map update, a raw tracepoint attach and the pinned stand-in map (`backups`).
 use std::{
     io,
     os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},

@@ -5,6 +5,7 @@ mod bench;
 mod cargo_cmds;
 mod cmd;
 mod linker;
+mod modgraph;
 mod netns;
 mod procstat;
 mod setup;
@@ -73,6 +74,13 @@ enum Task {
     /// each (needs root); results in target/vm/results, the README's kernel table regenerated
     /// from them.
     Vm(vm::VmArgs),
+    /// The import graph of each crate's modules: prints its circles (modules that name each
+    /// other's items, directly or around a loop); fails when there is one. Default: probe-user,
+    /// probe-common and xtask.
+    Modgraph {
+        /// Crate source directories (`…/src`).
+        srcs: Vec<PathBuf>,
+    },
     /// (internal) One workload run inside the bench namespace; prints one JSON line.
     #[command(hide = true)]
     BenchWorker {
@@ -185,6 +193,20 @@ fn run(task: Task) -> Result<()> {
         Task::Vm(args) => {
             setup::setup()?;
             vm::vm(&args)
+        }
+        Task::Modgraph { srcs } => {
+            let srcs = if srcs.is_empty() {
+                modgraph::WORKSPACE_SRCS
+                    .iter()
+                    .map(|s| cmd::workspace_root().join(s))
+                    .collect()
+            } else {
+                srcs
+            };
+            match modgraph::report(&srcs)? {
+                0 => Ok(()),
+                n => anyhow::bail!("{n} import circle(s): see above"),
+            }
         }
         Task::Bench(args) => bench::bench(&args.options()),
         Task::BenchWorker { workload, count } => bench::worker(workload, count),

@@ -8,7 +8,7 @@ use crate::{
         proto::{SortKey, TopKey},
         DEFAULT_SOCKET,
     },
-    output::Format,
+    render::Format,
 };
 
 #[derive(Debug, Parser)]
@@ -272,7 +272,7 @@ pub struct DaemonArgs {
     #[arg(
         long,
         value_name = "HOST:PORT|off",
-        default_value = crate::exporter::DEFAULT_ADDR,
+        default_value = crate::daemon::exporter::DEFAULT_ADDR,
         value_parser = parse_metrics_addr
     )]
     pub metrics_addr: MetricsAddr,
@@ -345,7 +345,7 @@ pub struct ProbeArgs {
     /// `cgroup=/sys/fs/cgroup/…` (comma-separated, all must match)
     /// [default: `all` for trace, `off` for the daemon].
     #[arg(long, value_name = "all|off|KEY=VALUE,…", value_parser = parse_detail)]
-    pub detail: Option<crate::detail::DetailSpec>,
+    pub detail: Option<crate::kernel::detail::DetailSpec>,
     /// Where the kernel keeps per-flow state: `auto` (socket storage where the kernel allows
     /// it, else an LRU map) or `lru` (the map even where socket storage works: to compare, or
     /// to work around a kernel problem).
@@ -354,8 +354,8 @@ pub struct ProbeArgs {
     /// Backup programs for the hits the kernel skips a probe for (the probe was already running
     /// on that CPU, preempted or interrupted): `auto` attaches them when the kernel first skips
     /// one, `always` at start, `never` not at all.
-    #[arg(long, value_enum, default_value_t = crate::backups::BackupMode::Auto)]
-    pub backup_probes: crate::backups::BackupMode,
+    #[arg(long, value_enum, default_value_t = crate::kernel::backups::BackupMode::Auto)]
+    pub backup_probes: crate::kernel::backups::BackupMode,
 }
 
 /// `--flow-store`.
@@ -365,8 +365,8 @@ pub enum FlowStore {
     Lru,
 }
 
-fn parse_detail(s: &str) -> Result<crate::detail::DetailSpec, String> {
-    crate::detail::DetailSpec::parse(s)
+fn parse_detail(s: &str) -> Result<crate::kernel::detail::DetailSpec, String> {
+    crate::kernel::detail::DetailSpec::parse(s)
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
@@ -420,7 +420,7 @@ mod tests {
         };
         assert_eq!(
             args.metrics_addr,
-            MetricsAddr(Some(crate::exporter::DEFAULT_ADDR.parse().unwrap()))
+            MetricsAddr(Some(crate::daemon::exporter::DEFAULT_ADDR.parse().unwrap()))
         );
     }
 

@@ -15,13 +15,13 @@ use crate::{
         server::Answer,
     },
     config::Config,
-    counters,
-    detect::{Anomaly, AnomalyChange},
-    flowtable::{CloseCause, Flow},
-    loader::Loaded,
-    output_anomaly::AnomalyView,
-    output_flow::FlowView,
+    kernel::counters,
+    kernel::loader::Loaded,
+    pipeline::detect::{Anomaly, AnomalyChange},
+    pipeline::flowtable::{CloseCause, Flow},
     pipeline::{monotonic_ns, Pipeline},
+    render::anomaly::AnomalyView,
+    render::flow::FlowView,
 };
 
 /// Most flows one `flows` answer returns, whatever the request's limit: the loop answers
@@ -84,7 +84,7 @@ struct FlowsBody<'a> {
 /// `Response::new(Reply::Flows { .. })` with the owned records).
 pub fn encode_flows(
     flows: &[&Flow],
-    reasons: &crate::rst_reason::ReasonNames,
+    reasons: &crate::event::rst_reason::ReasonNames,
     total: usize,
     matched: usize,
 ) -> String {
@@ -180,7 +180,7 @@ fn status(st: &LoopState<'_>) -> StatusReport {
         },
         anomalies: AnomalyCounts {
             active: detect.active,
-            raised: crate::detect::AnomalyKind::ALL
+            raised: crate::pipeline::detect::AnomalyKind::ALL
                 .iter()
                 .map(|k| (k.name().to_owned(), detect.raised(*k)))
                 .collect(),
@@ -264,7 +264,7 @@ fn anomalies(st: &LoopState<'_>) -> Result<Reply, String> {
 /// anomalies it is evidence for.
 pub fn root_cause(
     f: &Flow,
-    reasons: &crate::rst_reason::ReasonNames,
+    reasons: &crate::event::rst_reason::ReasonNames,
     anomalies: &[AnomalyRecord],
 ) -> String {
     let remote = f.remote;

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use crate::{
     api::proto::Filter,
     event::{Detail, Event, TcpState},
-    flowtable::{CloseCause, Flow},
+    pipeline::flowtable::{CloseCause, Flow},
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,8 @@
 //! The local API's wire types, shared by the daemon and the CLI: newline-delimited JSON, one
 //! [`Request`] per line, one [`Response`] per line (a stream of them for `watch`). Field names
 //! are a contract; `flow`, `anomaly` and `event` objects have exactly the shape of the daemon's
-//! `-o json` records (`output_flow::FlowView`, `output_anomaly::AnomalyView`,
-//! `output::EventView`), here as owned types the CLI can decode.
+//! `-o json` records (`flow::FlowView`, `anomaly::AnomalyView`,
+//! `render::EventView`), here as owned types the CLI can decode.
 use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
@@ -261,7 +261,7 @@ pub struct TopRow {
     pub retransmit_rate: f64,
 }
 
-/// `output_flow::TimelineView`, owned.
+/// `flow::TimelineView`, owned.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineRecord {
     pub offset_ns: u64,
@@ -271,7 +271,7 @@ pub struct TimelineRecord {
     pub detail: String,
 }
 
-/// `output_flow::FlowView`, owned.
+/// `flow::FlowView`, owned.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FlowRecord {
     #[serde(rename = "type")]
@@ -302,7 +302,7 @@ pub struct FlowRecord {
     pub timeline: Vec<TimelineRecord>,
 }
 
-/// `output_anomaly::AnomalyView`, owned.
+/// `anomaly::AnomalyView`, owned.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AnomalyRecord {
     #[serde(rename = "type")]
@@ -327,7 +327,7 @@ pub struct AnomalyRecord {
     pub detail: String,
 }
 
-/// `output::EventView`, owned.
+/// `render::EventView`, owned.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
     #[serde(rename = "type")]
@@ -363,7 +363,7 @@ pub struct EventRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat_count: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flow: Option<crate::output::FlowStateView>,
+    pub flow: Option<crate::render::FlowStateView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<SockStats>,
 }

@@ -37,9 +37,9 @@ use crate::{
         },
         socket::{self, SocketError},
     },
+    event::rst_reason::ReasonNames,
     event::Event,
-    output::EventView,
-    rst_reason::ReasonNames,
+    render::EventView,
 };
 
 pub const MAX_CLIENTS: usize = 64;
@@ -77,7 +77,6 @@ pub enum Live {
 pub struct ApiLoop {
     queries: Option<mpsc::Receiver<LoopQuery>>,
     live: broadcast::Sender<Arc<Live>>,
-    counters: Arc<Counters>,
     path: PathBuf,
 }
 
@@ -95,10 +94,6 @@ impl ApiLoop {
     /// Never blocks: a slow watcher loses items on its own side.
     pub fn publish(&self, item: Live) {
         let _ = self.live.send(Arc::new(item));
-    }
-
-    pub fn counters(&self) -> ApiCounters {
-        self.counters.snapshot()
     }
 }
 
@@ -148,11 +143,10 @@ pub fn spawn(path: &Path, gid: Option<u32>, reasons: ReasonNames) -> Result<ApiL
     let listener = socket::bind(path, gid)?;
     let (qtx, qrx) = mpsc::channel(QUERY_QUEUE);
     let (live, _) = broadcast::channel(LIVE_QUEUE);
-    let counters = Arc::new(Counters::default());
     let ctx = Arc::new(Ctx {
         queries: qtx,
         live: live.clone(),
-        counters: counters.clone(),
+        counters: Arc::new(Counters::default()),
         reasons,
     });
     let bind_err = |source: io::Error| SocketError::Bind {
@@ -178,7 +172,6 @@ pub fn spawn(path: &Path, gid: Option<u32>, reasons: ReasonNames) -> Result<ApiL
     Ok(ApiLoop {
         queries: Some(qrx),
         live,
-        counters,
         path: path.to_owned(),
     })
 }
@@ -394,7 +387,7 @@ async fn watch(mut rd: BufReader<OwnedReadHalf>, mut wr: OwnedWriteHalf, ctx: &C
     }
 }
 
-/// `output::EventView` as the API's owned record (same serialisation).
+/// `render::EventView` as the API's owned record (same serialisation).
 pub fn event_record(
     ev: &Event,
     reasons: &ReasonNames,

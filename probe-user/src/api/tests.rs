@@ -7,13 +7,13 @@ use serde_json::Value;
 
 use super::proto::*;
 use crate::{
-    detect::{Anomaly, AnomalyChange, AnomalyKind, Scope},
+    event::rst_reason::ReasonNames,
     event::{Detail, Event, FlowCounts, FlowSnapshot, Process, Role, SockStats, TcpState},
-    flowtable::{Flow, FlowKey},
-    output::EventView,
-    output_anomaly::AnomalyView,
-    output_flow::FlowView,
-    rst_reason::ReasonNames,
+    pipeline::detect::{Anomaly, AnomalyChange, AnomalyKind, Scope},
+    pipeline::flowtable::{Flow, FlowKey},
+    render::anomaly::AnomalyView,
+    render::flow::FlowView,
+    render::EventView,
 };
 
 fn keys(v: &Value) -> BTreeSet<String> {
@@ -359,7 +359,7 @@ fn root_cause_follows_the_close_cause_and_the_matching_anomaly() {
     let reasons = ReasonNames::default();
     let mut f = sample_flow();
     f.role = Some(Role::Client);
-    f.close = Some(crate::flowtable::CloseCause::Refused);
+    f.close = Some(crate::pipeline::flowtable::CloseCause::Refused);
     let change = AnomalyChange::Raised(sample_anomaly());
     let mut a: AnomalyRecord =
         serde_json::from_value(serde_json::to_value(AnomalyView::new(&change, 9)).unwrap())

@@ -1,6 +1,9 @@
 use super::*;
 
-const EXAMPLE: &str = include_str!("../../../deploy/linkprobe.toml");
+const EXAMPLE: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/linkprobe.toml"
+));
 
 fn err(text: &str) -> String {
     match Config::from_toml_str(text) {

@@ -40,10 +40,6 @@ impl Paint {
     pub fn bold(self, s: &str) -> String {
         self.wrap("1", s)
     }
-
-    pub fn dim(self, s: &str) -> String {
-        self.wrap("2", s)
-    }
 }
 
 /// How a cell is coloured (applied after padding, so alignment holds).

@@ -1,0 +1,455 @@
+//! Anomaly detectors: count [`Signal`]s per scope (peer endpoint, local port, socket) in 1 s
+//! windows and raise / clear [`Anomaly`]s with hysteresis.
+//!
+//! Pure and deterministic: time comes only from the signals' `ts_ns` and from
+//! [`Detectors::tick`] (both CLOCK_MONOTONIC). Windows are `[k s, (k+1) s)`; window `k` is closed
+//! (evaluated) by the first `tick(now)` or signal with a time at or after its end. Signals from
+//! an already closed window (a little reordering between CPUs) count into the open one.
+//!
+//! Kinds and rules (thresholds in [`DetectConfig`], defaults in brackets):
+//! - rate / ratio kinds, evaluated when a window closes, raised after `*_raise_after`
+//!   consecutive windows above the raise threshold, cleared after `clear_after` [3] consecutive
+//!   windows below a lower clear threshold (windows in between reset the clear count):
+//!   - [`AnomalyKind::RstStorm`] per peer and per local port: RST/s ≥ `rst_storm_min_rate` [20]
+//!     and ≥ `rst_storm_factor` [10] × the scope's EWMA baseline; raise after 1 window; clear
+//!     below `rst_storm_clear_fraction` [0.5] × the raise threshold. The baseline learns from
+//!     calm windows with `rst_storm_ewma_alpha` [0.1] (a new scope starts at 0, so the floor
+//!     decides) and, during a storm or a raise streak, only with `rst_storm_adapt_alpha`
+//!     [0.002]: a level that stays high becomes the new normal after about 2 minutes
+//!     (`1 - (1 - 0.002)^n` reaches 1/(factor × clear_fraction) = 0.2 at n ≈ 111 windows), so a
+//!     scope that always runs at 25 RST/s raises once on first sight, clears after about 2
+//!     minutes and does not raise again. Set it to 0 to freeze the baseline during storms.
+//!   - [`AnomalyKind::RstRatio`] per peer and per local port: RSTs / connections over the last
+//!     `rst_ratio_window_secs` [60] windows > `rst_ratio` [5 %] with at least
+//!     `rst_ratio_min_connections` [20]; raise after 2 windows; clear below `rst_ratio_clear`
+//!     [2.5 %] or when fewer connections remain in the window.
+//!   - [`AnomalyKind::RetransmitRate`] per peer: retransmitted / sent data segments over
+//!     `retransmit_window_secs` [60] > `retransmit_ratio` [2 %] with at least
+//!     `retransmit_min_segments` [1000] sent; raise after 2 windows; clear below
+//!     `retransmit_ratio_clear` [1 %] or with fewer segments.
+//! - event kinds, raised by the signal itself when none is active for the (kind, scope),
+//!   cleared after `event_clear_after` [10] windows without a new occurrence:
+//!   [`AnomalyKind::SynRetry`] (SYN retransmit more than `syn_retry_min_ms` [1000] after the
+//!   first SYN), the typed connect failures, [`AnomalyKind::ResetAfterEstablished`] (per peer)
+//!   and [`AnomalyKind::KernelRepeatRst`] (per socket, peer or local port, as the kernel said).
+//!
+//! At most one anomaly is active per (kind, scope); its `peak_rate` and evidence (socket
+//! cookies, at most `evidence_len` [16]) grow while it is. Ids increase monotonically.
+//!
+//! Memory: at most `max_scopes` [4096] scopes; a new scope evicts the least recently active
+//! scope without an active anomaly (O(1): scopes with an active anomaly leave the recency list).
+//! When every scope has an active anomaly, the new scope's signal is dropped and counted.
+//! Each window close only visits scopes with something to evaluate (the "hot" list).
+mod book;
+mod state;
+mod table;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_events;
+
+use std::{fmt, time::Duration};
+
+pub use crate::config::DetectConfig;
+pub use crate::pipeline::signal::Peer;
+use crate::pipeline::signal::{ConnectFailure, RepeatScope, RetransmitKind, RstDirection, Signal};
+
+use book::Book;
+use state::ScopeState;
+use table::ScopeTable;
+
+/// Length of one detector window.
+pub const WINDOW_NS: u64 = 1_000_000_000;
+
+/// What kind of anomaly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AnomalyKind {
+    RstStorm,
+    RstRatio,
+    SynRetry,
+    ConnectRefused,
+    ConnectTimeout,
+    ConnectUnreachable,
+    ResetAfterEstablished,
+    RetransmitRate,
+    KernelRepeatRst,
+}
+
+impl AnomalyKind {
+    pub const COUNT: usize = 9;
+    pub const ALL: [AnomalyKind; AnomalyKind::COUNT] = [
+        AnomalyKind::RstStorm,
+        AnomalyKind::RstRatio,
+        AnomalyKind::SynRetry,
+        AnomalyKind::ConnectRefused,
+        AnomalyKind::ConnectTimeout,
+        AnomalyKind::ConnectUnreachable,
+        AnomalyKind::ResetAfterEstablished,
+        AnomalyKind::RetransmitRate,
+        AnomalyKind::KernelRepeatRst,
+    ];
+
+    /// Position in [`AnomalyKind::ALL`] (and in per-kind arrays).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Stable snake_case name for output and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnomalyKind::RstStorm => "rst_storm",
+            AnomalyKind::RstRatio => "rst_ratio",
+            AnomalyKind::SynRetry => "syn_retry",
+            AnomalyKind::ConnectRefused => "connect_refused",
+            AnomalyKind::ConnectTimeout => "connect_timeout",
+            AnomalyKind::ConnectUnreachable => "connect_unreachable",
+            AnomalyKind::ResetAfterEstablished => "reset_after_established",
+            AnomalyKind::RetransmitRate => "retransmit_rate",
+            AnomalyKind::KernelRepeatRst => "kernel_repeat_rst",
+        }
+    }
+
+    /// The likely causes, for people.
+    pub fn hint(self) -> &'static str {
+        match self {
+            AnomalyKind::RstStorm => {
+                "app refusing or resetting connections, pool exhausted, LB/proxy draining"
+            }
+            AnomalyKind::RstRatio => "app actively refusing or connection pool exhausted",
+            AnomalyKind::SynRetry => "backend unreachable or firewall dropping SYNs",
+            AnomalyKind::ConnectRefused => {
+                "nothing listening or the service is refusing connections (RST to SYN)"
+            }
+            AnomalyKind::ConnectTimeout => {
+                "SYNs unanswered: backend down or firewall dropping SYNs"
+            }
+            AnomalyKind::ConnectUnreachable => "no route to the backend (ICMP unreachable)",
+            AnomalyKind::ResetAfterEstablished => {
+                "peer reset an established connection: app crash, idle timeout or LB/proxy reset"
+            }
+            AnomalyKind::RetransmitRate => "network loss or middlebox QoS",
+            AnomalyKind::KernelRepeatRst => {
+                "the kernel saw repeated resets on the same socket/endpoint/port within 1 s"
+            }
+        }
+    }
+
+    /// Raised by a single occurrence (rather than by a rate or ratio over windows).
+    pub fn is_event(self) -> bool {
+        !matches!(
+            self,
+            AnomalyKind::RstStorm | AnomalyKind::RstRatio | AnomalyKind::RetransmitRate
+        )
+    }
+}
+
+impl fmt::Display for AnomalyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What an anomaly is about. (cgroup / pod scopes later.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// A remote endpoint (its port only when it is a service port).
+    Peer(Peer),
+    /// One of our listening ports.
+    LocalPort(u16),
+    /// One socket, by cookie.
+    Socket(u64),
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Peer(p) => write!(f, "peer {p}"),
+            Scope::LocalPort(p) => write!(f, "local port {p}"),
+            Scope::Socket(c) => write!(f, "socket {c}"),
+        }
+    }
+}
+
+/// One anomaly, active or cleared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Anomaly {
+    /// Increases monotonically across all kinds and scopes, from 1.
+    pub id: u64,
+    pub kind: AnomalyKind,
+    pub scope: Scope,
+    /// Rate kinds: start of the first window of the raise streak; event kinds: the first
+    /// occurrence.
+    pub start_ns: u64,
+    /// When it cleared (end of the window that completed the clear streak); `None` while active.
+    pub end_ns: Option<u64>,
+    /// Rate kinds: end of the last window not below the clear threshold; event kinds: the last
+    /// occurrence.
+    pub last_ns: u64,
+    /// Highest value seen while active: RST/s (storm), a fraction (ratios), occurrences per
+    /// window (event kinds), the kernel's RST count per its window (kernel repeat-RST).
+    pub peak_rate: f64,
+    /// Socket cookies involved (first ones, at most `evidence_len`, no duplicates).
+    pub evidence: Vec<u64>,
+    pub hint: &'static str,
+    /// The measurement that raised it (refreshed with each new peak).
+    pub detail: String,
+}
+
+/// What [`Detectors::tick`] reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AnomalyChange {
+    Raised(Anomaly),
+    /// The peak grew by at least 10 % since the last report (at most once per anomaly and
+    /// window; `peak_rate` itself is always current in `active()`).
+    Updated(Anomaly),
+    Cleared(Anomaly),
+}
+
+impl AnomalyChange {
+    #[cfg(test)]
+    pub fn anomaly(&self) -> &Anomaly {
+        match self {
+            AnomalyChange::Raised(a) | AnomalyChange::Updated(a) | AnomalyChange::Cleared(a) => a,
+        }
+    }
+}
+
+/// Detector counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DetectStats {
+    pub scopes_tracked: usize,
+    pub scopes_evicted: u64,
+    /// Signals dropped for a new scope because every tracked scope had an active anomaly.
+    pub scopes_rejected: u64,
+    /// Kernel repeat-RST signals without the cookie, peer or port their scope needs.
+    pub signals_unscoped: u64,
+    /// Changes dropped because `tick` was not called for too long.
+    pub changes_dropped: u64,
+    pub active: usize,
+    /// Anomalies raised since start, indexed by [`AnomalyKind::index`].
+    pub raised_total: [u64; AnomalyKind::COUNT],
+}
+
+impl DetectStats {
+    pub fn raised(&self, kind: AnomalyKind) -> u64 {
+        self.raised_total[kind.index()]
+    }
+}
+
+/// All detectors over all scopes.
+pub struct Detectors {
+    cfg: DetectConfig,
+    table: ScopeTable,
+    book: Book,
+    /// The window signals count into; every earlier one is closed.
+    open: Option<u64>,
+    unscoped: u64,
+}
+
+impl Detectors {
+    pub fn new(cfg: DetectConfig) -> Self {
+        Detectors {
+            table: ScopeTable::new(cfg.max_scopes),
+            book: Book::new(cfg.evidence_len, cfg.recent_len),
+            cfg,
+            open: None,
+            unscoped: 0,
+        }
+    }
+
+    /// Counts one signal into the open window of each scope it belongs to; event kinds raise
+    /// here (reported by the next `tick`). Closes the windows that ended before the signal.
+    pub fn observe(&mut self, s: &Signal) {
+        let ts = s.ts_ns();
+        self.advance(ts / WINDOW_NS);
+        match s {
+            Signal::Connection {
+                peer, local_port, ..
+            } => {
+                self.update(Scope::Peer(*peer), |st, cfg, _| st.connection(cfg));
+                if let Some(port) = local_port {
+                    self.update(Scope::LocalPort(*port), |st, cfg, _| st.connection(cfg));
+                }
+            }
+            Signal::Rst {
+                direction,
+                peer,
+                local_port,
+                cookie,
+                reason,
+                after_established,
+                ..
+            } => {
+                self.update(Scope::Peer(*peer), |st, cfg, book| {
+                    st.rst(*cookie, cfg, book)
+                });
+                if let Some(port) = local_port {
+                    self.update(Scope::LocalPort(*port), |st, cfg, book| {
+                        st.rst(*cookie, cfg, book)
+                    });
+                }
+                if *after_established {
+                    let detail = reset_detail(*direction, reason.as_deref());
+                    self.update(Scope::Peer(*peer), |st, _, book| {
+                        let kind = AnomalyKind::ResetAfterEstablished;
+                        st.event(kind, ts, *cookie, None, detail, book);
+                    });
+                }
+            }
+            Signal::Retransmit {
+                peer,
+                cookie: Some(cookie),
+                kind:
+                    RetransmitKind::Syn {
+                        since_first_syn: Some(since_first_syn),
+                    },
+                ..
+            } => {
+                if *since_first_syn > Duration::from_millis(self.cfg.syn_retry_min_ms) {
+                    let detail = format!(
+                        "SYN retransmitted {} ms after the first SYN",
+                        since_first_syn.as_millis()
+                    );
+                    self.update(Scope::Peer(*peer), |st, _, book| {
+                        st.event(AnomalyKind::SynRetry, ts, Some(*cookie), None, detail, book);
+                    });
+                }
+            }
+            Signal::ConnectFailed {
+                peer,
+                cookie,
+                cause,
+                ..
+            } => {
+                let (kind, detail) = match cause {
+                    ConnectFailure::Refused => (AnomalyKind::ConnectRefused, "connection refused"),
+                    ConnectFailure::Timeout => (AnomalyKind::ConnectTimeout, "connect timed out"),
+                    ConnectFailure::Unreachable => {
+                        (AnomalyKind::ConnectUnreachable, "peer unreachable")
+                    }
+                    // Resets are raised from the RST itself (reset after established, storms).
+                    ConnectFailure::Reset => return,
+                };
+                self.update(Scope::Peer(*peer), |st, _, book| {
+                    st.event(kind, ts, Some(*cookie), None, detail.to_string(), book);
+                });
+            }
+            Signal::DataSegments {
+                peer,
+                sent,
+                retransmitted,
+                ..
+            } => {
+                self.update(Scope::Peer(*peer), |st, cfg, _| {
+                    st.segments(*sent, *retransmitted, cfg);
+                });
+            }
+            Signal::RepeatRst {
+                scope,
+                peer,
+                local_port,
+                cookie,
+                count,
+                ..
+            } => {
+                let target = match scope {
+                    RepeatScope::Socket => cookie.map(Scope::Socket),
+                    RepeatScope::Peer => peer.map(Scope::Peer),
+                    RepeatScope::LocalPort => local_port.map(Scope::LocalPort),
+                };
+                let Some(target) = target else {
+                    self.unscoped += 1;
+                    return;
+                };
+                let detail = format!("kernel counted {count} RSTs within its window on {target}");
+                let peak = Some(f64::from(*count));
+                self.update(target, |st, _, book| {
+                    let kind = AnomalyKind::KernelRepeatRst;
+                    st.event(kind, ts, *cookie, peak, detail, book);
+                });
+            }
+            // Counted by the exporter; no detector rule uses them (yet).
+            Signal::Retransmit { .. } | Signal::Handshake { .. } | Signal::Rtt { .. } => {}
+        }
+    }
+
+    /// Closes every window that ended by `now_ns` and returns the changes since the last call
+    /// (in order: raised by signals or by window closes, updated, cleared).
+    pub fn tick(&mut self, now_ns: u64) -> Vec<AnomalyChange> {
+        self.advance(now_ns / WINDOW_NS);
+        self.book.drain()
+    }
+
+    /// Active anomalies, oldest id first.
+    pub fn active(&self) -> impl Iterator<Item = &Anomaly> {
+        self.book.active()
+    }
+
+    /// Cleared anomalies (at most `recent_len`), in the order they cleared.
+    pub fn recent(&self) -> impl Iterator<Item = &Anomaly> {
+        self.book.recent()
+    }
+
+    pub fn stats(&self) -> DetectStats {
+        DetectStats {
+            scopes_tracked: self.table.len(),
+            scopes_evicted: self.table.evicted(),
+            scopes_rejected: self.table.rejected(),
+            signals_unscoped: self.unscoped,
+            changes_dropped: self.book.changes_dropped(),
+            active: self.book.active_len(),
+            raised_total: self.book.raised_total(),
+        }
+    }
+
+    /// Whether the scope has detector state (tests of eviction order).
+    #[cfg(test)]
+    fn tracks(&self, scope: &Scope) -> bool {
+        self.table.contains(scope)
+    }
+
+    /// Applies `f` to the scope's state (tracking it if new) and re-files the scope.
+    fn update(&mut self, scope: Scope, f: impl FnOnce(&mut ScopeState, &DetectConfig, &mut Book)) {
+        let window = self.open.unwrap_or_default();
+        let Some(i) = self.table.lookup(scope, || ScopeState::new(scope, window)) else {
+            return;
+        };
+        if let Some(st) = self.table.state_mut(i) {
+            f(st, &self.cfg, &mut self.book);
+        }
+        self.table.settle(i);
+    }
+
+    /// Makes `target` the open window, closing the ones before it.
+    fn advance(&mut self, target: u64) {
+        let Some(mut w) = self.open else {
+            self.open = Some(target);
+            return;
+        };
+        while w < target {
+            for (i, generation) in self.table.take_hot() {
+                if let Some(st) = self.table.current(i, generation) {
+                    st.close(w, &self.cfg, &mut self.book);
+                    self.table.after_close(i, generation);
+                }
+            }
+            w += 1;
+            if self.table.hot_is_empty() {
+                // Nothing left to evaluate: the windows in between change nothing.
+                w = target;
+            }
+        }
+        self.open = Some(w);
+    }
+}
+
+fn reset_detail(direction: RstDirection, reason: Option<&str>) -> String {
+    let dir = match direction {
+        RstDirection::Sent => "RST sent",
+        RstDirection::Received => "RST received",
+    };
+    match reason {
+        Some(r) => format!("{dir} on an established connection (reason {r})"),
+        None => format!("{dir} on an established connection"),
+    }
+}

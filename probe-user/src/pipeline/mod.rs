@@ -1,0 +1,103 @@
+//! The userspace event path after decoding: events → flow table → signals → detectors and
+//! metrics → anomaly changes. Owned by the daemon loop; no I/O here.
+pub mod detect;
+pub mod flowtable;
+pub mod metrics;
+pub mod signal;
+pub mod top;
+use std::{ops::RangeInclusive, time::Duration};
+
+use crate::{
+    config::Config,
+    event::rst_reason::ReasonNames,
+    event::Event,
+    pipeline::detect::{AnomalyChange, Detectors},
+    pipeline::flowtable::{FlowConfig, FlowKey, FlowTable},
+    pipeline::metrics::Metrics,
+    pipeline::signal::Signal,
+    pipeline::top::Top,
+};
+
+/// Scopes `top` keeps rates for.
+const TOP_SCOPES: usize = 4096;
+
+pub struct Pipeline {
+    pub flows: FlowTable,
+    pub detectors: Detectors,
+    pub metrics: Metrics,
+    /// Rolling per-peer / per-port rates for `linkprobe top`.
+    pub top: Top,
+    signals: Vec<Signal>,
+}
+
+impl Pipeline {
+    /// `ephemeral`: this host's `ip_local_port_range` (such ports never become metric labels).
+    pub fn new(cfg: &Config, ephemeral: RangeInclusive<u16>) -> Pipeline {
+        Pipeline {
+            flows: FlowTable::new(FlowConfig {
+                max_flows: cfg.flows.max_flows,
+                retain_closed: Duration::from_secs(cfg.flows.retain_closed_secs),
+                timeline_len: cfg.flows.timeline_len,
+            }),
+            detectors: Detectors::new(cfg.detect.clone()),
+            metrics: Metrics::new(cfg.metrics.clone(), ephemeral),
+            top: Top::new(TOP_SCOPES),
+            signals: Vec::new(),
+        }
+    }
+
+    /// Feeds one event through the flow table and the detectors.
+    pub fn on_event(&mut self, ev: &Event, reasons: &ReasonNames) {
+        self.signals.clear();
+        self.flows.apply(ev, reasons, &mut self.signals);
+        for s in &self.signals {
+            self.detectors.observe(s);
+            self.metrics.observe(s);
+            self.top.observe(s);
+        }
+    }
+
+    /// Once a second: closes detector windows, expires old closed flows and revisits the
+    /// metrics' label budget.
+    pub fn tick(&mut self, now_ns: u64) -> Vec<AnomalyChange> {
+        self.flows.expire(now_ns);
+        let changes = self.detectors.tick(now_ns);
+        for c in &changes {
+            self.metrics.on_anomaly(c);
+        }
+        self.metrics.tick(now_ns);
+        changes
+    }
+
+    /// Sockets that existed before we started (from sock_diag).
+    pub fn seed_existing(
+        &mut self,
+        netns: u64,
+        sockets: &[crate::host::diag::ExistingSocket],
+        now_ns: u64,
+    ) {
+        for s in sockets {
+            self.flows.insert_existing(
+                FlowKey {
+                    netns,
+                    cookie: s.cookie,
+                },
+                s.local,
+                s.remote,
+                crate::event::TcpState(s.state),
+                now_ns,
+            );
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so ticks and event times compare.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}

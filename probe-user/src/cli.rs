@@ -226,7 +226,9 @@ pub struct TopArgs {
 }
 
 fn check_peer(s: &str) -> Result<String, String> {
-    crate::api::filter::check_peer(s).map_err(|e| e.to_string())
+    crate::event::parse::peer(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn check_state(s: &str) -> Result<String, String> {
@@ -253,13 +255,13 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
 }
 
 /// A socket cookie in decimal or `0x` hex.
-pub fn parse_cookie(s: &str) -> Result<u64, String> {
-    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => s.parse(),
-    };
-    r.map_err(|_| format!("{s:?} is not a socket cookie (a number, decimal or 0x-hex)"))
+fn parse_cookie(s: &str) -> Result<u64, String> {
+    crate::event::parse::cookie(s).map_err(|e| e.to_string())
 }
+
+/// Where `/metrics`, `/healthz` and `/readyz` are served unless `--metrics-addr` says otherwise:
+/// all interfaces, like node_exporter (Prometheus scrapes the node).
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9476";
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
@@ -272,7 +274,7 @@ pub struct DaemonArgs {
     #[arg(
         long,
         value_name = "HOST:PORT|off",
-        default_value = crate::daemon::exporter::DEFAULT_ADDR,
+        default_value = DEFAULT_METRICS_ADDR,
         value_parser = parse_metrics_addr
     )]
     pub metrics_addr: MetricsAddr,
@@ -420,7 +422,7 @@ mod tests {
         };
         assert_eq!(
             args.metrics_addr,
-            MetricsAddr(Some(crate::daemon::exporter::DEFAULT_ADDR.parse().unwrap()))
+            MetricsAddr(Some(DEFAULT_METRICS_ADDR.parse().unwrap()))
         );
     }
 

@@ -7,6 +7,7 @@
 //! binary calls.
 mod api;
 pub mod cli;
+mod clock;
 mod commands;
 mod config;
 mod ctl;

@@ -80,6 +80,13 @@ enum Task {
     Modgraph {
         /// Crate source directories (`…/src`).
         srcs: Vec<PathBuf>,
+        /// Fold modules into their ancestors this many segments deep (1: top-level modules
+        /// and folders) before looking for circles.
+        #[arg(long)]
+        depth: Option<usize>,
+        /// Also print every edge.
+        #[arg(long)]
+        edges: bool,
     },
     /// (internal) One workload run inside the bench namespace; prints one JSON line.
     #[command(hide = true)]
@@ -194,7 +201,7 @@ fn run(task: Task) -> Result<()> {
             setup::setup()?;
             vm::vm(&args)
         }
-        Task::Modgraph { srcs } => {
+        Task::Modgraph { srcs, depth, edges } => {
             let srcs = if srcs.is_empty() {
                 modgraph::WORKSPACE_SRCS
                     .iter()
@@ -203,7 +210,7 @@ fn run(task: Task) -> Result<()> {
             } else {
                 srcs
             };
-            match modgraph::report(&srcs)? {
+            match modgraph::report(&srcs, depth, edges)? {
                 0 => Ok(()),
                 n => anyhow::bail!("{n} import circle(s): see above"),
             }

@@ -382,6 +382,24 @@ fn use_tree(toks: &[Tok], i: &mut usize, prefix: &mut Vec<String>, out: &mut Vec
     }
 }
 
+/// The graph with each module folded into its ancestor `depth` segments deep (`depth` 1: one
+/// node per top-level module or folder), edges inside a node dropped.
+pub fn collapse(g: &Graph, depth: usize) -> Graph {
+    let fold = |name: &str| name.split("::").take(depth).collect::<Vec<_>>().join("::");
+    let mut out = Graph::new();
+    for (from, to) in g {
+        let f = fold(from);
+        let entry = out.entry(f.clone()).or_default();
+        for t in to {
+            let t = fold(t);
+            if t != f {
+                entry.insert(t);
+            }
+        }
+    }
+    out
+}
+
 /// Strongly connected components with more than one module, each sorted, largest first.
 pub fn circles(g: &Graph) -> Vec<Vec<String>> {
     struct Tarjan<'a> {
@@ -489,20 +507,31 @@ fn shown(name: &str) -> &str {
     }
 }
 
-/// Prints each crate's circles; returns how many there are in all.
-pub fn report(srcs: &[PathBuf]) -> Result<usize> {
+/// Prints each crate's circles; returns how many there are in all. `depth` folds modules into
+/// their ancestors first (see [`collapse`]); None: one node per file.
+pub fn report(srcs: &[PathBuf], depth: Option<usize>, edges: bool) -> Result<usize> {
     let mut total = 0;
     for src in srcs {
         let g = graph(src)?;
-        let edges: usize = g.values().map(BTreeSet::len).sum();
+        let g = match depth {
+            Some(d) => collapse(&g, d),
+            None => g,
+        };
+        let edge_count: usize = g.values().map(BTreeSet::len).sum();
         let found = circles(&g);
         println!(
             "{}: {} modules, {} import edges, {} circle(s)",
             src.display(),
             g.len(),
-            edges,
+            edge_count,
             found.len()
         );
+        if edges {
+            for (from, to) in &g {
+                let to: Vec<&str> = to.iter().map(|s| shown(s)).collect();
+                println!("  {} → {}", shown(from), to.join(", "));
+            }
+        }
         for comp in &found {
             let names: Vec<&str> = comp.iter().map(|s| shown(s)).collect();
             let cycle = cycle_through(&g, comp, &comp[0]);

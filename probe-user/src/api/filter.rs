@@ -4,14 +4,17 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::{
     api::proto::Filter,
-    event::{Detail, Event, TcpState},
+    event::{
+        parse::{self, ParseError},
+        Detail, Event, TcpState,
+    },
     pipeline::flowtable::{CloseCause, Flow},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
-    #[error("{0:?} is not an IP address or IP:port")]
-    Peer(String),
+    #[error(transparent)]
+    Peer(#[from] ParseError),
     #[error("{0:?} is not a TCP state (ESTABLISHED, SYN_SENT, CLOSE, … or open/closed)")]
     State(String),
 }
@@ -49,22 +52,6 @@ fn parse_state(s: &str) -> Option<StateMatch> {
         .map(StateMatch::Is)
 }
 
-/// `10.0.0.5` or `10.0.0.5:80` (IPv6: `[::1]:80`).
-pub fn parse_peer(p: &str) -> Result<(IpAddr, Option<u16>), FilterError> {
-    if let Ok(sa) = p.parse::<SocketAddr>() {
-        return Ok((sa.ip(), Some(sa.port())));
-    }
-    let ip = p
-        .parse::<IpAddr>()
-        .map_err(|_| FilterError::Peer(p.to_owned()))?;
-    Ok((ip, None))
-}
-
-/// For the command line: the `--peer` value, checked.
-pub fn check_peer(p: &str) -> Result<String, FilterError> {
-    parse_peer(p).map(|_| p.to_owned())
-}
-
 /// For the command line: the `--state` value, checked.
 pub fn check_state(s: &str) -> Result<String, FilterError> {
     parse_state(s)
@@ -74,7 +61,7 @@ pub fn check_state(s: &str) -> Result<String, FilterError> {
 
 impl Matcher {
     pub fn new(f: &Filter) -> Result<Matcher, FilterError> {
-        let peer = f.peer.as_deref().map(parse_peer).transpose()?;
+        let peer = f.peer.as_deref().map(parse::peer).transpose()?;
         let state = match &f.state {
             None => None,
             Some(s) => Some(parse_state(s).ok_or_else(|| FilterError::State(s.clone()))?),

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{config::Config, event::SockStats};
 
+// The top report is the pipeline's own record, sent as it is.
+pub use crate::pipeline::top::{TopKey, TopReport};
+
 /// Protocol version: a daemon answers requests of this version only.
 pub const API_VERSION: u32 = 1;
 /// Longest request line the daemon reads; longer ones get an error and the connection closes.
@@ -89,15 +92,6 @@ pub enum SortKey {
     Retrans,
     /// Highest smoothed RTT first.
     Rtt,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum TopKey {
-    #[default]
-    Rst,
-    Failure,
-    Retrans,
 }
 
 /// One response line.
@@ -236,29 +230,6 @@ pub struct ApiCounters {
     pub busy: u64,
     /// Stream items dropped for slow watch clients.
     pub watch_lost: u64,
-}
-
-/// `linkprobe top`: rates over the last `window_secs`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TopReport {
-    pub window_secs: u64,
-    pub scopes_tracked: usize,
-    pub scopes_evicted: u64,
-    pub rows: Vec<TopRow>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TopRow {
-    /// `peer 10.0.0.5:80` or `local port 8080`.
-    pub scope: String,
-    pub connections: u64,
-    pub rsts: u64,
-    pub failures: u64,
-    pub data_segments: u64,
-    pub retransmits: u64,
-    pub rst_per_sec: f64,
-    pub failure_rate: f64,
-    pub retransmit_rate: f64,
 }
 
 /// `flow::TimelineView`, owned.

@@ -11,6 +11,7 @@ use crate::{
     event::{Detail, Event, FlowCounts, FlowSnapshot, Process, Role, SockStats, TcpState},
     pipeline::detect::{Anomaly, AnomalyChange, AnomalyKind, Scope},
     pipeline::flowtable::{Flow, FlowKey},
+    pipeline::top::TopRow,
     render::anomaly::AnomalyView,
     render::flow::FlowView,
     render::EventView,

@@ -15,7 +15,7 @@ use std::{
 use crate::{
     api::proto::{ErrorCode, Filter, Query, Reply},
     cli::{Command, FilterArgs, View},
-    pipeline::monotonic_ns,
+    clock::monotonic_ns,
 };
 use conn::{Conn, ConnError};
 use table::Paint;

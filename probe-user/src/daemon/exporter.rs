@@ -25,10 +25,8 @@ use prometheus::{
 };
 use tokio::sync::{watch, Semaphore};
 
-use crate::pipeline::monotonic_ns;
+use crate::clock::monotonic_ns;
 
-/// The default listen address (all interfaces, like node_exporter: Prometheus scrapes the node).
-pub const DEFAULT_ADDR: &str = "0.0.0.0:9476";
 /// Not ready when the event loop has not published for this long.
 const STALE_NS: u64 = 5_000_000_000;
 /// Connections served at once; more wait in the kernel's accept queue.

@@ -15,6 +15,7 @@ use tokio::{
 use crate::{
     api::ApiLoop,
     cli::ProbeArgs,
+    clock::monotonic_ns,
     config::{Config, ConfigError},
     daemon::exporter::Exporter,
     daemon::sink::Sink,
@@ -26,7 +27,7 @@ use crate::{
     kernel::loader::{self, LoadError, LoadOptions, Loaded},
     kernel::progstats,
     kernel::reader::{EventReader, ReaderError},
-    pipeline::{monotonic_ns, Pipeline},
+    pipeline::Pipeline,
     render::{self, Format},
 };
 
@@ -177,7 +178,7 @@ pub fn start(args: &ProbeArgs) -> Result<Started, RunError> {
     for note in &loaded.btf_notes {
         log::warn!("{note}");
     }
-    eprint!("{}", render::probe_table(&loaded.probes));
+    eprint!("{}", crate::kernel::probes::table(&loaded.probes));
     let off = loaded
         .probes
         .iter()

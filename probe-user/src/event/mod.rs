@@ -1,12 +1,22 @@
 //! The typed events the rest of the daemon works with, decoded from kernel records by
 //! [`crate::event::decode`].
 pub mod decode;
+pub mod parse;
 pub mod rst_reason;
 use std::{fmt, net::SocketAddr};
 
 use probe_common::EventKind;
 
-pub use crate::pipeline::signal::RepeatScope;
+/// Which in-kernel repeat-RST check fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RepeatScope {
+    /// Second RST on the same socket within the window.
+    Socket,
+    /// N RSTs to/from the same remote endpoint within the window.
+    Peer,
+    /// N RSTs on the same local listening port within the window.
+    LocalPort,
+}
 
 /// Kernel TCP states (include/net/tcp_states.h).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -24,7 +24,7 @@ use aya_obj::generated::bpf_cmd;
 
 use crate::{
     kernel::bpfsys,
-    kernel::loader::{Hook, ProbeState, ProbeStatus},
+    kernel::probes::{Hook, ProbeState, ProbeStatus},
 };
 
 /// `--backup-probes`.
@@ -224,7 +224,7 @@ impl Backups {
                     let prog: &mut BtfTracePoint =
                         prog.try_into().map_err(|e: ProgramError| e.to_string())?;
                     prog.load(tp.name(), btf)
-                        .map_err(|e| crate::kernel::loader::verifier_summary(&e))
+                        .map_err(|e| crate::kernel::probes::verifier_summary(&e))
                 });
             match loaded {
                 Ok(()) => backups.loaded.push(Backup {

@@ -142,7 +142,7 @@ pub fn read(ebpf: &Ebpf, names: &ReasonNames) -> Result<KernelCounters, CounterE
         state_create_failed: misc_at(misc::STATE_CREATE_FAILED),
         state_late: misc_at(misc::STATE_LATE),
         unnamed_state_changes: misc_at(misc::UNNAMED_STATE_CHANGE),
-        backup_runs: crate::kernel::loader::PROBES
+        backup_runs: crate::kernel::probes::PROBES
             .iter()
             .filter_map(|p| Some((p.program, misc_at(misc::BACKUP_RUNS + p.backup?))))
             .collect(),

@@ -38,9 +38,8 @@ impl DetailSpec {
             })?;
             match key.trim() {
                 "peer" => {
-                    peer = Some(
-                        crate::api::filter::parse_peer(value.trim()).map_err(|e| e.to_string())?,
-                    );
+                    peer =
+                        Some(crate::event::parse::peer(value.trim()).map_err(|e| e.to_string())?);
                 }
                 "port" => {
                     port = Some(
@@ -50,7 +49,10 @@ impl DetailSpec {
                             .map_err(|_| format!("port={value:?}: not a port number (1-65535)"))?,
                     );
                 }
-                "cookie" => cookie = Some(crate::cli::parse_cookie(value.trim())?),
+                "cookie" => {
+                    cookie =
+                        Some(crate::event::parse::cookie(value.trim()).map_err(|e| e.to_string())?)
+                }
                 "cgroup" => cgroup = Some(PathBuf::from(value.trim())),
                 other => {
                     return Err(format!(

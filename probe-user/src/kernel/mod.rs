@@ -8,6 +8,7 @@ pub mod counters;
 pub mod detail;
 pub mod loader;
 pub mod openflows;
+pub mod probes;
 pub mod probes_check;
 pub mod progstats;
 pub mod reader;

@@ -13,7 +13,8 @@ use crate::{
     host::scope,
     kernel::backups::BackupMode,
     kernel::btf::{self, Btf},
-    kernel::loader::{self, Hook, LoadOptions, ProbeStatus},
+    kernel::loader::{self, LoadOptions},
+    kernel::probes::{Hook, ProbeStatus},
     kernel::tracefs::{self, Tracepoint},
 };
 
@@ -206,7 +207,7 @@ pub fn check(cgroup_root: Option<PathBuf>) -> Result<Report, ProbesError> {
             kernel,
             ok: false,
             attached: 0,
-            total: loader::PROBES.len(),
+            total: crate::kernel::probes::PROBES.len(),
             probes: Vec::new(),
             tracepoints,
             btf_notes: btf_notes_alone(),

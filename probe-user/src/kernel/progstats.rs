@@ -13,7 +13,7 @@ use std::{
 use aya::Ebpf;
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 
-use crate::kernel::loader::{ProbeState, ProbeStatus};
+use crate::kernel::probes::{ProbeState, ProbeStatus};
 
 /// The `info` part of `union bpf_attr` for `BPF_OBJ_GET_INFO_BY_FD`.
 #[repr(C)]

@@ -2,7 +2,7 @@
 //! attributed to a scope. The contract between `flows` (producer) and `detect` (consumer).
 use std::{net::IpAddr, time::Duration};
 
-use crate::event::Role;
+use crate::event::{RepeatScope, Role};
 
 /// Where a peer is: its address, plus its port only when that is a service port (we are the
 /// client). Never an ephemeral port, so scopes stay bounded.
@@ -81,17 +81,6 @@ impl RetransmitKind {
             RetransmitKind::Failed => "failed",
         }
     }
-}
-
-/// Which in-kernel repeat-RST check fired.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RepeatScope {
-    /// Second RST on the same socket within the window.
-    Socket,
-    /// N RSTs to/from the same remote endpoint within the window.
-    Peer,
-    /// N RSTs on the same local listening port within the window.
-    LocalPort,
 }
 
 /// One countable fact, produced by the flow table as events arrive.

@@ -5,11 +5,45 @@
 //! signals and from the query's `now`, like the detectors.
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::{
-    api::proto::{TopKey, TopReport, TopRow},
     pipeline::detect::Scope,
     pipeline::signal::{ConnectFailure, Signal},
 };
+
+/// What `linkprobe top` ranks by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TopKey {
+    #[default]
+    Rst,
+    Failure,
+    Retrans,
+}
+
+/// `linkprobe top`: rates over the last `window_secs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopReport {
+    pub window_secs: u64,
+    pub scopes_tracked: usize,
+    pub scopes_evicted: u64,
+    pub rows: Vec<TopRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopRow {
+    /// `peer 10.0.0.5:80` or `local port 8080`.
+    pub scope: String,
+    pub connections: u64,
+    pub rsts: u64,
+    pub failures: u64,
+    pub data_segments: u64,
+    pub retransmits: u64,
+    pub rst_per_sec: f64,
+    pub failure_rate: f64,
+    pub retransmit_rate: f64,
+}
 
 /// Length of the rolling window, in one-second buckets.
 pub const WINDOW_SECS: u64 = 10;

@@ -10,7 +10,7 @@ use crate::{
     event::rst_reason::ReasonNames,
     event::{kind_name, Detail, Event, FlowSnapshot, RepeatScope, Role, SockStats, TcpState},
     kernel::counters::KernelCounters,
-    kernel::loader::{ProbeState, ProbeStatus},
+    kernel::probes::ProbeStatus,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -240,30 +240,6 @@ pub fn text_line(ev: &Event, reasons: &ReasonNames) -> String {
         ev.local,
         ev.remote,
     )
-}
-
-/// The per-probe attach table, one row per probe.
-pub fn probe_table(probes: &[ProbeStatus]) -> String {
-    let row = |probe: &str, hook: &str, how: &str, state: &str, needs: &str, detail: &str| {
-        format!("{probe:<18} {hook:<30} {how:<26} {state:<9} {needs:<36} {detail}\n")
-    };
-    let mut out = row("PROBE", "HOOK", "HOW", "STATE", "NEEDS KERNEL", "DETAIL");
-    for p in probes {
-        let (state, detail) = match &p.state {
-            ProbeState::Attached => ("attached", p.spec.provides.to_owned()),
-            ProbeState::Skipped(why) => ("skipped", why.clone()),
-            ProbeState::Off(why) => ("OFF", why.clone()),
-        };
-        out.push_str(&row(
-            p.spec.program,
-            &p.target,
-            &p.how,
-            state,
-            p.spec.requires,
-            &detail,
-        ));
-    }
-    out
 }
 
 #[derive(Serialize)]

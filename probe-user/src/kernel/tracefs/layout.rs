@@ -74,7 +74,6 @@ pub enum LayoutError {
     },
 }
 
-
 struct Resolver<'a> {
     tp: Tracepoint,
     fmt: &'a TpFormat,

@@ -52,7 +52,10 @@ use std::{fmt, time::Duration};
 
 pub use crate::config::DetectConfig;
 pub use crate::pipeline::signal::Peer;
-use crate::pipeline::signal::{ConnectFailure, RepeatScope, RetransmitKind, RstDirection, Signal};
+use crate::{
+    event::RepeatScope,
+    pipeline::signal::{ConnectFailure, RetransmitKind, RstDirection, Signal},
+};
 
 use book::Book;
 use state::ScopeState;

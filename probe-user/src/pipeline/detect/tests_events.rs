@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use super::tests::{client, conn, peer, rst, spread, Harness, S, T0};
 use super::*;
-use crate::pipeline::signal::{ConnectFailure, RepeatScope, RetransmitKind, RstDirection, Signal};
+use crate::{
+    event::RepeatScope,
+    pipeline::signal::{ConnectFailure, RetransmitKind, RstDirection, Signal},
+};
 
 fn failed(ts: u64, peer: Peer, cookie: u64, cause: ConnectFailure) -> Signal {
     Signal::ConnectFailed {

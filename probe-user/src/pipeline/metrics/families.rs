@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     kernel::counters::KernelCounters,
-    kernel::loader::ProbeStatus,
+    kernel::probes::ProbeStatus,
     pipeline::detect::{Anomaly, AnomalyKind, DetectStats},
     pipeline::flowtable::FlowTableStats,
 };

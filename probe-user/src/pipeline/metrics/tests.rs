@@ -6,7 +6,7 @@ use super::*;
 use crate::pipeline::detect::Anomaly;
 use crate::{
     kernel::counters::KernelCounters,
-    kernel::loader::{ProbeState, ProbeStatus, PROBES},
+    kernel::probes::{ProbeState, ProbeStatus, PROBES},
     pipeline::detect::DetectStats,
     pipeline::flowtable::FlowTableStats,
     pipeline::signal::{ConnectFailure, RetransmitKind},

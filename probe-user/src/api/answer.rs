@@ -3,26 +3,20 @@
 //! flow table at most, results capped by `limit`).
 use std::{collections::BTreeMap, time::Instant};
 
-use serde::{de::DeserializeOwned, Serialize};
-
 use crate::{
     api::{
         filter::Matcher,
         proto::{
-            encode_line, error, AnomalyCounts, AnomalyRecord, ApiCounters, ErrorCode, FlowRecord,
-            FlowTableRow, ProbeRow, Query, Reply, SortKey, StatusReport, API_VERSION,
+            error, AnomalyCounts, AnomalyRecord, ApiCounters, ErrorCode, FlowRecord, FlowTableRow,
+            ProbeRow, Query, Reply, SortKey, StatusReport,
         },
-        server::Answer,
     },
     clock::monotonic_ns,
     config::Config,
     kernel::counters,
     kernel::loader::Loaded,
-    pipeline::detect::{Anomaly, AnomalyChange},
     pipeline::flowtable::{CloseCause, Flow},
     pipeline::Pipeline,
-    render::anomaly::AnomalyView,
-    render::flow::FlowView,
 };
 
 /// Most flows one `flows` answer returns, whatever the request's limit: the loop answers
@@ -41,95 +35,30 @@ pub struct LoopState<'a> {
     pub kernel_release: &'a str,
 }
 
-/// Converts one of the contract views into its owned API record: the same serialisation, so
-/// the API cannot drift from the `-o json` shape.
-fn owned<V: Serialize, R: DeserializeOwned>(view: &V) -> Result<R, String> {
-    serde_json::to_value(view)
-        .and_then(serde_json::from_value)
-        .map_err(|e| e.to_string())
-}
-
-pub fn flow_record(f: &Flow, st: &LoopState<'_>) -> Result<FlowRecord, String> {
-    owned(&FlowView::new(f, &st.loaded.reason_names))
-}
-
-/// An anomaly as an API record; `change` says `active` or `cleared` in snapshots.
-pub fn anomaly_record(a: &Anomaly, change: &str, now: u64) -> Result<AnomalyRecord, String> {
-    let wrapped = AnomalyChange::Raised(a.clone());
-    let mut r: AnomalyRecord = owned(&AnomalyView::new(&wrapped, now))?;
-    r.change = change.to_owned();
-    Ok(r)
-}
-
-/// An anomaly change (raised / updated / cleared) as an API record, for `anomalies --watch`.
-pub fn change_record(change: &AnomalyChange, now: u64) -> Result<AnomalyRecord, String> {
-    owned(&AnomalyView::new(change, now))
-}
-
-#[derive(Serialize)]
-struct FlowsLine<'a> {
-    v: u32,
-    reply: FlowsBody<'a>,
-}
-
-#[derive(Serialize)]
-struct FlowsBody<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    total: usize,
-    matched: usize,
-    flows: Vec<FlowView<'a>>,
-}
-
-/// The `flows` response line, serialised straight from the contract views (the same bytes as
-/// `Response::new(Reply::Flows { .. })` with the owned records).
-pub fn encode_flows(
-    flows: &[&Flow],
-    reasons: &crate::event::rst_reason::ReasonNames,
-    total: usize,
-    matched: usize,
-) -> String {
-    encode_line(&FlowsLine {
-        v: API_VERSION,
-        reply: FlowsBody {
-            kind: "flows",
-            total,
-            matched,
-            flows: flows.iter().map(|f| FlowView::new(f, reasons)).collect(),
-        },
-    })
-}
-
 /// Answers a query that needs the loop's state (streams are handled by the server).
-pub fn answer(q: &Query, st: &LoopState<'_>) -> Answer {
-    if let Query::Flows {
-        filter,
-        sort,
-        limit,
-    } = q
-    {
-        return match Matcher::new(filter) {
-            Ok(m) => Answer::Line(flows(st, &m, *sort, (*limit).min(MAX_LIMIT))),
-            Err(e) => Answer::Reply(error(ErrorCode::BadRequest, e.to_string()).reply),
-        };
-    }
-    let result = match q {
-        Query::Status => Ok(Reply::Status(Box::new(status(st)))),
+pub fn answer(q: &Query, st: &LoopState<'_>) -> Reply {
+    match q {
+        Query::Flows {
+            filter,
+            sort,
+            limit,
+        } => match Matcher::new(filter) {
+            Ok(m) => flows(st, &m, *sort, (*limit).min(MAX_LIMIT)),
+            Err(e) => error(ErrorCode::BadRequest, e.to_string()).reply,
+        },
+        Query::Status => Reply::Status(Box::new(status(st))),
         Query::Flow { cookie } => flow(st, *cookie),
         Query::Anomalies { .. } => anomalies(st),
-        Query::Top { by, limit } => Ok(Reply::Top(st.pipeline.top.report(
+        Query::Top { by, limit } => Reply::Top(st.pipeline.top.report(
             monotonic_ns(),
             *by,
             (*limit).min(MAX_LIMIT),
-        ))),
-        Query::Flows { .. } | Query::Watch { .. } => {
-            Err("not answered here (flows above, watch by the server)".to_owned())
-        }
-    };
-    Answer::Reply(result.unwrap_or_else(|message| Reply::Error {
-        code: ErrorCode::Internal,
-        message,
-    }))
+        )),
+        Query::Watch { .. } => Reply::Error {
+            code: ErrorCode::Internal,
+            message: "not answered here (watch streams are served by the API thread)".to_owned(),
+        },
+    }
 }
 
 fn status(st: &LoopState<'_>) -> StatusReport {
@@ -193,7 +122,7 @@ fn status(st: &LoopState<'_>) -> StatusReport {
     }
 }
 
-fn flows(st: &LoopState<'_>, m: &Matcher, sort: SortKey, limit: usize) -> String {
+fn flows(st: &LoopState<'_>, m: &Matcher, sort: SortKey, limit: usize) -> Reply {
     let now = monotonic_ns();
     let table = &st.pipeline.flows;
     let mut matched: Vec<&Flow> = table.iter().filter(|f| m.flow(f, now)).collect();
@@ -209,13 +138,20 @@ fn flows(st: &LoopState<'_>, m: &Matcher, sort: SortKey, limit: usize) -> String
         SortKey::Rtt => matched.sort_by_key(|f| std::cmp::Reverse((f.srtt_us, f.start_ns))),
     }
     matched.truncate(limit);
-    encode_flows(&matched, &st.loaded.reason_names, table.len(), n)
+    Reply::Flows {
+        total: table.len(),
+        matched: n,
+        flows: matched
+            .iter()
+            .map(|f| FlowRecord::new(f, &st.loaded.reason_names))
+            .collect(),
+    }
 }
 
-fn flow(st: &LoopState<'_>, cookie: u64) -> Result<Reply, String> {
+fn flow(st: &LoopState<'_>, cookie: u64) -> Reply {
     // The cookie is unique per boot across namespaces; the table key adds the netns.
     let Some(f) = st.pipeline.flows.iter().find(|f| f.key.cookie == cookie) else {
-        return Ok(error(
+        return error(
             ErrorCode::NotFound,
             format!(
                 "no flow with cookie {cookie} in the table (closed flows are kept for {} s; see \
@@ -223,42 +159,42 @@ fn flow(st: &LoopState<'_>, cookie: u64) -> Result<Reply, String> {
                 st.config.flows.retain_closed_secs
             ),
         )
-        .reply);
+        .reply;
     };
     let now = monotonic_ns();
     let det = &st.pipeline.detectors;
     let mut anomalies = Vec::new();
     for a in det.active().filter(|a| a.evidence.contains(&cookie)) {
-        anomalies.push(anomaly_record(a, "active", now)?);
+        anomalies.push(AnomalyRecord::new(a, "active", now));
     }
     for a in det.recent().filter(|a| a.evidence.contains(&cookie)) {
-        anomalies.push(anomaly_record(a, "cleared", now)?);
+        anomalies.push(AnomalyRecord::new(a, "cleared", now));
     }
     let hint = root_cause(f, &st.loaded.reason_names, &anomalies);
-    Ok(Reply::Flow {
-        flow: Box::new(flow_record(f, st)?),
+    Reply::Flow {
+        flow: Box::new(FlowRecord::new(f, &st.loaded.reason_names)),
         anomalies,
         hint,
-    })
+    }
 }
 
-fn anomalies(st: &LoopState<'_>) -> Result<Reply, String> {
+fn anomalies(st: &LoopState<'_>) -> Reply {
     let now = monotonic_ns();
     let det = &st.pipeline.detectors;
-    Ok(Reply::Anomalies {
+    Reply::Anomalies {
         active: det
             .active()
-            .map(|a| anomaly_record(a, "active", now))
-            .collect::<Result<_, _>>()?,
+            .map(|a| AnomalyRecord::new(a, "active", now))
+            .collect(),
         // Most recently cleared first.
         recent: det
             .recent()
             .collect::<Vec<_>>()
             .into_iter()
             .rev()
-            .map(|a| anomaly_record(a, "cleared", now))
-            .collect::<Result<_, _>>()?,
-    })
+            .map(|a| AnomalyRecord::new(a, "cleared", now))
+            .collect(),
+    }
 }
 
 /// One line: why this flow ended (or how it is doing), from its close cause, counters and the

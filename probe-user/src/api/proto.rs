@@ -1,16 +1,17 @@
 //! The local API's wire types, shared by the daemon and the CLI: newline-delimited JSON, one
 //! [`Request`] per line, one [`Response`] per line (a stream of them for `watch`). Field names
-//! are a contract; `flow`, `anomaly` and `event` objects have exactly the shape of the daemon's
-//! `-o json` records (`flow::FlowView`, `anomaly::AnomalyView`,
-//! `render::EventView`), here as owned types the CLI can decode.
-use std::{collections::BTreeMap, net::SocketAddr};
+//! are a contract; `flow`, `anomaly` and `event` objects are the records of `render` (the same
+//! types the daemon's `-o json` writes), which the CLI decodes.
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Config, event::SockStats};
-
-// The top report is the pipeline's own record, sent as it is.
-pub use crate::pipeline::top::{TopKey, TopReport};
+use crate::config::Config;
+// Records are defined once, where they are rendered; the top report is the pipeline's own.
+pub use crate::{
+    pipeline::top::{TopKey, TopReport},
+    render::{anomaly::AnomalyRecord, event::EventRecord, flow::FlowRecord},
+};
 
 /// Protocol version: a daemon answers requests of this version only.
 pub const API_VERSION: u32 = 1;
@@ -230,113 +231,6 @@ pub struct ApiCounters {
     pub busy: u64,
     /// Stream items dropped for slow watch clients.
     pub watch_lost: u64,
-}
-
-/// `flow::TimelineView`, owned.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimelineRecord {
-    pub offset_ns: u64,
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-    pub detail: String,
-}
-
-/// `flow::FlowView`, owned.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FlowRecord {
-    #[serde(rename = "type")]
-    pub record: String,
-    pub cookie: u64,
-    pub netns_cookie: u64,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub role: Option<String>,
-    pub pid: Option<u32>,
-    pub comm: Option<String>,
-    pub cgroup_id: Option<u64>,
-    pub preexisting: bool,
-    pub start_ns: u64,
-    pub handshake_us: Option<u64>,
-    pub syn_retransmits: u32,
-    pub syn_retransmit_intervals_ms: Vec<u32>,
-    pub srtt_us: u32,
-    pub min_rtt_us: Option<u32>,
-    pub data_retransmits: u32,
-    pub rtos: u32,
-    pub counters: SockStats,
-    pub rst_sent: u32,
-    pub rst_received: u32,
-    pub state: String,
-    pub close: Option<String>,
-    pub closed_ns: Option<u64>,
-    pub timeline: Vec<TimelineRecord>,
-}
-
-/// `anomaly::AnomalyView`, owned.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AnomalyRecord {
-    #[serde(rename = "type")]
-    pub record: String,
-    pub change: String,
-    pub id: u64,
-    pub at_ns: u64,
-    pub kind: String,
-    pub scope: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub local_port: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cookie: Option<u64>,
-    pub start_ns: u64,
-    pub last_ns: u64,
-    pub end_ns: Option<u64>,
-    pub peak_rate: f64,
-    pub evidence: Vec<u64>,
-    pub hint: String,
-    pub detail: String,
-}
-
-/// `render::EventView`, owned.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EventRecord {
-    #[serde(rename = "type")]
-    pub record: String,
-    pub ts_ns: u64,
-    pub kind: String,
-    pub cookie: Option<u64>,
-    pub netns_cookie: Option<u64>,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub old_state: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub new_state: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub no_socket: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comm: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub err: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sk_err: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroup_id: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repeat_scope: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repeat_count: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flow: Option<crate::render::FlowStateView>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stats: Option<SockStats>,
 }
 
 #[derive(Debug, thiserror::Error)]

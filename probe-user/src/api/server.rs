@@ -39,7 +39,7 @@ use crate::{
     },
     event::rst_reason::ReasonNames,
     event::Event,
-    render::EventView,
+    render::event::EventRecord,
 };
 
 pub const MAX_CLIENTS: usize = 64;
@@ -55,14 +55,7 @@ pub const LIVE_QUEUE: usize = 4096;
 /// A query for the event loop and where to send its answer.
 pub struct LoopQuery {
     pub query: Query,
-    pub reply: oneshot::Sender<Answer>,
-}
-
-/// The loop's answer: a reply, or a response line it already encoded from the contract views
-/// (big `flows` answers: one serialisation pass on the loop instead of a copy per flow).
-pub enum Answer {
-    Reply(Reply),
-    Line(String),
+    pub reply: oneshot::Sender<Reply>,
 }
 
 /// What the loop streams to watchers.
@@ -283,17 +276,17 @@ async fn client(stream: UnixStream, ctx: &Ctx) {
             Query::Watch { filter } => return watch(rd, wr, ctx, Stream::Events(filter)).await,
             Query::Anomalies { watch: true } => {
                 let snapshot = ask_loop(ctx, Query::Anomalies { watch: false }).await;
-                if send_answer(&mut wr, snapshot).await {
+                if send(&mut wr, &Response::new(snapshot)).await {
                     watch(rd, wr, ctx, Stream::Anomalies).await;
                 }
                 return;
             }
             q => {
                 let mut answer = ask_loop(ctx, q).await;
-                if let Answer::Reply(Reply::Status(s)) = &mut answer {
+                if let Reply::Status(s) = &mut answer {
                     s.api = ctx.counters.snapshot();
                 }
-                if !send_answer(&mut wr, answer).await {
+                if !send(&mut wr, &Response::new(answer)).await {
                     return;
                 }
             }
@@ -301,18 +294,8 @@ async fn client(stream: UnixStream, ctx: &Ctx) {
     }
 }
 
-async fn send_answer(wr: &mut OwnedWriteHalf, answer: Answer) -> bool {
-    match answer {
-        Answer::Reply(r) => send(wr, &Response::new(r)).await,
-        Answer::Line(line) => matches!(
-            timeout(WRITE_TIMEOUT, wr.write_all(line.as_bytes())).await,
-            Ok(Ok(()))
-        ),
-    }
-}
-
-async fn ask_loop(ctx: &Ctx, query: Query) -> Answer {
-    let fail = |code, msg: &str| Answer::Reply(error(code, msg).reply);
+async fn ask_loop(ctx: &Ctx, query: Query) -> Reply {
+    let fail = |code, msg: &str| error(code, msg).reply;
     let (tx, rx) = oneshot::channel();
     match ctx.queries.try_send(LoopQuery { query, reply: tx }) {
         Ok(()) => {}
@@ -358,12 +341,8 @@ async fn watch(mut rd: BufReader<OwnedReadHalf>, mut wr: OwnedWriteHalf, ctx: &C
                 let reply = match item {
                     Ok(item) => match (&*item, &matcher) {
                         (Live::Event(ev), Some(m)) if m.event(ev) => {
-                            match event_record(ev, &ctx.reasons) {
-                                Ok(r) => Reply::Event { event: Box::new(r) },
-                                Err(e) => {
-                                    log::error!("encoding event: {e}");
-                                    continue;
-                                }
+                            Reply::Event {
+                                event: Box::new(EventRecord::new(ev, &ctx.reasons)),
                             }
                         }
                         (Live::Anomaly(a), None) => Reply::Anomaly {
@@ -385,14 +364,4 @@ async fn watch(mut rd: BufReader<OwnedReadHalf>, mut wr: OwnedWriteHalf, ctx: &C
             _ = rd.read(&mut scratch) => return,
         }
     }
-}
-
-/// `render::EventView` as the API's owned record (same serialisation).
-pub fn event_record(
-    ev: &Event,
-    reasons: &ReasonNames,
-) -> Result<crate::api::proto::EventRecord, String> {
-    serde_json::to_value(EventView::new(ev, reasons))
-        .and_then(serde_json::from_value)
-        .map_err(|e| e.to_string())
 }

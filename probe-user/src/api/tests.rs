@@ -12,9 +12,6 @@ use crate::{
     pipeline::detect::{Anomaly, AnomalyChange, AnomalyKind, Scope},
     pipeline::flowtable::{Flow, FlowKey},
     pipeline::top::TopRow,
-    render::anomaly::AnomalyView,
-    render::flow::FlowView,
-    render::EventView,
 };
 
 fn keys(v: &Value) -> BTreeSet<String> {
@@ -109,24 +106,32 @@ fn sample_event() -> Event {
     }
 }
 
-/// The owned API records serialise exactly like the daemon's `-o json` views.
+/// What the daemon writes, the CLI reads back whole: each record decodes to itself, and the
+/// API's replies carry them unchanged.
 #[test]
-fn records_have_the_shape_of_the_output_views() {
+fn records_decode_to_what_was_encoded() {
     let reasons = ReasonNames::default();
-    let f = sample_flow();
-    let view = serde_json::to_value(FlowView::new(&f, &reasons)).unwrap();
-    let rec: FlowRecord = serde_json::from_value(view.clone()).unwrap();
-    assert_eq!(serde_json::to_value(&rec).unwrap(), view);
+    let flow = FlowRecord::new(&sample_flow(), &reasons);
+    let back: FlowRecord = serde_json::from_str(&serde_json::to_string(&flow).unwrap()).unwrap();
+    assert_eq!(back, flow);
 
-    let change = AnomalyChange::Raised(sample_anomaly());
-    let view = serde_json::to_value(AnomalyView::new(&change, 9)).unwrap();
-    let rec: AnomalyRecord = serde_json::from_value(view.clone()).unwrap();
-    assert_eq!(serde_json::to_value(&rec).unwrap(), view);
+    let anomaly = AnomalyRecord::of_change(&AnomalyChange::Raised(sample_anomaly()), 9);
+    let back: AnomalyRecord =
+        serde_json::from_str(&serde_json::to_string(&anomaly).unwrap()).unwrap();
+    assert_eq!(back, anomaly);
 
-    let ev = sample_event();
-    let view = serde_json::to_value(EventView::new(&ev, &reasons)).unwrap();
-    let rec: EventRecord = serde_json::from_value(view.clone()).unwrap();
-    assert_eq!(serde_json::to_value(&rec).unwrap(), view);
+    let event = EventRecord::new(&sample_event(), &reasons);
+    let back: EventRecord = serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+    assert_eq!(back, event);
+
+    let reply = Response::new(Reply::Flows {
+        total: 3,
+        matched: 1,
+        flows: vec![flow],
+    });
+    let line = encode_line(&reply);
+    assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
+    assert_eq!(serde_json::from_str::<Response>(&line).unwrap(), reply);
 }
 
 /// Snapshot of the JSON field names: changing one breaks users' scripts, so it must be a
@@ -134,7 +139,7 @@ fn records_have_the_shape_of_the_output_views() {
 #[test]
 fn json_field_names_are_stable() {
     let reasons = ReasonNames::default();
-    let flow = serde_json::to_value(FlowView::new(&sample_flow(), &reasons)).unwrap();
+    let flow = serde_json::to_value(FlowRecord::new(&sample_flow(), &reasons)).unwrap();
     assert_eq!(
         keys(&flow),
         set(&[
@@ -184,7 +189,7 @@ fn json_field_names_are_stable() {
         ])
     );
     let change = AnomalyChange::Raised(sample_anomaly());
-    let anomaly = serde_json::to_value(AnomalyView::new(&change, 9)).unwrap();
+    let anomaly = serde_json::to_value(AnomalyRecord::of_change(&change, 9)).unwrap();
     assert_eq!(
         keys(&anomaly),
         set(&[
@@ -204,7 +209,7 @@ fn json_field_names_are_stable() {
             "detail",
         ])
     );
-    let event = serde_json::to_value(EventView::new(&sample_event(), &reasons)).unwrap();
+    let event = serde_json::to_value(EventRecord::new(&sample_event(), &reasons)).unwrap();
     assert_eq!(
         keys(&event),
         set(&[
@@ -363,7 +368,7 @@ fn root_cause_follows_the_close_cause_and_the_matching_anomaly() {
     f.close = Some(crate::pipeline::flowtable::CloseCause::Refused);
     let change = AnomalyChange::Raised(sample_anomaly());
     let mut a: AnomalyRecord =
-        serde_json::from_value(serde_json::to_value(AnomalyView::new(&change, 9)).unwrap())
+        serde_json::from_value(serde_json::to_value(AnomalyRecord::of_change(&change, 9)).unwrap())
             .unwrap();
     a.scope = "peer 127.0.0.1:9".into();
     let hint = super::answer::root_cause(&f, &reasons, &[a]);
@@ -380,26 +385,6 @@ fn root_cause_follows_the_close_cause_and_the_matching_anomaly() {
     assert_eq!(
         super::answer::root_cause(&open, &reasons, &[]),
         "still connecting to 127.0.0.1:9: 3 SYN retransmits so far"
-    );
-}
-
-/// The loop's pre-encoded `flows` line decodes as the typed reply with the owned records.
-#[test]
-fn encoded_flows_line_is_a_flows_reply() {
-    let reasons = ReasonNames::default();
-    let f = sample_flow();
-    let line = super::answer::encode_flows(&[&f], &reasons, 3, 1);
-    assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
-    let resp: Response = serde_json::from_str(&line).unwrap();
-    let record: FlowRecord =
-        serde_json::from_value(serde_json::to_value(FlowView::new(&f, &reasons)).unwrap()).unwrap();
-    assert_eq!(
-        resp,
-        Response::new(Reply::Flows {
-            total: 3,
-            matched: 1,
-            flows: vec![record],
-        })
     );
 }
 

@@ -1,9 +1,7 @@
 //! The on-call CLI commands (`status`, `flows`, `flow`, `anomalies`, `watch`, `top`): ask the
 //! daemon over its API socket and render the answer as a table, a wide table or JSON.
-pub mod conn;
-pub mod flows;
-pub mod table;
-pub mod views;
+mod conn;
+mod views;
 
 use std::{
     io::{self, Write},
@@ -16,9 +14,9 @@ use crate::{
     api::proto::{ErrorCode, Filter, Query, Reply},
     cli::{Command, FilterArgs, View},
     clock::monotonic_ns,
+    render::{anomaly, event, flow, table::Paint},
 };
 use conn::{Conn, ConnError};
-use table::Paint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -133,8 +131,7 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
             match a.output {
                 View::Json => json(&flows),
                 v => {
-                    let mut text =
-                        flows::flows_table(&flows, monotonic_ns(), v == View::Wide, paint);
+                    let mut text = flow::table(&flows, monotonic_ns(), v == View::Wide, paint);
                     if matched > flows.len() {
                         text.push_str(&format!(
                             "({} of {matched} matching flows shown; --limit to see more; {total} in the table)\n",
@@ -159,7 +156,7 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
                 View::Json => json(&serde_json::json!({
                     "flow": flow, "anomalies": anomalies, "hint": hint
                 })),
-                _ => out(&flows::flow_story(
+                _ => out(&flow::story(
                     &flow,
                     &anomalies,
                     &hint,
@@ -229,7 +226,7 @@ fn anomalies(socket: &Path, follow: bool, view: View, paint: Paint) -> Result<()
             }
         }
         View::Json => json(&serde_json::json!({ "active": active, "recent": recent }))?,
-        v => out(&views::anomalies_table(
+        v => out(&anomaly::table(
             &active,
             &recent,
             monotonic_ns(),
@@ -248,7 +245,7 @@ fn anomalies(socket: &Path, follow: bool, view: View, paint: Paint) -> Result<()
                     "{}\n",
                     serde_json::to_string(&a).unwrap_or_default()
                 ))?,
-                _ => out(&format!("{}\n", views::anomaly_line(&a, paint)))?,
+                _ => out(&format!("{}\n", anomaly::line(&a, paint)))?,
             },
             Reply::Overflow { lost } => overflow(lost, view)?,
             Reply::Subscribed => eprintln!("linkprobe: watching anomaly changes (Ctrl-C to stop)"),
@@ -292,7 +289,7 @@ fn watch(
                         "{}\n",
                         serde_json::to_string(&e).unwrap_or_default()
                     ))?,
-                    _ => out(&format!("{}\n", views::event_line(&e, paint)))?,
+                    _ => out(&format!("{}\n", event::line(&e, paint)))?,
                 }
                 seen += 1;
                 if count.is_some_and(|c| seen >= c) {

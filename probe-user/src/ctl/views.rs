@@ -1,9 +1,9 @@
-//! Text views of `status`, `anomalies`, `top` and `watch` events.
+//! Text views of the two reports only the CLI shows: `status` and `top`.
 use std::fmt::Write as _;
 
 use crate::{
-    api::proto::{AnomalyRecord, EventRecord, StatusReport, TopReport},
-    ctl::table::{human_ns, percent, plain, Paint, Table, Tone},
+    api::proto::{StatusReport, TopReport},
+    render::table::{human_ns, percent, plain, Paint, Table, Tone},
 };
 
 pub fn status_text(s: &StatusReport, paint: Paint) -> String {
@@ -132,89 +132,6 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
     out
 }
 
-pub fn anomalies_table(
-    active: &[AnomalyRecord],
-    recent: &[AnomalyRecord],
-    now_ns: u64,
-    wide: bool,
-    paint: Paint,
-) -> String {
-    let mut header = vec![
-        "ID", "KIND", "SCOPE", "STATUS", "STARTED", "ENDED", "PEAK", "EVIDENCE", "HINT",
-    ];
-    if wide {
-        header.push("DETAIL");
-    }
-    let mut t = Table::new(header);
-    for a in active.iter().chain(recent) {
-        let evidence = if wide || a.evidence.len() <= 3 {
-            a.evidence
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        } else {
-            format!(
-                "{},… ({})",
-                a.evidence[..3]
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-                a.evidence.len()
-            )
-        };
-        let mut row = vec![
-            plain(a.id.to_string()),
-            plain(a.kind.clone()),
-            plain(a.scope.clone()),
-            (
-                a.change.clone(),
-                if a.end_ns.is_none() {
-                    Tone::Bad
-                } else {
-                    Tone::Plain
-                },
-            ),
-            plain(format!(
-                "{} ago",
-                human_ns(now_ns.saturating_sub(a.start_ns))
-            )),
-            plain(a.end_ns.map_or("-".to_owned(), |e| {
-                format!("{} ago", human_ns(now_ns.saturating_sub(e)))
-            })),
-            plain(format!("{:.1}", a.peak_rate)),
-            plain(if evidence.is_empty() {
-                "-".to_owned()
-            } else {
-                evidence
-            }),
-            plain(a.hint.clone()),
-        ];
-        if wide {
-            row.push(plain(a.detail.clone()));
-        }
-        t.row(row);
-    }
-    if active.is_empty() && recent.is_empty() {
-        return "no anomalies (active or recently cleared)\n".to_owned();
-    }
-    t.render(paint)
-}
-
-/// One anomaly change for `anomalies --watch`.
-pub fn anomaly_line(a: &AnomalyRecord, paint: Paint) -> String {
-    let change = match a.change.as_str() {
-        "raised" => paint.red("raised"),
-        "cleared" => paint.green("cleared"),
-        other => paint.yellow(other),
-    };
-    format!(
-        "anomaly #{} {} {} on {}: {} (peak {:.2}) — {}",
-        a.id, change, a.kind, a.scope, a.detail, a.peak_rate, a.hint
-    )
-}
-
 pub fn top_table(r: &TopReport, wide: bool, paint: Paint) -> String {
     let mut header = vec!["SCOPE", "CONN", "RST/S", "FAIL%", "RETRANS%"];
     if wide {
@@ -247,63 +164,4 @@ pub fn top_table(r: &TopReport, wide: bool, paint: Paint) -> String {
         r.scopes_evicted,
         t.render(paint)
     )
-}
-
-/// One live event, one line.
-pub fn event_line(e: &EventRecord, paint: Paint) -> String {
-    let mut extra = Vec::new();
-    match (&e.old_state, &e.new_state) {
-        (Some(a), Some(b)) => extra.push(format!("{a}->{b}")),
-        _ => {
-            if let Some(s) = &e.state {
-                extra.push(format!("state={s}"));
-            }
-        }
-    }
-    if let Some(r) = &e.reason {
-        extra.push(format!("reason={r}"));
-    }
-    if e.no_socket == Some(true) {
-        extra.push("no_socket".to_owned());
-    }
-    if let Some(v) = e.sk_err.filter(|v| *v != 0) {
-        extra.push(format!("sk_err={v}"));
-    }
-    if let Some(f) = &e.flow {
-        let retrans = f.syn_retrans + f.data_retrans;
-        if retrans + f.rtos > 0 {
-            extra.push(format!("retrans={retrans} rtos={}", f.rtos));
-        }
-        if f.rst_sent + f.rst_received > 0 {
-            extra.push(format!("rst={}↑{}↓", f.rst_sent, f.rst_received));
-        }
-    }
-    if let Some(v) = e.stats.as_ref().map(|s| s.srtt_us).filter(|v| *v > 0) {
-        extra.push(format!("srtt={v}us"));
-    }
-    if let (Some(s), Some(c)) = (&e.repeat_scope, e.repeat_count) {
-        extra.push(format!("repeat={s} count={c}"));
-    }
-    if let (Some(p), Some(c)) = (e.pid, &e.comm) {
-        extra.push(format!("{c}/{p}"));
-    }
-    let kind = format!("{:<20}", e.kind);
-    let kind = if e.kind.starts_with("rst") || e.kind == "repeat_rst" {
-        paint.red(&kind)
-    } else if e.kind.contains("retrans") || e.kind == "rto" {
-        paint.yellow(&kind)
-    } else {
-        kind
-    };
-    format!(
-        "{:>14.6} {} cookie={:<8} {} -> {} {}",
-        e.ts_ns as f64 / 1e9,
-        kind,
-        e.cookie.map_or("-".to_owned(), |c| c.to_string()),
-        e.local,
-        e.remote,
-        extra.join(" ")
-    )
-    .trim_end()
-    .to_owned()
 }

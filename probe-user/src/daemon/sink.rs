@@ -22,9 +22,11 @@ use crate::{
     kernel::progstats,
     pipeline::metrics::Health,
     pipeline::Pipeline,
-    render::anomaly::{self, AnomalyView},
-    render::flow,
-    render::{self, EventView, Format},
+    render::anomaly::{self, AnomalyRecord},
+    render::event::{self, EventRecord},
+    render::flow::{self, FlowRecord},
+    render::table::Paint,
+    render::{self, Format},
 };
 
 /// How often a query may rerun the open-flow iterator (a pass over every TCP socket of the
@@ -177,26 +179,21 @@ impl<'a> Sink<'a> {
     pub(crate) fn tick(&mut self) {
         let now = monotonic_ns();
         for change in self.pipeline.tick(now) {
-            if let Some(api) = self.api.as_ref().filter(|a| a.watched()) {
-                match api::answer::change_record(&change, now) {
-                    Ok(r) => api.publish(Live::Anomaly(r)),
-                    Err(e) => log::error!("encoding anomaly: {e}"),
-                }
-            }
+            let record = AnomalyRecord::of_change(&change, now);
             // Text output already shows it on stdout; otherwise the log is where people look.
             if self.format != Format::Text {
-                log::warn!("{}", anomaly::anomaly_text(&change));
+                log::warn!("{}", anomaly::line(&record, Paint::OFF));
             }
             let line = match self.format {
-                Format::None => continue,
-                Format::Text => anomaly::anomaly_text(&change),
-                Format::Json => match serde_json::to_string(&AnomalyView::new(&change, now)) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        log::error!("encoding anomaly: {e}");
-                        continue;
-                    }
-                },
+                Format::None => None,
+                Format::Text => Some(anomaly::line(&record, Paint::OFF)),
+                Format::Json => Some(render::json_line(&record)),
+            };
+            if let Some(api) = self.api.as_ref().filter(|a| a.watched()) {
+                api.publish(Live::Anomaly(record));
+            }
+            let Some(line) = line else {
+                continue;
             };
             self.write(&line);
         }
@@ -250,22 +247,24 @@ impl<'a> Sink<'a> {
     }
 
     pub(crate) fn dump_flows(&mut self) {
-        let lines: Vec<String> = self
+        let records = self
             .pipeline
             .flows
             .iter()
-            .map(|f| match self.format {
-                Format::Json => {
-                    serde_json::to_string(&flow::FlowView::new(f, &self.loaded.reason_names))
-                        .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
-                }
-                _ => flow::flow_text(f, &self.loaded.reason_names),
-            })
-            .collect();
-        if self.format != Format::None {
-            for l in lines {
-                self.write(&l);
+            .map(|f| FlowRecord::new(f, &self.loaded.reason_names));
+        let lines: Vec<String> = match self.format {
+            Format::None => return,
+            Format::Json => records.map(|r| render::json_line(&r)).collect(),
+            // The table `linkprobe flows --wide` shows.
+            Format::Text => {
+                let records: Vec<FlowRecord> = records.collect();
+                vec![flow::table(&records, monotonic_ns(), true, Paint::OFF)
+                    .trim_end()
+                    .to_owned()]
             }
+        };
+        for l in lines {
+            self.write(&l);
         }
     }
 
@@ -288,16 +287,11 @@ impl<'a> Sink<'a> {
         }
         let line = match self.format {
             Format::None => return,
-            Format::Text => render::text_line(&ev, &self.loaded.reason_names),
-            Format::Json => {
-                match serde_json::to_string(&EventView::new(&ev, &self.loaded.reason_names)) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        log::error!("encoding event: {e}");
-                        return;
-                    }
-                }
-            }
+            Format::Text => event::line(
+                &EventRecord::new(&ev, &self.loaded.reason_names),
+                Paint::OFF,
+            ),
+            Format::Json => render::json_line(&EventRecord::new(&ev, &self.loaded.reason_names)),
         };
         self.write(&line);
     }

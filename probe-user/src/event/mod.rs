@@ -18,6 +18,17 @@ pub enum RepeatScope {
     LocalPort,
 }
 
+impl RepeatScope {
+    /// Stable name for output.
+    pub fn name(self) -> &'static str {
+        match self {
+            RepeatScope::Socket => "socket",
+            RepeatScope::Peer => "peer",
+            RepeatScope::LocalPort => "local_port",
+        }
+    }
+}
+
 /// Kernel TCP states (include/net/tcp_states.h).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TcpState(pub u8);
@@ -140,6 +151,16 @@ impl fmt::Debug for Comm {
 pub enum Role {
     Client,
     Server,
+}
+
+impl Role {
+    /// Stable name for output and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+        }
+    }
 }
 
 /// A flow's state as the kernel keeps it, after the hit a record reports.

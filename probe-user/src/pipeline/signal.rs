@@ -29,6 +29,16 @@ pub enum RstDirection {
     Received,
 }
 
+impl RstDirection {
+    /// Stable name for output and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            RstDirection::Sent => "sent",
+            RstDirection::Received => "received",
+        }
+    }
+}
+
 /// Why a connection failed: an attempt (SYN_SENT) that ended without a connection, or a
 /// connection that ended with a reset instead of a FIN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

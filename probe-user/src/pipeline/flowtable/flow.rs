@@ -24,6 +24,20 @@ pub enum CloseCause {
     Unreachable,
 }
 
+impl CloseCause {
+    /// Stable name for output and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseCause::Fin => "fin",
+            CloseCause::RstReceived => "rst_received",
+            CloseCause::RstSent => "rst_sent",
+            CloseCause::Timeout => "timeout",
+            CloseCause::Refused => "refused",
+            CloseCause::Unreachable => "unreachable",
+        }
+    }
+}
+
 impl From<CloseClass> for CloseCause {
     fn from(c: CloseClass) -> CloseCause {
         match c {

@@ -21,7 +21,7 @@ use crate::{
     config::MetricsConfig,
     event::Role,
     pipeline::detect::{AnomalyChange, AnomalyKind, Scope},
-    pipeline::signal::{Peer, RstDirection, Signal},
+    pipeline::signal::{Peer, Signal},
 };
 use series::{Budget, Family};
 use topk::TopK;
@@ -76,18 +76,7 @@ pub struct Metrics {
 }
 
 fn role_name(role: Option<Role>) -> &'static str {
-    match role {
-        Some(Role::Client) => "client",
-        Some(Role::Server) => "server",
-        None => "unknown",
-    }
-}
-
-fn direction_name(d: RstDirection) -> &'static str {
-    match d {
-        RstDirection::Sent => "sent",
-        RstDirection::Received => "received",
-    }
+    role.map_or("unknown", Role::name)
 }
 
 impl Metrics {
@@ -184,7 +173,7 @@ impl Metrics {
                 ..
             } => {
                 let key = ResetKey {
-                    direction: direction_name(*direction),
+                    direction: direction.name(),
                     reason: self.reason(reason.as_deref()),
                     peer: self.peer(*peer),
                     local_port: self.port(*local_port),

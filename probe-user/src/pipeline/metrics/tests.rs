@@ -9,7 +9,7 @@ use crate::{
     kernel::probes::{ProbeState, ProbeStatus, PROBES},
     pipeline::detect::DetectStats,
     pipeline::flowtable::FlowTableStats,
-    pipeline::signal::{ConnectFailure, RetransmitKind},
+    pipeline::signal::{ConnectFailure, RetransmitKind, RstDirection},
 };
 
 const S: u64 = 1_000_000_000;

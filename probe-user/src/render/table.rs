@@ -9,6 +9,9 @@ pub struct Paint {
 }
 
 impl Paint {
+    /// No colour (logs, pipes).
+    pub const OFF: Paint = Paint { on: false };
+
     /// On when stdout is a terminal and `NO_COLOR` is unset or empty (no-color.org).
     pub fn detect() -> Paint {
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());

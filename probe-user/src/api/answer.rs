@@ -1,8 +1,6 @@
 //! The event loop's side of the API: answers one query from the state the loop owns (flow
 //! table, detectors, top, counters), synchronously and with bounded work (one pass over the
 //! flow table at most, results capped by `limit`).
-use std::{collections::BTreeMap, time::Instant};
-
 use crate::{
     api::{
         filter::Matcher,
@@ -13,6 +11,7 @@ use crate::{
     },
     clock::monotonic_ns,
     config::Config,
+    event::totals::Totals,
     kernel::counters,
     kernel::loader::Loaded,
     pipeline::flowtable::{CloseCause, Flow},
@@ -24,19 +23,15 @@ use crate::{
 pub const MAX_LIMIT: usize = 2_000;
 
 /// What the loop lends to [`answer`].
-pub struct LoopState<'a> {
+pub struct Lent<'a> {
     pub pipeline: &'a Pipeline,
     pub loaded: &'a Loaded,
-    pub records: &'a BTreeMap<&'static str, u64>,
-    pub decode_errors: u64,
+    pub totals: &'a Totals,
     pub config: &'a Config,
-    pub started: Instant,
-    /// The running kernel's release, read once at start.
-    pub kernel_release: &'a str,
 }
 
 /// Answers a query that needs the loop's state (streams are handled by the server).
-pub fn answer(q: &Query, st: &LoopState<'_>) -> Reply {
+pub fn answer(q: &Query, st: &Lent<'_>) -> Reply {
     match q {
         Query::Flows {
             filter,
@@ -61,7 +56,7 @@ pub fn answer(q: &Query, st: &LoopState<'_>) -> Reply {
     }
 }
 
-fn status(st: &LoopState<'_>) -> StatusReport {
+fn status(st: &Lent<'_>) -> StatusReport {
     let kernel = counters::read(&st.loaded.ebpf, &st.loaded.reason_names);
     let (kernel_events, kernel_lost) = match kernel {
         Ok(k) => (
@@ -77,9 +72,9 @@ fn status(st: &LoopState<'_>) -> StatusReport {
     let detect = st.pipeline.detectors.stats();
     StatusReport {
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        kernel: st.kernel_release.to_owned(),
+        kernel: st.totals.kernel_release.clone(),
         pid: std::process::id(),
-        uptime_secs: st.started.elapsed().as_secs(),
+        uptime_secs: st.totals.started.elapsed().as_secs(),
         probes: st
             .loaded
             .probes
@@ -95,11 +90,12 @@ fn status(st: &LoopState<'_>) -> StatusReport {
             })
             .collect(),
         records: st
+            .totals
             .records
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect(),
-        decode_errors: st.decode_errors,
+        decode_errors: st.totals.decode_errors,
         kernel_events,
         kernel_lost,
         flows: FlowTableRow {
@@ -122,7 +118,7 @@ fn status(st: &LoopState<'_>) -> StatusReport {
     }
 }
 
-fn flows(st: &LoopState<'_>, m: &Matcher, sort: SortKey, limit: usize) -> Reply {
+fn flows(st: &Lent<'_>, m: &Matcher, sort: SortKey, limit: usize) -> Reply {
     let now = monotonic_ns();
     let table = &st.pipeline.flows;
     let mut matched: Vec<&Flow> = table.iter().filter(|f| m.flow(f, now)).collect();
@@ -148,7 +144,7 @@ fn flows(st: &LoopState<'_>, m: &Matcher, sort: SortKey, limit: usize) -> Reply 
     }
 }
 
-fn flow(st: &LoopState<'_>, cookie: u64) -> Reply {
+fn flow(st: &Lent<'_>, cookie: u64) -> Reply {
     // The cookie is unique per boot across namespaces; the table key adds the netns.
     let Some(f) = st.pipeline.flows.iter().find(|f| f.key.cookie == cookie) else {
         return error(
@@ -178,7 +174,7 @@ fn flow(st: &LoopState<'_>, cookie: u64) -> Reply {
     }
 }
 
-fn anomalies(st: &LoopState<'_>) -> Reply {
+fn anomalies(st: &Lent<'_>) -> Reply {
     let now = monotonic_ns();
     let det = &st.pipeline.detectors;
     Reply::Anomalies {

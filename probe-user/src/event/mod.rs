@@ -3,6 +3,7 @@
 pub mod decode;
 pub mod parse;
 pub mod rst_reason;
+pub mod totals;
 use std::{fmt, net::SocketAddr};
 
 use probe_common::EventKind;

@@ -7,11 +7,11 @@ pub mod anomaly;
 pub mod event;
 pub mod flow;
 pub mod table;
-use std::io::Write;
+use std::{collections::BTreeMap, io::Write};
 
 use serde::Serialize;
 
-use crate::{kernel::counters::KernelCounters, kernel::probes::ProbeStatus};
+use crate::{event::totals::Totals, kernel::counters::KernelCounters, kernel::probes::ProbeStatus};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -75,10 +75,10 @@ struct CountersView<'a> {
     #[serde(rename = "type")]
     record: &'static str,
     /// Records decoded by this process, per kind.
-    records: &'a std::collections::BTreeMap<&'static str, u64>,
+    records: &'a BTreeMap<&'static str, u64>,
     decode_errors: u64,
     /// Runs of each probe the kernel skipped (already running on that CPU): hits never seen.
-    recursion_misses: &'a std::collections::BTreeMap<&'static str, u64>,
+    recursion_misses: &'a BTreeMap<&'static str, u64>,
     flows: FlowsView,
     anomalies: AnomaliesView,
     #[serde(flatten)]
@@ -95,7 +95,7 @@ struct FlowsView {
 #[derive(Serialize)]
 struct AnomaliesView {
     active: usize,
-    raised: std::collections::BTreeMap<&'static str, u64>,
+    raised: BTreeMap<&'static str, u64>,
     scopes_tracked: usize,
     scopes_evicted: u64,
 }
@@ -104,16 +104,15 @@ struct AnomaliesView {
 /// detector totals.
 pub fn counters_json(
     kernel: &KernelCounters,
-    records: &std::collections::BTreeMap<&'static str, u64>,
-    decode_errors: u64,
-    recursion_misses: &std::collections::BTreeMap<&'static str, u64>,
+    totals: &Totals,
+    recursion_misses: &BTreeMap<&'static str, u64>,
     flows: &crate::pipeline::flowtable::FlowTableStats,
     detect: &crate::pipeline::detect::DetectStats,
 ) -> String {
     json_line(&CountersView {
         record: "counters",
-        records,
-        decode_errors,
+        records: &totals.records,
+        decode_errors: totals.decode_errors,
         recursion_misses,
         flows: FlowsView {
             tracked: flows.tracked,

@@ -11,6 +11,7 @@ use super::{
     AnomalyKey, Metrics, PeerLabel, PortLabel,
 };
 use crate::{
+    event::totals::Totals,
     kernel::counters::KernelCounters,
     kernel::probes::ProbeStatus,
     pipeline::detect::{Anomaly, AnomalyKind, DetectStats},
@@ -20,9 +21,8 @@ use crate::{
 /// What the daemon knows about itself at the moment of a snapshot.
 pub struct Health<'a> {
     pub kernel: &'a KernelCounters,
-    /// Records that reached userspace, per kind.
-    pub records: &'a BTreeMap<&'static str, u64>,
-    pub decode_errors: u64,
+    /// Records that reached userspace, per kind, and those that could not be decoded.
+    pub totals: &'a Totals,
     pub flows: FlowTableStats,
     pub max_flows: usize,
     pub detect: &'a DetectStats,
@@ -30,7 +30,6 @@ pub struct Health<'a> {
     /// Times the kernel skipped each probe (`progstats`).
     pub recursion_misses: &'a BTreeMap<&'static str, u64>,
     pub version: &'a str,
-    pub kernel_release: &'a str,
 }
 
 /// One family under construction.
@@ -343,7 +342,7 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
     per_kind(
         "linkprobe_records_received_total",
         "Records drained from the ring buffer by the daemon.",
-        h.records,
+        &h.totals.records,
     )
     .done(out);
     single(
@@ -384,7 +383,7 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
             "linkprobe_decode_errors_total",
             "Ring-buffer records that could not be decoded.",
         ),
-        h.decode_errors as f64,
+        h.totals.decode_errors as f64,
     );
 
     single(
@@ -520,7 +519,10 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
         "Always 1: the linkprobe version and the kernel it runs on.",
     );
     f.value(
-        &[("version", s(h.version)), ("kernel", s(h.kernel_release))],
+        &[
+            ("version", s(h.version)),
+            ("kernel", s(&h.totals.kernel_release)),
+        ],
         1.0,
     );
     f.done(out);

@@ -3,6 +3,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 use prometheus::{proto::MetricFamily, Encoder as _, TextEncoder};
 
 use super::*;
+use crate::event::totals::Totals;
 use crate::pipeline::detect::Anomaly;
 use crate::{
     kernel::counters::KernelCounters,
@@ -55,7 +56,12 @@ fn metrics(cfg: MetricsConfig) -> Metrics {
 }
 
 fn encode(m: &Metrics, kernel: &KernelCounters) -> (Vec<MetricFamily>, String) {
-    let records = BTreeMap::new();
+    let totals = Totals {
+        records: BTreeMap::new(),
+        decode_errors: 0,
+        started: std::time::Instant::now(),
+        kernel_release: "6.18.0".into(),
+    };
     let detect = DetectStats::default();
     let probes: Vec<ProbeStatus> = PROBES
         .iter()
@@ -69,15 +75,13 @@ fn encode(m: &Metrics, kernel: &KernelCounters) -> (Vec<MetricFamily>, String) {
         .collect();
     let h = Health {
         kernel,
-        records: &records,
-        decode_errors: 0,
+        totals: &totals,
         flows: FlowTableStats::default(),
         max_flows: 65_536,
         detect: &detect,
         probes: &probes,
         recursion_misses: &BTreeMap::from([("lp_rst_sent", 0)]),
         version: "0.1.0",
-        kernel_release: "6.18.0",
     };
     let families = m.families(&h, std::iter::empty());
     let mut buf = Vec::new();
@@ -409,20 +413,23 @@ fn anomaly_series_count_against_the_cap_and_fold_past_it() {
     }
     // The cap, plus the fold target of each family (connections, anomalies).
     assert!(m.series() <= 102, "{}", m.series());
-    let records = BTreeMap::new();
+    let totals = Totals {
+        records: BTreeMap::new(),
+        decode_errors: 0,
+        started: std::time::Instant::now(),
+        kernel_release: "0".into(),
+    };
     let detect = DetectStats::default();
     let kernel = KernelCounters::default();
     let h = Health {
         kernel: &kernel,
-        records: &records,
-        decode_errors: 0,
+        totals: &totals,
         flows: FlowTableStats::default(),
         max_flows: 1,
         detect: &detect,
         probes: &[],
         recursion_misses: &BTreeMap::new(),
         version: "0",
-        kernel_release: "0",
     };
     let families = m.families(&h, anomalies.iter());
     let active = families

@@ -1,0 +1,145 @@
+//! The loop's state, one owner: the pipeline and the totals it feeds, the printer, the API's
+//! loop side and the exporter. Each step the loop takes is one method here.
+use crate::{
+    api::{self, answer::Lent, proto::Query, ApiLoop, Live, LoopQuery},
+    clock::monotonic_ns,
+    config::Config,
+    daemon::{
+        auto_backups::AutoBackups, error::RunError, exporter::Exporter, open_flows::OpenFlows,
+        printer::Printer, snapshot,
+    },
+    event::{decode::decode, totals::Totals},
+    kernel::{counters, loader::Loaded, progstats},
+    pipeline::Pipeline,
+    render::{anomaly::AnomalyRecord, flow::FlowRecord},
+};
+
+pub struct LoopState<'a> {
+    pub loaded: &'a Loaded,
+    pipeline: Pipeline,
+    totals: Totals,
+    config: Config,
+    printer: Printer,
+    /// The API's loop side (daemon only): live items for watchers.
+    api: Option<ApiLoop>,
+    exporter: Option<Exporter>,
+    auto_backups: AutoBackups,
+    open_flows: OpenFlows,
+}
+
+impl<'a> LoopState<'a> {
+    pub fn new(
+        loaded: &'a Loaded,
+        pipeline: Pipeline,
+        config: Config,
+        printer: Printer,
+        api: Option<ApiLoop>,
+        exporter: Option<Exporter>,
+    ) -> Self {
+        LoopState {
+            loaded,
+            pipeline,
+            totals: Totals::start(),
+            config,
+            printer,
+            api,
+            exporter,
+            auto_backups: AutoBackups::default(),
+            open_flows: OpenFlows::default(),
+        }
+    }
+
+    /// One ring record: decoded, counted, fed to the pipeline, sent to watchers, printed.
+    pub fn record(&mut self, bytes: &[u8]) {
+        let ev = match decode(bytes) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.totals.undecodable();
+                log::error!("{e}");
+                return;
+            }
+        };
+        self.totals.decoded(&ev);
+        self.pipeline.on_event(&ev, &self.loaded.reason_names);
+        if let Some(api) = self.api.as_ref().filter(|a| a.watched()) {
+            api.publish(Live::Event(ev.clone()));
+        }
+        self.printer.event(&ev, &self.loaded.reason_names);
+    }
+
+    /// Closes detector windows; anomaly changes go to watchers and out.
+    pub fn tick(&mut self) {
+        let now = monotonic_ns();
+        for change in self.pipeline.tick(now) {
+            let record = AnomalyRecord::of_change(&change, now);
+            self.printer.anomaly(&record);
+            if let Some(api) = self.api.as_ref().filter(|a| a.watched()) {
+                api.publish(Live::Anomaly(record));
+            }
+        }
+    }
+
+    /// Hands the exporter a fresh snapshot.
+    pub fn publish(&self) {
+        let Some(exporter) = &self.exporter else {
+            return;
+        };
+        if let Some(s) = snapshot::take(self.loaded, &self.pipeline, &self.totals, &self.config) {
+            exporter.publish(s);
+        }
+    }
+
+    /// `--backup-probes auto`.
+    pub fn ensure_backups(&mut self) {
+        self.auto_backups.check(self.loaded);
+    }
+
+    /// Answers one API query from the loop's state.
+    pub fn answer(&mut self, q: LoopQuery) {
+        if matches!(q.query, Query::Flows { .. } | Query::Flow { .. }) {
+            self.refresh_open_flows();
+        }
+        let lent = Lent {
+            pipeline: &self.pipeline,
+            loaded: self.loaded,
+            totals: &self.totals,
+            config: &self.config,
+        };
+        // The client may have given up (timeout): nothing to do then.
+        let _ = q.reply.send(api::answer::answer(&q.query, &lent));
+    }
+
+    fn refresh_open_flows(&mut self) {
+        self.open_flows
+            .refresh(self.loaded, &mut self.pipeline, &mut self.totals);
+    }
+
+    /// After the last drain: the last anomaly changes, `--dump-flows`, the final counters.
+    pub fn finish(mut self, dump_flows: bool) -> Result<(), RunError> {
+        self.tick();
+        if dump_flows {
+            self.refresh_open_flows();
+            let records: Vec<FlowRecord> = self
+                .pipeline
+                .flows
+                .iter()
+                .map(|f| FlowRecord::new(f, &self.loaded.reason_names))
+                .collect();
+            self.printer.flows(&records, monotonic_ns());
+        }
+        let kernel = counters::read(&self.loaded.ebpf, &self.loaded.reason_names)?;
+        let misses = progstats::unrecovered(
+            &progstats::recursion_misses(&self.loaded.ebpf, &self.loaded.probes),
+            &kernel.backup_runs,
+        );
+        let line = crate::render::counters_json(
+            &kernel,
+            &self.totals,
+            &misses,
+            &self.pipeline.flows.stats(),
+            &self.pipeline.detectors.stats(),
+        );
+        self.printer.counters(&line);
+        Ok(())
+    }
+}

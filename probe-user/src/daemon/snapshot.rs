@@ -6,7 +6,7 @@ use crate::{
     daemon::exporter::Snapshot,
     event::totals::Totals,
     kernel::{counters, loader::Loaded, probes::ProbeState, progstats},
-    pipeline::{metrics::Health, Pipeline},
+    pipeline::{metrics::families::Health, Pipeline},
 };
 
 /// None when the kernel's counters cannot be read: /readyz then turns stale and says so.

@@ -186,7 +186,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         return Err(LoadError::NoObject);
     }
     let btf = Btf::from_sys_fs()?;
-    let (offsets, btf_notes) = btf::kernel_offsets(&btf);
+    let (offsets, btf_notes) = btf::offsets::kernel_offsets(&btf);
     if offsets.valid == 0 {
         return Err(LoadError::Offsets(btf_notes.join("; ")));
     }

@@ -152,7 +152,7 @@ fn degradations(tracepoints: &[TracepointRow]) -> Vec<String> {
 /// BTF notes without a loaded object, for when loading failed as a whole.
 fn btf_notes_alone() -> Vec<String> {
     match Btf::from_sys_fs() {
-        Ok(b) => btf::kernel_offsets(&b).1,
+        Ok(b) => btf::offsets::kernel_offsets(&b).1,
         Err(e) => vec![e.to_string()],
     }
 }

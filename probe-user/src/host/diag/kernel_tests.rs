@@ -2,8 +2,9 @@
 //! The namespace tests need root and the `ip` tool and skip (with a message) otherwise.
 use std::{
     collections::HashMap,
-    net::{TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd, RawFd},
+    path::PathBuf,
     process::Command,
 };
 

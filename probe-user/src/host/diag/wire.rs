@@ -7,7 +7,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
 };
 
-use super::{DiagError, ExistingSocket};
+use super::socket::{DiagError, ExistingSocket, AF_INET, AF_INET6};
 
 pub(super) const NLMSG_NOOP: u16 = 1;
 pub(super) const NLMSG_ERROR: u16 = 2;
@@ -18,8 +18,6 @@ pub(super) const NLM_F_REQUEST: u16 = 1;
 pub(super) const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ALIGNTO: usize = 4;
 
-pub(super) const AF_INET: u8 = libc::AF_INET as u8;
-pub(super) const AF_INET6: u8 = libc::AF_INET6 as u8;
 const IPPROTO_TCP: u8 = libc::IPPROTO_TCP as u8;
 
 /// `TCP_LISTEN` in the kernel's `include/net/tcp_states.h` numbering.

@@ -3,7 +3,7 @@
 //! kernel's own; BTF of the other byte order is recognised by its swapped magic and refused.
 use std::collections::HashMap;
 
-use super::BtfError;
+use super::error::BtfError;
 
 pub(super) const MAGIC: u16 = 0xeb9f;
 pub(super) const VERSION: u8 = 1;

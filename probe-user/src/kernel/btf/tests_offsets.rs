@@ -4,7 +4,7 @@ use std::{path::Path, process::Command, time::Instant};
 
 use probe_common::KernelOffsets;
 
-use super::{test_builder::*, *};
+use super::{offsets::kernel_offsets, test_builder::*, *};
 
 /// The shape of a pre-5.7 kernel: tagged `sock_cgroup_data`, `union kernfs_node_id`,
 /// `ancestor_ids`, no `net_cookie`, no `sk_buff` / `net_device`.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use probe_common::ABSENT;
 
-use super::Tracepoint;
+use super::tracepoint::Tracepoint;
 
 /// One `field:` line of a format file.
 #[derive(Clone, Debug, PartialEq, Eq)]

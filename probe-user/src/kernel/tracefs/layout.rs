@@ -2,7 +2,7 @@
 //! linkprobe uses has the size it expects.
 use probe_common::{addr_style, TpLayout, ABSENT};
 
-use super::{TpFormat, Tracepoint};
+use super::{format::TpFormat, tracepoint::Tracepoint};
 
 /// What a field must look like.
 #[derive(Clone, Copy)]

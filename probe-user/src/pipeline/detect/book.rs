@@ -2,7 +2,7 @@
 //! waiting for the next `tick`, ids and per-kind totals.
 use std::collections::{BTreeMap, VecDeque};
 
-use super::{Anomaly, AnomalyChange, AnomalyKind, Scope};
+use super::anomaly::{Anomaly, AnomalyChange, AnomalyKind, Scope};
 
 /// Changes kept between two `tick`s at most; beyond that they are counted and dropped (the
 /// anomalies themselves stay queryable through `active` / `recent`).

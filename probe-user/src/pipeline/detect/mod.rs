@@ -40,6 +40,7 @@
 //! scope without an active anomaly (O(1): scopes with an active anomaly leave the recency list).
 //! When every scope has an active anomaly, the new scope's signal is dropped and counted.
 //! Each window close only visits scopes with something to evaluate (the "hot" list).
+mod anomaly;
 mod book;
 mod state;
 mod table;
@@ -48,174 +49,18 @@ mod tests;
 #[cfg(test)]
 mod tests_events;
 
-use std::{fmt, time::Duration};
+use std::time::Duration;
 
 pub use crate::config::DetectConfig;
-pub use crate::pipeline::signal::Peer;
 use crate::{
     event::RepeatScope,
     pipeline::signal::{ConnectFailure, RetransmitKind, RstDirection, Signal},
 };
 
+pub use anomaly::{Anomaly, AnomalyChange, AnomalyKind, Scope, WINDOW_NS};
 use book::Book;
 use state::ScopeState;
 use table::ScopeTable;
-
-/// Length of one detector window.
-pub const WINDOW_NS: u64 = 1_000_000_000;
-
-/// What kind of anomaly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum AnomalyKind {
-    RstStorm,
-    RstRatio,
-    SynRetry,
-    ConnectRefused,
-    ConnectTimeout,
-    ConnectUnreachable,
-    ResetAfterEstablished,
-    RetransmitRate,
-    KernelRepeatRst,
-}
-
-impl AnomalyKind {
-    pub const COUNT: usize = 9;
-    pub const ALL: [AnomalyKind; AnomalyKind::COUNT] = [
-        AnomalyKind::RstStorm,
-        AnomalyKind::RstRatio,
-        AnomalyKind::SynRetry,
-        AnomalyKind::ConnectRefused,
-        AnomalyKind::ConnectTimeout,
-        AnomalyKind::ConnectUnreachable,
-        AnomalyKind::ResetAfterEstablished,
-        AnomalyKind::RetransmitRate,
-        AnomalyKind::KernelRepeatRst,
-    ];
-
-    /// Position in [`AnomalyKind::ALL`] (and in per-kind arrays).
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Stable snake_case name for output and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            AnomalyKind::RstStorm => "rst_storm",
-            AnomalyKind::RstRatio => "rst_ratio",
-            AnomalyKind::SynRetry => "syn_retry",
-            AnomalyKind::ConnectRefused => "connect_refused",
-            AnomalyKind::ConnectTimeout => "connect_timeout",
-            AnomalyKind::ConnectUnreachable => "connect_unreachable",
-            AnomalyKind::ResetAfterEstablished => "reset_after_established",
-            AnomalyKind::RetransmitRate => "retransmit_rate",
-            AnomalyKind::KernelRepeatRst => "kernel_repeat_rst",
-        }
-    }
-
-    /// The likely causes, for people.
-    pub fn hint(self) -> &'static str {
-        match self {
-            AnomalyKind::RstStorm => {
-                "app refusing or resetting connections, pool exhausted, LB/proxy draining"
-            }
-            AnomalyKind::RstRatio => "app actively refusing or connection pool exhausted",
-            AnomalyKind::SynRetry => "backend unreachable or firewall dropping SYNs",
-            AnomalyKind::ConnectRefused => {
-                "nothing listening or the service is refusing connections (RST to SYN)"
-            }
-            AnomalyKind::ConnectTimeout => {
-                "SYNs unanswered: backend down or firewall dropping SYNs"
-            }
-            AnomalyKind::ConnectUnreachable => "no route to the backend (ICMP unreachable)",
-            AnomalyKind::ResetAfterEstablished => {
-                "peer reset an established connection: app crash, idle timeout or LB/proxy reset"
-            }
-            AnomalyKind::RetransmitRate => "network loss or middlebox QoS",
-            AnomalyKind::KernelRepeatRst => {
-                "the kernel saw repeated resets on the same socket/endpoint/port within 1 s"
-            }
-        }
-    }
-
-    /// Raised by a single occurrence (rather than by a rate or ratio over windows).
-    pub fn is_event(self) -> bool {
-        !matches!(
-            self,
-            AnomalyKind::RstStorm | AnomalyKind::RstRatio | AnomalyKind::RetransmitRate
-        )
-    }
-}
-
-impl fmt::Display for AnomalyKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// What an anomaly is about. (cgroup / pod scopes later.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Scope {
-    /// A remote endpoint (its port only when it is a service port).
-    Peer(Peer),
-    /// One of our listening ports.
-    LocalPort(u16),
-    /// One socket, by cookie.
-    Socket(u64),
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Scope::Peer(p) => write!(f, "peer {p}"),
-            Scope::LocalPort(p) => write!(f, "local port {p}"),
-            Scope::Socket(c) => write!(f, "socket {c}"),
-        }
-    }
-}
-
-/// One anomaly, active or cleared.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Anomaly {
-    /// Increases monotonically across all kinds and scopes, from 1.
-    pub id: u64,
-    pub kind: AnomalyKind,
-    pub scope: Scope,
-    /// Rate kinds: start of the first window of the raise streak; event kinds: the first
-    /// occurrence.
-    pub start_ns: u64,
-    /// When it cleared (end of the window that completed the clear streak); `None` while active.
-    pub end_ns: Option<u64>,
-    /// Rate kinds: end of the last window not below the clear threshold; event kinds: the last
-    /// occurrence.
-    pub last_ns: u64,
-    /// Highest value seen while active: RST/s (storm), a fraction (ratios), occurrences per
-    /// window (event kinds), the kernel's RST count per its window (kernel repeat-RST).
-    pub peak_rate: f64,
-    /// Socket cookies involved (first ones, at most `evidence_len`, no duplicates).
-    pub evidence: Vec<u64>,
-    pub hint: &'static str,
-    /// The measurement that raised it (refreshed with each new peak).
-    pub detail: String,
-}
-
-/// What [`Detectors::tick`] reports.
-#[derive(Clone, Debug, PartialEq)]
-pub enum AnomalyChange {
-    Raised(Anomaly),
-    /// The peak grew by at least 10 % since the last report (at most once per anomaly and
-    /// window; `peak_rate` itself is always current in `active()`).
-    Updated(Anomaly),
-    Cleared(Anomaly),
-}
-
-impl AnomalyChange {
-    #[cfg(test)]
-    pub fn anomaly(&self) -> &Anomaly {
-        match self {
-            AnomalyChange::Raised(a) | AnomalyChange::Updated(a) | AnomalyChange::Cleared(a) => a,
-        }
-    }
-}
 
 /// Detector counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -3,9 +3,10 @@
 use std::collections::VecDeque;
 
 use super::{
+    anomaly::{AnomalyKind, Scope, WINDOW_NS},
     book::{Book, NewAnomaly},
-    AnomalyKind, DetectConfig, Scope, WINDOW_NS,
 };
+use crate::config::DetectConfig;
 
 /// Sums of (numerator, denominator) over the last `len` windows, one bucket per window.
 pub(super) struct Sliding {

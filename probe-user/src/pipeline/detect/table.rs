@@ -5,7 +5,7 @@
 //! least recently active evictable scope: lookup, touch and eviction are O(1).
 use std::collections::HashMap;
 
-use super::{state::ScopeState, Scope};
+use super::{anomaly::Scope, state::ScopeState};
 
 const NIL: u32 = u32::MAX;
 

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::tests::{client, conn, peer, rst, spread, Harness, S, T0};
 use super::*;
+use crate::pipeline::signal::Peer;
 use crate::{
     event::RepeatScope,
     pipeline::signal::{ConnectFailure, RetransmitKind, RstDirection, Signal},

@@ -5,13 +5,17 @@ use std::{net::SocketAddr, num::NonZeroU64};
 
 use probe_common::{role, CloseClass, EventKind};
 
-use super::{timeline::Timeline, FlowKey};
-use crate::{
-    event::rst_reason::ReasonNames,
-    event::{
-        kind_name, Detail, Event, FlowCounts, Process, RepeatScope, Role, SockStats, TcpState,
-    },
-};
+use super::timeline::{Note, Timeline, TimelineEntry};
+use crate::event::{Detail, Event, FlowCounts, Process, Role, SockStats, TcpState};
+
+/// A flow's identity: socket cookies are unique per boot; the netns cookie tells namespaces
+/// apart in what the table shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Netns cookie (0 when unknown).
+    pub netns: u64,
+    pub cookie: u64,
+}
 
 /// Why a flow ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,68 +51,6 @@ impl From<CloseClass> for CloseCause {
             CloseClass::Refused => CloseCause::Refused,
             CloseClass::Timeout => CloseCause::Timeout,
             CloseClass::Unreachable => CloseCause::Unreachable,
-        }
-    }
-}
-
-/// What a timeline entry adds to its kind; plain data, rendered only when shown (a flow keeps
-/// up to `timeline_len` of these, so no allocation per event).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Note {
-    None,
-    /// `sk_err` 0: none.
-    Transition {
-        from: TcpState,
-        to: TcpState,
-        sk_err: i32,
-    },
-    Srtt(u32),
-    /// Retransmits and RTOs the flow counted up to this record (a report stands for all of
-    /// them since the previous one).
-    Retransmits {
-        data: u32,
-        rtos: u32,
-    },
-    Reason(Option<u32>),
-    Err(i32),
-    Repeat {
-        scope: RepeatScope,
-        count: u32,
-    },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TimelineEntry {
-    /// Since the flow's start.
-    pub offset_ns: u64,
-    pub kind: EventKind,
-    /// The state the hook reported, where it reports one.
-    pub state: Option<TcpState>,
-    pub note: Note,
-}
-
-impl TimelineEntry {
-    pub fn kind_name(&self) -> &'static str {
-        kind_name(self.kind)
-    }
-
-    /// Short human text, e.g. `SYN_SENT->ESTABLISHED` or `reason=TCP_STATE`.
-    pub fn detail(&self, reasons: &ReasonNames) -> String {
-        match self.note {
-            Note::None => String::new(),
-            Note::Transition {
-                from,
-                to,
-                sk_err: 0,
-            } => format!("{from}->{to}"),
-            Note::Transition { from, to, sk_err } => format!("{from}->{to} sk_err={sk_err}"),
-            Note::Srtt(us) => format!("srtt={us}us"),
-            Note::Retransmits { data, rtos } => format!("data_retrans={data} rtos={rtos}"),
-            Note::Reason(r) => {
-                r.map_or_else(String::new, |r| format!("reason={}", reasons.name(r)))
-            }
-            Note::Err(e) => format!("err={e}"),
-            Note::Repeat { scope, count } => format!("{scope:?} count={count}"),
         }
     }
 }

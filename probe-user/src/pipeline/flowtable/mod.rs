@@ -12,21 +12,14 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use lru::{Links, List, ListId, Slots, NIL};
 
-pub use flow::{CloseCause, Flow, TimelineEntry};
-pub use timeline::Timeline;
+pub use flow::{CloseCause, Flow, FlowKey};
+pub use timeline::{Timeline, TimelineEntry};
 
 use crate::{
     event::rst_reason::ReasonNames,
     event::{Event, TcpState},
     pipeline::signal::Signal,
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    /// Netns cookie (0 when unknown).
-    pub netns: u64,
-    pub cookie: u64,
-}
 
 #[derive(Clone, Debug)]
 pub struct FlowConfig {

@@ -3,7 +3,7 @@
 //! this record is about); a record without it is its own fact.
 use std::time::Duration;
 
-use super::{CloseCause, Flow};
+use super::flow::{CloseCause, Flow};
 use crate::{
     event::rst_reason::ReasonNames,
     event::{Detail, Event, FlowCounts, RepeatScope, Role, SockStats, TcpState},

@@ -5,7 +5,72 @@ use std::collections::VecDeque;
 
 use probe_common::EventKind;
 
-use super::flow::TimelineEntry;
+use crate::{
+    event::rst_reason::ReasonNames,
+    event::{kind_name, RepeatScope, TcpState},
+};
+
+/// What a timeline entry adds to its kind; plain data, rendered only when shown (a flow keeps
+/// up to `timeline_len` of these, so no allocation per event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    None,
+    /// `sk_err` 0: none.
+    Transition {
+        from: TcpState,
+        to: TcpState,
+        sk_err: i32,
+    },
+    Srtt(u32),
+    /// Retransmits and RTOs the flow counted up to this record (a report stands for all of
+    /// them since the previous one).
+    Retransmits {
+        data: u32,
+        rtos: u32,
+    },
+    Reason(Option<u32>),
+    Err(i32),
+    Repeat {
+        scope: RepeatScope,
+        count: u32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimelineEntry {
+    /// Since the flow's start.
+    pub offset_ns: u64,
+    pub kind: EventKind,
+    /// The state the hook reported, where it reports one.
+    pub state: Option<TcpState>,
+    pub note: Note,
+}
+
+impl TimelineEntry {
+    pub fn kind_name(&self) -> &'static str {
+        kind_name(self.kind)
+    }
+
+    /// Short human text, e.g. `SYN_SENT->ESTABLISHED` or `reason=TCP_STATE`.
+    pub fn detail(&self, reasons: &ReasonNames) -> String {
+        match self.note {
+            Note::None => String::new(),
+            Note::Transition {
+                from,
+                to,
+                sk_err: 0,
+            } => format!("{from}->{to}"),
+            Note::Transition { from, to, sk_err } => format!("{from}->{to} sk_err={sk_err}"),
+            Note::Srtt(us) => format!("srtt={us}us"),
+            Note::Retransmits { data, rtos } => format!("data_retrans={data} rtos={rtos}"),
+            Note::Reason(r) => {
+                r.map_or_else(String::new, |r| format!("reason={}", reasons.name(r)))
+            }
+            Note::Err(e) => format!("err={e}"),
+            Note::Repeat { scope, count } => format!("{scope:?} count={count}"),
+        }
+    }
+}
 
 /// Entries kept inline, never dropped.
 const FIRST: usize = 3;

@@ -8,13 +8,12 @@
 //! counts into `other`, a retired value's series is merged into `other`, and records the
 //! kernel could not deliver are exported under `lost` from its per-kind loss counters, so each
 //! family's sum equals the kernel's own count.
-mod families;
+pub mod families;
 mod series;
 mod topk;
 
 use std::{collections::BTreeSet, ops::RangeInclusive};
 
-pub use families::Health;
 pub use series::{Hist, PeerLabel, PortLabel};
 
 use crate::{

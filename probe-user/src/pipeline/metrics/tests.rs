@@ -2,7 +2,7 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use prometheus::{proto::MetricFamily, Encoder as _, TextEncoder};
 
-use super::*;
+use super::{families::Health, *};
 use crate::event::totals::Totals;
 use crate::pipeline::detect::Anomaly;
 use crate::{

@@ -266,49 +266,17 @@ impl ScopeState {
         }
         if let Some(mut sliding) = self.rst_conn.take() {
             sliding.push(self.counts.rst, self.counts.conns);
-            let (rsts, conns) = (sliding.num, sliding.den);
-            let enough = conns >= cfg.rst_ratio_min_connections;
-            let ratio = rsts as f64 / conns.max(1) as f64;
-            let secs = cfg.rst_ratio_window_secs;
-            self.rate_kind(
-                AnomalyKind::RstRatio,
-                enough && ratio > cfg.rst_ratio,
-                !enough || ratio < cfg.rst_ratio_clear,
-                ratio,
-                cfg.rst_ratio_raise_after,
-                (start, end),
-                cfg.clear_after,
-                book,
-                || {
-                    format!(
-                        "{rsts} RSTs for {conns} connections in {secs} s ({:.1} %)",
-                        ratio * 100.0
-                    )
-                },
-            );
+            self.close_ratio(&RatioRule::rst(cfg), &sliding, (start, end), cfg, book);
             self.rst_conn = Some(sliding);
         }
         if let Some(mut sliding) = self.segments.take() {
             sliding.push(self.counts.retrans, self.counts.sent);
-            let (retrans, sent) = (sliding.num, sliding.den);
-            let enough = sent >= cfg.retransmit_min_segments;
-            let ratio = retrans as f64 / sent.max(1) as f64;
-            let secs = cfg.retransmit_window_secs;
-            self.rate_kind(
-                AnomalyKind::RetransmitRate,
-                enough && ratio > cfg.retransmit_ratio,
-                !enough || ratio < cfg.retransmit_ratio_clear,
-                ratio,
-                cfg.retransmit_raise_after,
+            self.close_ratio(
+                &RatioRule::retransmit(cfg),
+                &sliding,
                 (start, end),
-                cfg.clear_after,
+                cfg,
                 book,
-                || {
-                    format!(
-                        "{retrans} of {sent} data segments retransmitted in {secs} s ({:.2} %)",
-                        ratio * 100.0
-                    )
-                },
             );
             self.segments = Some(sliding);
         }
@@ -371,6 +339,31 @@ impl ScopeState {
         self.baseline_next = w + 1;
     }
 
+    /// One ratio detector's verdict on its sliding sums.
+    fn close_ratio(
+        &mut self,
+        rule: &RatioRule,
+        sliding: &Sliding,
+        span: (u64, u64),
+        cfg: &DetectConfig,
+        book: &mut Book,
+    ) {
+        let (num, den) = (sliding.num, sliding.den);
+        let enough = den >= rule.min_den;
+        let ratio = num as f64 / den.max(1) as f64;
+        self.rate_kind(
+            rule.kind,
+            enough && ratio > rule.raise,
+            !enough || ratio < rule.clear,
+            ratio,
+            rule.raise_after,
+            span,
+            cfg.clear_after,
+            book,
+            || (rule.detail)(num, den, rule.window_secs, ratio),
+        );
+    }
+
     /// Hysteresis of a rate or ratio kind at the end of a window.
     #[expect(
         clippy::too_many_arguments,
@@ -419,6 +412,56 @@ impl ScopeState {
                 }
             }
             Verdict::Quiet => {}
+        }
+    }
+}
+
+/// A ratio detector: a numerator over a denominator, both summed over a sliding window, raised
+/// above `raise` once the denominator reaches `min_den`, cleared below `clear` (or when the
+/// denominator falls short). RST ratio and retransmit rate are two of these.
+struct RatioRule {
+    kind: AnomalyKind,
+    min_den: u64,
+    raise: f64,
+    clear: f64,
+    raise_after: u32,
+    window_secs: u32,
+    /// (numerator, denominator, window seconds, ratio) → the anomaly's detail.
+    detail: fn(u64, u64, u32, f64) -> String,
+}
+
+impl RatioRule {
+    fn rst(cfg: &DetectConfig) -> RatioRule {
+        RatioRule {
+            kind: AnomalyKind::RstRatio,
+            min_den: cfg.rst_ratio_min_connections,
+            raise: cfg.rst_ratio,
+            clear: cfg.rst_ratio_clear,
+            raise_after: cfg.rst_ratio_raise_after,
+            window_secs: cfg.rst_ratio_window_secs,
+            detail: |rsts, conns, secs, ratio| {
+                format!(
+                    "{rsts} RSTs for {conns} connections in {secs} s ({:.1} %)",
+                    ratio * 100.0
+                )
+            },
+        }
+    }
+
+    fn retransmit(cfg: &DetectConfig) -> RatioRule {
+        RatioRule {
+            kind: AnomalyKind::RetransmitRate,
+            min_den: cfg.retransmit_min_segments,
+            raise: cfg.retransmit_ratio,
+            clear: cfg.retransmit_ratio_clear,
+            raise_after: cfg.retransmit_raise_after,
+            window_secs: cfg.retransmit_window_secs,
+            detail: |retrans, sent, secs, ratio| {
+                format!(
+                    "{retrans} of {sent} data segments retransmitted in {secs} s ({:.2} %)",
+                    ratio * 100.0
+                )
+            },
         }
     }
 }

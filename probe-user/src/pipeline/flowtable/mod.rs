@@ -6,6 +6,8 @@ mod lru;
 mod signals;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_table;
 mod timeline;
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};

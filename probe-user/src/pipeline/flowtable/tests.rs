@@ -1,5 +1,3 @@
-use std::net::SocketAddr;
-
 use probe_common::CloseClass;
 
 use super::*;
@@ -8,11 +6,11 @@ use crate::{
     pipeline::signal::{ConnectFailure, RetransmitKind, RstDirection},
 };
 
-const CLIENT: u64 = 7;
-const START: u64 = 1_000;
+pub(super) const CLIENT: u64 = 7;
+pub(super) const START: u64 = 1_000;
 
 /// A record of flow `cookie` without flow state.
-fn bare(ts_ns: u64, cookie: Option<u64>, detail: Detail) -> Event {
+pub(super) fn bare(ts_ns: u64, cookie: Option<u64>, detail: Detail) -> Event {
     Event {
         ts_ns,
         cookie,
@@ -29,7 +27,12 @@ fn bare(ts_ns: u64, cookie: Option<u64>, detail: Detail) -> Event {
 }
 
 /// A record of a client flow started at `START`, with the kernel's counts after this hit.
-fn rec(ts_ns: u64, detail: Detail, established: Option<u64>, counts: FlowCounts) -> Event {
+pub(super) fn rec(
+    ts_ns: u64,
+    detail: Detail,
+    established: Option<u64>,
+    counts: FlowCounts,
+) -> Event {
     let mut e = bare(ts_ns, Some(CLIENT), detail);
     e.process = Some(Process {
         pid: 42,
@@ -46,7 +49,13 @@ fn rec(ts_ns: u64, detail: Detail, established: Option<u64>, counts: FlowCounts)
     e
 }
 
-fn end(ts_ns: u64, from: u8, sk_err: i32, established: Option<u64>, counts: FlowCounts) -> Event {
+pub(super) fn end(
+    ts_ns: u64,
+    from: u8,
+    sk_err: i32,
+    established: Option<u64>,
+    counts: FlowCounts,
+) -> Event {
     let mut e = rec(
         ts_ns,
         Detail::FlowEnd {
@@ -66,7 +75,7 @@ fn end(ts_ns: u64, from: u8, sk_err: i32, established: Option<u64>, counts: Flow
     e
 }
 
-fn syn_retransmit(ts_ns: u64, count: u32) -> Event {
+pub(super) fn syn_retransmit(ts_ns: u64, count: u32) -> Event {
     rec(
         ts_ns,
         Detail::Retransmit {
@@ -81,7 +90,7 @@ fn syn_retransmit(ts_ns: u64, count: u32) -> Event {
     )
 }
 
-fn run(table: &mut FlowTable, events: &[Event]) -> Vec<Signal> {
+pub(super) fn run(table: &mut FlowTable, events: &[Event]) -> Vec<Signal> {
     let mut out = Vec::new();
     for e in events {
         table.apply(e, &ReasonNames::default(), &mut out);
@@ -89,11 +98,11 @@ fn run(table: &mut FlowTable, events: &[Event]) -> Vec<Signal> {
     out
 }
 
-fn key(cookie: u64) -> FlowKey {
+pub(super) fn key(cookie: u64) -> FlowKey {
     FlowKey { netns: 1, cookie }
 }
 
-fn count(signals: &[Signal], pred: impl Fn(&Signal) -> bool) -> usize {
+pub(super) fn count(signals: &[Signal], pred: impl Fn(&Signal) -> bool) -> usize {
     signals.iter().filter(|s| pred(s)).count()
 }
 
@@ -490,216 +499,4 @@ fn a_time_wait_rst_after_a_fin_close_is_not_a_reset_of_the_flow() {
     assert!(!signals
         .iter()
         .any(|s| matches!(s, Signal::ConnectFailed { .. })));
-}
-
-#[test]
-fn table_bound_evicts_closed_first_and_counts() {
-    let cfg = FlowConfig {
-        max_flows: 1000,
-        ..FlowConfig::default()
-    };
-    let mut t = FlowTable::new(cfg);
-    let start = std::time::Instant::now();
-    let mut out = Vec::new();
-    let reasons = ReasonNames::default();
-    for c in 1..=200_000u64 {
-        let mut connect = rec(c, Detail::Connect, None, FlowCounts::default());
-        connect.cookie = Some(c);
-        t.apply(&connect, &reasons, &mut out);
-        if c % 2 == 0 {
-            let mut close = end(c, 1, 0, Some(c), FlowCounts::default());
-            close.cookie = Some(c);
-            t.apply(&close, &reasons, &mut out);
-        }
-        out.clear();
-    }
-    eprintln!(
-        "flow table: 200k flows (half closed) in {:?} ({:.0} flows/s)",
-        start.elapsed(),
-        200_000.0 / start.elapsed().as_secs_f64()
-    );
-    assert_eq!(t.len(), 1000);
-    assert_eq!(t.evicted(), 199_000);
-    // Closed flows went first: every open flow among the last ones is still here, and no
-    // closed one.
-    assert!(t.get(&key(199_999)).is_some());
-    assert!(t.get(&key(199_997)).is_some());
-    assert!(t.get(&key(199_998)).is_none());
-}
-
-#[test]
-fn closed_flows_expire_after_retention() {
-    let cfg = FlowConfig {
-        retain_closed: std::time::Duration::from_secs(60),
-        ..FlowConfig::default()
-    };
-    let mut t = FlowTable::new(cfg);
-    run(&mut t, &[end(1_000, 2, 111, None, FlowCounts::default())]);
-    assert_eq!(t.expire(59_000_000_000), 0);
-    assert_eq!(t.expire(61_000_000_000), 1);
-    assert!(t.is_empty());
-    assert_eq!(t.stats().expired, 1);
-}
-
-#[test]
-fn preexisting_flows_are_marked_and_not_new_connections() {
-    let mut t = FlowTable::new(FlowConfig::default());
-    let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-    let remote: SocketAddr = "127.0.0.1:6000".parse().unwrap();
-    t.insert_existing(key(9), local, remote, TcpState::ESTABLISHED, 10);
-    let f = t.get(&key(9)).unwrap();
-    assert!(f.preexisting);
-    assert_eq!(f.state, TcpState::ESTABLISHED);
-    // Its summary (first seen late by the kernel too) counts no connection.
-    let mut late = end(50, 1, 0, None, FlowCounts::default());
-    late.cookie = Some(9);
-    if let Some(s) = late.flow.as_mut() {
-        s.late = true;
-        s.role = None;
-    }
-    let signals = run(&mut t, &[late]);
-    assert!(!signals
-        .iter()
-        .any(|s| matches!(s, Signal::Connection { .. })));
-    assert_eq!(t.get(&key(9)).unwrap().close, Some(CloseCause::Fin));
-}
-
-#[test]
-fn failures_are_counted_even_for_flows_evicted_before_they_closed() {
-    let mut t = FlowTable::new(FlowConfig {
-        max_flows: 16,
-        ..FlowConfig::default()
-    });
-    let mut events = Vec::new();
-    for c in 100..140 {
-        let mut e = syn_retransmit(c, 1);
-        e.cookie = Some(c);
-        events.push(e);
-    }
-    for c in 100..140 {
-        let mut e = end(
-            1_000 + c,
-            2,
-            libc::ETIMEDOUT,
-            None,
-            FlowCounts {
-                syn_retrans: 1,
-                ..FlowCounts::default()
-            },
-        );
-        e.cookie = Some(c);
-        events.push(e);
-    }
-    let signals = run(&mut t, &events);
-    assert!(t.evicted() >= 24, "{}", t.evicted());
-    let timeouts = count(&signals, |s| {
-        matches!(
-            s,
-            Signal::ConnectFailed {
-                cause: ConnectFailure::Timeout,
-                ..
-            }
-        )
-    });
-    assert_eq!(timeouts, 40);
-}
-
-#[test]
-fn open_flow_records_update_state_without_a_story_entry() {
-    let mut t = FlowTable::new(FlowConfig::default());
-    let est = Some(START + 5);
-    run(
-        &mut t,
-        &[rec(
-            2_000,
-            Detail::Open {
-                state: TcpState::ESTABLISHED,
-            },
-            est,
-            FlowCounts::default(),
-        )],
-    );
-    let f = t.get(&key(CLIENT)).unwrap();
-    assert_eq!(f.state, TcpState::ESTABLISHED);
-    assert!(f.established);
-    let kinds: Vec<&str> = f.timeline.iter().map(|e| e.kind_name()).collect();
-    assert_eq!(kinds, ["connect", "active_established"]);
-}
-
-#[test]
-fn the_kernels_lost_failure_slots_type_errors_like_the_flow_table() {
-    use probe_common::misc;
-    for (err, slot, cause) in [
-        (
-            libc::ECONNREFUSED,
-            misc::CONNECT_FAILED_LOST_REFUSED,
-            CloseCause::Refused,
-        ),
-        (
-            libc::ETIMEDOUT,
-            misc::CONNECT_FAILED_LOST_TIMEOUT,
-            CloseCause::Timeout,
-        ),
-        (
-            libc::EHOSTUNREACH,
-            misc::CONNECT_FAILED_LOST_UNREACHABLE,
-            CloseCause::Unreachable,
-        ),
-        (
-            libc::ENETUNREACH,
-            misc::CONNECT_FAILED_LOST_UNREACHABLE,
-            CloseCause::Unreachable,
-        ),
-        (
-            libc::EHOSTDOWN,
-            misc::CONNECT_FAILED_LOST_UNREACHABLE,
-            CloseCause::Unreachable,
-        ),
-        (
-            libc::ENETDOWN,
-            misc::CONNECT_FAILED_LOST_UNREACHABLE,
-            CloseCause::Unreachable,
-        ),
-    ] {
-        assert_eq!(misc::connect_failed_lost_slot(err), slot, "errno {err}");
-        let mut t = FlowTable::new(FlowConfig::default());
-        run(&mut t, &[end(9, 2, err, None, FlowCounts::default())]);
-        assert_eq!(
-            t.get(&key(CLIENT)).unwrap().close,
-            Some(cause),
-            "errno {err}"
-        );
-    }
-}
-
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .unwrap()
-}
-
-#[test]
-#[ignore = "measurement"]
-fn measure_memory_per_flow() {
-    let mut t = FlowTable::new(FlowConfig::default());
-    let reasons = ReasonNames::default();
-    let mut out = Vec::new();
-    let before = rss_kb();
-    for c in 1..=65_536u64 {
-        let mut e = end(c * 10, 5, 0, Some(START + 300), FlowCounts::default());
-        e.cookie = Some(c);
-        t.apply(&e, &reasons, &mut out);
-        out.clear();
-    }
-    let after = rss_kb();
-    eprintln!(
-        "65,536 flows: {} kB, {} bytes/flow; Flow {} TimelineEntry {}",
-        after - before,
-        (after - before) * 1024 / 65_536,
-        std::mem::size_of::<Flow>(),
-        std::mem::size_of::<TimelineEntry>()
-    );
 }

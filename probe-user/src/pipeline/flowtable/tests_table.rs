@@ -1,0 +1,222 @@
+//! The table's bounds and lifecycle: eviction, expiry, flows open before start, open-flow
+//! records, and the memory a flow costs.
+use std::net::SocketAddr;
+
+use super::tests::{count, end, key, rec, run, syn_retransmit, CLIENT, START};
+use super::*;
+use crate::{
+    event::{Detail, FlowCounts},
+    pipeline::signal::ConnectFailure,
+};
+
+#[test]
+fn table_bound_evicts_closed_first_and_counts() {
+    let cfg = FlowConfig {
+        max_flows: 1000,
+        ..FlowConfig::default()
+    };
+    let mut t = FlowTable::new(cfg);
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    let reasons = ReasonNames::default();
+    for c in 1..=200_000u64 {
+        let mut connect = rec(c, Detail::Connect, None, FlowCounts::default());
+        connect.cookie = Some(c);
+        t.apply(&connect, &reasons, &mut out);
+        if c % 2 == 0 {
+            let mut close = end(c, 1, 0, Some(c), FlowCounts::default());
+            close.cookie = Some(c);
+            t.apply(&close, &reasons, &mut out);
+        }
+        out.clear();
+    }
+    eprintln!(
+        "flow table: 200k flows (half closed) in {:?} ({:.0} flows/s)",
+        start.elapsed(),
+        200_000.0 / start.elapsed().as_secs_f64()
+    );
+    assert_eq!(t.len(), 1000);
+    assert_eq!(t.evicted(), 199_000);
+    // Closed flows went first: every open flow among the last ones is still here, and no
+    // closed one.
+    assert!(t.get(&key(199_999)).is_some());
+    assert!(t.get(&key(199_997)).is_some());
+    assert!(t.get(&key(199_998)).is_none());
+}
+
+#[test]
+fn closed_flows_expire_after_retention() {
+    let cfg = FlowConfig {
+        retain_closed: std::time::Duration::from_secs(60),
+        ..FlowConfig::default()
+    };
+    let mut t = FlowTable::new(cfg);
+    run(&mut t, &[end(1_000, 2, 111, None, FlowCounts::default())]);
+    assert_eq!(t.expire(59_000_000_000), 0);
+    assert_eq!(t.expire(61_000_000_000), 1);
+    assert!(t.is_empty());
+    assert_eq!(t.stats().expired, 1);
+}
+
+#[test]
+fn preexisting_flows_are_marked_and_not_new_connections() {
+    let mut t = FlowTable::new(FlowConfig::default());
+    let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+    let remote: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+    t.insert_existing(key(9), local, remote, TcpState::ESTABLISHED, 10);
+    let f = t.get(&key(9)).unwrap();
+    assert!(f.preexisting);
+    assert_eq!(f.state, TcpState::ESTABLISHED);
+    // Its summary (first seen late by the kernel too) counts no connection.
+    let mut late = end(50, 1, 0, None, FlowCounts::default());
+    late.cookie = Some(9);
+    if let Some(s) = late.flow.as_mut() {
+        s.late = true;
+        s.role = None;
+    }
+    let signals = run(&mut t, &[late]);
+    assert!(!signals
+        .iter()
+        .any(|s| matches!(s, Signal::Connection { .. })));
+    assert_eq!(t.get(&key(9)).unwrap().close, Some(CloseCause::Fin));
+}
+
+#[test]
+fn failures_are_counted_even_for_flows_evicted_before_they_closed() {
+    let mut t = FlowTable::new(FlowConfig {
+        max_flows: 16,
+        ..FlowConfig::default()
+    });
+    let mut events = Vec::new();
+    for c in 100..140 {
+        let mut e = syn_retransmit(c, 1);
+        e.cookie = Some(c);
+        events.push(e);
+    }
+    for c in 100..140 {
+        let mut e = end(
+            1_000 + c,
+            2,
+            libc::ETIMEDOUT,
+            None,
+            FlowCounts {
+                syn_retrans: 1,
+                ..FlowCounts::default()
+            },
+        );
+        e.cookie = Some(c);
+        events.push(e);
+    }
+    let signals = run(&mut t, &events);
+    assert!(t.evicted() >= 24, "{}", t.evicted());
+    let timeouts = count(&signals, |s| {
+        matches!(
+            s,
+            Signal::ConnectFailed {
+                cause: ConnectFailure::Timeout,
+                ..
+            }
+        )
+    });
+    assert_eq!(timeouts, 40);
+}
+
+#[test]
+fn open_flow_records_update_state_without_a_story_entry() {
+    let mut t = FlowTable::new(FlowConfig::default());
+    let est = Some(START + 5);
+    run(
+        &mut t,
+        &[rec(
+            2_000,
+            Detail::Open {
+                state: TcpState::ESTABLISHED,
+            },
+            est,
+            FlowCounts::default(),
+        )],
+    );
+    let f = t.get(&key(CLIENT)).unwrap();
+    assert_eq!(f.state, TcpState::ESTABLISHED);
+    assert!(f.established);
+    let kinds: Vec<&str> = f.timeline.iter().map(|e| e.kind_name()).collect();
+    assert_eq!(kinds, ["connect", "active_established"]);
+}
+
+#[test]
+fn the_kernels_lost_failure_slots_type_errors_like_the_flow_table() {
+    use probe_common::misc;
+    for (err, slot, cause) in [
+        (
+            libc::ECONNREFUSED,
+            misc::CONNECT_FAILED_LOST_REFUSED,
+            CloseCause::Refused,
+        ),
+        (
+            libc::ETIMEDOUT,
+            misc::CONNECT_FAILED_LOST_TIMEOUT,
+            CloseCause::Timeout,
+        ),
+        (
+            libc::EHOSTUNREACH,
+            misc::CONNECT_FAILED_LOST_UNREACHABLE,
+            CloseCause::Unreachable,
+        ),
+        (
+            libc::ENETUNREACH,
+            misc::CONNECT_FAILED_LOST_UNREACHABLE,
+            CloseCause::Unreachable,
+        ),
+        (
+            libc::EHOSTDOWN,
+            misc::CONNECT_FAILED_LOST_UNREACHABLE,
+            CloseCause::Unreachable,
+        ),
+        (
+            libc::ENETDOWN,
+            misc::CONNECT_FAILED_LOST_UNREACHABLE,
+            CloseCause::Unreachable,
+        ),
+    ] {
+        assert_eq!(misc::connect_failed_lost_slot(err), slot, "errno {err}");
+        let mut t = FlowTable::new(FlowConfig::default());
+        run(&mut t, &[end(9, 2, err, None, FlowCounts::default())]);
+        assert_eq!(
+            t.get(&key(CLIENT)).unwrap().close,
+            Some(cause),
+            "errno {err}"
+        );
+    }
+}
+
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap()
+}
+
+#[test]
+#[ignore = "measurement"]
+fn measure_memory_per_flow() {
+    let mut t = FlowTable::new(FlowConfig::default());
+    let reasons = ReasonNames::default();
+    let mut out = Vec::new();
+    let before = rss_kb();
+    for c in 1..=65_536u64 {
+        let mut e = end(c * 10, 5, 0, Some(START + 300), FlowCounts::default());
+        e.cookie = Some(c);
+        t.apply(&e, &reasons, &mut out);
+        out.clear();
+    }
+    let after = rss_kb();
+    eprintln!(
+        "65,536 flows: {} kB, {} bytes/flow; Flow {} TimelineEntry {}",
+        after - before,
+        (after - before) * 1024 / 65_536,
+        std::mem::size_of::<Flow>(),
+        std::mem::size_of::<TimelineEntry>()
+    );
+}

@@ -1,7 +1,9 @@
 //! The bodies of the tracepoint hooks, one per fact, generic over where flow state lives.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use probe_common::{
-    flags, misc, net, role, state_flags, tcp_state, EventKind, FlowRecord, FlowState, SockStats,
+    flags,
+    kernel::{net, tcp_state},
+    misc, role, state_flags, EventKind, FlowRecord, FlowState, SockStats,
 };
 
 use crate::{

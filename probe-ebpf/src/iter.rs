@@ -7,7 +7,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::seq_file, helpers::generated::bpf_seq_write, macros::map, maps::PerCpuArray,
 };
-use probe_common::{flags, role, state_flags, tcp_state, EventKind, FlowRecord, FlowState};
+use probe_common::{flags, kernel::tcp_state, role, state_flags, EventKind, FlowRecord, FlowState};
 
 use crate::{
     emit::{copy_words, zero_words},

@@ -3,7 +3,9 @@
 //! Addresses are plain numbers here (`bpf_probe_read_kernel` sources), never dereferenced.
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 use probe_common::{
-    flags, misc, net, tcp_state, FlowRecord, KernelOffsets, SockStats, TCP_WINDOW_MAX,
+    flags,
+    kernel::{net, tcp_state},
+    misc, FlowRecord, KernelOffsets, SockStats, TCP_WINDOW_MAX,
 };
 
 use crate::{

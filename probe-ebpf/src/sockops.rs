@@ -14,7 +14,9 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use probe_common::{
-    flags, misc, net, state_flags, tcp_state, EventKind, FlowRecord, FlowState, SockStats,
+    flags,
+    kernel::{net, tcp_state},
+    misc, state_flags, EventKind, FlowRecord, FlowState, SockStats,
 };
 
 use crate::{

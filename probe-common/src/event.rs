@@ -9,6 +9,8 @@
 //! [`FlowState`] as it is after the hit, so userspace derives facts from counter deltas and a
 //! lost record only delays them until the next record of the flow.
 
+use crate::kernel::errno;
+
 /// What produced a [`FlowRecord`]. Values index the per-CPU counter arrays (and the record's
 /// `kind` holds one as u32).
 #[repr(u8)]
@@ -77,6 +79,8 @@ impl EventKind {
 
 /// Indices into the `MISC_COUNTS` per-CPU array: counts that are not one per record kind.
 pub mod misc {
+    use crate::kernel::errno;
+
     /// SYN_SENT → CLOSE transitions (connect failed: refused, timed out or unreachable).
     pub const CONNECT_FAILED: u32 = 0;
     /// Events dropped by the scope filter because the socket's netns/cgroup could not be read.
@@ -124,20 +128,14 @@ pub mod misc {
     pub const BACKUP_MARK_FAILED: u32 = BACKUP_RUNS + crate::backup::COUNT;
     pub const COUNT: u32 = BACKUP_MARK_FAILED + 1;
 
-    /// Linux errno values of the connect failures (asm-generic/errno.h).
-    pub const ECONNREFUSED: i32 = 111;
-    pub const ETIMEDOUT: i32 = 110;
-    pub const ENETDOWN: i32 = 100;
-    pub const ENETUNREACH: i32 = 101;
-    pub const EHOSTDOWN: i32 = 112;
-    pub const EHOSTUNREACH: i32 = 113;
-
     /// The `CONNECT_FAILED_LOST_*` slot of a failed connect's `sk_err`.
     pub const fn connect_failed_lost_slot(sk_err: i32) -> u32 {
         match sk_err {
-            ECONNREFUSED => CONNECT_FAILED_LOST_REFUSED,
-            ETIMEDOUT => CONNECT_FAILED_LOST_TIMEOUT,
-            ENETDOWN | ENETUNREACH | EHOSTDOWN | EHOSTUNREACH => CONNECT_FAILED_LOST_UNREACHABLE,
+            errno::ECONNREFUSED => CONNECT_FAILED_LOST_REFUSED,
+            errno::ETIMEDOUT => CONNECT_FAILED_LOST_TIMEOUT,
+            errno::ENETDOWN | errno::ENETUNREACH | errno::EHOSTDOWN | errno::EHOSTUNREACH => {
+                CONNECT_FAILED_LOST_UNREACHABLE
+            }
             _ => CONNECT_FAILED_LOST_OTHER,
         }
     }
@@ -287,13 +285,13 @@ pub struct FlowRecord {
     pub kind: u32,
     /// [`flags`] bits.
     pub flags: u32,
-    /// Address family (`AF_INET` = 2, `AF_INET6` = 10).
+    /// Address family ([`crate::kernel::net`]: `AF_INET`, `AF_INET6`).
     pub family: u16,
     /// Local port, host byte order.
     pub sport: u16,
     /// Remote port, host byte order.
     pub dport: u16,
-    /// TCP state before (state changes) or at the event; kernel `TCP_*` numbering.
+    /// TCP state before (state changes) or at the event ([`crate::kernel::tcp_state`]).
     pub old_state: u8,
     /// TCP state after a state change, else equal to `old_state`.
     pub new_state: u8,
@@ -345,9 +343,9 @@ impl CloseClass {
     ) -> CloseClass {
         if role == role::CLIENT && !established {
             return match sk_err {
-                misc::ECONNREFUSED => CloseClass::Refused,
-                misc::ETIMEDOUT => CloseClass::Timeout,
-                misc::ENETDOWN | misc::ENETUNREACH | misc::EHOSTDOWN | misc::EHOSTUNREACH => {
+                errno::ECONNREFUSED => CloseClass::Refused,
+                errno::ETIMEDOUT => CloseClass::Timeout,
+                errno::ENETDOWN | errno::ENETUNREACH | errno::EHOSTDOWN | errno::EHOSTUNREACH => {
                     CloseClass::Unreachable
                 }
                 _ if rst_received > 0 => CloseClass::Refused,
@@ -362,24 +360,6 @@ impl CloseClass {
             CloseClass::Fin
         }
     }
-}
-
-/// TCP states (include/net/tcp_states.h).
-pub mod tcp_state {
-    pub const ESTABLISHED: u8 = 1;
-    pub const SYN_SENT: u8 = 2;
-    pub const SYN_RECV: u8 = 3;
-    pub const TIME_WAIT: u8 = 6;
-    pub const CLOSE: u8 = 7;
-    pub const LISTEN: u8 = 10;
-    pub const NEW_SYN_RECV: u8 = 12;
-}
-
-/// Address families and protocols the programs check.
-pub mod net {
-    pub const AF_INET: u16 = 2;
-    pub const AF_INET6: u16 = 10;
-    pub const IPPROTO_TCP: u16 = 6;
 }
 
 #[cfg(feature = "user")]

@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod event;
+pub mod kernel;
 pub mod layout;
 
 pub use event::*;

@@ -18,15 +18,57 @@ use crate::{
     maps::{EVENTS, TUNING},
 };
 
+/// What every record starts with: when, which socket (cookie 0: none) in which network
+/// namespace (0: unknown), and the TCP state before and after the hit (the same but for state
+/// changes).
+#[derive(Clone, Copy)]
+pub struct Header {
+    pub now: u64,
+    pub cookie: u64,
+    pub netns: u64,
+    pub old: u8,
+    pub new: u8,
+}
+
+impl Header {
+    /// The header of a hit that changes no state (the socket stays in `state`).
+    #[inline(always)]
+    pub fn at(now: u64, cookie: u64, netns: u64, state: u8) -> Header {
+        Header {
+            now,
+            cookie,
+            netns,
+            old: state,
+            new: state,
+        }
+    }
+
+    /// Into a (zeroed) record.
+    #[inline(always)]
+    pub fn write(&self, rec: &mut FlowRecord) {
+        rec.ts_ns = self.now;
+        if self.cookie != 0 {
+            rec.cookie = self.cookie;
+            rec.flags |= flags::COOKIE;
+        }
+        if self.netns != 0 {
+            rec.netns_cookie = self.netns;
+            rec.flags |= flags::NETNS;
+        }
+        rec.old_state = self.old;
+        rec.new_state = self.new;
+    }
+}
+
 /// Sends one `kind` record: `fill` writes the header (on a zeroed record), then the flow's
-/// state is copied in. Returns whether the ring took it.
+/// state is copied in. A record the ring cannot take is counted with what it takes with it.
 #[inline(always)]
 pub fn send(
     kind: EventKind,
     flow: Option<&mut FlowState>,
     sk_err: i32,
     fill: impl FnOnce(&mut FlowRecord),
-) -> bool {
+) {
     let Some(mut entry) = EVENTS.reserve::<FlowRecord>(0) else {
         count_lost(kind);
         match flow {
@@ -38,7 +80,7 @@ pub fn send(
                 }
             }
         }
-        return false;
+        return;
     };
     let rec = entry.as_mut_ptr();
     // SAFETY: the reservation is `size_of::<FlowRecord>()` bytes, 8-aligned, ours until
@@ -58,7 +100,6 @@ pub fn send(
         st.flags |= state_flags::DELIVERED;
     }
     entry.submit(wakeup_flags());
-    true
 }
 
 /// Zeroes a value as 8-byte words. LLVM would emit a call to `memset`, which in BPF is a byte

@@ -1,68 +1,83 @@
 //! The bodies of the tracepoint hooks, one per fact, generic over where flow state lives.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use probe_common::{
-    flags, misc, net, role, state_flags, tcp_state, EventKind, FlowRecord, FlowState, SockStats,
+    flags,
+    kernel::{net, tcp_state},
+    misc, role, state_flags, EventKind, FlowRecord, FlowState, SockStats,
 };
 
 use crate::{
     counters::{count_event, count_misc, count_no_cookie, count_rst_reason},
-    emit::send,
+    emit::{send, Header},
     flow::{self, Sk, Store},
     maps::TUNING,
     repeat,
-    sock::{self, Scope},
+    sock::{self, Addrs, Scope},
 };
 
 /// "This kernel does not report a reason" (a tracepoint argument it does not pass); counted in
 /// the last slot of `RST_REASON_COUNTS`.
 pub const REASON_UNKNOWN: u32 = u32::MAX;
 
-/// The header every record shares.
+/// The time of this hit (`bpf_ktime_get_ns`).
 #[inline(always)]
-pub fn header(rec: &mut FlowRecord, now: u64, cookie: u64, netns: u64, old: u8, new: u8) {
-    rec.ts_ns = now;
-    if cookie != 0 {
-        rec.cookie = cookie;
-        rec.flags |= flags::COOKIE;
-    }
-    if netns != 0 {
-        rec.netns_cookie = netns;
-        rec.flags |= flags::NETNS;
-    }
-    rec.old_state = old;
-    rec.new_state = new;
-}
-
-#[inline(always)]
-fn now() -> u64 {
+pub fn now() -> u64 {
     // SAFETY: no arguments.
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// Where a hook finds the flow of a socket it met mid-life.
-enum Found {
-    Flow(&'static mut FlowState),
-    /// In scope, but no state (out of memory, or a closed socket of the fallback store); the
-    /// netns cookie (0: unknown).
-    NoState(u64),
-    OutOfScope,
+/// Sends a `kind` record of a socket (or of a packet): its header, its addresses, then what
+/// `extra` adds. Every send of the hooks goes through here.
+#[inline(always)]
+fn send_hit(
+    kind: EventKind,
+    flow: Option<&mut FlowState>,
+    sk_err: i32,
+    header: Header,
+    addrs: &Addrs,
+    extra: impl FnOnce(&mut FlowRecord),
+) {
+    send(kind, flow, sk_err, |rec| {
+        header.write(rec);
+        addrs.write(rec);
+        extra(rec);
+    });
 }
 
+/// Where a hook finds the flow of a socket it met mid-life (in scope).
+enum Found {
+    Flow(&'static mut FlowState),
+    /// No state (out of memory, or a closed socket of the fallback store); the netns cookie
+    /// (0: unknown).
+    NoState(u64),
+}
+
+/// The flow of `sk`, created (LATE) where it has none and `create`; `None` out of scope.
 #[inline(always)]
-fn find<S: Store>(sk: Sk, now: u64, create: bool) -> Found {
+fn find<S: Store>(sk: Sk, now: u64, create: bool) -> Option<Found> {
     if let Some(st) = S::get(sk) {
-        return Found::Flow(st);
+        return Some(Found::Flow(st));
     }
     let Scope::In(netns) = sock::check(sk.addr, 0) else {
-        return Found::OutOfScope;
+        return None;
     };
     if !create {
-        return Found::NoState(netns);
+        return Some(Found::NoState(netns));
     }
-    match flow::of_socket::<S>(sk, now) {
+    Some(match flow::of_socket::<S>(sk, now) {
         Some(st) => Found::Flow(st),
         None => Found::NoState(netns),
-    }
+    })
+}
+
+/// A `kind` hit on a full socket met mid-life: its time and flow, counted once in scope;
+/// `None` out of scope.
+#[inline(always)]
+fn hit<S: Store>(sk: Sk, kind: EventKind) -> Option<(u64, Found)> {
+    let now = now();
+    let found = find::<S>(sk, now, true)?;
+    count_event(kind);
+    Some((now, found))
 }
 
 /// The fallback store reads the cookie as stored; sock_ops generates it after connect()
@@ -72,6 +87,14 @@ fn refresh_cookie<S: Store>(st: &mut FlowState, sk: Sk) {
     if st.cookie == 0 {
         st.cookie = S::cookie(sk);
     }
+}
+
+/// A flow about to be sent, with the cookie and netns cookie its record names.
+#[inline(always)]
+fn named<S: Store>(st: &mut FlowState, sk: Sk) -> (Option<&mut FlowState>, u64, u64) {
+    refresh_cookie::<S>(st, sk);
+    let (cookie, netns) = (st.cookie, st.netns_cookie);
+    (Some(st), cookie, netns)
 }
 
 /// The kernel's own RTO count (6.7+), where it keeps one: the flow's RTOs without sock_ops.
@@ -92,7 +115,7 @@ fn note_port(st: &mut FlowState, sk: Sk) {
 }
 
 #[inline(always)]
-fn wants_detail(st: &FlowState) -> bool {
+pub fn wants_detail(st: &FlowState) -> bool {
     st.flags & state_flags::DETAIL != 0
 }
 
@@ -165,7 +188,7 @@ pub fn state_change<S: Store>(sk: Sk, old: u8, new: u8) {
             };
             count_event(kind);
             let flow = match find::<S>(sk, now, true) {
-                Found::Flow(st) => {
+                Some(Found::Flow(st)) => {
                     if st.role == role::UNKNOWN {
                         st.role = if old == tcp_state::SYN_SENT {
                             role::CLIENT
@@ -179,8 +202,8 @@ pub fn state_change<S: Store>(sk: Sk, old: u8, new: u8) {
                     flow::decide_detail(st, sk);
                     Some(st)
                 }
-                Found::NoState(_) => None,
-                Found::OutOfScope => return,
+                Some(Found::NoState(_)) => None,
+                None => return,
             };
             detail::<S>(kind, sk, flow, now, netns, old, new);
         }
@@ -205,19 +228,18 @@ fn detail<S: Store>(
     new: u8,
 ) {
     let (flow, cookie, netns) = match flow {
-        Some(st) if wants_detail(st) => {
-            refresh_cookie::<S>(st, sk);
-            let (cookie, netns) = (st.cookie, st.netns_cookie);
-            (Some(st), cookie, netns)
-        }
+        Some(st) if wants_detail(st) => named::<S>(st, sk),
         None if flow::detail_for_all() => (None, sock::stored_cookie(sk.addr), netns),
         _ => return,
     };
-    let addrs = sock::addrs(sk.addr);
-    send(kind, flow, 0, |rec| {
-        header(rec, now, cookie, netns, old, new);
-        addrs.write(rec);
-    });
+    let header = Header {
+        now,
+        cookie,
+        netns,
+        old,
+        new,
+    };
+    send_hit(kind, flow, 0, header, &sock::addrs(sk.addr), |_| {});
 }
 
 /// The flow reached CLOSE: its summary, with the socket's error and counters. A listener is
@@ -244,7 +266,8 @@ fn flow_end<S: Store>(
         S::release(sk);
         return;
     }
-    count_event(EventKind::FlowEnd);
+    let kind = EventKind::FlowEnd;
+    count_event(kind);
     let sk_err = sock::sk_err(sk.addr);
     let has_sk_err = sock::has_sk_err();
     let (stats, total_rto) = sock::tcp_stats(sk.addr);
@@ -256,9 +279,14 @@ fn flow_end<S: Store>(
         }
         note_rtos(st, total_rto);
     }
-    let fill = |rec: &mut FlowRecord, cookie: u64| {
-        header(rec, now, cookie, netns, old, tcp_state::CLOSE);
-        addrs.write(rec);
+    let header = |cookie| Header {
+        now,
+        cookie,
+        netns,
+        old,
+        new: tcp_state::CLOSE,
+    };
+    let end = |rec: &mut FlowRecord| {
         if has_sk_err {
             rec.sk_err = sk_err;
             rec.flags |= flags::SK_ERR;
@@ -269,10 +297,8 @@ fn flow_end<S: Store>(
     match existing {
         Some(st) => {
             refresh_cookie::<S>(st, sk);
-            let cookie = st.cookie;
-            send(EventKind::FlowEnd, Some(&mut *st), sk_err, |rec| {
-                fill(rec, cookie)
-            });
+            let h = header(st.cookie);
+            send_hit(kind, Some(&mut *st), sk_err, h, &addrs, end);
             st.flags |= state_flags::ENDED;
             S::release(sk);
         }
@@ -280,8 +306,8 @@ fn flow_end<S: Store>(
             // Opened before linkprobe (or state lost): reported with what the socket knows.
             count_misc(misc::STATE_LATE);
             let cookie = S::cookie(sk);
-            send(EventKind::FlowEnd, None, sk_err, |rec| {
-                fill(rec, cookie);
+            send_hit(kind, None, sk_err, header(cookie), &addrs, |rec| {
+                end(rec);
                 rec.flow.cookie = cookie;
                 rec.flow.netns_cookie = netns;
                 rec.flow.start_ns = now;
@@ -296,41 +322,34 @@ fn flow_end<S: Store>(
 /// FlowEnd carries the count, so only detail sends a record here.
 #[inline(always)]
 pub fn rst_received<S: Store>(sk: Sk) {
-    let now = now();
-    let found = find::<S>(sk, now, true);
-    if matches!(found, Found::OutOfScope) {
+    let kind = EventKind::RstReceived;
+    let Some((now, found)) = hit::<S>(sk, kind) else {
         return;
-    }
-    count_event(EventKind::RstReceived);
+    };
     let addrs = sock::addrs(sk.addr);
     let state = sock::sk_state(sk.addr);
-    let (flow, cookie, netns) = match found {
+    let (mut flow, cookie, netns) = match found {
         Found::Flow(st) => {
             st.counts.rst_received = st.counts.rst_received.saturating_add(1);
             note_port(st, sk);
-            refresh_cookie::<S>(st, sk);
-            let (cookie, netns) = (st.cookie, st.netns_cookie);
-            (Some(st), cookie, netns)
+            named::<S>(st, sk)
         }
         // No flow will carry it: the record is the fact.
         Found::NoState(netns) => (None, S::cookie(sk), netns),
-        Found::OutOfScope => return,
     };
-    let mut flow = flow;
+    let header = Header::at(now, cookie, netns, state);
     // With state, the flow's FlowEnd (a received RST closes the socket) carries the count.
     if flow.as_deref().is_none_or(wants_detail) {
-        send(EventKind::RstReceived, flow.as_deref_mut(), 0, |rec| {
-            header(rec, now, cookie, netns, state, state);
-            addrs.write(rec);
-        });
+        send_hit(kind, flow.as_deref_mut(), 0, header, &addrs, |_| {});
     }
-    repeat::check(now, cookie, netns, &addrs, flow);
+    repeat::check(&header, &addrs, flow);
 }
 
 /// `tcp:tcp_send_reset`: this host sent an RST, on a flow, on a time-wait or request socket,
 /// or for no socket at all (a closed port). Always a record.
 #[inline(always)]
 pub fn rst_sent<S: Store>(sk: Sk, skb: u64, reason: u32) {
+    let kind = EventKind::RstSent;
     let now = now();
     let state = if sk.addr == 0 {
         0
@@ -339,42 +358,38 @@ pub fn rst_sent<S: Store>(sk: Sk, skb: u64, reason: u32) {
     };
     // Only full sockets have flow state; a closed one keeps its socket storage (the FlowEnd
     // was sent: this is an abort's RST), but the fallback store already let it go.
-    let found = if sk.addr == 0 || state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV
-    {
+    let found = if sk.addr == 0 || !sock::is_full(state) {
         match sock::check(sk.addr, skb) {
-            Scope::In(netns) => Found::NoState(netns),
-            Scope::Out => Found::OutOfScope,
+            Scope::In(netns) => Some(Found::NoState(netns)),
+            Scope::Out => None,
         }
     } else {
         find::<S>(sk, now, state != tcp_state::CLOSE)
     };
     let (mut flow, cookie, netns) = match found {
-        Found::Flow(st) => {
+        Some(Found::Flow(st)) => {
             st.counts.rst_sent = st.counts.rst_sent.saturating_add(1);
             if reason != REASON_UNKNOWN {
                 st.last_rst_reason = reason;
             }
-            refresh_cookie::<S>(st, sk);
-            let (cookie, netns) = (st.cookie, st.netns_cookie);
-            (Some(st), cookie, netns)
+            named::<S>(st, sk)
         }
         // No socket (a closed port), a time-wait or request socket: the record is the fact.
-        Found::NoState(netns) => (None, if sk.addr == 0 { 0 } else { S::cookie(sk) }, netns),
-        Found::OutOfScope => return,
+        Some(Found::NoState(netns)) => (None, if sk.addr == 0 { 0 } else { S::cookie(sk) }, netns),
+        None => return,
     };
-    count_event(EventKind::RstSent);
+    count_event(kind);
     count_rst_reason(reason);
     if cookie == 0 {
-        count_no_cookie(EventKind::RstSent);
+        count_no_cookie(kind);
     }
     let addrs = if sk.addr == 0 {
         sock::packet_addrs(skb)
     } else {
         sock::addrs(sk.addr)
     };
-    send(EventKind::RstSent, flow.as_deref_mut(), 0, |rec| {
-        header(rec, now, cookie, netns, state, state);
-        addrs.write(rec);
+    let header = Header::at(now, cookie, netns, state);
+    send_hit(kind, flow.as_deref_mut(), 0, header, &addrs, |rec| {
         if sk.addr == 0 {
             rec.flags |= flags::NO_SOCKET;
         }
@@ -383,7 +398,7 @@ pub fn rst_sent<S: Store>(sk: Sk, skb: u64, reason: u32) {
             rec.flags |= flags::REASON;
         }
     });
-    repeat::check(now, cookie, netns, &addrs, flow);
+    repeat::check(&header, &addrs, flow);
 }
 
 /// Whether a rate-limited report of this flow may go now (and, if so, it goes now).
@@ -406,12 +421,10 @@ pub fn report_due(st: &mut FlowState, now: u64) -> bool {
 /// data segment (counted; at most one record per flow per report interval).
 #[inline(always)]
 pub fn retransmit<S: Store>(sk: Sk, has_err: bool, err: i32) {
-    let now = now();
-    let found = find::<S>(sk, now, true);
-    if matches!(found, Found::OutOfScope) {
+    let kind = EventKind::Retransmit;
+    let Some((now, found)) = hit::<S>(sk, kind) else {
         return;
-    }
-    count_event(EventKind::Retransmit);
+    };
     let state = sock::sk_state(sk.addr);
     let failed = has_err && err != 0;
     let syn = !failed && state == tcp_state::SYN_SENT;
@@ -423,9 +436,7 @@ pub fn retransmit<S: Store>(sk: Sk, has_err: bool, err: i32) {
     } else {
         sock::tcp_stats(sk.addr)
     };
-    let fill = |rec: &mut FlowRecord, cookie: u64, netns: u64| {
-        header(rec, now, cookie, netns, state, state);
-        addrs.write(rec);
+    let extra = |rec: &mut FlowRecord| {
         if has_err {
             rec.args[0] = err as u32;
             rec.flags |= flags::ERR;
@@ -451,16 +462,12 @@ pub fn retransmit<S: Store>(sk: Sk, has_err: bool, err: i32) {
             if !syn && !report_due(st, now) {
                 return;
             }
-            refresh_cookie::<S>(st, sk);
-            let (cookie, netns) = (st.cookie, st.netns_cookie);
-            (Some(st), cookie, netns)
+            named::<S>(st, sk)
         }
         Found::NoState(netns) => (None, S::cookie(sk), netns),
-        Found::OutOfScope => return,
     };
-    send(EventKind::Retransmit, flow, 0, |rec| {
-        fill(rec, cookie, netns)
-    });
+    let header = Header::at(now, cookie, netns, state);
+    send_hit(kind, flow, 0, header, &addrs, extra);
 }
 
 /// `tcp:tcp_retransmit_synack`: a listener sent its SYN-ACK again. The flow is the request
@@ -470,16 +477,14 @@ pub fn retransmit_synack(listener: u64, req: u64) {
     let Scope::In(netns) = sock::check(listener, 0) else {
         return;
     };
-    count_event(EventKind::RetransmitSynack);
+    let kind = EventKind::RetransmitSynack;
+    count_event(kind);
     let now = now();
     let cookie = sock::stored_cookie(req);
     if cookie == 0 {
-        count_no_cookie(EventKind::RetransmitSynack);
+        count_no_cookie(kind);
     }
-    let state = sock::sk_state(req);
+    let header = Header::at(now, cookie, netns, sock::sk_state(req));
     let addrs = sock::addrs(req);
-    send(EventKind::RetransmitSynack, None, 0, |rec| {
-        header(rec, now, cookie, netns, state, state);
-        addrs.write(rec);
-    });
+    send_hit(kind, None, 0, header, &addrs, |_| {});
 }

@@ -7,11 +7,11 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::seq_file, helpers::generated::bpf_seq_write, macros::map, maps::PerCpuArray,
 };
-use probe_common::{flags, role, state_flags, tcp_state, EventKind, FlowRecord, FlowState};
+use probe_common::{flags, kernel::tcp_state, role, state_flags, EventKind, FlowRecord, FlowState};
 
 use crate::{
-    emit::{copy_words, zero_words},
-    hooks::header,
+    emit::{copy_words, zero_words, Header},
+    hooks::{note_rtos, now},
     sock,
 };
 
@@ -59,17 +59,13 @@ pub fn open_flow(ctx: &IterSkStorage) {
         &mut *rec
     };
     rec.kind = EventKind::Open as u32;
-    // SAFETY: no arguments.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
-    header(rec, now, st.cookie, st.netns_cookie, state, state);
+    Header::at(now(), st.cookie, st.netns_cookie, state).write(rec);
     sock::addrs(addr).write(rec);
     let (stats, total_rto) = sock::tcp_stats(addr);
     rec.stats = stats;
     // SAFETY: both 8-aligned FlowStates.
     unsafe { copy_words(&mut rec.flow, st) };
-    if total_rto != sock::NO_RTO_COUNT {
-        rec.flow.counts.rtos = rec.flow.counts.rtos.max(total_rto);
-    }
+    note_rtos(&mut rec.flow, total_rto);
     rec.flags |= flags::STATS | flags::FLOW;
     // SAFETY: `meta` and its `seq` are the iterator's own; the record is FlowRecord bytes.
     unsafe {

@@ -6,17 +6,17 @@ use probe_common::{repeat_scope, EventKind, FlowState};
 
 use crate::{
     counters::count_event,
-    emit::send,
-    hooks::header,
+    emit::{send, Header},
     maps::{PeerKey, Window, REPEAT, RST_PEER_HISTORY, RST_PORT_HISTORY},
     sock::Addrs,
 };
 
-/// Counts one RST (already counted and sent) with the flow it belongs to, if any, and raises
-/// the alerts it completes.
+/// Counts one RST (already counted and sent; `rst` is its record's header) with the flow it
+/// belongs to, if any, and raises the alerts it completes.
 #[inline(always)]
-pub fn check(now: u64, cookie: u64, netns: u64, a: &Addrs, flow: Option<&mut FlowState>) {
+pub fn check(rst: &Header, a: &Addrs, flow: Option<&mut FlowState>) {
     let cfg = REPEAT.load();
+    let now = rst.now;
     let is_service = |port: u16| port < cfg.ephemeral_low || port > cfg.ephemeral_high;
 
     if let Some(st) = flow {
@@ -27,7 +27,7 @@ pub fn check(now: u64, cookie: u64, netns: u64, a: &Addrs, flow: Option<&mut Flo
         st.last_rst_ns = now;
         st.rst_window = st.rst_window.saturating_add(1);
         if st.rst_window == 2 {
-            alert(now, cookie, netns, a, repeat_scope::SOCKET, 2);
+            alert(rst, a, repeat_scope::SOCKET, 2);
         }
     }
 
@@ -37,28 +37,24 @@ pub fn check(now: u64, cookie: u64, netns: u64, a: &Addrs, flow: Option<&mut Flo
         family: a.family,
         _pad: 0,
     };
-    let count = bump(
+    let peers = bump(
         &RST_PEER_HISTORY,
         &peer,
         now,
         cfg.window_ns,
         cfg.peer_threshold,
     );
-    if count != 0 {
-        alert(now, cookie, netns, a, repeat_scope::PEER, count);
-    }
+    alert(rst, a, repeat_scope::PEER, peers);
     if is_service(a.sport) {
         let port = u32::from(a.sport);
-        let count = bump(
+        let ports = bump(
             &RST_PORT_HISTORY,
             &port,
             now,
             cfg.window_ns,
             cfg.port_threshold,
         );
-        if count != 0 {
-            alert(now, cookie, netns, a, repeat_scope::LOCAL_PORT, count);
-        }
+        alert(rst, a, repeat_scope::LOCAL_PORT, ports);
     }
 }
 
@@ -92,11 +88,16 @@ fn bump<K>(map: &LruHashMap<K, Window>, key: &K, now: u64, window_ns: u64, thres
     0
 }
 
+/// The `scope` alert, completed by the RST that brought its window to `count` RSTs (0: none
+/// completed, no alert): a record of its own, with the RST's socket and addresses.
 #[inline(always)]
-fn alert(now: u64, cookie: u64, netns: u64, a: &Addrs, scope: u32, count: u32) {
+fn alert(rst: &Header, a: &Addrs, scope: u32, count: u32) {
+    if count == 0 {
+        return;
+    }
     count_event(EventKind::RepeatRst);
     send(EventKind::RepeatRst, None, 0, |rec| {
-        header(rec, now, cookie, netns, 0, 0);
+        Header::at(rst.now, rst.cookie, rst.netns, 0).write(rec);
         a.write(rec);
         rec.args = [scope, count];
     });

@@ -3,7 +3,9 @@
 //! Addresses are plain numbers here (`bpf_probe_read_kernel` sources), never dereferenced.
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 use probe_common::{
-    flags, misc, net, tcp_state, FlowRecord, KernelOffsets, SockStats, TCP_WINDOW_MAX,
+    flags,
+    kernel::{net, tcp_state},
+    misc, FlowRecord, KernelOffsets, SockStats, TCP_WINDOW_MAX,
 };
 
 use crate::{
@@ -65,6 +67,13 @@ pub fn sk_protocol(sk: u64) -> u16 {
 #[inline(always)]
 pub fn sk_state(sk: u64) -> u8 {
     read0::<u8>(sk, OFFSETS.load().sk_state)
+}
+
+/// Whether a socket in `state` is a full socket: time-wait and request sockets are only
+/// `sock_common` (no flow state, no cgroup data).
+#[inline(always)]
+pub fn is_full(state: u8) -> bool {
+    state != tcp_state::TIME_WAIT && state != tcp_state::NEW_SYN_RECV
 }
 
 /// The cookie of a `struct net` (0: unknown). Integers, not `Option`s, throughout this module:
@@ -332,9 +341,7 @@ pub fn sk_cgroup_id(sk: u64) -> u64 {
 /// pointer only while bit 0 is clear (else it is a classid/prioidx pair).
 #[inline(always)]
 fn full_sock_cgroup(sk: u64) -> u64 {
-    // Time-wait and request sockets are only `sock_common`: they have no cgroup data.
-    let state = sk_state(sk);
-    if state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV {
+    if !is_full(sk_state(sk)) {
         return 0;
     }
     let cgroup = read0::<u64>(sk, OFFSETS.load().sk_cgroup);

@@ -6,21 +6,20 @@ use aya_ebpf::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
-    helpers::{
-        bpf_ktime_get_ns,
-        generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
-    },
+    helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
     programs::SockOpsContext,
     EbpfContext as _,
 };
 use probe_common::{
-    flags, misc, net, state_flags, tcp_state, EventKind, FlowRecord, FlowState, SockStats,
+    flags,
+    kernel::{net, tcp_state},
+    misc, EventKind, FlowRecord, FlowState, SockStats,
 };
 
 use crate::{
     counters::{count_event, count_misc},
-    emit::send,
-    hooks::{header, report_due},
+    emit::{send, Header},
+    hooks::{now, report_due, wants_detail},
     maps::{FLOWS, SCOPE},
 };
 
@@ -79,8 +78,8 @@ fn rto(ctx: &SockOpsContext, variant: Variant) {
         return;
     }
     count_event(EventKind::Rto);
-    // SAFETY: no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now();
+    // SAFETY: `ops` is the context pointer; fields are read in place.
     let ops = unsafe { &*ctx.ops };
     let state = ops.state as u8;
     let stats = SockStats {
@@ -96,7 +95,7 @@ fn rto(ctx: &SockOpsContext, variant: Variant) {
         bytes_acked: ops.bytes_acked,
     };
     let fill = |rec: &mut FlowRecord, cookie: u64, netns: u64| {
-        header(rec, now, cookie, netns, state, state);
+        Header::at(now, cookie, netns, state).write(rec);
         addrs(ctx, rec);
         rec.stats = stats;
         rec.flags |= flags::STATS;
@@ -106,8 +105,7 @@ fn rto(ctx: &SockOpsContext, variant: Variant) {
             st.counts.rtos = st.counts.rtos.saturating_add(1);
             // In SYN_SENT the SYN retransmit that follows is the record (unless every hit of
             // this flow is one).
-            let detail = st.flags & state_flags::DETAIL != 0;
-            if !detail && (state == tcp_state::SYN_SENT || !report_due(st, now)) {
+            if !wants_detail(st) && (state == tcp_state::SYN_SENT || !report_due(st, now)) {
                 return;
             }
             let (cookie, netns) = (st.cookie, st.netns_cookie);

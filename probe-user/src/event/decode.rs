@@ -153,6 +153,8 @@ fn endpoints(raw: &FlowRecord) -> (SocketAddr, SocketAddr) {
 
 #[cfg(test)]
 mod tests {
+    use probe_common::kernel::net;
+
     use super::*;
 
     fn record(kind: EventKind) -> FlowRecord {
@@ -162,7 +164,7 @@ mod tests {
             netns_cookie: 9,
             kind: kind as u32,
             flags: flags::COOKIE | flags::NETNS,
-            family: 2,
+            family: net::AF_INET,
             sport: 40000,
             dport: 80,
             saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],

@@ -6,7 +6,7 @@ pub mod rst_reason;
 pub mod totals;
 use std::{fmt, net::SocketAddr};
 
-use probe_common::EventKind;
+use probe_common::{kernel::tcp_state, EventKind};
 
 /// Which in-kernel repeat-RST check fired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -30,32 +30,32 @@ impl RepeatScope {
     }
 }
 
-/// Kernel TCP states (include/net/tcp_states.h).
+/// A kernel TCP state ([`probe_common::kernel::tcp_state`] numbering).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TcpState(pub u8);
 
 impl TcpState {
-    pub const ESTABLISHED: TcpState = TcpState(1);
-    pub const SYN_SENT: TcpState = TcpState(2);
-    pub const SYN_RECV: TcpState = TcpState(3);
-    pub const CLOSE: TcpState = TcpState(7);
-    pub const LISTEN: TcpState = TcpState(10);
+    pub const ESTABLISHED: TcpState = TcpState(tcp_state::ESTABLISHED);
+    pub const SYN_SENT: TcpState = TcpState(tcp_state::SYN_SENT);
+    pub const SYN_RECV: TcpState = TcpState(tcp_state::SYN_RECV);
+    pub const CLOSE: TcpState = TcpState(tcp_state::CLOSE);
+    pub const LISTEN: TcpState = TcpState(tcp_state::LISTEN);
 
     pub fn name(self) -> &'static str {
         match self.0 {
-            1 => "ESTABLISHED",
-            2 => "SYN_SENT",
-            3 => "SYN_RECV",
-            4 => "FIN_WAIT1",
-            5 => "FIN_WAIT2",
-            6 => "TIME_WAIT",
-            7 => "CLOSE",
-            8 => "CLOSE_WAIT",
-            9 => "LAST_ACK",
-            10 => "LISTEN",
-            11 => "CLOSING",
-            12 => "NEW_SYN_RECV",
-            13 => "BOUND_INACTIVE",
+            tcp_state::ESTABLISHED => "ESTABLISHED",
+            tcp_state::SYN_SENT => "SYN_SENT",
+            tcp_state::SYN_RECV => "SYN_RECV",
+            tcp_state::FIN_WAIT1 => "FIN_WAIT1",
+            tcp_state::FIN_WAIT2 => "FIN_WAIT2",
+            tcp_state::TIME_WAIT => "TIME_WAIT",
+            tcp_state::CLOSE => "CLOSE",
+            tcp_state::CLOSE_WAIT => "CLOSE_WAIT",
+            tcp_state::LAST_ACK => "LAST_ACK",
+            tcp_state::LISTEN => "LISTEN",
+            tcp_state::CLOSING => "CLOSING",
+            tcp_state::NEW_SYN_RECV => "NEW_SYN_RECV",
+            tcp_state::BOUND_INACTIVE => "BOUND_INACTIVE",
             _ => "UNKNOWN",
         }
     }

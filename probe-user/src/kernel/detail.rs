@@ -3,7 +3,7 @@
 //! none; a filter narrows it to the flows under investigation.
 use std::{net::IpAddr, path::PathBuf};
 
-use probe_common::{detail_mode, net, DetailFilter};
+use probe_common::{detail_mode, kernel::net, DetailFilter};
 
 /// A parsed `--detail` value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

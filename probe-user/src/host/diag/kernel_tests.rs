@@ -8,12 +8,12 @@ use std::{
     process::Command,
 };
 
+use probe_common::kernel::tcp_state::{ESTABLISHED as TCP_ESTABLISHED, LISTEN as TCP_LISTEN};
+
 use super::*;
 
 /// `SO_COOKIE` from include/uapi/asm-generic/socket.h.
 const SO_COOKIE: libc::c_int = 57;
-const TCP_ESTABLISHED: u8 = 1;
-const TCP_LISTEN: u8 = 10;
 
 fn cookie_of(fd: RawFd) -> u64 {
     let mut cookie = 0u64;

@@ -1,8 +1,9 @@
 //! What a dump finds (one TCP socket each) and why one failed.
 use std::{io, net::SocketAddr, path::PathBuf};
 
-pub(super) const AF_INET: u8 = libc::AF_INET as u8;
-pub(super) const AF_INET6: u8 = libc::AF_INET6 as u8;
+/// The families as sock_diag's one-byte fields hold them.
+pub(super) const AF_INET: u8 = probe_common::kernel::net::AF_INET as u8;
+pub(super) const AF_INET6: u8 = probe_common::kernel::net::AF_INET6 as u8;
 
 /// One TCP socket found in the namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,6 +7,8 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
 };
 
+use probe_common::kernel::{net, tcp_state};
+
 use super::socket::{DiagError, ExistingSocket, AF_INET, AF_INET6};
 
 pub(super) const NLMSG_NOOP: u16 = 1;
@@ -18,13 +20,13 @@ pub(super) const NLM_F_REQUEST: u16 = 1;
 pub(super) const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ALIGNTO: usize = 4;
 
-const IPPROTO_TCP: u8 = libc::IPPROTO_TCP as u8;
+const IPPROTO_TCP: u8 = net::IPPROTO_TCP as u8;
 
-/// `TCP_LISTEN` in the kernel's `include/net/tcp_states.h` numbering.
-pub(super) const TCP_LISTEN: u8 = 10;
+pub(super) const TCP_LISTEN: u8 = tcp_state::LISTEN;
 /// Every state bit from `TCP_ESTABLISHED` (1) through `TCP_BOUND_INACTIVE` (13, Linux 6.10+; older
-/// kernels ignore the bit). Bound-but-inactive sockets come back with state `TCP_CLOSE` (7).
-const TCPF_ALL: u32 = 0x3ffe;
+/// kernels ignore the bit): 0x3ffe. Bound-but-inactive sockets come back with state `TCP_CLOSE`.
+const TCPF_ALL: u32 = (2 << tcp_state::BOUND_INACTIVE) - (1 << tcp_state::ESTABLISHED);
+const _: () = assert!(TCPF_ALL == 0x3ffe);
 
 /// `struct nlmsghdr`.
 #[repr(C)]

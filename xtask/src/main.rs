@@ -6,10 +6,8 @@ mod cargo_cmds;
 mod cmd;
 mod linker;
 mod modgraph;
-mod netns;
 mod procstat;
 mod setup;
-mod tracer;
 mod vm;
 
 use std::{path::PathBuf, process::ExitCode};

@@ -13,7 +13,6 @@
 mod chart;
 mod exposition;
 mod fill;
-mod http;
 mod measure;
 mod nstat;
 pub mod plan;
@@ -31,6 +30,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use testkit::netns::Netns;
 
 use self::{
     measure::Measurement,
@@ -40,7 +40,6 @@ use self::{
 use crate::{
     cargo_cmds::build,
     cmd::{is_root, target_dir, workspace_root},
-    netns::Netns,
     setup,
 };
 
@@ -78,7 +77,10 @@ pub fn out_dir() -> PathBuf {
 
 /// A new private network namespace for one measurement or phase, deleted when dropped.
 pub fn fresh_netns(tag: &str) -> Result<Netns> {
-    Netns::create(format!("lpbench-{}-{tag}", std::process::id()))
+    Ok(Netns::create(format!(
+        "lpbench-{}-{tag}",
+        std::process::id()
+    ))?)
 }
 
 /// Where `--update-docs` copies the chart (the README shows it).

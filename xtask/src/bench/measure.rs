@@ -12,9 +12,10 @@ use anyhow::Result;
 use testkit::netns::{Netns, Nstat};
 
 use super::{
-    check_interrupted, exposition,
+    exposition,
     nstat::{self, Check},
     plan::{TracerKind, Workload},
+    session::check_interrupted,
     tracers::{Daemon, Running},
     workload::{run_worker, WorkerResult},
 };

@@ -21,8 +21,9 @@ use serde_json::json;
 use testkit::{netns::Netns, workload::connect_refused};
 
 use super::{
-    check_interrupted, exposition,
+    exposition,
     plan::Workload,
+    session::check_interrupted,
     tracers::Daemon,
     workload::{worker_command, WorkerResult},
 };

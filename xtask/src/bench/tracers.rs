@@ -17,7 +17,7 @@ use testkit::{
     process::{interrupt_and_wait, Background, Pipe},
 };
 
-use super::{check_interrupted, exposition, plan::TracerKind};
+use super::{exposition, plan::TracerKind, session::check_interrupted};
 use crate::{cargo_cmds::linkprobe_bin, cmd::shown, procstat};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);

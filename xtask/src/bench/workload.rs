@@ -16,7 +16,7 @@ use testkit::{
     workload::{connect_refused, exchange, Close, Schedule},
 };
 
-use super::{check_interrupted, plan::Workload};
+use super::{plan::Workload, session::check_interrupted};
 use crate::cmd::run_stdout;
 
 /// A worker stops after this long whatever its count.

@@ -42,15 +42,7 @@ pub fn cargo() -> Command {
 }
 
 /// The command line as a shell user would type it (environment overrides first).
-pub fn shown(cmd: &Command) -> String {
-    let mut parts: Vec<String> = cmd
-        .get_envs()
-        .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())))
-        .collect();
-    parts.push(cmd.get_program().to_string_lossy().into_owned());
-    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-    parts.join(" ")
-}
+pub use testkit::cmd::shown;
 
 /// A child command that ran but did not exit 0. `main` exits with the child's code.
 #[derive(Debug)]

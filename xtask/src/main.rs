@@ -6,10 +6,8 @@ mod cargo_cmds;
 mod cmd;
 mod linker;
 mod modgraph;
-mod netns;
 mod procstat;
 mod setup;
-mod tracer;
 mod vm;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -76,7 +74,7 @@ enum Task {
     Vm(vm::VmArgs),
     /// The import graph of each crate's modules: prints its circles (modules that name each
     /// other's items, directly or around a loop); fails when there is one. Default: probe-user,
-    /// probe-common and xtask.
+    /// probe-common, testkit and xtask.
     Modgraph {
         /// Crate source directories (`…/src`).
         srcs: Vec<PathBuf>,

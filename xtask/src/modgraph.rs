@@ -19,7 +19,12 @@ use std::{
 use anyhow::{Context as _, Result};
 
 /// The crates `cargo xtask modgraph` checks by default (relative to the workspace root).
-pub const WORKSPACE_SRCS: [&str; 3] = ["probe-user/src", "probe-common/src", "xtask/src"];
+pub const WORKSPACE_SRCS: [&str; 4] = [
+    "probe-user/src",
+    "probe-common/src",
+    "testkit/src",
+    "xtask/src",
+];
 
 /// Module path (`a::b`, the crate root is "") → the modules it names.
 pub type Graph = BTreeMap<String, BTreeSet<String>>;
@@ -219,8 +224,25 @@ fn strip_comments_and_strings(src: &str) -> String {
     out
 }
 
-/// Drops inline `#[cfg(test)] mod … { … }` bodies (their `use super::*` is the test's, not the
-/// module's).
+/// `head` past a leading `pub`, `pub(crate)`, `pub(super)` or `pub(in …)`.
+fn without_visibility(head: &str) -> &str {
+    let Some(rest) = head.strip_prefix("pub") else {
+        return head;
+    };
+    if let Some(inner) = rest.trim_start().strip_prefix('(') {
+        return inner
+            .find(')')
+            .map_or(head, |close| inner[close + 1..].trim_start());
+    }
+    if rest.starts_with(char::is_whitespace) {
+        rest.trim_start()
+    } else {
+        head
+    }
+}
+
+/// Drops inline `#[cfg(test)] mod … { … }` bodies, `pub` or not (their `use super::*` is the
+/// test's, not the module's).
 fn without_test_modules(code: &str) -> String {
     const MARK: &str = "#[cfg(test)]";
     let mut out = String::with_capacity(code.len());
@@ -228,7 +250,7 @@ fn without_test_modules(code: &str) -> String {
     while let Some(at) = rest.find(MARK) {
         out.push_str(&rest[..at]);
         let after = &rest[at + MARK.len()..];
-        let head = after.trim_start();
+        let head = without_visibility(after.trim_start());
         let inline_mod = head.starts_with("mod ")
             && head
                 .find(['{', ';'])
@@ -578,6 +600,14 @@ mod tests {
         let code = "use crate::a::X;\n#[cfg(test)]\nmod tests {\n use super::*;\n fn f() { crate::b::y(); }\n}\nfn g() { crate::c::z(); }";
         let got = paths(&without_test_modules(code));
         assert_eq!(got, vec![p("crate::a::X"), p("crate::c::z")]);
+        // A test module other tests' modules use (`pub`, `pub(crate)`) is one too.
+        for vis in ["pub ", "pub(crate) ", "pub(super) "] {
+            let code = format!(
+                "#[cfg(test)]\n{vis}mod tests {{ use super::*; }}\nfn g() {{ crate::c::z(); }}"
+            );
+            let got = paths(&without_test_modules(&code));
+            assert_eq!(got, vec![p("crate::c::z")], "{vis}");
+        }
     }
 
     #[test]
@@ -610,5 +640,17 @@ mod tests {
         let found = circles(&g);
         assert_eq!(found, vec![vec!["a".to_string(), "b".into(), "c".into()]]);
         assert_eq!(cycle_through(&g, &found[0], "a"), ["a", "b", "c", "a"]);
+    }
+
+    /// xtask and the harness stay free of import circles (`cargo xtask modgraph` prints them).
+    #[test]
+    fn xtask_and_testkit_have_no_import_circles() {
+        for src in ["xtask/src", "testkit/src"] {
+            let dir = crate::cmd::workspace_root().join(src);
+            let g = graph(&dir).unwrap();
+            assert!(g.len() > 5, "{src}: only {} modules read", g.len());
+            let found = circles(&g);
+            assert!(found.is_empty(), "{src} has import circles: {found:?}");
+        }
     }
 }

@@ -272,7 +272,7 @@ fn api_socket_is_root_only_unless_a_group_is_given_and_errors_say_the_fix() {
     );
 
     // No daemon: the socket is missing, one sentence with the fix.
-    let missing = daemon.run_dir.join("nope.sock");
+    let missing = daemon.run_dir.path().join("nope.sock");
     let out = cli_at(&missing, &["flows"]);
     let msg = String::from_utf8_lossy(&out.stderr);
     eprintln!("== no socket: exit {:?}: {msg}", out.status.code());
@@ -283,7 +283,7 @@ fn api_socket_is_root_only_unless_a_group_is_given_and_errors_say_the_fix() {
     );
     assert_eq!(msg.trim().lines().count(), 1, "{msg}");
     // A stale socket file (nothing accepting): "not running".
-    let stale = daemon.run_dir.join("stale.sock");
+    let stale = daemon.run_dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     let out = cli_at(&stale, &["status"]);
     let msg = String::from_utf8_lossy(&out.stderr);

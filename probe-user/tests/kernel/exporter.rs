@@ -3,11 +3,9 @@
 //! own namespace; PromQL answers are compared with the test's counts and the namespace's
 //! `nstat`. Plus: promtool on real output, the anomaly gauge through a storm, and 10,000
 //! distinct peers against the series cap.
-use std::{
-    collections::BTreeMap,
-    net::{SocketAddr, TcpListener},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use testkit::linkprobe::{free_loopback_addr, RunDir};
 
 use crate::{
     common::{
@@ -20,16 +18,10 @@ use crate::{
     report, KERNEL,
 };
 
-/// A free loopback port for the daemon's exporter.
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
 /// A daemon whose ring holds every record of these tests' bursts (CI runs the tests in
 /// parallel with a debug build, which drains slowly): per-peer figures are then exact, not
 /// only the sums (which stay exact under loss, see the full-ring test).
-fn start_daemon(ns: &TestNetns, tag: &str) -> (Tracer, SocketAddr, tempdir::Dir) {
+fn start_daemon(ns: &TestNetns, tag: &str) -> (Tracer, SocketAddr, RunDir) {
     start_daemon_with(
         ns,
         tag,
@@ -37,17 +29,13 @@ fn start_daemon(ns: &TestNetns, tag: &str) -> (Tracer, SocketAddr, tempdir::Dir)
     )
 }
 
-fn start_daemon_with(
-    ns: &TestNetns,
-    tag: &str,
-    extra: &[&str],
-) -> (Tracer, SocketAddr, tempdir::Dir) {
-    let addr = free_addr();
-    let run_dir = tempdir::Dir::new(tag);
+fn start_daemon_with(ns: &TestNetns, tag: &str, extra: &[&str]) -> (Tracer, SocketAddr, RunDir) {
+    let addr = free_loopback_addr().expect("a free port");
+    let run_dir = RunDir::create(&format!("lp-{tag}")).expect("run dir");
     let addr_arg = addr.to_string();
     let mut args = vec!["--metrics-addr", &addr_arg, "--no-events"];
     args.extend_from_slice(extra);
-    let tracer = Tracer::start_daemon_with(&ns.name, run_dir.path(), &args);
+    let tracer = Tracer::start_daemon_with(&ns.name, run_dir.as_str(), &args);
     (tracer, addr, run_dir)
 }
 
@@ -407,29 +395,6 @@ fn ten_thousand_peers_fold_into_other_under_the_series_cap() {
     assert_eq!(conn_other, active_opens - peers as u64 - conn_lost);
     assert!(dropped >= u64::from(PEERS) - 200 - conn_lost, "{dropped}");
     tracer.stop();
-}
-
-/// A temporary run directory for one daemon (its lock file).
-mod tempdir {
-    pub struct Dir(std::path::PathBuf);
-
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!("lp-{tag}-{}", std::process::id()));
-            std::fs::create_dir_all(&p).expect("run dir");
-            Dir(p)
-        }
-
-        pub fn path(&self) -> &str {
-            self.0.to_str().expect("utf-8 path")
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 #[test]

@@ -2,6 +2,23 @@
 //! linkprobe as a black box, so it only relies on family and label names documented in the
 //! README, and sums over every label it does not filter on (kinds, peers, `peer="lost"`), so
 //! its figures survive the kernel side renaming or merging record kinds.
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{bail, Result};
+
+/// `GET /metrics` from the daemon's exporter: the round trip (connect to the last byte) and
+/// the body. Anything but a 200 is an error.
+pub fn fetch(addr: SocketAddr) -> Result<(Duration, String)> {
+    let (elapsed, r) = testkit::http::get_timed(addr, "/metrics")?;
+    if r.status != 200 {
+        bail!(
+            "GET /metrics from {addr} answered {}: {:.500}",
+            r.status,
+            r.text()
+        );
+    }
+    Ok((elapsed, r.text()))
+}
 
 /// One sample line: `name{label="value",…} value`.
 #[derive(Debug, PartialEq)]

@@ -4,6 +4,7 @@
 //! daemon's peak RSS once it has processed them.
 use anyhow::Result;
 use serde_json::json;
+use testkit::netns::Netns;
 
 use super::{
     exposition,
@@ -13,7 +14,7 @@ use super::{
     tracers::Daemon,
     workload::run_worker,
 };
-use crate::{netns::Netns, procstat};
+use crate::procstat;
 
 /// 80,000 sockets: more flows than the table holds, whatever else the namespace had.
 pub const DEFAULT_CONNECTIONS: u32 = 40_000;
@@ -61,7 +62,7 @@ pub fn run(ns: &Netns, connections: u32) -> Result<Fill> {
     let d = Daemon::start(ns, &[])?;
     let pid = d.pid();
     let metrics_before = d.metrics()?;
-    let nstat_before = nstat::read(ns)?;
+    let nstat_before = ns.nstat()?;
     let cpu_before = CpuMark::now(pid);
     let worker = run_worker(ns, Workload::Conn, connections)?;
     let settled = settle(&d, ns, &metrics_before, &nstat_before)?;

@@ -9,14 +9,17 @@ use std::{
 
 use anyhow::Result;
 
+use testkit::netns::{Netns, Nstat};
+
 use super::{
-    check_interrupted, exposition,
-    nstat::{self, Check, Nstat},
+    exposition,
+    nstat::{self, Check},
     plan::{TracerKind, Workload},
+    session::check_interrupted,
     tracers::{Daemon, Running},
     workload::{run_worker, WorkerResult},
 };
-use crate::{netns::Netns, procstat};
+use crate::procstat;
 
 /// Records the daemon drained from the ring, per kind (summed: kinds may change).
 pub const RECORDS: &str = "linkprobe_records_received_total";
@@ -155,7 +158,7 @@ pub fn measure(
     let pid = running.pid();
     let idle = idle_rate(pid)?;
     let metrics_before = running.daemon().map(Daemon::metrics).transpose()?;
-    let nstat_before = nstat::read(ns)?;
+    let nstat_before = ns.nstat()?;
     let cpu_before = CpuMark::now(pid);
     let worker = run_worker(ns, workload, count)?;
     let (linkprobe, cpu_after) = match (running.daemon(), &metrics_before) {
@@ -216,7 +219,7 @@ pub fn settle(
     loop {
         let cpu = CpuMark::now(d.pid());
         let body = d.metrics()?;
-        let nstat_after = nstat::read(ns)?;
+        let nstat_after = ns.nstat()?;
         let checks = nstat::checks(metrics_before, &body, nstat_before, &nstat_after);
         let records = family_delta(metrics_before, &body, RECORDS);
         if last_records != Some(records) {

@@ -13,34 +13,30 @@
 mod chart;
 mod exposition;
 mod fill;
-mod http;
 mod measure;
 mod nstat;
 pub mod plan;
 mod profile;
 mod report;
 pub mod scrape;
+mod session;
 mod stats;
 mod targets;
 mod tracers;
 pub mod workload;
 
-use std::{
-    path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
-};
-
 use anyhow::{bail, Context as _, Result};
 
+pub use self::session::out_dir;
 use self::{
     measure::Measurement,
     plan::{rotated, BenchOptions, TracerKind, Workload},
     report::Results,
+    session::{catch_sigint, check_interrupted, fresh_netns},
 };
 use crate::{
     cargo_cmds::build,
-    cmd::{is_root, target_dir, workspace_root},
-    netns::Netns,
+    cmd::{is_root, workspace_root},
     setup,
 };
 
@@ -48,38 +44,6 @@ pub const DEFAULT_COUNT: u32 = 20_000;
 pub const MAX_COUNT: u32 = 200_000;
 pub const DEFAULT_ROUNDS: u64 = 3;
 pub use fill::DEFAULT_CONNECTIONS as DEFAULT_FILL_CONNECTIONS;
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// On Ctrl-C the children (same process group) get SIGINT and stop; xtask itself only notes
-/// it, so that the namespace guard and the tracer guards still clean up on the way out.
-fn catch_sigint() {
-    let handler: extern "C" fn(libc::c_int) = on_sigint;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe. A handler (not
-    // SIG_IGN) is reset to the default in exec'd children, so they still die on Ctrl-C.
-    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
-}
-
-pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-/// `target/bench`: the JSON, the chart and the external tools' output.
-pub fn out_dir() -> PathBuf {
-    target_dir().join("bench")
-}
-
-/// A new private network namespace for one measurement or phase, deleted when dropped.
-pub fn fresh_netns(tag: &str) -> Result<Netns> {
-    Netns::create(format!("lpbench-{}-{tag}", std::process::id()))
-}
 
 /// Where `--update-docs` copies the chart (the README shows it).
 const DOCS_CHART: &str = "docs/bench.png";

@@ -1,40 +1,8 @@
-//! The bench namespace's own TCP counters (`nstat`), the reference linkprobe's counts are
-//! checked against, and the checks themselves.
-use std::{collections::BTreeMap, process::Command};
-
-use anyhow::Result;
+//! The checks of linkprobe's counts against the bench namespace's own TCP counters (`nstat`,
+//! read by [`testkit::netns::Netns::nstat`]).
+use testkit::netns::{delta, Nstat};
 
 use super::exposition::{self, LabelIn};
-use crate::{cmd::stdout_of, netns::Netns};
-
-/// Absolute SNMP/netstat counters by name.
-pub type Nstat = BTreeMap<String, u64>;
-
-/// `nstat -asz` inside the namespace: absolute values (no history file), zeros included.
-pub fn read(ns: &Netns) -> Result<Nstat> {
-    let text = stdout_of(Command::new("ip").args(["netns", "exec", ns.name(), "nstat", "-asz"]))?;
-    Ok(parse(&text))
-}
-
-/// `#kernel` header, then `Name value rate` lines.
-pub fn parse(text: &str) -> Nstat {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some((it.next()?.to_owned(), it.next()?.parse().ok()?))
-        })
-        .collect()
-}
-
-/// `after[key] - before[key]` (0 for a counter missing from both; never negative).
-pub fn delta(before: &Nstat, after: &Nstat, key: &str) -> u64 {
-    after
-        .get(key)
-        .copied()
-        .unwrap_or(0)
-        .saturating_sub(before.get(key).copied().unwrap_or(0))
-}
 
 /// One of linkprobe's counts next to the kernel's own.
 #[derive(Clone, Debug, PartialEq)]
@@ -122,23 +90,18 @@ pub fn counts_off(checks: &[Check]) -> u64 {
 mod tests {
     use super::*;
 
-    const NSTAT: &str = "#kernel\nTcpActiveOpens                  120                0.0\n\
-                         TcpPassiveOpens                 100                0.0\n\
-                         TcpAttemptFails                 20                 0.0\n\
-                         TcpOutRsts                      20                 0.0\n\
-                         TcpEstabResets                  0                  0.0\n\
-                         TcpExtTW                        100                0.0\n";
-
-    #[test]
-    fn parses_nstat_and_takes_deltas() {
-        let after = parse(NSTAT);
-        assert_eq!(after["TcpActiveOpens"], 120);
-        assert_eq!(after.len(), 6);
-        let before = parse("#kernel\nTcpActiveOpens 20 0.0\n");
-        assert_eq!(delta(&before, &after, "TcpActiveOpens"), 100);
-        assert_eq!(delta(&before, &after, "TcpOutRsts"), 20);
-        assert_eq!(delta(&after, &before, "TcpOutRsts"), 0);
-        assert_eq!(delta(&before, &after, "NoSuchCounter"), 0);
+    /// The namespace's counters after the workload (nstat's parser is testkit's, tested there).
+    fn nstat_after() -> Nstat {
+        [
+            ("TcpActiveOpens", 120),
+            ("TcpPassiveOpens", 100),
+            ("TcpAttemptFails", 20),
+            ("TcpOutRsts", 20),
+            ("TcpEstabResets", 0),
+            ("TcpExtTW", 100),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+        .into()
     }
 
     #[test]
@@ -150,7 +113,7 @@ mod tests {
              linkprobe_tcp_resets_total{direction=\"sent\",peer=\"b\"} 19\n\
              linkprobe_tcp_resets_total{direction=\"received\",peer=\"b\"} 20\n\
              linkprobe_tcp_connect_failures_total{cause=\"refused\",role=\"client\",peer=\"b\"} 20\n";
-        let c = checks(before_metrics, after_metrics, &Nstat::new(), &parse(NSTAT));
+        let c = checks(before_metrics, after_metrics, &Nstat::new(), &nstat_after());
         let by_name = |n: &str| c.iter().find(|c| c.name.starts_with(n)).unwrap().clone();
         assert_eq!(by_name("client").linkprobe, 120);
         assert_eq!(by_name("client").off(), 0);

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::{
     plan::{TracerKind, Workload},
+    session::fresh_netns,
     tracers::Running,
     workload::run_worker,
 };
@@ -271,7 +272,7 @@ pub fn run(
     for &workload in workloads {
         for &tracer in tracers {
             println!("[bench] profile: {} on {}", tracer.name(), workload.name());
-            let ns = super::fresh_netns(&format!("profile-{}-{}", workload.name(), tracer.name()))?;
+            let ns = fresh_netns(&format!("profile-{}-{}", workload.name(), tracer.name()))?;
             let running = Running::start(tracer, &ns, out_dir)?;
             let Some(pid) = running.pid() else {
                 bail!("profile: {} has no process", tracer.name());

@@ -9,8 +9,7 @@
 //! to back in the namespace. The figure is the p99 ratio under load / idle; the 100 ms target
 //! is reported, never enforced (machines differ, the ratio is what compares).
 use std::{
-    io::ErrorKind,
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
@@ -19,17 +18,16 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::json;
 
+use testkit::{netns::Netns, workload::connect_refused};
+
 use super::{
-    check_interrupted, exposition,
-    http::get,
+    exposition,
     plan::Workload,
+    session::check_interrupted,
     tracers::Daemon,
     workload::{worker_command, WorkerResult},
 };
-use crate::{
-    cmd::{capture, run_stdout, shown, CommandFailed},
-    netns::Netns,
-};
+use crate::cmd::{capture, run_stdout, shown, CommandFailed};
 
 pub const DEFAULT_SCRAPES: u32 = 100;
 /// One scrape starts every this often (a late one starts at once, no burst to catch up).
@@ -140,7 +138,7 @@ fn fill(ns: &Netns, addr: SocketAddr) -> Result<()> {
     }
     let deadline = Instant::now() + FILL_TIMEOUT;
     loop {
-        let body = get(addr, "/metrics")?.1;
+        let body = exposition::fetch(addr)?.1;
         let counted = exposition::sum(&body, CONNECTIONS, &[]);
         if counted >= refused as f64 {
             return Ok(());
@@ -218,7 +216,7 @@ fn scrape_series(addr: SocketAddr, n: u32, stop: &AtomicBool) -> Result<Vec<Scra
         }
         thread::sleep(next.saturating_duration_since(Instant::now()));
         let (elapsed, body) =
-            get(addr, "/metrics").with_context(|| format!("scrape {i} of {n}"))?;
+            exposition::fetch(addr).with_context(|| format!("scrape {i} of {n}"))?;
         out.push(Scrape {
             elapsed,
             bytes: body.len(),
@@ -318,13 +316,10 @@ pub fn refused(peers: u32) -> Result<()> {
     for i in 0..peers {
         let [_, _, hi, lo] = i.to_be_bytes();
         let dst = SocketAddr::from(([127, 1, hi, lo], 9));
-        match TcpStream::connect(dst) {
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => refused += 1,
-            Ok(_) => {
-                first_error.get_or_insert_with(|| format!("{dst}: connected (port 9 is open)"));
-            }
+        match connect_refused(dst) {
+            Ok(()) => refused += 1,
             Err(e) => {
-                first_error.get_or_insert_with(|| format!("{dst}: {e}"));
+                first_error.get_or_insert_with(|| e.to_string());
             }
         }
     }

@@ -1,5 +1,5 @@
 //! The tracers the bench compares, each started ready (probes attached) under a guard that
-//! stops it on every path: linkprobe's daemon (through [`crate::tracer::Tracer`]) and the
+//! stops it on every path: linkprobe's daemon (a [`testkit::process::Background`]) and the
 //! external tools, bpftrace and libbpf-tools' tcplife.
 use std::{
     fs::File,
@@ -11,78 +11,55 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-
-use super::{check_interrupted, exposition, http, plan::TracerKind};
-use crate::{
-    cargo_cmds::linkprobe_bin,
-    cmd::shown,
+use testkit::{
+    linkprobe::{free_loopback_addr, RunDir, READY},
     netns::Netns,
-    procstat,
-    tracer::{interrupt_and_wait, Tracer},
+    process::{interrupt_and_wait, Background, Pipe},
 };
+
+use super::{exposition, plan::TracerKind, session::check_interrupted};
+use crate::{cargo_cmds::linkprobe_bin, cmd::shown, procstat};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// linkprobe's own exit: a final drain, its counters, the probes detached.
+const DAEMON_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The daemon publishes its metrics snapshot once a second.
 const FIRST_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Always in a published snapshot (README: `linkprobe_build_info`, always 1).
 const SNAPSHOT_MARKER: &str = "linkprobe_build_info";
 
-/// The daemon's lock and API directory, removed when dropped (after the daemon: declare it
-/// after the daemon's guard in a struct, so it drops second).
-pub struct RunDir(PathBuf);
-
-impl RunDir {
-    pub fn create(tag: &str) -> Result<RunDir> {
-        let p = std::env::temp_dir().join(format!("lpbench-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-        Ok(RunDir(p))
-    }
-
-    pub fn path(&self) -> Result<&str> {
-        self.0
-            .to_str()
-            .context("temporary directory path is not UTF-8")
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `linkprobe daemon --netns NS -o none` with its exporter on a free loopback port, its own
 /// run directory (lock, API socket), metrics and detectors as deployed.
 pub struct Daemon {
-    tracer: Tracer,
+    process: Background,
     pub addr: SocketAddr,
+    /// After `process`: removed once the daemon is gone.
     _run_dir: RunDir,
 }
 
 impl Daemon {
-    /// Starts it, waits for `ready` and for the first published metrics snapshot.
-    /// `extra`: more daemon flags (e.g. `--set metrics.max_peers=470`).
+    /// Starts it, waits for `ready` (its probes attached) and for the first published metrics
+    /// snapshot. `extra`: more daemon flags (e.g. `--set metrics.max_peers=470`).
     pub fn start(ns: &Netns, extra: &[&str]) -> Result<Daemon> {
-        let run_dir = RunDir::create("run")?;
-        let addr = http::free_loopback_addr()?;
-        let addr_arg = addr.to_string();
-        let mut args = vec![
+        let run_dir = RunDir::create("lpbench-run")?;
+        let addr = free_loopback_addr()?;
+        let mut cmd = Command::new(linkprobe_bin(true));
+        cmd.args([
             "daemon",
             "--netns",
             ns.name(),
             "--run-dir",
-            run_dir.path()?,
-            "--metrics-addr",
-            &addr_arg,
-            "-o",
-            "none",
-        ];
-        args.extend_from_slice(extra);
-        let tracer = Tracer::start_with(&linkprobe_bin(true), &args)?;
+            run_dir.as_str(),
+        ])
+        .arg("--metrics-addr")
+        .arg(addr.to_string())
+        .args(["-o", "none"])
+        .args(extra);
+        let mut process = Background::start(&mut cmd, None)?;
+        process.wait_for(Pipe::Stderr, READY_TIMEOUT, |l| l.contains(READY))?;
         let d = Daemon {
-            tracer,
+            process,
             addr,
             _run_dir: run_dir,
         };
@@ -112,16 +89,26 @@ impl Daemon {
 
     /// The body of `GET /metrics`.
     pub fn metrics(&self) -> Result<String> {
-        Ok(http::get(self.addr, "/metrics")?.1)
+        Ok(exposition::fetch(self.addr)?.1)
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.tracer.pid()
+        self.process.pid()
     }
 
-    /// SIGINT and a clean exit 0 (an error otherwise).
+    /// SIGINT and a clean exit 0 (an error otherwise, with what it printed).
     pub fn stop(self) -> Result<()> {
-        self.tracer.stop()
+        let command = self.process.command().to_owned();
+        let exited = self.process.stop(DAEMON_EXIT_TIMEOUT)?;
+        if !exited.status.success() {
+            bail!(
+                "`{command}` exited with {} after SIGINT; stderr:\n{}\nstdout:\n{}",
+                exited.status,
+                exited.stderr.join("\n"),
+                exited.stdout.join("\n"),
+            );
+        }
+        Ok(())
     }
 }
 

@@ -4,18 +4,20 @@
 //! Every loop is bounded twice: by its count and by [`MAX_SECS`], after which it stops and
 //! reports how many connections it made (`done`), so a stuck machine cannot hang the bench.
 use std::{
-    io::{ErrorKind, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd as _,
+    net::{SocketAddr, TcpListener},
     process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, Context as _, Result};
+use testkit::{
+    netns::Netns,
+    workload::{connect_refused, exchange, Close, Schedule},
+};
 
-use super::{check_interrupted, plan::Workload};
-use crate::{cmd::run_stdout, netns::Netns};
+use super::{plan::Workload, session::check_interrupted};
+use crate::cmd::run_stdout;
 
 /// A worker stops after this long whatever its count.
 pub const MAX_SECS: u64 = 120;
@@ -135,84 +137,28 @@ pub fn worker(workload: Workload, count: u32) -> Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy)]
-enum Close {
-    /// The client closes first: FIN, TIME_WAIT on the client (reusable on loopback).
-    Fin,
-    /// SO_LINGER 0 on the client: close() sends an RST, no TIME_WAIT.
-    Reset,
-}
-
-/// Sequential loopback connections: connect, accept, one byte each way, close. Its own
-/// listener, so two of these run side by side without sharing anything.
+/// Sequential loopback connections ([`exchange`]: connect, accept, one byte each way, close).
+/// Its own listener, so two of these run side by side without sharing anything.
 fn churn(count: u32, close: Close, deadline: Instant) -> Result<u32> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding the churn listener")?;
-    let addr = listener.local_addr()?;
-    let mut done = 0;
-    while done < count && Instant::now() < deadline {
-        let i = done;
-        let mut client =
-            TcpStream::connect(addr).with_context(|| format!("connection {i}: connect"))?;
-        let (mut server, _) = listener
-            .accept()
-            .with_context(|| format!("connection {i}: accept"))?;
-        let mut b = [0u8; 1];
-        client.write_all(b"x")?;
-        server.read_exact(&mut b)?;
-        server.write_all(b"y")?;
-        client.read_exact(&mut b)?;
-        if let Close::Reset = close {
-            linger_zero(&client).with_context(|| format!("connection {i}: SO_LINGER"))?;
-        }
-        drop(client);
-        drop(server);
-        done += 1;
-    }
-    Ok(done)
-}
-
-/// SO_LINGER {on, 0 s}: close() aborts the connection with an RST.
-fn linger_zero(s: &TcpStream) -> std::io::Result<()> {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a pointer to a live struct and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            std::ptr::from_ref(&linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    let done = Schedule::count(count.into(), deadline)
+        .run(|i| exchange(&listener, close).with_context(|| format!("connection {i}")))?;
+    Ok(u32::try_from(done)?)
 }
 
 /// connect() to [`CLOSED_PORT`]: each attempt is answered by an RST. Returns the attempts
 /// made, how many were not refused and the first of those.
 fn refused(count: u32, deadline: Instant) -> (u32, u32, Option<String>) {
     let dst = SocketAddr::from(([127, 0, 0, 1], CLOSED_PORT));
-    let (mut done, mut unexpected, mut first) = (0, 0, None);
-    while done < count && Instant::now() < deadline {
-        match TcpStream::connect(dst) {
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
-            other => {
-                unexpected += 1;
-                first.get_or_insert_with(|| match other {
-                    Ok(_) => format!("{dst}: connected (port {CLOSED_PORT} is open)"),
-                    Err(e) => format!("{dst}: {e}"),
-                });
-            }
+    let (mut unexpected, mut first) = (0, None);
+    let Ok(done) = Schedule::count(count.into(), deadline).run(|_| {
+        if let Err(e) = connect_refused(dst) {
+            unexpected += 1;
+            first.get_or_insert_with(|| e.to_string());
         }
-        done += 1;
-    }
-    (done, unexpected, first)
+        Ok::<_, std::convert::Infallible>(())
+    });
+    (u32::try_from(done).unwrap_or(count), unexpected, first)
 }
 
 #[cfg(test)]

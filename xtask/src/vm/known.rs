@@ -2,7 +2,7 @@
 //! passes when its only failures are known ones; a known failure that passes is reported, so
 //! the list shrinks as the kernel side learns those kernels. Keep the reasons exact: they are
 //! the record of what an older kernel cannot do.
-use super::KERNEL_TESTS;
+use super::suites::KERNEL_TESTS;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Known {

@@ -12,6 +12,7 @@ mod packages;
 mod qemu;
 mod results;
 mod rootfs;
+mod suites;
 
 use std::{
     fs,
@@ -26,14 +27,11 @@ use kernel::Kernel;
 use packages::Want;
 use qemu::Accel;
 use results::KernelResult;
+use suites::{KERNEL_TESTS, UNIT_TESTS};
 
 /// With `--accel auto`, KVM must have the guest's /init running by then; a KVM boot of the
 /// initramfs takes seconds, so a miss means this host's KVM cannot boot stock kernels.
 const KVM_BOOT_DEADLINE: Duration = Duration::from_secs(60);
-
-/// Test binaries run inside each VM, in order (section names of the results stream).
-const KERNEL_TESTS: &str = "kernel-tests";
-const UNIT_TESTS: &str = "unit-tests";
 
 #[derive(Debug, clap::Args)]
 pub struct VmArgs {

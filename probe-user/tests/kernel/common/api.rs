@@ -1,32 +1,32 @@
 //! A real `linkprobe daemon` with its API socket in a run directory of its own, and helpers
 //! to run the real `linkprobe` CLI against it.
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::mpsc,
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
+use testkit::{
+    linkprobe::RunDir,
+    process::{Background, Pipe},
+};
 
-use super::tracer::{line_channel, Tracer};
+use super::tracer::Tracer;
 
 pub struct Daemon {
     tracer: Option<Tracer>,
-    pub run_dir: PathBuf,
+    /// After `tracer`: removed once the daemon is gone.
+    pub run_dir: RunDir,
     pub socket: PathBuf,
 }
 
 impl Daemon {
     /// Starts the daemon scoped to `netns` with a fresh run dir, and waits for its socket.
     pub fn start(netns: &str, tag: &str, extra: &[&str]) -> Daemon {
-        let run_dir = std::env::temp_dir().join(format!("lpt-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&run_dir);
-        std::fs::create_dir_all(&run_dir).expect("run dir");
-        let dir = run_dir.to_str().expect("utf-8 path");
-        let tracer = Tracer::start_daemon_with(netns, dir, extra);
-        let socket = run_dir.join("api.sock");
+        let run_dir = RunDir::create(&format!("lpt-{tag}")).expect("run dir");
+        let tracer = Tracer::start_daemon_with(netns, run_dir.as_str(), extra);
+        let socket = run_dir.path().join("api.sock");
         let start = Instant::now();
         while !socket.exists() {
             assert!(
@@ -77,12 +77,6 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.run_dir);
-    }
-}
-
 pub fn cli_at(socket: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_linkprobe"))
         .args(args)
@@ -93,40 +87,28 @@ pub fn cli_at(socket: &Path, args: &[&str]) -> Output {
         .expect("run linkprobe")
 }
 
-/// A streaming CLI process (`watch`, `anomalies --watch`): its stdout lines as they come.
+/// A streaming CLI process (`watch`, `anomalies --watch`): its stdout lines as they come;
+/// stopped when dropped.
 pub struct Stream {
-    child: Child,
-    pub lines: mpsc::Receiver<String>,
+    process: Background,
 }
 
 impl Stream {
     /// Starts `linkprobe ARGS` and waits until it says (on stderr) that it is subscribed.
     pub fn start(socket: &Path, args: &[&str]) -> Stream {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_linkprobe"))
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_linkprobe"));
+        cmd.args(args)
             .arg("--socket")
             .arg(socket)
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn linkprobe");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = line_channel(stdout);
-        let (ready_tx, ready) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[linkprobe-cli] {line}");
-                if line.starts_with("linkprobe: watching ") {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
-        ready
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the stream never subscribed");
-        Stream { child, lines }
+            .env("NO_COLOR", "1");
+        let mut process =
+            Background::start(&mut cmd, Some("[linkprobe-cli]")).expect("spawn linkprobe");
+        process
+            .wait_for(Pipe::Stderr, Duration::from_secs(20), |l| {
+                l.starts_with("linkprobe: watching ")
+            })
+            .unwrap_or_else(|e| panic!("the stream never subscribed: {e}"));
+        Stream { process }
     }
 
     /// Lines until `done` says enough or `limit` passes.
@@ -138,18 +120,15 @@ impl Stream {
         let start = Instant::now();
         let mut got = Vec::new();
         while start.elapsed() < limit && !done(&got) {
-            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+            if let Ok(l) = self
+                .process
+                .stdout()
+                .recv_timeout(Duration::from_millis(100))
+            {
                 got.push(l);
             }
         }
         got
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

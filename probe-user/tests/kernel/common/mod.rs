@@ -1,13 +1,16 @@
 //! Shared harness for the real-kernel tests: a network namespace per test, nftables rules and
 //! nstat counters inside it, and a `linkprobe trace` process scoped to it. For the exporter: a
-//! small HTTP client and a real Prometheus server with promtool.
+//! small HTTP client and a real Prometheus server with promtool. What xtask's bench needs too
+//! lives in the `testkit` crate; these modules add the tests' side (panics, linkprobe's flags,
+//! its JSON records, socket cookies).
 
 pub mod api;
-pub mod http;
 pub mod netns;
 pub mod prometheus;
 pub mod tracer;
 pub mod workload;
+
+pub use testkit::http;
 
 /// A one-page ring drained once a second: it cannot hold a burst of refused connects, so
 /// records are lost (and counted).

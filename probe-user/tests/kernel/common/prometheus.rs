@@ -3,7 +3,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
@@ -290,7 +290,7 @@ impl PromServer {
                     })
                     .unwrap_or_else(|| r.text())
             }
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     }
 }
@@ -316,7 +316,7 @@ fn wait_ready(child: &mut Child, addr: SocketAddr, started: Instant) -> Result<(
         match http::get(addr, "/-/ready") {
             Ok(r) if r.status == 200 => return Ok(()),
             Ok(r) => last = format!("GET /-/ready: {} {}", r.status, r.text().trim()),
-            Err(e) => last = e,
+            Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -369,9 +369,7 @@ fn fresh_dir() -> PathBuf {
 }
 
 fn free_loopback_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
+    testkit::linkprobe::free_loopback_addr().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Echoes the child's stderr (`[prometheus] …`) and keeps its last lines.

@@ -1,32 +1,17 @@
-//! A `linkprobe trace -o json` process scoped to one namespace, and what it printed.
-use std::{
-    collections::BTreeSet,
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+//! A `linkprobe trace -o json` process scoped to one namespace (a
+//! [`testkit::process::Background`], stopped on every path), and what it printed.
+use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use serde_json::Value;
+use testkit::process::{Background, Pipe};
 
-/// Every line a child writes on `out`, as a channel fed by a reader thread (so tests can wait
-/// with a timeout).
-pub fn line_channel(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    lines
-}
+/// Its first stdout line, the `ready` record, comes once every probe is attached.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A final drain, the counters and the probes detached, after SIGINT.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Tracer {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: Option<std::thread::JoinHandle<String>>,
+    process: Background,
     pub ready: Value,
 }
 
@@ -61,35 +46,17 @@ impl Tracer {
         Self::spawn(cmd.args(extra))
     }
 
+    /// Starts it, its stderr echoed (`[linkprobe] …`), and waits for its ready record.
     fn spawn(cmd: &mut Command) -> Tracer {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn linkprobe");
-        let stdout = child.stdout.take().expect("stdout");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = line_channel(stdout);
-        let stderr = std::thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[linkprobe] {line}");
-                all.push_str(&line);
-                all.push('\n');
-            }
-            all
-        });
-        let first = lines
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("linkprobe did not become ready (its stderr is above)"));
+        let mut process = Background::start(cmd, Some("[linkprobe]")).expect("spawn linkprobe");
+        let first = process
+            .wait_for(Pipe::Stdout, READY_TIMEOUT, |_| true)
+            .unwrap_or_else(|e| {
+                panic!("linkprobe did not become ready (its stderr is above): {e}")
+            });
         let ready: Value = serde_json::from_str(&first).expect("ready line is JSON");
         assert_eq!(ready["type"], "ready", "first line: {first}");
-        Tracer {
-            child,
-            lines,
-            stderr: Some(stderr),
-            ready,
-        }
+        Tracer { process, ready }
     }
 
     /// Names of the probes that attached, or are not needed on this kernel.
@@ -104,25 +71,23 @@ impl Tracer {
     }
 
     /// SIGINT, then collect every line until exit.
-    pub fn stop(mut self) -> Trace {
+    pub fn stop(self) -> Trace {
         // Let the drain timer pick up the last records and the kernel finish socket teardown.
         std::thread::sleep(Duration::from_millis(300));
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let status = self.child.wait().expect("wait linkprobe");
-        let stderr = self
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
+        let detail_all = self.ready["detail"] == "all";
+        // Every line up to the exit: the process is gone, so its pipes are closed.
+        let exited = self
+            .process
+            .stop(EXIT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("stopping linkprobe: {e}"));
+        let status = exited.status;
+        let stderr = exited.stderr.join("\n");
         assert!(status.success(), "linkprobe exited with {status}\n{stderr}");
         let mut events = Vec::new();
         let mut anomalies = Vec::new();
         let mut flows = Vec::new();
         let mut counters = Value::Null;
-        // The process is gone, so its stdout is closed: read until the reader thread has
-        // forwarded every line (its channel then disconnects), not just what arrived so far.
-        for line in self.lines.iter() {
+        for line in exited.stdout {
             let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
             match v["type"].as_str() {
                 Some("event") => events.push(v),
@@ -138,17 +103,7 @@ impl Tracer {
             anomalies,
             flows,
             counters,
-            detail_all: self.ready["detail"] == "all",
-        }
-    }
-}
-
-/// A test that panics before `stop` must not leave probes attached.
-impl Drop for Tracer {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            detail_all,
         }
     }
 }

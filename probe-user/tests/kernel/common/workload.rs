@@ -1,6 +1,8 @@
 //! Socket operations with known outcomes. Each returns the socket cookies it created
-//! (`SO_COOKIE`, the same value the kernel programs report).
+//! (`SO_COOKIE`, the same value the kernel programs report). The socket options and the loops
+//! are [`testkit::workload`]'s, shared with xtask's bench.
 use std::{
+    convert::Infallible,
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
@@ -8,25 +10,10 @@ use std::{
 };
 
 use socket2::{Domain, Socket, Type};
-
-/// `SO_COOKIE` (include/uapi/asm-generic/socket.h).
-const SO_COOKIE: libc::c_int = 57;
+use testkit::workload::{self as kit, exchange, Close, Schedule};
 
 pub fn cookie(fd: &impl AsRawFd) -> u64 {
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd and out-pointer of the right size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_COOKIE,
-            std::ptr::from_mut(&mut cookie).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "SO_COOKIE: {}", std::io::Error::last_os_error());
-    cookie
+    kit::cookie(fd).unwrap_or_else(|e| panic!("SO_COOKIE: {e}"))
 }
 
 /// A TCP socket with its cookie taken before connect, so the kernel events carry it.
@@ -88,7 +75,7 @@ pub fn syn_timeouts(port: u16, n: usize, syn_retries: u32) -> Vec<u64> {
     let sockets: Vec<(Socket, u64)> = (0..n)
         .map(|_| {
             let (s, c) = client_socket();
-            set_syncnt(&s, syn_retries);
+            kit::set_syn_retries(&s, syn_retries).unwrap_or_else(|e| panic!("TCP_SYNCNT: {e}"));
             (s, c)
         })
         .collect();
@@ -125,57 +112,23 @@ pub fn transfer(from: &mut TcpStream, to: &mut TcpStream, data: &[u8]) {
     assert_eq!(got, data);
 }
 
-/// TCP_SYNCNT: how many SYN retransmits before connect gives up.
-fn set_syncnt(s: &Socket, retries: u32) {
-    let v = retries as libc::c_int;
-    // SAFETY: valid fd and a c_int option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_SYNCNT,
-            std::ptr::from_ref(&v).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_SYNCNT: {}", std::io::Error::last_os_error());
-}
-
 /// Refused connects at about `rate` per second for `duration`; returns how many were made.
 pub fn refused_storm(port: u16, rate: u32, duration: Duration) -> u64 {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let start = std::time::Instant::now();
-    let mut made = 0u64;
-    while start.elapsed() < duration {
-        let due = (start.elapsed().as_secs_f64() * f64::from(rate)) as u64;
-        if made >= due {
-            std::thread::sleep(Duration::from_micros(200));
-            continue;
-        }
+    let Ok(made) = Schedule::paced(rate, duration).run(|_| {
         let (s, _) = client_socket();
         let err = s
             .connect(&addr.into())
             .expect_err("connect to a closed port");
         assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
-        made += 1;
-    }
+        Ok::<_, Infallible>(())
+    });
     made
 }
 
 /// Normal connect / 1 byte each way / close to `listener`, at about `rate` per second.
 pub fn background_traffic(listener: &TcpListener, rate: u32, duration: Duration) -> u64 {
-    let start = std::time::Instant::now();
-    let mut made = 0u64;
-    while start.elapsed() < duration {
-        let due = (start.elapsed().as_secs_f64() * f64::from(rate)) as u64;
-        if made >= due {
-            std::thread::sleep(Duration::from_millis(2));
-            continue;
-        }
-        let (mut client, _, mut server, _) = connected_pair(listener);
-        transfer(&mut client, &mut server, b"x");
-        transfer(&mut server, &mut client, b"y");
-        made += 1;
-    }
-    made
+    Schedule::paced(rate, duration)
+        .run(|_| exchange(listener, Close::Fin))
+        .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -125,7 +125,7 @@ pub mod misc {
     pub const BACKUP_RUNS: u32 = 21;
     /// A primary could not leave its mark for its backup (no task storage): that hit may be
     /// counted twice.
-    pub const BACKUP_MARK_FAILED: u32 = BACKUP_RUNS + crate::backup::COUNT;
+    pub const BACKUP_MARK_FAILED: u32 = BACKUP_RUNS + crate::event::backup::COUNT;
     pub const COUNT: u32 = BACKUP_MARK_FAILED + 1;
 
     /// The `CONNECT_FAILED_LOST_*` slot of a failed connect's `sk_err`.

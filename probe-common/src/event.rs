@@ -256,18 +256,22 @@ pub struct FlowState {
 }
 
 /// The socket's own counters (`struct tcp_sock`), read at FlowEnd and on data retransmits.
+/// Userspace shows them as they are (`user`: serde, JSON field names a contract).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct SockStats {
     /// Smoothed RTT in µs (`srtt_us >> 3`).
     pub srtt_us: u32,
     /// Windowed minimum RTT in µs (`rtt_min`).
+    #[cfg_attr(feature = "user", serde(default))]
     pub min_rtt_us: u32,
     pub total_retrans: u32,
     pub segs_in: u32,
     pub segs_out: u32,
     pub data_segs_in: u32,
     pub data_segs_out: u32,
+    #[cfg_attr(feature = "user", serde(skip))]
     pub _pad: u32,
     pub bytes_received: u64,
     pub bytes_acked: u64,

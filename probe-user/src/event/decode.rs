@@ -6,9 +6,7 @@ use probe_common::{
     flags, repeat_scope, role, state_flags, EventKind, FlowRecord, FLOW_RECORD_SIZE,
 };
 
-use crate::event::{
-    Comm, Detail, Event, FlowSnapshot, Process, RepeatScope, Role, SockStats, TcpState,
-};
+use crate::event::{Comm, Detail, Event, FlowSnapshot, Process, RepeatScope, Role, TcpState};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -84,7 +82,7 @@ pub fn decode_record(raw: &FlowRecord) -> Result<Event, DecodeError> {
             comm: Comm::from_kernel(&f.comm),
         }),
         flow: flow.map(snapshot),
-        stats: (raw.flags & flags::STATS != 0).then(|| stats(&raw.stats)),
+        stats: (raw.flags & flags::STATS != 0).then_some(raw.stats),
         detail,
     })
 }
@@ -102,20 +100,6 @@ fn snapshot(f: &probe_common::FlowState) -> FlowSnapshot {
         last_rst_reason: (f.counts.rst_sent > 0 && f.last_rst_reason != 0)
             .then_some(f.last_rst_reason),
         late: f.flags & state_flags::LATE != 0,
-    }
-}
-
-fn stats(s: &probe_common::SockStats) -> SockStats {
-    SockStats {
-        srtt_us: s.srtt_us,
-        min_rtt_us: s.min_rtt_us,
-        total_retrans: s.total_retrans,
-        segs_in: s.segs_in,
-        segs_out: s.segs_out,
-        data_segs_in: s.data_segs_in,
-        data_segs_out: s.data_segs_out,
-        bytes_received: s.bytes_received,
-        bytes_acked: s.bytes_acked,
     }
 }
 

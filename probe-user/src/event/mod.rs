@@ -68,20 +68,8 @@ impl fmt::Display for TcpState {
 }
 
 /// The socket's own counters (`struct tcp_sock`), read at a flow's end and on data
-/// retransmits and RTOs (JSON field names are a contract).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SockStats {
-    pub srtt_us: u32,
-    #[serde(default)]
-    pub min_rtt_us: u32,
-    pub total_retrans: u32,
-    pub segs_in: u32,
-    pub segs_out: u32,
-    pub data_segs_in: u32,
-    pub data_segs_out: u32,
-    pub bytes_received: u64,
-    pub bytes_acked: u64,
-}
+/// retransmits and RTOs: the kernel's record, shown as it is (JSON field names are a contract).
+pub use probe_common::SockStats;
 
 /// The process that owned the socket: the one that called connect() or listen() (an accepted
 /// socket belongs to its listener's owner).

@@ -1,6 +1,6 @@
 //! The HTTP endpoints Prometheus and Kubernetes use: `/metrics` (Prometheus text format),
-//! `/healthz` (the process answers) and `/readyz` (probes attached and the ring buffer being
-//! drained).
+//! `/healthz` (the process answers) and `/readyz` (the ring buffer being drained; see
+//! [`readiness`]). Who is served and for how long: [`connections`].
 //!
 //! The server runs on a thread of its own with its own tokio runtime: a scrape never waits on
 //! the event loop, and a slow or stuck client never delays it. The event loop publishes a
@@ -17,22 +17,21 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{body::Incoming, server::conn::http1, service::service_fn, Method, Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{body::Incoming, service::service_fn, Method, Request, Response};
+use hyper_util::rt::TokioIo;
 use prometheus::{
     core::Collector as _, process_collector::ProcessCollector, proto::MetricFamily, TextEncoder,
     TEXT_FORMAT,
 };
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use crate::clock::monotonic_ns;
 
-/// Not ready when the event loop has not published for this long.
-const STALE_NS: u64 = 5_000_000_000;
-/// Connections served at once; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 64;
-/// A client must send its request headers within this time.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+mod connections;
+mod readiness;
+
+use connections::{Admission, Lane, HEALTH_SLOTS};
+pub use readiness::readiness;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExporterError {
@@ -102,11 +101,10 @@ fn serve_thread(listener: TcpListener, rx: watch::Receiver<Arc<Snapshot>>) {
             }
         };
         let process = Arc::new(ProcessCollector::for_self());
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let admission = Arc::new(Admission::new());
         loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
+            // Accept whatever the slots: a connection that cannot be served is refused and
+            // counted at once instead of waiting in the kernel's queue behind stalled ones.
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -115,25 +113,38 @@ fn serve_thread(listener: TcpListener, rx: watch::Receiver<Arc<Snapshot>>) {
                     continue;
                 }
             };
+            let Some((lane, permit)) = admission.admit() else {
+                drop(stream);
+                continue;
+            };
             let rx = rx.clone();
             let process = process.clone();
+            let admission = admission.clone();
             tokio::spawn(async move {
+                let counted = admission.clone();
                 let service = service_fn(move |req| {
                     let snapshot = rx.borrow().clone();
-                    let process = process.clone();
-                    async move { Ok::<_, Infallible>(respond(&req, &snapshot, &process)) }
+                    let served = Served {
+                        process: &process,
+                        admission: &admission,
+                        lane,
+                    };
+                    let response = respond(&req, &snapshot, &served);
+                    async move { Ok::<_, Infallible>(response) }
                 });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = conn.await {
-                    log::debug!("HTTP exporter connection: {e}");
-                }
+                let outcome = connections::serve(TokioIo::new(stream), lane, service).await;
+                counted.count(outcome);
                 drop(permit);
             });
         }
     });
+}
+
+/// What a request is answered with besides the snapshot.
+struct Served<'a> {
+    process: &'a ProcessCollector,
+    admission: &'a Admission,
+    lane: Lane,
 }
 
 fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -147,16 +158,23 @@ fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Fu
 
 const PLAIN: &str = "text/plain; charset=utf-8";
 
-fn respond(
-    req: &Request<Incoming>,
-    snapshot: &Snapshot,
-    process: &ProcessCollector,
-) -> Response<Full<Bytes>> {
+fn respond(req: &Request<Incoming>, snapshot: &Snapshot, served: &Served<'_>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(405, PLAIN, "only GET and HEAD are served\n");
     }
-    match req.uri().path() {
-        "/metrics" => metrics(snapshot, process),
+    let path = req.uri().path();
+    if served.lane == Lane::Health && path != "/healthz" && path != "/readyz" {
+        return reply(
+            503,
+            PLAIN,
+            format!(
+                "busy: every scrape slot is taken; this connection is one of the {HEALTH_SLOTS} \
+                 kept for /healthz and /readyz; retry\n"
+            ),
+        );
+    }
+    match path {
+        "/metrics" => metrics(snapshot, served),
         "/healthz" => reply(200, PLAIN, "ok\n"),
         "/readyz" => {
             let (ready, text) = readiness(snapshot, monotonic_ns());
@@ -169,78 +187,13 @@ fn respond(
 
 const INDEX: &str = "linkprobe serves /metrics (Prometheus), /healthz and /readyz\n";
 
-fn metrics(snapshot: &Snapshot, process: &ProcessCollector) -> Response<Full<Bytes>> {
+fn metrics(snapshot: &Snapshot, served: &Served<'_>) -> Response<Full<Bytes>> {
     let mut families = snapshot.families.clone();
-    families.extend(process.collect());
+    families.extend(served.admission.families());
+    families.extend(served.process.collect());
     let mut text = String::with_capacity(64 * 1024);
     match TextEncoder::new().encode_utf8(&families, &mut text) {
         Ok(()) => reply(200, TEXT_FORMAT, text),
         Err(e) => reply(500, PLAIN, format!("encoding metrics: {e}\n")),
-    }
-}
-
-/// Ready when every probe is attached and the event loop published (drained the ring) within
-/// the last [`STALE_NS`]; the text says which condition fails.
-pub fn readiness(s: &Snapshot, now_ns: u64) -> (bool, String) {
-    if s.published_ns == 0 {
-        return (false, "not ready: starting, no data published yet\n".into());
-    }
-    let age = now_ns.saturating_sub(s.published_ns);
-    if age > STALE_NS {
-        return (
-            false,
-            format!(
-                "not ready: the ring buffer was last drained {:.1} s ago (event loop stalled)\n",
-                age as f64 / 1e9
-            ),
-        );
-    }
-    if !s.probes_down.is_empty() {
-        return (
-            false,
-            format!(
-                "not ready: {} of {} probes are down: {}\n",
-                s.probes_down.len(),
-                s.probes_total,
-                s.probes_down.join("; ")
-            ),
-        );
-    }
-    (
-        true,
-        format!(
-            "ready: {} of {} probes attached, ring buffer drained {:.1} s ago\n",
-            s.probes_total,
-            s.probes_total,
-            age as f64 / 1e9
-        ),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn readiness_names_what_is_wrong() {
-        let mut s = Snapshot {
-            probes_total: 7,
-            ..Snapshot::default()
-        };
-        assert!(readiness(&s, 10).1.contains("starting"));
-        s.published_ns = 1_000_000_000;
-        let (ready, text) = readiness(&s, 1_500_000_000);
-        assert!(ready, "{text}");
-        assert!(text.contains("7 of 7 probes attached"));
-        let (ready, text) = readiness(&s, 10_000_000_000);
-        assert!(!ready);
-        assert!(text.contains("9.0 s ago"), "{text}");
-        s.probes_down = vec!["lp_rst_sent: tracepoint missing".into()];
-        let (ready, text) = readiness(&s, 1_500_000_000);
-        assert!(!ready);
-        assert!(
-            text.contains("1 of 7 probes are down: lp_rst_sent"),
-            "{text}"
-        );
     }
 }

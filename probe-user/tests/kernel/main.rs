@@ -7,6 +7,7 @@ mod common;
 mod detect;
 mod exactness;
 mod exporter;
+mod exporter_abuse;
 mod limits;
 mod prometheus_harness;
 mod summary;

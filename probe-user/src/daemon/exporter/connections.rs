@@ -265,7 +265,9 @@ mod tests {
         use tokio::io::AsyncWriteExt as _;
         for lane in [Lane::Scrape, Lane::Health] {
             let (outcome, _) = serve_piped(lane, |mut c| async move {
-                c.write_all(b"GET /healthz HTTP/1.1\r\n").await.expect("line");
+                c.write_all(b"GET /healthz HTTP/1.1\r\n")
+                    .await
+                    .expect("line");
                 for _ in 0..100 {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     if c.write_all(b"X").await.is_err() {

@@ -158,7 +158,11 @@ fn reply(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Fu
 
 const PLAIN: &str = "text/plain; charset=utf-8";
 
-fn respond(req: &Request<Incoming>, snapshot: &Snapshot, served: &Served<'_>) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<Incoming>,
+    snapshot: &Snapshot,
+    served: &Served<'_>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(405, PLAIN, "only GET and HEAD are served\n");
     }

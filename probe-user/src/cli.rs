@@ -260,8 +260,10 @@ fn parse_cookie(s: &str) -> Result<u64, String> {
 }
 
 /// Where `/metrics`, `/healthz` and `/readyz` are served unless `--metrics-addr` says otherwise:
-/// all interfaces, like node_exporter (Prometheus scrapes the node).
-pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9476";
+/// the node's loopback only, since the metrics name every tenant's peers. To scrape from
+/// elsewhere, put an authenticating proxy in front (deploy/daemonset.yaml: kube-rbac-proxy) or
+/// pass an address you have firewalled yourself.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9476";
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
@@ -271,6 +273,8 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "/run/linkprobe")]
     pub run_dir: PathBuf,
     /// Serve /metrics, /healthz and /readyz on HOST:PORT (Prometheus scrapes it); `off` for none.
+    /// Loopback by default: the metrics name every tenant's peers, so expose them through an
+    /// authenticating proxy (see deploy/daemonset.yaml), not on 0.0.0.0.
     #[arg(
         long,
         value_name = "HOST:PORT|off",
@@ -296,7 +300,7 @@ fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
         return Ok(MetricsAddr(None));
     }
     s.parse().map(|a| MetricsAddr(Some(a))).map_err(|_| {
-        format!("{s:?} is not HOST:PORT with an IP address (e.g. 0.0.0.0:9476 or 127.0.0.1:9476), nor `off`")
+        format!("{s:?} is not HOST:PORT with an IP address (e.g. 127.0.0.1:9476), nor `off`")
     })
 }
 
@@ -424,6 +428,56 @@ mod tests {
             args.metrics_addr,
             MetricsAddr(Some(DEFAULT_METRICS_ADDR.parse().unwrap()))
         );
+    }
+
+    /// The exporter names every tenant's peers: loopback by default, and deploy/ reaches it
+    /// only through the authenticating proxy, the kubelet's probes on the loopback.
+    #[test]
+    fn metrics_default_to_loopback_and_deploy_exposes_them_only_through_the_proxy() {
+        let default: SocketAddr = DEFAULT_METRICS_ADDR.parse().unwrap();
+        assert!(default.ip().is_loopback(), "{default}");
+        let deploy = |f: &str| {
+            std::fs::read_to_string(format!("{}/../deploy/{f}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap()
+        };
+        let ds = deploy("daemonset.yaml");
+        for needed in [
+            format!("\"--metrics-addr\", \"{DEFAULT_METRICS_ADDR}\""),
+            format!("--upstream=http://{DEFAULT_METRICS_ADDR}/"),
+            format!(
+                "httpGet: {{host: {}, path: /healthz, port: {}}}",
+                default.ip(),
+                default.port()
+            ),
+            format!(
+                "httpGet: {{host: {}, path: /readyz, port: {}}}",
+                default.ip(),
+                default.port()
+            ),
+            "name: https-metrics".to_owned(),
+            "serviceAccountName: linkprobe".to_owned(),
+        ] {
+            assert!(ds.contains(&needed), "deploy/daemonset.yaml lacks {needed}");
+        }
+        assert!(!ds.contains("0.0.0.0") && !ds.contains("prometheus.io/scrape"));
+        let pm = deploy("podmonitor.yaml");
+        for needed in [
+            "port: https-metrics",
+            "scheme: https",
+            "type: Bearer",
+            "linkprobe-scraper-token",
+        ] {
+            assert!(pm.contains(needed), "deploy/podmonitor.yaml lacks {needed}");
+        }
+        let rbac = deploy("rbac.yaml");
+        for needed in [
+            "tokenreviews",
+            "subjectaccessreviews",
+            "nonResourceURLs: [/metrics]",
+            "name: linkprobe-scraper-token",
+        ] {
+            assert!(rbac.contains(needed), "deploy/rbac.yaml lacks {needed}");
+        }
     }
 
     #[test]

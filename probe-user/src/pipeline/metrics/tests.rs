@@ -347,8 +347,9 @@ fn deploy_rules_and_dashboard_use_only_exported_names() {
             served.push(format!("{}{suffix}", f.name()));
         }
     }
-    // Served by the exporter thread's process collector.
+    // Served by the exporter thread: its process collector and its connection counts.
     served.push("process_cpu_seconds_total".into());
+    served.push("linkprobe_exporter_connections_total".into());
     for (file, text) in [
         (
             "deploy/prometheus-rules.yaml",

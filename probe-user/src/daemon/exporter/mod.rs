@@ -124,12 +124,12 @@ fn serve_thread(listener: TcpListener, rx: watch::Receiver<Arc<Snapshot>>) {
                 let counted = admission.clone();
                 let service = service_fn(move |req| {
                     let snapshot = rx.borrow().clone();
-                    let served = Served {
+                    let ctx = RequestContext {
                         process: &process,
                         admission: &admission,
                         lane,
                     };
-                    let response = respond(&req, &snapshot, &served);
+                    let response = respond(&req, &snapshot, &ctx);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let outcome = connections::serve(TokioIo::new(stream), lane, service).await;
@@ -141,7 +141,7 @@ fn serve_thread(listener: TcpListener, rx: watch::Receiver<Arc<Snapshot>>) {
 }
 
 /// What a request is answered with besides the snapshot.
-struct Served<'a> {
+struct RequestContext<'a> {
     process: &'a ProcessCollector,
     admission: &'a Admission,
     lane: Lane,
@@ -161,13 +161,13 @@ const PLAIN: &str = "text/plain; charset=utf-8";
 fn respond(
     req: &Request<Incoming>,
     snapshot: &Snapshot,
-    served: &Served<'_>,
+    ctx: &RequestContext<'_>,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(405, PLAIN, "only GET and HEAD are served\n");
     }
     let path = req.uri().path();
-    if served.lane == Lane::Health && path != "/healthz" && path != "/readyz" {
+    if ctx.lane == Lane::Health && path != "/healthz" && path != "/readyz" {
         return reply(
             503,
             PLAIN,
@@ -178,7 +178,7 @@ fn respond(
         );
     }
     match path {
-        "/metrics" => metrics(snapshot, served),
+        "/metrics" => metrics(snapshot, ctx),
         "/healthz" => reply(200, PLAIN, "ok\n"),
         "/readyz" => {
             let (ready, text) = readiness(snapshot, monotonic_ns());
@@ -191,10 +191,10 @@ fn respond(
 
 const INDEX: &str = "linkprobe serves /metrics (Prometheus), /healthz and /readyz\n";
 
-fn metrics(snapshot: &Snapshot, served: &Served<'_>) -> Response<Full<Bytes>> {
+fn metrics(snapshot: &Snapshot, ctx: &RequestContext<'_>) -> Response<Full<Bytes>> {
     let mut families = snapshot.families.clone();
-    families.extend(served.admission.families());
-    families.extend(served.process.collect());
+    families.extend(ctx.admission.families());
+    families.extend(ctx.process.collect());
     let mut text = String::with_capacity(64 * 1024);
     match TextEncoder::new().encode_utf8(&families, &mut text) {
         Ok(()) => reply(200, TEXT_FORMAT, text),

@@ -20,17 +20,18 @@ use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn, Method, Request, Response};
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    core::Collector as _, process_collector::ProcessCollector, proto::MetricFamily, TextEncoder,
-    TEXT_FORMAT,
+    core::Collector as _, process_collector::ProcessCollector, TextEncoder, TEXT_FORMAT,
 };
 use tokio::sync::watch;
 
 use crate::clock::monotonic_ns;
 
 mod connections;
+mod published;
 mod readiness;
 
 use connections::{Admission, Lane, HEALTH_SLOTS};
+pub use published::Snapshot;
 pub use readiness::readiness;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,17 +43,6 @@ pub enum ExporterError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("starting the HTTP exporter thread: {0}")]
     Thread(io::Error),
-}
-
-/// What the event loop publishes for the server.
-#[derive(Default)]
-pub struct Snapshot {
-    pub families: Vec<MetricFamily>,
-    /// CLOCK_MONOTONIC time of publication (0: nothing published yet).
-    pub published_ns: u64,
-    pub probes_total: usize,
-    /// `name: why` of each probe that is off.
-    pub probes_down: Vec<String>,
 }
 
 /// The event loop's handle on the running server.

@@ -2,7 +2,7 @@
 //! the ring) and every probe the kernel could take is attached; a probe the kernel lacks is
 //! off with its reason, named in the body (and `linkprobe_probe_attached` 0), but does not
 //! hold a rollout back: no restart can attach it.
-use crate::daemon::exporter::Snapshot;
+use crate::daemon::exporter::published::Snapshot;
 
 /// Not ready when the event loop has not published for this long.
 pub const STALE_NS: u64 = 5_000_000_000;

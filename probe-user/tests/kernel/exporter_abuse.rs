@@ -123,6 +123,11 @@ fn stalled_clients_neither_block_health_checks_nor_go_uncounted() {
         }
         thread::sleep(Duration::from_millis(100));
     };
+    eprintln!("   /healthz answered after {answered_after:?} ({health_refused} attempts refused)");
+    assert!(
+        answered_after <= HEALTH_BOUND,
+        "/healthz took {answered_after:?} under stalled scrapers"
+    );
     // Scrape slots still held (headers get 5 s): /metrics on the health lane is turned away
     // with a reason, not left hanging.
     let busy = http::get(addr, "/metrics").expect("GET /metrics on the health lane");
@@ -163,11 +168,6 @@ fn stalled_clients_neither_block_health_checks_nor_go_uncounted() {
             // reply is an answer too.
             ("served (metric) vs answers we got", d(0), health_ok + 2),
         ],
-    );
-    eprintln!("   /healthz answered after {answered_after:?} ({health_refused} attempts refused)");
-    assert!(
-        answered_after <= HEALTH_BOUND,
-        "/healthz took {answered_after:?} under stalled scrapers"
     );
     assert_eq!(
         open_left, 0,

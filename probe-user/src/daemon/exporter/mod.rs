@@ -63,6 +63,13 @@ impl Exporter {
             .spawn(move || serve_thread(listener, rx))
             .map_err(ExporterError::Thread)?;
         log::info!("serving /metrics, /healthz and /readyz on http://{local}");
+        if !local.ip().is_loopback() {
+            log::warn!(
+                "/metrics on {local} is reachable beyond this host and names every tenant's \
+                 peers, without authentication: firewall it or put an authenticating proxy in \
+                 front (see deploy/daemonset.yaml)"
+            );
+        }
         Ok(Exporter { tx })
     }
 

@@ -10,7 +10,7 @@
 //! (more are told so and closed).
 use std::{
     io,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -29,6 +29,7 @@ use tokio::{
 };
 
 use crate::{
+    api::SOCKET_NAME,
     api::{
         filter::Matcher,
         proto::{
@@ -39,6 +40,7 @@ use crate::{
     },
     event::rst_reason::ReasonNames,
     event::Event,
+    host::run_dir::RunDir,
     render::event::EventRecord,
 };
 
@@ -132,8 +134,13 @@ struct Ctx {
 }
 
 /// Binds the socket (errors surface at start-up) and starts the server thread.
-pub fn spawn(path: &Path, gid: Option<u32>, reasons: ReasonNames) -> Result<ApiLoop, SocketError> {
-    let listener = socket::bind(path, gid)?;
+pub fn spawn(
+    run_dir: &RunDir,
+    gid: Option<u32>,
+    reasons: ReasonNames,
+) -> Result<ApiLoop, SocketError> {
+    let listener = socket::bind(run_dir, SOCKET_NAME, gid)?;
+    let path = &run_dir.path().join(SOCKET_NAME);
     let (qtx, qrx) = mpsc::channel(QUERY_QUEUE);
     let (live, _) = broadcast::channel(LIVE_QUEUE);
     let ctx = Arc::new(Ctx {

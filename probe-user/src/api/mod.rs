@@ -3,6 +3,7 @@
 //! loop's answers (`answer`).
 pub mod answer;
 pub mod filter;
+pub mod peer;
 pub mod proto;
 pub mod server;
 pub mod socket;

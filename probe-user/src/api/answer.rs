@@ -333,7 +333,11 @@ mod tests {
 
     #[test]
     fn ties_are_broken_by_the_flow_key_not_by_storage_order() {
-        let flows = [flow(0, 5, (1, 0), 3), flow(1, 5, (1, 0), 3), flow(2, 5, (0, 1), 3)];
+        let flows = [
+            flow(0, 5, (1, 0), 3),
+            flow(1, 5, (1, 0), 3),
+            flow(2, 5, (0, 1), 3),
+        ];
         let fwd = best_flows(flows.iter().collect(), SortKey::Retrans, 2);
         let rev = best_flows(flows.iter().rev().collect(), SortKey::Retrans, 2);
         let keys = |v: &[&Flow]| v.iter().map(|f| f.key.netns).collect::<Vec<_>>();

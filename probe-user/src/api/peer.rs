@@ -19,7 +19,10 @@ fn printable(s: &str) -> String {
     s.chars()
         .flat_map(|c| {
             let escaped = c.is_control().then(|| c.escape_default());
-            escaped.into_iter().flatten().chain((!c.is_control()).then_some(c))
+            escaped
+                .into_iter()
+                .flatten()
+                .chain((!c.is_control()).then_some(c))
         })
         .collect()
 }
@@ -94,7 +97,11 @@ impl UidSlots {
 
 impl Drop for UidSlot {
     fn drop(&mut self) {
-        let mut held = self.slots.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut held = self
+            .slots
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = held.get_mut(&self.uid) {
             *n -= 1;
             if *n == 0 {
@@ -168,7 +175,9 @@ mod tests {
     #[test]
     fn each_uid_holds_at_most_its_cap_and_gets_slots_back() {
         let slots = Arc::new(UidSlots::default());
-        let mut a: Vec<_> = (0..MAX_PER_UID).map(|_| slots.take(1000).unwrap()).collect();
+        let mut a: Vec<_> = (0..MAX_PER_UID)
+            .map(|_| slots.take(1000).unwrap())
+            .collect();
         assert!(slots.take(1000).is_none());
         // Another uid is not affected.
         let b = slots.take(1001).unwrap();

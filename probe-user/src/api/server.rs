@@ -33,11 +33,11 @@ use crate::{
     api::SOCKET_NAME,
     api::{
         filter::Matcher,
+        peer::{ConnLog, Peer, UidSlot, UidSlots, MAX_PER_UID},
         proto::{
             decode_request, encode_line, error, AnomalyRecord, ApiCounters, ErrorCode, Query,
             Reply, Response, MAX_REQUEST_BYTES,
         },
-        peer::{ConnLog, Peer, UidSlot, UidSlots, MAX_PER_UID},
         socket::{self, SocketError},
     },
     event::rst_reason::ReasonNames,
@@ -261,7 +261,10 @@ fn admit(
     uid: u32,
 ) -> Result<(UidSlot, OwnedSemaphorePermit), Refusal> {
     let mine = per_uid.take(uid).ok_or(Refusal::PerUid)?;
-    let permit = slots.clone().try_acquire_owned().map_err(|_| Refusal::Full)?;
+    let permit = slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Refusal::Full)?;
     Ok((mine, permit))
 }
 

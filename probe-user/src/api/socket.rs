@@ -201,4 +201,4 @@ pub fn bind(run_dir: &RunDir, name: &str, gid: Option<u32>) -> Result<UnixListen
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -3,6 +3,7 @@
 //! a kernel test cannot hit that window deterministically).
 use std::{
     io::{BufRead, BufReader, Write},
+    os::unix::fs::PermissionsExt,
     os::unix::net::UnixStream,
     time::Duration,
 };
@@ -11,6 +12,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::{
+    api::socket::tests::connect_as,
     host::run_dir::{tests::TempDir, RunDir},
     pipeline::detect::{Anomaly, AnomalyKind, Scope},
 };
@@ -93,5 +95,69 @@ fn anomalies_watch_loses_nothing_between_snapshot_and_subscription_and_repeats_n
     // Nothing more: the raise of 1 (already in the snapshot) was not repeated.
     s.set_nonblocking(true).unwrap();
     let mut extra = String::new();
-    assert!(r.read_line(&mut extra).is_err() || extra.is_empty(), "{extra}");
+    assert!(
+        r.read_line(&mut extra).is_err() || extra.is_empty(),
+        "{extra}"
+    );
+}
+
+/// The first line the server sent on `s`.
+fn first_reply(s: &UnixStream) -> Value {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut line = String::new();
+    let _ = BufReader::new(s).read_line(&mut line);
+    serde_json::from_str::<Value>(&line).map_or(Value::Null, |v| v["reply"].clone())
+}
+
+#[test]
+fn each_uid_is_capped_and_all_uids_together_by_the_global_cap() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    const GROUP: u32 = 4711;
+    let tmp = TempDir::new("api-caps");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = RunDir::prepare(&tmp.path().join("run"), Some(GROUP)).unwrap();
+    let api = spawn(&run, Some(GROUP), ReasonNames::default()).unwrap();
+    let sock = run.path().join(SOCKET_NAME);
+    let mut held = Vec::new();
+    // Four users fill their shares: each is refused past its own 16, naming its uid.
+    for uid in 5001..5005 {
+        for _ in 0..MAX_PER_UID {
+            held.push(connect_as(uid, GROUP, &sock).unwrap());
+        }
+        let extra = connect_as(uid, GROUP, &sock).unwrap();
+        let v = first_reply(&extra);
+        assert_eq!(v["code"], "too_many_clients", "{v}");
+        let msg = v["message"].as_str().unwrap();
+        assert!(
+            msg.contains(&format!("from uid {uid} (at most 16 per user)")),
+            "{msg}"
+        );
+    }
+    assert_eq!(held.len(), MAX_CLIENTS);
+    // A fifth user has its share free, but the server is full.
+    let v = first_reply(&connect_as(5005, GROUP, &sock).unwrap());
+    let msg = v["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("too many API clients (at most 64)"), "{v}");
+    // One of the first user's connections goes: a place frees up, for anyone.
+    drop(held.swap_remove(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = connect_as(5005, GROUP, &sock).unwrap();
+        // A refused one may be closed before this write lands.
+        let _ = (&s).write_all(b"{\"v\":1,\"req\":{\"type\":\"bogus\"}}\n");
+        let v = first_reply(&s);
+        if v["code"] == "bad_request" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never served again: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(api);
+    drop(held);
 }

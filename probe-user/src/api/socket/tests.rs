@@ -20,8 +20,9 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Connects to `path` as uid/gid `id` with no supplementary groups, from a thread of its own.
-fn connect_as(id: u32, path: &Path) -> io::Result<()> {
+/// Connects to `path` as `uid`/`gid` with no supplementary groups, from a thread of its own
+/// (the connection outlives the thread: descriptors are the process's).
+pub fn connect_as(uid: u32, gid: u32, path: &Path) -> io::Result<UnixStream> {
     let path = path.to_owned();
     std::thread::spawn(move || {
         // SAFETY: raw syscalls (not libc's process-wide wrappers) change this thread only;
@@ -31,10 +32,10 @@ fn connect_as(id: u32, path: &Path) -> io::Result<()> {
                 libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()),
                 0
             );
-            assert_eq!(libc::syscall(libc::SYS_setresgid, id, id, id), 0);
-            assert_eq!(libc::syscall(libc::SYS_setresuid, id, id, id), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
         }
-        UnixStream::connect(&path).map(drop)
+        UnixStream::connect(&path)
     })
     .join()
     .unwrap()
@@ -75,7 +76,7 @@ fn the_socket_is_0600_by_default_and_others_cannot_connect() {
         .unwrap()
         .file_type()
         .is_socket());
-    let err = connect_as(NOBODY, &sock).unwrap_err();
+    let err = connect_as(NOBODY, NOBODY, &sock).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
     UnixStream::connect(&sock).unwrap();
     assert!(
@@ -100,15 +101,15 @@ fn with_a_group_the_socket_is_0660_and_never_reachable_before() {
     assert_eq!(meta(&private_dir(&run)), (0o700, 0, 0));
     let staged_path = private_dir(&run).join("api.sock");
     UnixStream::connect(&staged_path).expect("root reaches the staged socket");
-    let err = connect_as(NOBODY, &staged_path).unwrap_err();
+    let err = connect_as(NOBODY, NOBODY, &staged_path).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
     // Where clients look there is only the stale file, which nobody answers.
     assert!(UnixStream::connect(run.join("api.sock")).is_err());
     let _l = staged.publish(&dir, Some(NOBODY)).unwrap();
     assert_eq!(meta(&run.join("api.sock")), (0o660, 0, NOBODY));
-    connect_as(NOBODY, &run.join("api.sock")).expect("the api group connects");
+    connect_as(NOBODY, NOBODY, &run.join("api.sock")).expect("the api group connects");
     // Another non-root user does not.
-    let err = connect_as(NOBODY - 1, &run.join("api.sock")).unwrap_err();
+    let err = connect_as(NOBODY - 1, NOBODY - 1, &run.join("api.sock")).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
     assert!(!private_dir(&run).exists());
 }

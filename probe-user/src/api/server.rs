@@ -11,7 +11,6 @@
 //! connection's peer (uid, pid, comm) is logged, rate-limited.
 use std::{
     io,
-    path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -74,7 +73,7 @@ pub enum Live {
 pub struct ApiLoop {
     queries: Option<mpsc::Receiver<LoopQuery>>,
     live: broadcast::Sender<Arc<Live>>,
-    path: PathBuf,
+    run_dir: RunDir,
 }
 
 impl ApiLoop {
@@ -96,7 +95,8 @@ impl ApiLoop {
 
 impl Drop for ApiLoop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Through the run dir's descriptor: the socket we made, wherever the path leads now.
+        let _ = self.run_dir.remove(SOCKET_NAME);
     }
 }
 
@@ -176,7 +176,7 @@ pub fn spawn(
     Ok(ApiLoop {
         queries: Some(qrx),
         live,
-        path: path.to_owned(),
+        run_dir: run_dir.try_clone().map_err(bind_err)?,
     })
 }
 

@@ -187,6 +187,24 @@ impl RunDir {
         &self.fd
     }
 
+    /// A second handle on the same directory.
+    pub fn try_clone(&self) -> io::Result<RunDir> {
+        Ok(RunDir {
+            fd: self.fd.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Removes the entry `name` of this directory (not of whatever `path` names now).
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: unlinkat reads a NUL-terminated name relative to our descriptor.
+        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// The path given on the command line (for messages and clients).
     pub fn path(&self) -> &Path {
         &self.path

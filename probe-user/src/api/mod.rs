@@ -1,5 +1,5 @@
 //! The daemon's local API on a Unix socket: typed requests and responses (`proto`, shared with
-//! the CLI), the server thread (`server`, `socket`), request filters (`filter`) and the event
+//! the CLI), the server thread (`server`, `socket`, `peer`: who connects, per-uid caps), request filters (`filter`) and the event
 //! loop's answers (`answer`).
 pub mod answer;
 pub mod filter;
@@ -11,8 +11,7 @@ pub mod socket;
 mod tests;
 
 pub use server::{spawn, ApiLoop, Live, LoopQuery};
+pub use socket::SOCKET_NAME;
 
-/// The socket's file name inside the daemon's run directory.
-pub const SOCKET_NAME: &str = "api.sock";
 /// Where the CLI looks by default.
 pub const DEFAULT_SOCKET: &str = "/run/linkprobe/api.sock";

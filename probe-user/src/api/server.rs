@@ -29,7 +29,6 @@ use tokio::{
 };
 
 use crate::{
-    api::SOCKET_NAME,
     api::{
         filter::Matcher,
         peer::{ConnLog, Peer, UidSlot, UidSlots, MAX_PER_UID},
@@ -37,7 +36,7 @@ use crate::{
             decode_request, encode_line, error, AnomalyRecord, ApiCounters, ErrorCode, Query,
             Reply, Response, MAX_REQUEST_BYTES,
         },
-        socket::{self, SocketError},
+        socket::{self, SocketError, SOCKET_NAME},
     },
     event::rst_reason::ReasonNames,
     event::Event,

@@ -14,6 +14,9 @@ use std::{
 
 use crate::host::run_dir::RunDir;
 
+/// The socket's file name inside the daemon's run directory.
+pub const SOCKET_NAME: &str = "api.sock";
+
 /// The private directory the socket is bound in, inside the run directory.
 const PRIVATE_DIR: &CStr = c".api-bind";
 

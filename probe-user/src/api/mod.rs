@@ -11,7 +11,6 @@ pub mod socket;
 mod tests;
 
 pub use server::{spawn, ApiLoop, Live, LoopQuery};
-pub use socket::SOCKET_NAME;
 
 /// Where the CLI looks by default.
 pub const DEFAULT_SOCKET: &str = "/run/linkprobe/api.sock";

@@ -133,3 +133,50 @@ fn group_names_resolve_with_the_reentrant_lookup() {
         .collect();
     assert!(threads.into_iter().all(|t| t.join().unwrap()));
 }
+
+/// Set in the child process the umask test starts (the umask is process-wide: the test runs
+/// itself again rather than change it under the other tests' feet).
+const UMASK_CHILD: &str = "LINKPROBE_TEST_UMASK_000";
+
+#[test]
+fn modes_are_the_same_under_umask_000() {
+    if !is_root() {
+        return;
+    }
+    if std::env::var_os(UMASK_CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "api::socket::tests::modes_are_the_same_under_umask_000",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(UMASK_CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("1 passed"), "the child ran the test: {text}");
+        return;
+    }
+    // SAFETY: umask cannot fail; this child process runs only this test.
+    unsafe { libc::umask(0) };
+    let tmp = enterable("sock-umask");
+    let run = tmp.path().join("run");
+    let dir = RunDir::prepare(&run, None).unwrap();
+    assert_eq!(meta(&run).0, 0o700);
+    let _lock = crate::host::lock::acquire(&dir).unwrap();
+    assert_eq!(meta(&run.join("daemon.lock")).0, 0o600);
+    let staged = stage(&dir, "api.sock").unwrap();
+    assert_eq!(meta(&private_dir(&run)).0, 0o700);
+    let _l = staged.publish(&dir, None).unwrap();
+    assert_eq!(meta(&run.join("api.sock")).0, 0o600);
+    let grouped = tmp.path().join("grouped");
+    let dir = RunDir::prepare(&grouped, Some(NOBODY)).unwrap();
+    assert_eq!(meta(&grouped), (0o750, 0, NOBODY));
+    let _l = bind(&dir, "api.sock", Some(NOBODY)).unwrap();
+    assert_eq!(meta(&grouped.join("api.sock")), (0o660, 0, NOBODY));
+}

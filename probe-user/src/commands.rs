@@ -3,7 +3,7 @@
 use clap::CommandFactory as _;
 
 use crate::{
-    api::{self, socket::SocketError, ApiLoop, SOCKET_NAME},
+    api::{self, socket::SocketError, ApiLoop},
     cli::{Cli, Command, DaemonArgs, ProbesArgs, ProbesView},
     ctl::{self, CtlError},
     daemon::{
@@ -12,7 +12,10 @@ use crate::{
         RunError,
     },
     event::rst_reason::ReasonNames,
-    host::lock::{self, LockError},
+    host::{
+        lock::{self, LockError},
+        run_dir::{RunDir, RunDirError},
+    },
     kernel::{
         detail::DetailSpec,
         probes_check::{self, ProbesError},
@@ -26,6 +29,8 @@ pub enum CommandError {
     Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
     #[error(transparent)]
     Exporter(#[from] ExporterError),
     #[error(transparent)]
@@ -50,12 +55,14 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
         .map_err(CommandError::Runtime)?;
     match cli.command {
         Command::Daemon(args) => {
-            let _lock = lock::acquire(&args.run_dir)?;
+            let gid = api_group(&args)?;
+            let run_dir = RunDir::prepare(&args.run_dir, gid)?;
+            let _lock = lock::acquire(&run_dir)?;
             // Bind first: a taken port is reported before any probe is loaded.
             let exporter = args.metrics_addr.0.map(Exporter::start).transpose()?;
             let mut started = daemon::start(&args.probe)?;
             started.exporter = exporter;
-            let api = api_for_daemon(&args, &started.loaded.reason_names)?;
+            let api = api_for_daemon(&args, &run_dir, gid, &started.loaded.reason_names)?;
             runtime.block_on(daemon::run(&args.probe, started, api))?;
         }
         Command::Trace(mut args) => {
@@ -82,17 +89,25 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
 /// `--api-group`; none with `--no-api`.
 fn api_for_daemon(
     args: &DaemonArgs,
+    run_dir: &RunDir,
+    gid: Option<u32>,
     reasons: &ReasonNames,
 ) -> Result<Option<ApiLoop>, SocketError> {
     if args.no_api {
         return Ok(None);
     }
-    let gid = args
-        .api_group
+    api::spawn(run_dir, gid, reasons.clone()).map(Some)
+}
+
+/// `--api-group` as a gid, resolved before the run directory is made (it decides its mode).
+fn api_group(args: &DaemonArgs) -> Result<Option<u32>, SocketError> {
+    if args.no_api {
+        return Ok(None);
+    }
+    args.api_group
         .as_deref()
         .map(api::socket::group_id)
-        .transpose()?;
-    api::spawn(&args.run_dir.join(SOCKET_NAME), gid, reasons.clone()).map(Some)
+        .transpose()
 }
 
 /// `linkprobe probes`: prints the report; an error when linkprobe cannot run here (or, with

@@ -121,19 +121,9 @@ fn status(st: &Lent<'_>) -> StatusReport {
 fn flows(st: &Lent<'_>, m: &Matcher, sort: SortKey, limit: usize) -> Reply {
     let now = monotonic_ns();
     let table = &st.pipeline.flows;
-    let mut matched: Vec<&Flow> = table.iter().filter(|f| m.flow(f, now)).collect();
+    let matched: Vec<&Flow> = table.iter().filter(|f| m.flow(f, now)).collect();
     let n = matched.len();
-    match sort {
-        SortKey::Age => matched.sort_by_key(|f| std::cmp::Reverse((f.start_ns, f.key.cookie))),
-        SortKey::Retrans => matched.sort_by_key(|f| {
-            std::cmp::Reverse((
-                u64::from(f.syn_retransmits) + u64::from(f.data_retransmits),
-                f.start_ns,
-            ))
-        }),
-        SortKey::Rtt => matched.sort_by_key(|f| std::cmp::Reverse((f.srtt_us, f.start_ns))),
-    }
-    matched.truncate(limit);
+    let matched = best_flows(matched, sort, limit);
     Reply::Flows {
         total: table.len(),
         matched: n,
@@ -142,6 +132,36 @@ fn flows(st: &Lent<'_>, m: &Matcher, sort: SortKey, limit: usize) -> Reply {
             .map(|f| FlowRecord::new(f, &st.loaded.reason_names))
             .collect(),
     }
+}
+
+/// Where a flow ranks under `sort` (higher first). Ties end at the flow's key, unique in the
+/// table, so the order is total: the same flows come first however they were stored.
+fn rank(f: &Flow, sort: SortKey) -> (u64, u64, u64, u64) {
+    let (cookie, netns) = (f.key.cookie, f.key.netns);
+    match sort {
+        SortKey::Age => (f.start_ns, cookie, netns, 0),
+        SortKey::Retrans => (
+            u64::from(f.syn_retransmits) + u64::from(f.data_retransmits),
+            f.start_ns,
+            cookie,
+            netns,
+        ),
+        SortKey::Rtt => (u64::from(f.srtt_us), f.start_ns, cookie, netns),
+    }
+}
+
+/// The first `limit` of `matched` in `sort` order: a partial selection (linear) then a sort of
+/// the kept ones only, instead of sorting every match to keep a few.
+pub fn best_flows(mut matched: Vec<&Flow>, sort: SortKey, limit: usize) -> Vec<&Flow> {
+    let order = |a: &&Flow, b: &&Flow| rank(b, sort).cmp(&rank(a, sort));
+    if limit == 0 {
+        matched.clear();
+    } else if matched.len() > limit {
+        matched.select_nth_unstable_by(limit - 1, order);
+        matched.truncate(limit);
+    }
+    matched.sort_unstable_by(order);
+    matched
 }
 
 fn flow(st: &Lent<'_>, cookie: u64) -> Reply {
@@ -259,4 +279,69 @@ pub fn root_cause(
         hint.push_str(&format!("; evidence for {} on {}", a.kind, a.scope));
     }
     hint
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::pipeline::flowtable::FlowKey;
+
+    fn flow(i: usize, start_ns: u64, retrans: (u32, u32), srtt_us: u32) -> Flow {
+        let mut f = Flow::new(
+            FlowKey {
+                netns: (i % 3) as u64,
+                cookie: (i / 3) as u64,
+            },
+            "10.0.0.1:1000".parse().unwrap(),
+            "10.0.0.2:80".parse().unwrap(),
+            start_ns,
+        );
+        (f.syn_retransmits, f.data_retransmits, f.srtt_us) = (retrans.0, retrans.1, srtt_us);
+        f
+    }
+
+    fn full_sort(flows: &[Flow], sort: SortKey, limit: usize) -> Vec<(u64, u64)> {
+        let mut all: Vec<&Flow> = flows.iter().collect();
+        all.sort_by_key(|f| std::cmp::Reverse(rank(f, sort)));
+        all.truncate(limit);
+        all.iter().map(|f| (f.key.netns, f.key.cookie)).collect()
+    }
+
+    proptest! {
+        /// Small value ranges so that ties on the sort field are common.
+        #[test]
+        fn partial_selection_returns_exactly_what_a_full_sort_would(
+            fields in prop::collection::vec((0u64..20, (0u32..4, 0u32..4), 0u32..10), 0..300),
+            limit in 0usize..320,
+        ) {
+            let flows: Vec<Flow> = fields
+                .iter()
+                .enumerate()
+                .map(|(i, (start, retrans, rtt))| flow(i, *start, *retrans, *rtt))
+                .collect();
+            for sort in [SortKey::Age, SortKey::Retrans, SortKey::Rtt] {
+                let got: Vec<(u64, u64)> = best_flows(flows.iter().collect(), sort, limit)
+                    .iter()
+                    .map(|f| (f.key.netns, f.key.cookie))
+                    .collect();
+                prop_assert_eq!(got, full_sort(&flows, sort, limit), "{:?}", sort);
+            }
+        }
+    }
+
+    #[test]
+    fn ties_are_broken_by_the_flow_key_not_by_storage_order() {
+        let flows = [
+            flow(0, 5, (1, 0), 3),
+            flow(1, 5, (1, 0), 3),
+            flow(2, 5, (0, 1), 3),
+        ];
+        let fwd = best_flows(flows.iter().collect(), SortKey::Retrans, 2);
+        let rev = best_flows(flows.iter().rev().collect(), SortKey::Retrans, 2);
+        let keys = |v: &[&Flow]| v.iter().map(|f| f.key.netns).collect::<Vec<_>>();
+        assert_eq!(keys(&fwd), keys(&rev));
+        assert_eq!(keys(&fwd), [2, 1]);
+    }
 }

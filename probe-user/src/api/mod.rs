@@ -1,8 +1,9 @@
 //! The daemon's local API on a Unix socket: typed requests and responses (`proto`, shared with
-//! the CLI), the server thread (`server`, `socket`), request filters (`filter`) and the event
+//! the CLI), the server thread (`server`, `socket`, `peer`: who connects, per-uid caps), request filters (`filter`) and the event
 //! loop's answers (`answer`).
 pub mod answer;
 pub mod filter;
+pub mod peer;
 pub mod proto;
 pub mod server;
 pub mod socket;
@@ -11,7 +12,5 @@ mod tests;
 
 pub use server::{spawn, ApiLoop, Live, LoopQuery};
 
-/// The socket's file name inside the daemon's run directory.
-pub const SOCKET_NAME: &str = "api.sock";
 /// Where the CLI looks by default.
 pub const DEFAULT_SOCKET: &str = "/run/linkprobe/api.sock";

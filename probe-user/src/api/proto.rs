@@ -227,6 +227,9 @@ pub struct ApiCounters {
     pub connections: u64,
     pub clients_now: u64,
     pub rejected_connections: u64,
+    /// Of `rejected_connections`, those over the per-uid cap.
+    #[serde(default)]
+    pub rejected_per_uid: u64,
     pub bad_requests: u64,
     pub busy: u64,
     /// Stream items dropped for slow watch clients.

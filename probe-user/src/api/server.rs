@@ -6,11 +6,11 @@
 //!
 //! Limits: request lines ≤ [`MAX_REQUEST_BYTES`] (longer → error, then close); a request must
 //! arrive within [`REQUEST_TIMEOUT`] (idle and slowloris clients are closed); writes that make
-//! no progress for [`WRITE_TIMEOUT`] close the client; at most [`MAX_CLIENTS`] connections
-//! (more are told so and closed).
+//! no progress for [`WRITE_TIMEOUT`] close the client; at most [`MAX_CLIENTS`] connections,
+//! of them at most [`MAX_PER_UID`] from one uid (more are told so, counted and closed). Every
+//! connection's peer (uid, pid, comm) is logged, rate-limited.
 use std::{
     io,
-    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -24,21 +24,23 @@ use tokio::{
         unix::{OwnedReadHalf, OwnedWriteHalf},
         UnixStream,
     },
-    sync::{broadcast, mpsc, oneshot, Semaphore},
+    sync::{broadcast, mpsc, oneshot, OwnedSemaphorePermit, Semaphore},
     time::timeout,
 };
 
 use crate::{
     api::{
         filter::Matcher,
+        peer::{ConnLog, Peer, UidSlot, UidSlots, MAX_PER_UID},
         proto::{
             decode_request, encode_line, error, AnomalyRecord, ApiCounters, ErrorCode, Query,
             Reply, Response, MAX_REQUEST_BYTES,
         },
-        socket::{self, SocketError},
+        socket::{self, SocketError, SOCKET_NAME},
     },
     event::rst_reason::ReasonNames,
     event::Event,
+    host::run_dir::RunDir,
     render::event::EventRecord,
 };
 
@@ -70,7 +72,7 @@ pub enum Live {
 pub struct ApiLoop {
     queries: Option<mpsc::Receiver<LoopQuery>>,
     live: broadcast::Sender<Arc<Live>>,
-    path: PathBuf,
+    run_dir: RunDir,
 }
 
 impl ApiLoop {
@@ -92,7 +94,8 @@ impl ApiLoop {
 
 impl Drop for ApiLoop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        // Through the run dir's descriptor: the socket we made, wherever the path leads now.
+        let _ = self.run_dir.remove(SOCKET_NAME);
     }
 }
 
@@ -101,6 +104,7 @@ struct Counters {
     connections: AtomicU64,
     clients_now: AtomicU64,
     rejected: AtomicU64,
+    rejected_per_uid: AtomicU64,
     bad_requests: AtomicU64,
     busy: AtomicU64,
     watch_lost: AtomicU64,
@@ -113,6 +117,7 @@ impl Counters {
             connections: get(&self.connections),
             clients_now: get(&self.clients_now),
             rejected_connections: get(&self.rejected),
+            rejected_per_uid: get(&self.rejected_per_uid),
             bad_requests: get(&self.bad_requests),
             busy: get(&self.busy),
             watch_lost: get(&self.watch_lost),
@@ -132,8 +137,13 @@ struct Ctx {
 }
 
 /// Binds the socket (errors surface at start-up) and starts the server thread.
-pub fn spawn(path: &Path, gid: Option<u32>, reasons: ReasonNames) -> Result<ApiLoop, SocketError> {
-    let listener = socket::bind(path, gid)?;
+pub fn spawn(
+    run_dir: &RunDir,
+    gid: Option<u32>,
+    reasons: ReasonNames,
+) -> Result<ApiLoop, SocketError> {
+    let listener = socket::bind(run_dir, SOCKET_NAME, gid)?;
+    let path = &run_dir.path().join(SOCKET_NAME);
     let (qtx, qrx) = mpsc::channel(QUERY_QUEUE);
     let (live, _) = broadcast::channel(LIVE_QUEUE);
     let ctx = Arc::new(Ctx {
@@ -165,12 +175,14 @@ pub fn spawn(path: &Path, gid: Option<u32>, reasons: ReasonNames) -> Result<ApiL
     Ok(ApiLoop {
         queries: Some(qrx),
         live,
-        path: path.to_owned(),
+        run_dir: run_dir.try_clone().map_err(bind_err)?,
     })
 }
 
 async fn serve(listener: tokio::net::UnixListener, ctx: Arc<Ctx>) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let per_uid = Arc::new(UidSlots::default());
+    let mut log = ConnLog::default();
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -182,27 +194,77 @@ async fn serve(listener: tokio::net::UnixListener, ctx: Arc<Ctx>) {
             }
         };
         Counters::add(&ctx.counters.connections, 1);
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let peer = match Peer::of(&stream) {
+            Ok(p) => p,
+            Err(e) => {
+                // Without credentials we cannot tell whose slots it takes.
+                Counters::add(&ctx.counters.rejected, 1);
+                log::warn!("API connection refused: no peer credentials: {e}");
+                continue;
+            }
+        };
+        let admitted = admit(&per_uid, &slots, peer.uid);
+        let outcome = match &admitted {
+            Ok(_) => "accepted".to_owned(),
+            Err(refusal) => format!("refused: {}", refusal.message(peer.uid)),
+        };
+        if let Some(line) = log.line(std::time::Instant::now(), &peer, &outcome) {
+            log::info!("{line}");
+        }
+        match admitted {
+            Ok(held) => {
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
                     Counters::add(&ctx.counters.clients_now, 1);
                     client(stream, &ctx).await;
                     ctx.counters.clients_now.fetch_sub(1, Ordering::Relaxed);
-                    drop(permit);
+                    drop(held);
                 });
             }
-            Err(_) => {
+            Err(refusal) => {
                 Counters::add(&ctx.counters.rejected, 1);
-                let msg = encode_line(&error(
-                    ErrorCode::TooManyClients,
-                    format!("too many API clients (at most {MAX_CLIENTS}); try again"),
-                ));
+                if matches!(refusal, Refusal::PerUid) {
+                    Counters::add(&ctx.counters.rejected_per_uid, 1);
+                }
+                let msg = encode_line(&error(ErrorCode::TooManyClients, refusal.message(peer.uid)));
                 // Best effort, never waits: the socket buffer takes one short line.
                 let _ = stream.try_write(msg.as_bytes());
             }
         }
     }
+}
+
+/// Why a connection was not served.
+enum Refusal {
+    PerUid,
+    Full,
+}
+
+impl Refusal {
+    fn message(&self, uid: u32) -> String {
+        match self {
+            Refusal::PerUid => format!(
+                "too many API connections from uid {uid} (at most {MAX_PER_UID} per user); close \
+                 some and try again"
+            ),
+            Refusal::Full => format!("too many API clients (at most {MAX_CLIENTS}); try again"),
+        }
+    }
+}
+
+/// A place for `uid`'s connection: its uid's share first (so one user filling the server is
+/// told it is them), then a global slot.
+fn admit(
+    per_uid: &Arc<UidSlots>,
+    slots: &Arc<Semaphore>,
+    uid: u32,
+) -> Result<(UidSlot, OwnedSemaphorePermit), Refusal> {
+    let mine = per_uid.take(uid).ok_or(Refusal::PerUid)?;
+    let permit = slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Refusal::Full)?;
+    Ok((mine, permit))
 }
 
 enum Line {
@@ -273,11 +335,18 @@ async fn client(stream: UnixStream, ctx: &Ctx) {
             }
         };
         match req.req {
-            Query::Watch { filter } => return watch(rd, wr, ctx, Stream::Events(filter)).await,
+            Query::Watch { filter } => {
+                let sub = ctx.live.subscribe();
+                return watch(rd, wr, ctx, sub, Stream::Events(filter)).await;
+            }
             Query::Anomalies { watch: true } => {
+                // Subscribe first: a change between the snapshot and the subscription would
+                // be lost; one that lands in both is dropped from the stream (`Seen`).
+                let sub = ctx.live.subscribe();
                 let snapshot = ask_loop(ctx, Query::Anomalies { watch: false }).await;
+                let seen = Seen::of(&snapshot);
                 if send(&mut wr, &Response::new(snapshot)).await {
-                    watch(rd, wr, ctx, Stream::Anomalies).await;
+                    watch(rd, wr, ctx, sub, Stream::Anomalies(seen)).await;
                 }
                 return;
             }
@@ -315,11 +384,18 @@ async fn ask_loop(ctx: &Ctx, query: Query) -> Reply {
 
 enum Stream {
     Events(crate::api::proto::Filter),
-    Anomalies,
+    /// After this snapshot.
+    Anomalies(Seen),
 }
 
 /// Streams live items until the client hangs up or stalls.
-async fn watch(mut rd: BufReader<OwnedReadHalf>, mut wr: OwnedWriteHalf, ctx: &Ctx, what: Stream) {
+async fn watch(
+    mut rd: BufReader<OwnedReadHalf>,
+    mut wr: OwnedWriteHalf,
+    ctx: &Ctx,
+    mut sub: broadcast::Receiver<Arc<Live>>,
+    what: Stream,
+) {
     let matcher = match &what {
         Stream::Events(f) => match Matcher::new(f) {
             Ok(m) => Some(m),
@@ -328,9 +404,8 @@ async fn watch(mut rd: BufReader<OwnedReadHalf>, mut wr: OwnedWriteHalf, ctx: &C
                 return;
             }
         },
-        Stream::Anomalies => None,
+        Stream::Anomalies(_) => None,
     };
-    let mut sub = ctx.live.subscribe();
     if !send(&mut wr, &Response::new(Reply::Subscribed)).await {
         return;
     }
@@ -345,7 +420,7 @@ async fn watch(mut rd: BufReader<OwnedReadHalf>, mut wr: OwnedWriteHalf, ctx: &C
                                 event: Box::new(EventRecord::new(ev, &ctx.reasons)),
                             }
                         }
-                        (Live::Anomaly(a), None) => Reply::Anomaly {
+                        (Live::Anomaly(a), None) if !what.seen(a) => Reply::Anomaly {
                             anomaly: Box::new(a.clone()),
                         },
                         _ => continue,
@@ -365,3 +440,39 @@ async fn watch(mut rd: BufReader<OwnedReadHalf>, mut wr: OwnedWriteHalf, ctx: &C
         }
     }
 }
+
+/// The anomaly ids an `anomalies --watch` snapshot showed and when it was taken: a change the
+/// stream delivers that the snapshot already reflects (published before it was taken, or the
+/// raise of an anomaly it lists) is not sent again.
+#[derive(Debug, Default)]
+pub struct Seen {
+    at_ns: u64,
+    ids: std::collections::HashSet<u64>,
+}
+
+impl Seen {
+    fn of(snapshot: &Reply) -> Seen {
+        let Reply::Anomalies { active, recent } = snapshot else {
+            return Seen::default();
+        };
+        let all = active.iter().chain(recent);
+        Seen {
+            at_ns: all.clone().map(|a| a.at_ns).max().unwrap_or(0),
+            ids: all.map(|a| a.id).collect(),
+        }
+    }
+
+    fn contains(&self, a: &AnomalyRecord) -> bool {
+        self.ids.contains(&a.id) && (a.at_ns < self.at_ns || a.change == "raised")
+    }
+}
+
+impl Stream {
+    /// Already in the snapshot this stream follows.
+    fn seen(&self, a: &AnomalyRecord) -> bool {
+        matches!(self, Stream::Anomalies(seen) if seen.contains(a))
+    }
+}
+
+#[cfg(test)]
+mod tests;

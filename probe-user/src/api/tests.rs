@@ -349,6 +349,7 @@ fn json_field_names_are_stable() {
             "connections",
             "clients_now",
             "rejected_connections",
+            "rejected_per_uid",
             "bad_requests",
             "busy",
             "watch_lost",

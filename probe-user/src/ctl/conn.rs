@@ -66,8 +66,19 @@ impl Conn {
             v: API_VERSION,
             req: query,
         });
-        self.writer.write_all(line.as_bytes())?;
-        Ok(())
+        match self.writer.write_all(line.as_bytes()) {
+            // A refused client (too many connections) is told why in one line and closed
+            // before its request is read: the reply still waits to be read.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Ok(())
+            }
+            other => other.map_err(ConnError::from),
+        }
     }
 
     /// The next response line, decoded, with the raw line (for `-o json` pass-through).

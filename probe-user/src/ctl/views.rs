@@ -114,8 +114,14 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
     let a = &s.api;
     let _ = writeln!(
         out,
-        "api: {} connections, {} now, {} rejected, {} bad requests, {} busy, {} items lost by slow watchers",
-        a.connections, a.clients_now, a.rejected_connections, a.bad_requests, a.busy, a.watch_lost
+        "api: {} connections, {} now, {} rejected ({} over the per-uid cap), {} bad requests, {} busy, {} items lost by slow watchers",
+        a.connections,
+        a.clients_now,
+        a.rejected_connections,
+        a.rejected_per_uid,
+        a.bad_requests,
+        a.busy,
+        a.watch_lost
     );
     let _ = writeln!(out, "command line: {}", s.command_line.join(" "));
     let _ = writeln!(out, "config in effect:");

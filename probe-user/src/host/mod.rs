@@ -4,4 +4,5 @@ pub mod diag;
 pub mod lock;
 pub mod mounts;
 pub mod preflight;
+pub mod run_dir;
 pub mod scope;

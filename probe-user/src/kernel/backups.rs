@@ -81,7 +81,9 @@ struct ObjPin {
 }
 
 impl MarksStandIn {
-    /// Creates and pins the stand-in in `bpffs` (a name of this process's own).
+    /// Creates and pins the stand-in in a directory of this process's own in `bpffs` (bpffs is
+    /// often world-writable: a name others can make first or replace would let them hand the
+    /// loader a map of theirs).
     pub fn create(bpffs: &Path) -> std::io::Result<MarksStandIn> {
         let mut create = MapCreate {
             map_type: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
@@ -91,9 +93,8 @@ impl MarksStandIn {
             map_flags: 0,
         };
         let map = bpfsys::new_fd(bpf_cmd::BPF_MAP_CREATE, &mut create)?;
-        let path = bpffs.join(format!("linkprobe-{}-HIT_MARKS", std::process::id()));
-        // A leftover of a crashed run with the same pid would be opened instead: remove it.
-        let _ = std::fs::remove_file(&path);
+        let dir = private_dir(&bpffs.join(format!("linkprobe-{}", std::process::id())))?;
+        let path = dir.join("HIT_MARKS");
         let c_path = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| std::io::Error::other("bpffs path has a NUL byte"))?;
         let mut pin = ObjPin {
@@ -112,10 +113,39 @@ impl MarksStandIn {
 
 impl Drop for MarksStandIn {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
+        let removed = std::fs::remove_file(&self.path)
+            .and_then(|()| self.path.parent().map_or(Ok(()), std::fs::remove_dir));
+        if let Err(e) = removed {
             log::warn!("removing {}: {e}", self.path.display());
         }
     }
+}
+
+/// `dir`, made now with mode 0700: only root enters, so nobody else can put, swap or redirect
+/// anything in it. A leftover of a crashed run with the same pid is ours (checked with lstat,
+/// never following a link) and removed first; anything else there is refused.
+fn private_dir(dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    let make = || std::fs::DirBuilder::new().mode(0o700).create(dir);
+    if let Err(e) = make() {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+        let meta = std::fs::symlink_metadata(dir)?;
+        // SAFETY: geteuid cannot fail.
+        let ours = unsafe { libc::geteuid() };
+        if !meta.is_dir() || meta.uid() != ours {
+            return Err(std::io::Error::other(format!(
+                "{} exists and is not a directory of uid {ours} (owner uid {}): refusing to \
+                 pin there; remove it",
+                dir.display(),
+                meta.uid()
+            )));
+        }
+        std::fs::remove_dir_all(dir)?;
+        make()?;
+    }
+    Ok(dir.to_owned())
 }
 
 /// What a backup needs that this kernel lacks, when it lacks it.
@@ -323,7 +353,59 @@ fn attach_raw(ebpf: &Ebpf, program: &str) -> std::io::Result<OwnedFd> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
     use super::*;
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid cannot fail.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn the_stand_in_is_pinned_in_a_private_dir_and_removed_with_it() {
+        if !is_root() || !Path::new("/sys/fs/bpf").is_dir() {
+            return;
+        }
+        let s = MarksStandIn::create(Path::new("/sys/fs/bpf")).unwrap();
+        let dir = s.path().parent().unwrap().to_owned();
+        let meta = std::fs::symlink_metadata(&dir).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!((meta.permissions().mode() & 0o7777, meta.uid()), (0o700, 0));
+        assert!(s.path().exists());
+        drop(s);
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_foreign_or_linked_entry_where_the_pin_dir_goes_is_refused() {
+        if !is_root() {
+            return;
+        }
+        let tmp = std::env::temp_dir().join(format!("linkprobe-pindir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).unwrap();
+        // A stale dir of ours (a crashed run) is replaced, emptied.
+        let stale = tmp.join("stale");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("HIT_MARKS"), "").unwrap();
+        private_dir(&stale).unwrap();
+        assert_eq!(std::fs::read_dir(&stale).unwrap().count(), 0);
+        // Another user's dir, or a link to ours, is not used.
+        let foreign = tmp.join("foreign");
+        std::fs::create_dir(&foreign).unwrap();
+        std::os::unix::fs::chown(&foreign, Some(65534), None).unwrap();
+        let msg = private_dir(&foreign).unwrap_err().to_string();
+        assert!(
+            msg.contains("owner uid 65534") && msg.contains("remove it"),
+            "{msg}"
+        );
+        let link = tmp.join("link");
+        std::os::unix::fs::symlink(&stale, &link).unwrap();
+        assert!(private_dir(&link).is_err());
+        assert!(stale.is_dir(), "the link's target was left alone");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 
     #[test]
     fn auto_attaches_at_start_where_the_kernel_preempts() {

@@ -295,3 +295,104 @@ fn api_socket_is_root_only_unless_a_group_is_given_and_errors_say_the_fix() {
     assert_eq!(out.status.code(), Some(2));
     daemon.stop();
 }
+
+/// `linkprobe watch` as uid/gid 65534 (the API group here): one connection held open.
+fn watcher_as_nobody(socket: &Path) -> std::process::Child {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps=-all", "--bounding-set=-all"])
+        .arg(env!("CARGO_BIN_EXE_linkprobe"))
+        .args(["watch", "--socket"])
+        .arg(socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)")
+}
+
+#[test]
+fn one_uid_gets_at_most_16_connections_and_the_daemon_logs_who_asked() {
+    if !can_run_kernel_tests("api_per_uid") {
+        return;
+    }
+    let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
+    let ns = TestNetns::new("apiuid");
+    let mut daemon = Daemon::start(&ns.name, "apiuid", &["--api-group", "65534"]);
+    // 20 watchers of one uid: 16 are served and stay, 4 are told the per-uid cap and exit.
+    let mut watchers: Vec<_> = (0..20).map(|_| watcher_as_nobody(&daemon.socket)).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refused = Vec::new();
+    while refused.len() < 4 && Instant::now() < deadline {
+        for w in &mut watchers {
+            if refused.iter().any(|(pid, _)| *pid == w.id()) {
+                continue;
+            }
+            if let Some(status) = w.try_wait().unwrap() {
+                let mut msg = String::new();
+                w.stderr.take().unwrap().read_to_string(&mut msg).unwrap();
+                assert_eq!(status.code(), Some(1), "{msg}");
+                refused.push((w.id(), msg));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Settle, then nothing else was refused.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut still = 0;
+    for w in &mut watchers {
+        still += usize::from(w.try_wait().unwrap().is_none());
+    }
+    eprintln!(
+        "== 20 watchers of uid 65534: {} refused, {still} served",
+        refused.len()
+    );
+    assert_eq!((refused.len(), still), (4, 16), "{refused:?}");
+    for (_, msg) in &refused {
+        assert!(
+            msg.contains("too many API connections from uid 65534")
+                && msg.contains("at most 16 per user"),
+            "{msg}"
+        );
+    }
+    // Root is another uid: served while uid 65534 is at its cap; the refusals are counted.
+    let st = daemon.json(&["status"]);
+    assert_eq!(st["api"]["rejected_per_uid"], 4, "{}", st["api"]);
+    assert_eq!(st["api"]["rejected_connections"], 4, "{}", st["api"]);
+    assert_eq!(st["api"]["clients_now"], 16 + 1, "{}", st["api"]);
+    let text = daemon.ok(&["status"]);
+    assert!(
+        text.contains("4 rejected (4 over the per-uid cap)"),
+        "{text}"
+    );
+    // The daemon logged the peers, uid, pid and name: a refused one and a served one.
+    let (pid, _) = &refused[0];
+    let refused_line = format!("API connection from uid 65534 pid {pid} (linkprobe): refused");
+    let served = watchers
+        .iter()
+        .map(|w| w.id())
+        .find(|p| !refused.iter().any(|(r, _)| r == p))
+        .unwrap();
+    let served_line = format!("API connection from uid 65534 pid {served} (linkprobe): accepted");
+    let found = std::cell::RefCell::new((false, false));
+    daemon.wait_log(Duration::from_secs(10), |l| {
+        let mut f = found.borrow_mut();
+        f.0 |= l.contains(&refused_line);
+        f.1 |= l.contains(&served_line);
+        if l.contains(&refused_line) {
+            eprintln!("== daemon log: {l}");
+        }
+        f.0 && f.1
+    });
+    // Slots come back when the watchers go: the uid is served again.
+    for w in &mut watchers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let out = setpriv("65534", &daemon.socket);
+    assert!(
+        out.status.success(),
+        "uid 65534 served again after its watchers left: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    daemon.stop();
+}

@@ -51,6 +51,14 @@ impl Daemon {
         assert!(!self.socket.exists(), "the daemon left its socket behind");
     }
 
+    /// Waits for a line of the daemon's log that `wanted` accepts.
+    pub fn wait_log(&mut self, limit: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        self.tracer
+            .as_mut()
+            .expect("the daemon runs")
+            .wait_log(limit, wanted)
+    }
+
     /// Runs `linkprobe ARGS --socket <ours>` to completion.
     pub fn cli(&self, args: &[&str]) -> Output {
         cli_at(&self.socket, args)

@@ -59,6 +59,13 @@ impl Tracer {
         Tracer { process, ready }
     }
 
+    /// Waits for a stderr (log) line that `wanted` accepts.
+    pub fn wait_log(&mut self, limit: Duration, wanted: impl Fn(&str) -> bool) -> String {
+        self.process
+            .wait_for(Pipe::Stderr, limit, wanted)
+            .unwrap_or_else(|e| panic!("no such log line: {e}"))
+    }
+
     /// Names of the probes that attached, or are not needed on this kernel.
     pub fn attached(&self) -> BTreeSet<String> {
         self.ready["probes"]

@@ -49,8 +49,9 @@ impl Finder<'_> {
         }
     }
 
-    /// `sock.sk_cgrp_data` + the cgroup pointer inside it: `cgroup` on 5.15+, the tagged
-    /// `val` (a pointer only while `probe_common::kernel::sock_cgroup::TAG_BITS` are clear) before.
+    /// `sock.sk_cgrp_data` + the cgroup pointer inside it: `cgroup` on 5.15+, before that the
+    /// tagged `val` (a pointer only while `probe_common::kernel::sock_cgroup::TAG_BITS` are
+    /// clear).
     fn sk_cgroup(&mut self) -> u32 {
         let path = "sk_cgrp_data.cgroup";
         match self.sized("sock", path, 8) {

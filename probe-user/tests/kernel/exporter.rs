@@ -5,7 +5,7 @@
 //! distinct peers against the series cap.
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use testkit::linkprobe::{free_loopback_addr, RunDir};
+use testkit::linkprobe::{free_loopback_addr, RunDir, CAPPED_FAMILIES, DEFAULT_MAX_SERIES};
 
 use crate::{
     common::{
@@ -17,19 +17,6 @@ use crate::{
     },
     report, KERNEL,
 };
-
-/// `metrics.max_series` by default (README): the cap on the families below.
-const DEFAULT_MAX_SERIES: usize = 1800;
-/// The families the series cap covers.
-const CAPPED_FAMILIES: [&str; 7] = [
-    "linkprobe_tcp_connections_total",
-    "linkprobe_tcp_resets_total",
-    "linkprobe_tcp_retransmits_total",
-    "linkprobe_tcp_connect_failures_total",
-    "linkprobe_tcp_handshake_duration_seconds",
-    "linkprobe_tcp_rtt_seconds",
-    "linkprobe_anomalies_active",
-];
 
 /// A daemon whose ring holds every record of these tests' bursts (CI runs the tests in
 /// parallel with a debug build, which drains slowly): per-peer figures are then exact, not

@@ -1,6 +1,7 @@
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use prometheus::{proto::MetricFamily, Encoder as _, TextEncoder};
+use testkit::linkprobe::CAPPED_FAMILIES;
 
 use super::{families::Health, *};
 use crate::event::totals::Totals;
@@ -105,17 +106,6 @@ fn by_label(families: &[MetricFamily], name: &str, label: &str) -> BTreeMap<Stri
     }
     out
 }
-
-/// The families the series cap covers.
-const CAPPED_FAMILIES: [&str; 7] = [
-    "linkprobe_tcp_connections_total",
-    "linkprobe_tcp_resets_total",
-    "linkprobe_tcp_retransmits_total",
-    "linkprobe_tcp_connect_failures_total",
-    "linkprobe_tcp_handshake_duration_seconds",
-    "linkprobe_tcp_rtt_seconds",
-    "linkprobe_anomalies_active",
-];
 
 /// Series of the capped families as a scraper sees them, counted in the exposition text (a
 /// histogram's buckets, `+Inf`, sum and count are a line each): an oracle independent of the

@@ -54,7 +54,6 @@ const UNIT_ONLY_ENV: &str = "LINKPROBE_UNIT_ONLY";
 /// root is an error unless `unit_only`: the real-kernel tests would not run, and a suite that
 /// passes without them proves nothing.
 pub fn test(args: &[String], no_vm: bool, unit_only: bool) -> Result<()> {
-    setup::setup()?;
     if !is_root() && !unit_only {
         bail!(
             "not root: the real-kernel tests (eBPF loading, network namespaces) cannot run; run \
@@ -62,6 +61,7 @@ pub fn test(args: &[String], no_vm: bool, unit_only: bool) -> Result<()> {
              for the unit tests alone"
         );
     }
+    setup::setup()?;
     let mut cargo_test = cargo();
     cargo_test.args(["test", "--no-fail-fast"]).args(args);
     if unit_only {

@@ -46,7 +46,8 @@ pub mod sock_cgroup {
     /// 1 (`no_refcnt`, 5.7+ and stable backports: socket cgroup refcounting was disabled, the
     /// value holds no pointer). The kernel's `sock_cgroup_ptr` then answers the root cgroup:
     /// the socket's own cgroup is lost. On 5.15+ the field is a plain pointer, aligned, so
-    /// both bits are always clear.
+    /// both bits are always clear; so it is on stable kernels that took that change (commit
+    /// 8520e224f547, e.g. Debian's 5.10.262, whose BTF has `sk_cgrp_data.cgroup`).
     pub const TAG_BITS: u64 = 0b11;
 
     /// The cgroup pointer in `val`, or 0 where it holds none: linkprobe reports no (unknown)

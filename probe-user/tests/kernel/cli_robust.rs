@@ -110,10 +110,14 @@ fn garbage_truncated_huge_and_unknown_requests_leave_the_daemon_serving() {
     };
     let v = reply(&mut r);
     assert_eq!(v["code"], "too_large", "{v}");
-    // Then the daemon closes: end of stream, not the read timeout.
+    // Then the daemon closes: end of stream, or a reset (it closed with our bytes unread);
+    // never the read timeout.
     let mut rest = Vec::new();
-    r.read_to_end(&mut rest)
-        .expect("the daemon closes the connection after too_large (read timed out instead)");
+    match r.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the daemon did not close the connection after too_large: {e}"),
+    }
     assert!(rest.is_empty(), "more after too_large: {rest:?}");
     let sent = writer.join().unwrap();
     eprintln!("== 10 MiB line: too_large after the first 64 KiB, connection closed ({sent} bytes got into the socket before the close)");
@@ -242,10 +246,9 @@ fn assert_default_socket_is_root_only(socket: &Path) {
     let meta = std::fs::symlink_metadata(socket).unwrap();
     assert!(meta.file_type().is_socket(), "{meta:?}");
     assert_eq!(
-        meta.mode() & 0o7777,
-        0o600,
-        "default API socket mode {:o}",
-        meta.mode() & 0o7777
+        format!("{:o}", meta.mode() & 0o7777),
+        "600",
+        "default API socket mode"
     );
     assert_eq!((meta.uid(), meta.gid()), (0, 0));
     let out = setpriv("65534", socket);

@@ -234,8 +234,8 @@ pub struct FlowState {
     pub cgroup_id: u64,
     /// Last data-retransmit / RTO record sent (the per-flow report interval). Kernel-internal.
     pub last_report_ns: u64,
-    /// Last RST of this flow, for the socket-scope repeat-RST check. Kernel-internal.
-    pub last_rst_ns: u64,
+    /// Start of this flow's current repeat-RST window (the socket scope). Kernel-internal.
+    pub rst_window_start_ns: u64,
     /// Thread-group id of the owner when [`state_flags::OWNER`] is set.
     pub pid: u32,
     /// `sk_rst_reason` of the last RST sent on this flow (kernels with reasons).

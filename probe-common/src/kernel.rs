@@ -37,3 +37,45 @@ pub mod errno {
     pub const EHOSTDOWN: i32 = 112;
     pub const EHOSTUNREACH: i32 = 113;
 }
+
+/// `sock.sk_cgrp_data` (`include/linux/cgroup-defs.h`, `sock_cgroup_ptr` in
+/// `include/linux/cgroup.h`).
+pub mod sock_cgroup {
+    /// Low bits of the pre-5.15 `sock_cgroup_data.val` that mark it as no cgroup pointer: bit
+    /// 0 (`is_data`: the value holds a net_cls classid / net_prio prioidx pair instead) and bit
+    /// 1 (`no_refcnt`, 5.7+ and stable backports: socket cgroup refcounting was disabled, the
+    /// value holds no pointer). The kernel's `sock_cgroup_ptr` then answers the root cgroup:
+    /// the socket's own cgroup is lost. On 5.15+ the field is a plain pointer, aligned, so
+    /// both bits are always clear; so it is on stable kernels that took that change (commit
+    /// 8520e224f547, e.g. Debian's 5.10.262, whose BTF has `sk_cgrp_data.cgroup`).
+    pub const TAG_BITS: u64 = 0b11;
+
+    /// The cgroup pointer in `val`, or 0 where it holds none: linkprobe reports no (unknown)
+    /// cgroup then, rather than the root the kernel falls back to.
+    #[inline(always)]
+    pub const fn pointer(val: u64) -> u64 {
+        if val & TAG_BITS == 0 {
+            val
+        } else {
+            0
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::pointer;
+
+        #[test]
+        fn tagged_values_are_no_cgroup() {
+            let cgroup = 0xffff_8880_0123_4500u64;
+            assert_eq!(pointer(cgroup), cgroup, "5.15+, or an untagged value");
+            assert_eq!(pointer(0), 0, "never set");
+            // is_data: classid 0x10001 and prioidx 3 over the lost pointer.
+            assert_eq!(pointer((0x10001 << 32) | (3 << 16) | 1), 0);
+            // no_refcnt: refcounting disabled when the socket was created; no pointer.
+            assert_eq!(pointer(0b10), 0);
+            assert_eq!(pointer(cgroup | 0b10), 0);
+            assert_eq!(pointer(0b11), 0);
+        }
+    }
+}

@@ -1,6 +1,7 @@
-//! In-kernel repeat-RST detection: a second RST on one flow within the window, or many RSTs
-//! with one remote endpoint or on one local service port. Each hit sends a `RepeatRst` record
-//! so userspace reacts without polling.
+//! In-kernel repeat-RST detection: a second RST on one flow within a window, or many RSTs
+//! with one remote endpoint or on one local service port within one. Windows are fixed (opened
+//! by the first RST after the last one ended); each scope alerts at most once per window. Each
+//! hit sends a `RepeatRst` record so userspace reacts without polling.
 use aya_ebpf::maps::LruHashMap;
 use probe_common::{repeat_scope, EventKind, FlowState};
 
@@ -20,12 +21,15 @@ pub fn check(rst: &Header, a: &Addrs, flow: Option<&mut FlowState>) {
     let is_service = |port: u16| port < cfg.ephemeral_low || port > cfg.ephemeral_high;
 
     if let Some(st) = flow {
-        // RSTs of this flow in the current window (not over its lifetime).
-        if st.last_rst_ns == 0 || now.saturating_sub(st.last_rst_ns) >= cfg.window_ns {
+        // RSTs of this flow in the current window, as for the peer and port scopes: the first
+        // RST after a window ends opens the next one (never the flow's lifetime count, and
+        // never a chain of RSTs each within the window of the one before).
+        if st.rst_window == 0 || now.saturating_sub(st.rst_window_start_ns) >= cfg.window_ns {
+            st.rst_window_start_ns = now;
             st.rst_window = 0;
         }
-        st.last_rst_ns = now;
         st.rst_window = st.rst_window.saturating_add(1);
+        // Once per window: the count passes 2 once.
         if st.rst_window == 2 {
             alert(rst, a, repeat_scope::SOCKET, 2);
         }

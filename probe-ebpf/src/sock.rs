@@ -4,7 +4,7 @@
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 use probe_common::{
     flags,
-    kernel::{net, tcp_state},
+    kernel::{net, sock_cgroup, tcp_state},
     misc, FlowRecord, KernelOffsets, SockStats, TCP_WINDOW_MAX,
 };
 
@@ -337,19 +337,14 @@ pub fn sk_cgroup_id(sk: u64) -> u64 {
     read0::<u64>(kn, offsets.kn_id)
 }
 
-/// `sock_cgroup_data`'s cgroup pointer. Before 5.15 the field is a tagged value that holds a
-/// pointer only while bit 0 is clear (else it is a classid/prioidx pair).
+/// `sock_cgroup_data`'s cgroup pointer (0: none or unknown).
 #[inline(always)]
 fn full_sock_cgroup(sk: u64) -> u64 {
     if !is_full(sk_state(sk)) {
         return 0;
     }
-    let cgroup = read0::<u64>(sk, OFFSETS.load().sk_cgroup);
-    if cgroup & 1 == 0 {
-        cgroup
-    } else {
-        0
-    }
+    // Before 5.15 a tagged value, not always a pointer.
+    sock_cgroup::pointer(read0::<u64>(sk, OFFSETS.load().sk_cgroup))
 }
 
 /// Whether the socket's cgroup is the filter cgroup or below it.

@@ -10,6 +10,21 @@ use crate::error::Error;
 /// On stderr, once every probe is attached (`daemon` and `trace`), whatever the output format.
 pub const READY: &str = "linkprobe: ready";
 
+/// `metrics.max_series` by default (README): the cap on [`CAPPED_FAMILIES`].
+pub const DEFAULT_MAX_SERIES: usize = 1800;
+
+/// The metric families the series cap covers (README: the traffic and anomaly series), as the
+/// tests state them: their oracle counts these families' lines in an exposition.
+pub const CAPPED_FAMILIES: [&str; 7] = [
+    "linkprobe_tcp_connections_total",
+    "linkprobe_tcp_resets_total",
+    "linkprobe_tcp_retransmits_total",
+    "linkprobe_tcp_connect_failures_total",
+    "linkprobe_tcp_handshake_duration_seconds",
+    "linkprobe_tcp_rtt_seconds",
+    "linkprobe_anomalies_active",
+];
+
 /// A daemon's run directory (`--run-dir`: its lock and API socket) in the temporary
 /// directory, removed when dropped. Keep it alive longer than the daemon: in a struct, declare
 /// it after the daemon's guard, so that it drops second.

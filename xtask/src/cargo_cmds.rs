@@ -44,20 +44,33 @@ pub fn run_daemon(release: bool, args: &[String]) -> Result<()> {
     ))
 }
 
+/// Set by `--unit-only` for the tests: a real-kernel test that cannot run then returns early
+/// instead of failing (probe-user/tests/kernel/common reads it).
+const UNIT_ONLY_ENV: &str = "LINKPROBE_UNIT_ONLY";
+
 /// Set-up, then every test of the default members (probe-ebpf is not one: it only builds for
 /// the eBPF target, through probe-user/build.rs), then (as root, for the full suite) the
-/// kernel matrix on [`vm::TEST_KERNELS`]. A failing `cargo test` exit code is passed on.
-pub fn test(args: &[String], no_vm: bool) -> Result<()> {
-    setup::setup()?;
-    if !is_root() {
-        println!(
-            "[test] WARNING: not root: the real-kernel tests (eBPF loading, network namespaces) \
-             cannot run; run `sudo -E cargo xtask test` for the full suite"
+/// kernel matrix on [`vm::TEST_KERNELS`]. A failing `cargo test` exit code is passed on. Not
+/// root is an error unless `unit_only`: the real-kernel tests would not run, and a suite that
+/// passes without them proves nothing.
+pub fn test(args: &[String], no_vm: bool, unit_only: bool) -> Result<()> {
+    if !is_root() && !unit_only {
+        bail!(
+            "not root: the real-kernel tests (eBPF loading, network namespaces) cannot run; run \
+             `sudo -E cargo xtask test` for the full suite, or `cargo xtask test --unit-only` \
+             for the unit tests alone"
         );
     }
-    let host = run(cargo().args(["test", "--no-fail-fast"]).args(args));
-    let matrix = if no_vm || !args.is_empty() || !is_root() {
-        println!("[test] kernel matrix: skipped (--no-vm, test arguments given, or not root)");
+    setup::setup()?;
+    let mut cargo_test = cargo();
+    cargo_test.args(["test", "--no-fail-fast"]).args(args);
+    if unit_only {
+        println!("[test] unit tests only: real-kernel tests return early where they cannot run");
+        cargo_test.env(UNIT_ONLY_ENV, "1");
+    }
+    let host = run(&mut cargo_test);
+    let matrix = if no_vm || unit_only || !args.is_empty() {
+        println!("[test] kernel matrix: skipped (--no-vm, --unit-only or test arguments given)");
         Ok(())
     } else {
         println!(

@@ -56,6 +56,10 @@ enum Task {
         /// Skip the kernel matrix.
         #[arg(long)]
         no_vm: bool,
+        /// Unit tests only: the real-kernel tests return early instead of failing where they
+        /// cannot run (not root), and no kernel matrix.
+        #[arg(long)]
+        unit_only: bool,
         /// Arguments for `cargo test` (e.g. `-- --test kernel -- --nocapture`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -193,7 +197,11 @@ fn run(task: Task) -> Result<()> {
             cargo_cmds::build(release)
         }
         Task::Run { debug, args, .. } => cargo_cmds::run_daemon(!debug, &args),
-        Task::Test { args, no_vm } => cargo_cmds::test(&args, no_vm),
+        Task::Test {
+            args,
+            no_vm,
+            unit_only,
+        } => cargo_cmds::test(&args, no_vm, unit_only),
         Task::Clippy => cargo_cmds::clippy(),
         Task::Vm(args) => {
             setup::setup()?;

@@ -27,10 +27,14 @@ pub enum ScopeError {
     )]
     NetnsCookie { path: String, source: io::Error },
     #[error(
-        "cgroup {path} is not a directory below the cgroup2 root {root}: pass a path such as \
-         {root}/system.slice"
+        "cgroup {path} (resolved: {real}) is not a directory below the cgroup2 root {root}: \
+         pass a path such as {root}/system.slice"
     )]
-    CgroupOutside { path: String, root: String },
+    CgroupOutside {
+        path: String,
+        real: String,
+        root: String,
+    },
     #[error("cannot stat cgroup {path}: {source}")]
     CgroupStat { path: String, source: io::Error },
 }
@@ -103,18 +107,33 @@ pub fn socket_netns_cookie() -> io::Result<u64> {
     }
 }
 
-/// Cgroup v2 id (the directory's inode number) and depth below the root.
+/// Cgroup v2 id (the directory's inode number) and depth below the root. Both paths are
+/// resolved first (symlinks, `.` and `..`): a lexical check would accept a symlink below the
+/// root that leads elsewhere, and would count `..` as a level.
 pub fn cgroup_scope(root: &Path, path: &Path) -> Result<(u64, u32), ScopeError> {
+    let resolve = |p: &Path| {
+        p.canonicalize().map_err(|source| ScopeError::CgroupStat {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let real_root = resolve(root)?;
+    let real = resolve(path)?;
     let outside = || ScopeError::CgroupOutside {
         path: path.display().to_string(),
-        root: root.display().to_string(),
+        real: real.display().to_string(),
+        root: real_root.display().to_string(),
     };
-    let rel = path.strip_prefix(root).map_err(|_| outside())?;
-    let meta = std::fs::metadata(path).map_err(|source| ScopeError::CgroupStat {
-        path: path.display().to_string(),
-        source,
-    })?;
-    if !meta.is_dir() {
+    let rel = real.strip_prefix(&real_root).map_err(|_| outside())?;
+    let stat = |p: &Path| {
+        std::fs::metadata(p).map_err(|source| ScopeError::CgroupStat {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let meta = stat(&real)?;
+    // Another file system mounted below the root is not a cgroup.
+    if !meta.is_dir() || meta.dev() != stat(&real_root)?.dev() {
         return Err(outside());
     }
     let level = rel.components().count() as u32;
@@ -145,8 +164,56 @@ mod tests {
 
     #[test]
     fn cgroup_outside_root_is_rejected() {
-        let err = cgroup_scope(Path::new("/sys/fs/cgroup/unified"), Path::new("/tmp")).unwrap_err();
-        assert!(matches!(err, ScopeError::CgroupOutside { .. }));
+        let err = cgroup_scope(Path::new("/sys/fs/cgroup"), Path::new("/tmp")).unwrap_err();
+        assert!(matches!(err, ScopeError::CgroupOutside { .. }), "{err}");
+    }
+
+    /// A directory tree removed on drop: `root/a/b` and `outside/`.
+    struct Tree(PathBuf);
+
+    impl Tree {
+        fn new(tag: &str) -> Tree {
+            let base = std::env::temp_dir().join(format!("lp-scope-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&base);
+            std::fs::create_dir_all(base.join("root/a/b")).unwrap();
+            std::fs::create_dir_all(base.join("outside")).unwrap();
+            Tree(base)
+        }
+        fn root(&self) -> PathBuf {
+            self.0.join("root")
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn cgroup_dot_dot_is_resolved_before_counting_levels() {
+        let tree = Tree::new("dotdot");
+        let root = tree.root();
+        let b = std::fs::metadata(root.join("a/b")).unwrap().ino();
+        // Lexically four components below the root; really two.
+        assert_eq!(cgroup_scope(&root, &root.join("a/../a/b")).unwrap(), (b, 2));
+        // Lexically below the root; really its sibling.
+        let err = cgroup_scope(&root, &root.join("a/../../outside")).unwrap_err();
+        assert!(matches!(err, ScopeError::CgroupOutside { .. }), "{err}");
+        assert!(err.to_string().contains("outside"), "{err}");
+    }
+
+    #[test]
+    fn cgroup_symlink_is_resolved() {
+        let tree = Tree::new("symlink");
+        let root = tree.root();
+        std::os::unix::fs::symlink(tree.0.join("outside"), root.join("escape")).unwrap();
+        std::os::unix::fs::symlink(root.join("a/b"), root.join("alias")).unwrap();
+        let err = cgroup_scope(&root, &root.join("escape")).unwrap_err();
+        assert!(matches!(err, ScopeError::CgroupOutside { .. }), "{err}");
+        let b = std::fs::metadata(root.join("a/b")).unwrap().ino();
+        // One component lexically, two levels in fact.
+        assert_eq!(cgroup_scope(&root, &root.join("alias")).unwrap(), (b, 2));
     }
 
     #[test]

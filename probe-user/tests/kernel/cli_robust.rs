@@ -2,7 +2,7 @@
 //! excess connections, a watcher that stops reading, and users without permission. After each
 //! the daemon still answers `status`, and the event path lost nothing.
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
     os::unix::net::UnixStream,
     path::Path,
     process::Command,
@@ -55,6 +55,7 @@ fn garbage_truncated_huge_and_unknown_requests_leave_the_daemon_serving() {
     let ns = TestNetns::new("apirobust");
     let daemon = Daemon::start(&ns.name, "apirobust", &[]);
     let started = Instant::now();
+    assert_default_socket_is_root_only(&daemon.socket);
     // An idle client (slowloris): closed with a timeout error, checked at the end.
     let (_idle, mut idle_r) = connect(&daemon.socket);
 
@@ -91,6 +92,8 @@ fn garbage_truncated_huge_and_unknown_requests_leave_the_daemon_serving() {
 
     // 10 MiB without a newline: one error, then the daemon closes; it never buffers it all.
     let (s, mut r) = connect(&daemon.socket);
+    // Bounded: a daemon that neither reads nor closes fails the test instead of hanging it.
+    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
     let writer = {
         let mut s = s.try_clone().unwrap();
         std::thread::spawn(move || {
@@ -107,8 +110,15 @@ fn garbage_truncated_huge_and_unknown_requests_leave_the_daemon_serving() {
     };
     let v = reply(&mut r);
     assert_eq!(v["code"], "too_large", "{v}");
+    // Then the daemon closes: end of stream, or a reset (it closed with our bytes unread);
+    // never the read timeout.
     let mut rest = Vec::new();
-    let _ = r.read_to_end(&mut rest);
+    match r.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the daemon did not close the connection after too_large: {e}"),
+    }
+    assert!(rest.is_empty(), "more after too_large: {rest:?}");
     let sent = writer.join().unwrap();
     eprintln!("== 10 MiB line: too_large after the first 64 KiB, connection closed ({sent} bytes got into the socket before the close)");
     assert!(
@@ -155,7 +165,16 @@ fn garbage_truncated_huge_and_unknown_requests_leave_the_daemon_serving() {
         let (s, r) = connect(&daemon.socket);
         let _ = (&s).write_all(&bytes);
         let _ = s.shutdown(std::net::Shutdown::Write);
-        for line in r.lines().map_while(Result::ok) {
+        // Every reply up to the daemon's close; a read timeout (a stalled daemon) fails.
+        for line in r.lines() {
+            let line = match line {
+                Ok(line) => line,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("neither a reply nor a close within 20 s: {e}")
+                }
+                // A reset (the daemon closed with our bytes unread) also ends the stream.
+                Err(_) => break,
+            };
             let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
             assert_eq!(v["reply"]["type"], "error", "{line}");
             errors += 1;
@@ -218,6 +237,28 @@ fn garbage_truncated_huge_and_unknown_requests_leave_the_daemon_serving() {
     let out = cli_at(&daemon.socket, &["status"]);
     assert!(out.status.success());
     daemon.stop();
+}
+
+/// The socket as the daemon created it without `--api-group`: a socket file, root's, mode 0600
+/// (`stat`, not what the daemon reports), and a non-root user is refused.
+fn assert_default_socket_is_root_only(socket: &Path) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::symlink_metadata(socket).unwrap();
+    assert!(meta.file_type().is_socket(), "{meta:?}");
+    assert_eq!(
+        format!("{:o}", meta.mode() & 0o7777),
+        "600",
+        "default API socket mode"
+    );
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    let out = setpriv("65534", socket);
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "non-root on a 0600 socket: {msg}"
+    );
+    assert!(msg.contains("permission denied"), "{msg}");
 }
 
 fn setpriv(gid: &str, socket: &Path) -> std::process::Output {

@@ -10,6 +10,7 @@ mod exporter;
 mod exporter_abuse;
 mod limits;
 mod prometheus_harness;
+mod repeat;
 mod summary;
 
 use std::{

@@ -49,8 +49,9 @@ impl Finder<'_> {
         }
     }
 
-    /// `sock.sk_cgrp_data` + the cgroup pointer inside it: `cgroup` on 5.15+, the tagged
-    /// `val` (pointer when bit 0 is clear) before.
+    /// `sock.sk_cgrp_data` + the cgroup pointer inside it: `cgroup` on 5.15+, before that the
+    /// tagged `val` (a pointer only while `probe_common::kernel::sock_cgroup::TAG_BITS` are
+    /// clear).
     fn sk_cgroup(&mut self) -> u32 {
         let path = "sk_cgrp_data.cgroup";
         match self.sized("sock", path, 8) {
@@ -61,7 +62,8 @@ impl Finder<'_> {
                     Ok(offset) => {
                         self.notes.push(format!(
                             "sock.{path} (kernel < 5.15): using sock.{old}, which holds the cgroup \
-                             pointer only while its bit 0 is clear"
+                             pointer only while its bits 0 and 1 are clear (else net_cls/net_prio \
+                             data or no refcount: cgroup unknown)"
                         ));
                         offset
                     }

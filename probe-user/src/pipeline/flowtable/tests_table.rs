@@ -44,6 +44,53 @@ fn table_bound_evicts_closed_first_and_counts() {
     assert!(t.get(&key(199_998)).is_none());
 }
 
+/// The bound's order, flow by flow: a plain LRU would evict the oldest flow (open, idle since
+/// the start); the table evicts every closed flow first, oldest close first, even ones active
+/// after it, and only then the least recently active open flow.
+#[test]
+fn table_bound_keeps_an_old_open_flow_over_newer_closed_ones() {
+    let mut t = FlowTable::new(FlowConfig {
+        max_flows: 4,
+        ..FlowConfig::default()
+    });
+    let reasons = ReasonNames::default();
+    let mut out = Vec::new();
+    let mut connect = |t: &mut FlowTable, c: u64, ts: u64| {
+        let mut e = rec(ts, Detail::Connect, None, FlowCounts::default());
+        e.cookie = Some(c);
+        t.apply(&e, &reasons, &mut out);
+    };
+    // Flow 1 opens first and stays idle; flows 2, 3, 4 open and close after it, 3 closing
+    // before 2.
+    connect(&mut t, 1, 100);
+    for (c, ts) in [(2, 200), (3, 300), (4, 400)] {
+        connect(&mut t, c, ts);
+    }
+    let close = |t: &mut FlowTable, c: u64, ts: u64| {
+        let mut e = end(ts, 1, 0, Some(ts), FlowCounts::default());
+        e.cookie = Some(c);
+        t.apply(&e, &ReasonNames::default(), &mut Vec::new());
+    };
+    close(&mut t, 3, 500);
+    close(&mut t, 2, 600);
+    close(&mut t, 4, 700);
+    let present =
+        |t: &FlowTable| -> Vec<u64> { (1..=8).filter(|c| t.get(&key(*c)).is_some()).collect() };
+    assert_eq!(present(&t), [1, 2, 3, 4]);
+    // Each new flow takes the oldest-closed slot: 3, then 2, then 4; flow 1 (the least
+    // recently active of all) stays.
+    connect(&mut t, 5, 800);
+    assert_eq!(present(&t), [1, 2, 4, 5], "the first closed (3) goes first");
+    connect(&mut t, 6, 900);
+    assert_eq!(present(&t), [1, 4, 5, 6]);
+    connect(&mut t, 7, 1000);
+    assert_eq!(present(&t), [1, 5, 6, 7]);
+    // No closed flow left: now the least recently active open flow goes.
+    connect(&mut t, 8, 1100);
+    assert_eq!(present(&t), [5, 6, 7, 8]);
+    assert_eq!(t.evicted(), 4);
+}
+
 #[test]
 fn closed_flows_expire_after_retention() {
     let cfg = FlowConfig {

@@ -336,12 +336,6 @@ impl Metrics {
         let dropped = kept - self.anomaly_keys.len();
         self.budget.used = self.budget.used.saturating_sub(dropped);
     }
-
-    /// Traffic and anomaly series in use (each histogram bucket counts as one).
-    #[cfg(test)]
-    pub fn series(&self) -> usize {
-        self.budget.used
-    }
 }
 
 #[cfg(test)]

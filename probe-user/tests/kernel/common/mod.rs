@@ -23,16 +23,32 @@ pub const TINY_RING_ARGS: &[&str] = &[
     "1048576",
 ];
 
-/// Whether this process can run real-kernel tests; prints the reason when it cannot.
+/// Set (to anything) by `cargo xtask test --unit-only`: the user asked for unit tests only, so
+/// a real-kernel test that cannot run here returns early instead of failing.
+pub const UNIT_ONLY_ENV: &str = "LINKPROBE_UNIT_ONLY";
+
+/// A real-kernel test cannot run here (`why`): it fails, since a test that returns early
+/// passes without testing anything, unless the user asked for unit tests only
+/// ([`UNIT_ONLY_ENV`]); then it says so and returns false.
+pub fn cannot_run(test: &str, why: &str) -> bool {
+    assert!(
+        std::env::var_os(UNIT_ONLY_ENV).is_some(),
+        "{test} cannot run: {why}. Run the real-kernel tests as root (`sudo -E cargo test -p \
+         probe-user --test kernel`), or ask for unit tests only with `cargo xtask test \
+         --unit-only` ({UNIT_ONLY_ENV}=1)"
+    );
+    eprintln!("skip {test} ({UNIT_ONLY_ENV} set): {why}");
+    false
+}
+
+/// Whether this process can run real-kernel tests: fails when it cannot (see [`cannot_run`]).
 pub fn can_run_kernel_tests(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skip {test}: real-kernel tests need root (CAP_BPF, CAP_SYS_ADMIN)");
-        return false;
+        return cannot_run(test, "real-kernel tests need root (CAP_BPF, CAP_SYS_ADMIN)");
     }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        eprintln!("skip {test}: kernel has no BTF");
-        return false;
+        return cannot_run(test, "this kernel has no BTF (/sys/kernel/btf/vmlinux)");
     }
     for tool in ["ip", "nft", "nstat"] {
         let found = std::env::var_os("PATH")

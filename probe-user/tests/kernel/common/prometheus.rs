@@ -26,9 +26,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Lines of the server's stderr kept for failure messages.
 const STDERR_TAIL: usize = 40;
 
-/// Whether `prometheus` and `promtool` are on PATH. When they are not, prints why `test` is
-/// skipped and returns false; under CI (env `CI` set) it panics instead, since there the
-/// tests must run.
+/// Whether `prometheus` and `promtool` are on PATH: fails when they are not, unless the user
+/// asked for unit tests only (see [`super::cannot_run`]).
 pub fn prometheus_available(test: &str) -> bool {
     let missing: Vec<&str> = ["prometheus", "promtool"]
         .into_iter()
@@ -37,16 +36,13 @@ pub fn prometheus_available(test: &str) -> bool {
     if missing.is_empty() {
         return true;
     }
-    let why = format!(
-        "{} not found on PATH: run `cargo xtask setup` (installs Debian's prometheus package)",
-        missing.join(" and ")
-    );
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: {why} (CI is set, so this test may not be skipped)"
-    );
-    eprintln!("skip {test}: {why}");
-    false
+    super::cannot_run(
+        test,
+        &format!(
+            "{} not found on PATH: run `cargo xtask setup` (installs Debian's prometheus package)",
+            missing.join(" and ")
+        ),
+    )
 }
 
 fn find_on_path(tool: &str) -> Option<PathBuf> {

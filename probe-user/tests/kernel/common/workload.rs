@@ -132,3 +132,38 @@ pub fn background_traffic(listener: &TcpListener, rate: u32, duration: Duration)
         .run(|_| exchange(listener, Close::Fin))
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Sends one bare TCP ACK (no connection behind it) from 127.0.0.1:`from_port` to
+/// 127.0.0.1:`to_port` through a raw socket. A listener on `to_port` answers it with an RST of
+/// its own (`tcp_send_reset` with the listening socket), and stays listening: the way to give
+/// one socket several RSTs.
+pub fn stray_ack(from_port: u16, to_port: u16) {
+    let s = Socket::new(Domain::IPV4, Type::RAW, Some(socket2::Protocol::TCP))
+        .expect("raw socket (needs CAP_NET_RAW)");
+    let loopback = [127u8, 0, 0, 1];
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&from_port.to_be_bytes());
+    tcp[2..4].copy_from_slice(&to_port.to_be_bytes());
+    tcp[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
+    tcp[8..12].copy_from_slice(&0x2000_0000u32.to_be_bytes());
+    tcp[12] = 5 << 4; // header length: 5 words
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&1024u16.to_be_bytes());
+    // Checksum over the pseudo header (source, destination, protocol, length) and the header.
+    let mut pseudo = Vec::with_capacity(32);
+    pseudo.extend_from_slice(&loopback);
+    pseudo.extend_from_slice(&loopback);
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let mut sum: u32 = pseudo
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    tcp[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let to: SocketAddr = (loopback, 0).into();
+    let sent = s.send_to(&tcp, &to.into()).expect("send the stray ACK");
+    assert_eq!(sent, tcp.len());
+}

@@ -261,8 +261,11 @@ pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
         return Err(DecodeError::TooLarge);
     }
     let text = std::str::from_utf8(line).map_err(|_| DecodeError::NotUtf8)?;
-    let req: Request =
-        serde_json::from_str(text.trim_end()).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let req: Request = serde_json::from_str(text.trim_end()).map_err(|e| {
+        // serde quotes the client's own field and variant names: escaped before they reach a
+        // terminal or the log.
+        DecodeError::Json(crate::untrusted::escape_str(&e.to_string()).into_owned())
+    })?;
     if req.v != API_VERSION {
         return Err(DecodeError::Version { got: req.v });
     }

@@ -434,6 +434,11 @@ fn decodes_every_request_and_rejects_the_rest() {
         decode_request(&[0xff, 0xfe]).unwrap_err().code(),
         ErrorCode::BadRequest
     );
+    // The error echoes the client's variant name: escaped, never a raw ESC or override.
+    let evil = r#"{"v":1,"req":{"type":"\u001b[2J\u202ex"}}"#;
+    let msg = decode_request(evil.as_bytes()).unwrap_err().to_string();
+    assert!(msg.contains("\\x1b[2J\\u{202e}x"), "{msg}");
+    assert!(!msg.contains(['\u{1b}', '\u{202e}']), "{msg}");
 }
 
 fn any_query() -> impl Strategy<Value = Query> {

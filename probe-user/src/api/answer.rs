@@ -103,6 +103,7 @@ fn status(st: &Lent<'_>) -> StatusReport {
             max: st.config.flows.max_flows,
             evicted: flows.evicted,
             expired: flows.expired,
+            expired_open: flows.expired_open,
         },
         anomalies: AnomalyCounts {
             active: detect.active,

@@ -212,7 +212,11 @@ pub struct FlowTableRow {
     pub tracked: usize,
     pub max: usize,
     pub evicted: u64,
+    /// Closed flows dropped after `flows.retain_closed_secs`.
     pub expired: u64,
+    /// Open flows dropped idle (their close was never seen), `flows.idle_*_secs`.
+    #[serde(default)]
+    pub expired_open: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -356,7 +356,7 @@ fn json_field_names_are_stable() {
     );
     assert_eq!(
         keys(&status["flows"]),
-        set(&["tracked", "max", "evicted", "expired"])
+        set(&["tracked", "max", "evicted", "expired", "expired_open"])
     );
 }
 

@@ -82,12 +82,13 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
     };
     let _ = writeln!(
         out,
-        "flows: {} of {} tracked ({}), {} evicted, {} expired",
+        "flows: {} of {} tracked ({}), {} evicted, {} expired, {} expired idle while open",
         s.flows.tracked,
         s.flows.max,
         percent(fill),
         s.flows.evicted,
-        s.flows.expired
+        s.flows.expired,
+        s.flows.expired_open
     );
     let raised: Vec<String> = s
         .anomalies

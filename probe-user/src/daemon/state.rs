@@ -67,10 +67,13 @@ impl<'a> LoopState<'a> {
         self.printer.event(&ev, &self.loaded.reason_names);
     }
 
-    /// Closes detector windows; anomaly changes go to watchers and out.
+    /// Closes detector windows and expires flows; anomaly changes go to watchers and out.
     pub fn tick(&mut self) {
         let now = monotonic_ns();
-        for change in self.pipeline.tick(now) {
+        let kernel_pass =
+            self.open_flows
+                .before_expiry(self.loaded, &mut self.pipeline, &mut self.totals, now);
+        for change in self.pipeline.tick(now, kernel_pass) {
             let record = AnomalyRecord::of_change(&change, now);
             self.printer.anomaly(&record);
             if let Some(api) = self.api.as_ref().filter(|a| a.watched()) {

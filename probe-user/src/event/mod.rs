@@ -40,6 +40,8 @@ impl TcpState {
     pub const SYN_RECV: TcpState = TcpState(tcp_state::SYN_RECV);
     pub const CLOSE: TcpState = TcpState(tcp_state::CLOSE);
     pub const LISTEN: TcpState = TcpState(tcp_state::LISTEN);
+    pub const TIME_WAIT: TcpState = TcpState(tcp_state::TIME_WAIT);
+    pub const NEW_SYN_RECV: TcpState = TcpState(tcp_state::NEW_SYN_RECV);
 
     pub fn name(self) -> &'static str {
         match self.0 {

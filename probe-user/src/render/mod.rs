@@ -90,6 +90,7 @@ struct FlowsView {
     tracked: usize,
     evicted: u64,
     expired: u64,
+    expired_open: u64,
 }
 
 #[derive(Serialize)]
@@ -118,6 +119,7 @@ pub fn counters_json(
             tracked: flows.tracked,
             evicted: flows.evicted,
             expired: flows.expired,
+            expired_open: flows.expired_open,
         },
         anomalies: AnomaliesView {
             active: detect.active,

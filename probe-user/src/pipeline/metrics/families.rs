@@ -417,6 +417,15 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
     );
     single(
         out,
+        counter(
+            "linkprobe_flows_expired_open_total",
+            "Open flows dropped idle past flows.idle_open_secs / idle_transient_secs and no \
+             longer listed by the kernel: their close was never seen.",
+        ),
+        h.flows.expired_open as f64,
+    );
+    single(
+        out,
         gauge(
             "linkprobe_detector_scopes",
             "Scopes (peers, ports, sockets) with detector state.",

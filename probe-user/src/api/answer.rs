@@ -96,6 +96,7 @@ fn status(st: &Lent<'_>) -> StatusReport {
             .map(|(k, v)| (k.to_string(), *v))
             .collect(),
         decode_errors: st.totals.decode_errors,
+        output_dropped_lines: st.totals.output_dropped_lines,
         kernel_events,
         kernel_lost,
         flows: FlowTableRow {

@@ -181,6 +181,9 @@ pub struct StatusReport {
     /// Records decoded per kind.
     pub records: BTreeMap<String, u64>,
     pub decode_errors: u64,
+    /// Lines the daemon's stdout did not take in time.
+    #[serde(default)]
+    pub output_dropped_lines: u64,
     /// Kernel counters: events per kind and records the ring could not take.
     pub kernel_events: BTreeMap<String, u64>,
     pub kernel_lost: BTreeMap<String, u64>,

@@ -62,9 +62,10 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
     let lost: u64 = s.kernel_lost.values().sum();
     let _ = writeln!(
         out,
-        "events: {kernel} counted in the kernel, {decoded} decoded, {} lost (ring full), {} decode errors",
+        "events: {kernel} counted in the kernel, {decoded} decoded, {} lost (ring full), {} decode errors, {} output lines dropped (stdout slow)",
         if lost > 0 { paint.red(&lost.to_string()) } else { "0".to_owned() },
-        s.decode_errors
+        s.decode_errors,
+        s.output_dropped_lines
     );
     let kinds: Vec<String> = s
         .records

@@ -83,7 +83,8 @@ impl<'a> LoopState<'a> {
     }
 
     /// Hands the exporter a fresh snapshot.
-    pub fn publish(&self) {
+    pub fn publish(&mut self) {
+        self.totals.output_dropped_lines = self.printer.dropped();
         let Some(exporter) = &self.exporter else {
             return;
         };
@@ -99,6 +100,7 @@ impl<'a> LoopState<'a> {
 
     /// Answers one API query from the loop's state.
     pub fn answer(&mut self, q: LoopQuery) {
+        self.totals.output_dropped_lines = self.printer.dropped();
         if matches!(q.query, Query::Flows { .. } | Query::Flow { .. }) {
             self.refresh_open_flows();
         }
@@ -130,6 +132,7 @@ impl<'a> LoopState<'a> {
                 .collect();
             self.printer.flows(&records, monotonic_ns());
         }
+        self.totals.output_dropped_lines = self.printer.dropped();
         let kernel = counters::read(&self.loaded.ebpf, &self.loaded.reason_names)?;
         let misses = progstats::unrecovered(
             &progstats::recursion_misses(&self.loaded.ebpf, &self.loaded.probes),
@@ -142,7 +145,7 @@ impl<'a> LoopState<'a> {
             &self.pipeline.flows.stats(),
             &self.pipeline.detectors.stats(),
         );
-        self.printer.counters(&line);
+        self.printer.counters(line);
         Ok(())
     }
 }

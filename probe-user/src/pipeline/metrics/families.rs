@@ -385,6 +385,15 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
         ),
         h.totals.decode_errors as f64,
     );
+    single(
+        out,
+        counter(
+            "linkprobe_output_dropped_lines_total",
+            "Lines (events, anomalies) the daemon's stdout did not take in time: dropped, never \
+             blocking the event loop.",
+        ),
+        h.totals.output_dropped_lines as f64,
+    );
 
     single(
         out,

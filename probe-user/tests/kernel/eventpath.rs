@@ -212,3 +212,166 @@ fn a_process_name_with_terminal_escapes_is_shown_escaped_everywhere() {
         .collect();
     assert!(comms.contains(&escaped), "{comms:?}");
 }
+
+/// One TCP SYN from `src:sport` to `dst:9`, IP header included (the kernel fills the IP
+/// checksum and id).
+fn syn_packet(src: [u8; 4], sport: u16, dst: [u8; 4]) -> [u8; 40] {
+    let mut p = [0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = libc::IPPROTO_TCP as u8;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    let tcp = &mut p[20..];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&9u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&u32::from(sport).to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    // The checksum over the pseudo-header (addresses, protocol, length) and the header.
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for w in b.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&src);
+    add(&dst);
+    add(&[0, libc::IPPROTO_TCP as u8, 0, 20]);
+    add(tcp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    tcp[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p
+}
+
+/// SYNs to a closed port of `dst` from `n` distinct addresses of 10.100.0.0/16 (and
+/// 10.101.0.0/16 past 65,536), through a raw socket: each one answered by a socketless RST.
+fn spoofed_syns(dst: [u8; 4], n: u32) {
+    // SAFETY: plain socket calls on a descriptor this function owns and closes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let mut to: libc::sockaddr_in = std::mem::zeroed();
+        to.sin_family = libc::AF_INET as libc::sa_family_t;
+        to.sin_addr.s_addr = u32::from_ne_bytes(dst);
+        for i in 0..n {
+            let [_, b, c, d] = i.to_be_bytes();
+            let src = [10, 100 + b, c, d];
+            let p = syn_packet(src, 40_000 + (i % 1000) as u16, dst);
+            let sent = libc::sendto(
+                fd,
+                p.as_ptr().cast(),
+                p.len(),
+                0,
+                std::ptr::from_ref(&to).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            assert_eq!(sent, 40, "sendto: {}", std::io::Error::last_os_error());
+        }
+        libc::close(fd);
+    }
+}
+
+#[test]
+fn rsts_to_a_hundred_thousand_spoofed_sources_keep_the_loop_responsive_and_bounded() {
+    if !can_run_kernel_tests("spoofed_sources") {
+        return;
+    }
+    let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
+    const SOURCES: u32 = 100_000;
+    let ns = TestNetns::new("spoof");
+    // A local address on one end of a veth pair (no ARP); replies to the spoofed /15 leave
+    // through it and die at the other end (no forwarding).
+    for args in [
+        "link add v0 type veth peer name v1",
+        "link set v0 arp off",
+        "addr add 10.98.0.1/24 dev v0",
+        "link set v0 up",
+        "link set v1 up",
+        "route add 10.100.0.0/15 dev v0",
+    ] {
+        let mut cmd = Command::new("ip");
+        cmd.args(["-n", &ns.name]).args(args.split(' '));
+        assert!(cmd.status().expect("ip").success(), "ip {args}");
+    }
+    let daemon = crate::common::api::Daemon::start(&ns.name, "spoof", &[]);
+    let before = ns.nstat();
+    let storm = {
+        let name = ns.name.clone();
+        std::thread::spawn(move || {
+            crate::common::netns::enter_current_thread(&name);
+            let start = Instant::now();
+            spoofed_syns([10, 98, 0, 1], SOURCES);
+            start.elapsed()
+        })
+    };
+    // The API answers during the storm, each `status` within a bound.
+    let mut slowest = Duration::ZERO;
+    let mut asked = 0;
+    while !storm.is_finished() || asked < 3 {
+        let t = Instant::now();
+        let status = daemon.json(&["status"]);
+        slowest = slowest.max(t.elapsed());
+        asked += 1;
+        assert!(status["pid"].as_u64().is_some(), "{status}");
+    }
+    let took = storm.join().expect("storm");
+    // Let the loop take the last records, then ask what `top` keeps.
+    std::thread::sleep(Duration::from_millis(500));
+    let top = daemon.json(&["top", "--once"]);
+    let status = daemon.json(&["status"]);
+    let after = ns.nstat();
+    let trace_counters = daemon.stop();
+    let out_rsts = delta(&before, &after, "TcpOutRsts");
+    let rst_sent = trace_counters["events"]["rst_sent"].as_u64().unwrap_or(0);
+    let received = trace_counters["records"]["rst_sent"].as_u64().unwrap_or(0);
+    let lost = trace_counters["lost"]["rst_sent"].as_u64().unwrap_or(0);
+    let scopes_tracked = top["scopes_tracked"].as_u64().expect("scopes_tracked");
+    let scopes_evicted = top["scopes_evicted"].as_u64().expect("scopes_evicted");
+    let detect = &trace_counters["anomalies"];
+    eprintln!(
+        "== {SOURCES} spoofed sources in {took:?}; {asked} status queries, slowest {slowest:?}"
+    );
+    report(
+        "spoofed sources",
+        &[
+            ("rst_sent (kernel) vs TcpOutRsts", rst_sent, out_rsts),
+            (
+                "records + lost vs kernel rst_sent",
+                received + lost,
+                rst_sent,
+            ),
+            ("top scopes tracked (bound 4096)", scopes_tracked, 4096),
+            ("RST records lost (ring full, counted)", lost, 0),
+            (
+                "top scopes evicted vs sources received + port - 4096",
+                scopes_evicted,
+                received + 1 - 4096,
+            ),
+            (
+                "detector scopes evicted vs the same",
+                detect["scopes_evicted"].as_u64().unwrap_or(0),
+                received + 1 - 4096,
+            ),
+        ],
+    );
+    assert_eq!(out_rsts, u64::from(SOURCES), "every SYN got its RST");
+    assert_eq!(rst_sent, out_rsts);
+    assert_eq!(received + lost, rst_sent);
+    assert!(scopes_tracked <= 4096);
+    // Every source that reached the loop is a new peer scope, the port one more (always the
+    // most recent): all but 4,096 were evicted, each counted.
+    assert_eq!(scopes_evicted, received + 1 - 4096);
+    assert!(detect["scopes_tracked"].as_u64() <= Some(4096), "{detect}");
+    assert_eq!(detect["scopes_evicted"].as_u64(), Some(received + 1 - 4096));
+    // Debug builds answer slower; the bound is for a loop that keeps taking its turns.
+    assert!(
+        slowest < Duration::from_secs(3),
+        "a status query took {slowest:?} during the storm"
+    );
+    assert!(status["pid"].as_u64().is_some());
+}

@@ -153,18 +153,25 @@ mod tests {
 
     use super::*;
 
+    /// Whether the gate is open, and what passed it.
+    #[derive(Default)]
+    struct Passed {
+        open: bool,
+        bytes: Vec<u8>,
+    }
+
     /// A sink that blocks every write until opened: a reader that went quiet.
     #[derive(Clone, Default)]
-    struct Gate(Arc<(Mutex<(bool, Vec<u8>)>, Condvar)>);
+    struct Gate(Arc<(Mutex<Passed>, Condvar)>);
 
     impl Write for Gate {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             let (lock, cv) = &*self.0;
             let mut g = lock.lock().unwrap();
-            while !g.0 {
+            while !g.open {
                 g = cv.wait(g).unwrap();
             }
-            g.1.extend_from_slice(buf);
+            g.bytes.extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -175,11 +182,11 @@ mod tests {
     impl Gate {
         fn open(&self) {
             let (lock, cv) = &*self.0;
-            lock.lock().unwrap().0 = true;
+            lock.lock().unwrap().open = true;
             cv.notify_all();
         }
         fn text(&self) -> String {
-            String::from_utf8(self.0 .0.lock().unwrap().1.clone()).unwrap()
+            String::from_utf8(self.0 .0.lock().unwrap().bytes.clone()).unwrap()
         }
     }
 

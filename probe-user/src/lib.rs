@@ -17,5 +17,6 @@ mod host;
 mod kernel;
 mod pipeline;
 mod render;
+mod untrusted;
 
 pub use commands::{run, CommandError};

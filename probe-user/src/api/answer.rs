@@ -96,6 +96,7 @@ fn status(st: &Lent<'_>) -> StatusReport {
             .map(|(k, v)| (k.to_string(), *v))
             .collect(),
         decode_errors: st.totals.decode_errors,
+        output_dropped_lines: st.totals.output_dropped_lines,
         kernel_events,
         kernel_lost,
         flows: FlowTableRow {
@@ -103,6 +104,7 @@ fn status(st: &Lent<'_>) -> StatusReport {
             max: st.config.flows.max_flows,
             evicted: flows.evicted,
             expired: flows.expired,
+            expired_open: flows.expired_open,
         },
         anomalies: AnomalyCounts {
             active: detect.active,

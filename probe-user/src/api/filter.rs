@@ -6,7 +6,7 @@ use crate::{
     api::proto::Filter,
     event::{
         parse::{self, ParseError},
-        Detail, Event, TcpState,
+        Detail, Event, Process, TcpState,
     },
     pipeline::flowtable::{CloseCause, Flow},
 };
@@ -90,15 +90,19 @@ impl Matcher {
             .is_none_or(|p| local.port() == p || remote.port() == p)
     }
 
-    fn process(&self, pid: Option<u32>, comm: Option<&str>) -> bool {
-        self.pid.is_none_or(|p| pid == Some(p))
-            && self.comm.as_deref().is_none_or(|c| comm == Some(c))
+    /// `--comm` matches the name as shown (escaped).
+    fn process(&self, process: Option<&Process>) -> bool {
+        self.pid.is_none_or(|p| process.map(|p| p.pid) == Some(p))
+            && self
+                .comm
+                .as_deref()
+                .is_none_or(|c| process.is_some_and(|p| p.comm.as_str() == c))
     }
 
     pub fn flow(&self, f: &Flow, now_ns: u64) -> bool {
         let proc = f.process.as_ref();
         self.endpoint(f.local, f.remote)
-            && self.process(proc.map(|p| p.pid), proc.map(|p| p.comm.as_str()))
+            && self.process(proc)
             && self.cgroup.is_none_or(|c| f.cgroup_id == Some(c))
             && self.state.is_none_or(|s| match s {
                 StateMatch::Is(n) => f.state.0 == n,
@@ -133,7 +137,7 @@ impl Matcher {
             _ => None,
         };
         self.endpoint(ev.local, ev.remote)
-            && self.process(proc.map(|p| p.pid), proc.map(|p| p.comm.as_str()))
+            && self.process(proc)
             && self.cgroup.is_none_or(|c| ev.cgroup_id == Some(c))
             && self.state.is_none_or(|s| match s {
                 StateMatch::Is(n) => state.is_some_and(|st| st.0 == n),

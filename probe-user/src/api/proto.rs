@@ -181,6 +181,9 @@ pub struct StatusReport {
     /// Records decoded per kind.
     pub records: BTreeMap<String, u64>,
     pub decode_errors: u64,
+    /// Lines the daemon's stdout did not take in time.
+    #[serde(default)]
+    pub output_dropped_lines: u64,
     /// Kernel counters: events per kind and records the ring could not take.
     pub kernel_events: BTreeMap<String, u64>,
     pub kernel_lost: BTreeMap<String, u64>,
@@ -212,7 +215,11 @@ pub struct FlowTableRow {
     pub tracked: usize,
     pub max: usize,
     pub evicted: u64,
+    /// Closed flows dropped after `flows.retain_closed_secs`.
     pub expired: u64,
+    /// Open flows dropped idle (their close was never seen), `flows.idle_*_secs`.
+    #[serde(default)]
+    pub expired_open: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,8 +271,11 @@ pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
         return Err(DecodeError::TooLarge);
     }
     let text = std::str::from_utf8(line).map_err(|_| DecodeError::NotUtf8)?;
-    let req: Request =
-        serde_json::from_str(text.trim_end()).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let req: Request = serde_json::from_str(text.trim_end()).map_err(|e| {
+        // serde quotes the client's own field and variant names: escaped before they reach a
+        // terminal or the log.
+        DecodeError::Json(crate::untrusted::escape_str(&e.to_string()).into_owned())
+    })?;
     if req.v != API_VERSION {
         return Err(DecodeError::Version { got: req.v });
     }

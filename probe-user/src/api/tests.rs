@@ -315,6 +315,7 @@ fn json_field_names_are_stable() {
         probes: vec![],
         records: Default::default(),
         decode_errors: 0,
+        output_dropped_lines: 0,
         kernel_events: Default::default(),
         kernel_lost: Default::default(),
         flows: FlowTableRow::default(),
@@ -334,6 +335,7 @@ fn json_field_names_are_stable() {
             "probes",
             "records",
             "decode_errors",
+            "output_dropped_lines",
             "kernel_events",
             "kernel_lost",
             "flows",
@@ -357,7 +359,7 @@ fn json_field_names_are_stable() {
     );
     assert_eq!(
         keys(&status["flows"]),
-        set(&["tracked", "max", "evicted", "expired"])
+        set(&["tracked", "max", "evicted", "expired", "expired_open"])
     );
 }
 
@@ -435,6 +437,11 @@ fn decodes_every_request_and_rejects_the_rest() {
         decode_request(&[0xff, 0xfe]).unwrap_err().code(),
         ErrorCode::BadRequest
     );
+    // The error echoes the client's variant name: escaped, never a raw ESC or override.
+    let evil = r#"{"v":1,"req":{"type":"\u001b[2J\u202ex"}}"#;
+    let msg = decode_request(evil.as_bytes()).unwrap_err().to_string();
+    assert!(msg.contains("\\x1b[2J\\u{202e}x"), "{msg}");
+    assert!(!msg.contains(['\u{1b}', '\u{202e}']), "{msg}");
 }
 
 fn any_query() -> impl Strategy<Value = Query> {

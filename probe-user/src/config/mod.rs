@@ -189,6 +189,11 @@ config_table! {
         retain_closed_secs: u64 = 60, Lo::Ge(0.0), Hi::Le(86_400.0);
         /// Events kept per flow in its timeline.
         timeline_len: usize = 32, Lo::Ge(1.0), Hi::Le(1024.0);
+        /// Seconds an established flow may stay idle before it leaves the table, unless the
+        /// kernel still lists it (the open-flow iterator): its close was never seen.
+        idle_open_secs: u64 = 3600, Lo::Ge(10.0), Hi::Le(2_592_000.0);
+        /// The same for a flow in a handshake or TIME_WAIT (these end on their own).
+        idle_transient_secs: u64 = 180, Lo::Ge(10.0), Hi::Le(86_400.0);
     }
 }
 

@@ -62,9 +62,10 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
     let lost: u64 = s.kernel_lost.values().sum();
     let _ = writeln!(
         out,
-        "events: {kernel} counted in the kernel, {decoded} decoded, {} lost (ring full), {} decode errors",
+        "events: {kernel} counted in the kernel, {decoded} decoded, {} lost (ring full), {} decode errors, {} output lines dropped (stdout slow)",
         if lost > 0 { paint.red(&lost.to_string()) } else { "0".to_owned() },
-        s.decode_errors
+        s.decode_errors,
+        s.output_dropped_lines
     );
     let kinds: Vec<String> = s
         .records
@@ -82,12 +83,13 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
     };
     let _ = writeln!(
         out,
-        "flows: {} of {} tracked ({}), {} evicted, {} expired",
+        "flows: {} of {} tracked ({}), {} evicted, {} expired, {} expired idle while open",
         s.flows.tracked,
         s.flows.max,
         percent(fill),
         s.flows.evicted,
-        s.flows.expired
+        s.flows.expired,
+        s.flows.expired_open
     );
     let raised: Vec<String> = s
         .anomalies

@@ -8,6 +8,7 @@ mod error;
 mod event_loop;
 pub mod exporter;
 mod open_flows;
+mod output;
 mod printer;
 mod snapshot;
 mod start;

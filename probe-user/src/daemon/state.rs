@@ -67,10 +67,13 @@ impl<'a> LoopState<'a> {
         self.printer.event(&ev, &self.loaded.reason_names);
     }
 
-    /// Closes detector windows; anomaly changes go to watchers and out.
+    /// Closes detector windows and expires flows; anomaly changes go to watchers and out.
     pub fn tick(&mut self) {
         let now = monotonic_ns();
-        for change in self.pipeline.tick(now) {
+        let kernel_pass =
+            self.open_flows
+                .before_expiry(self.loaded, &mut self.pipeline, &mut self.totals, now);
+        for change in self.pipeline.tick(now, kernel_pass) {
             let record = AnomalyRecord::of_change(&change, now);
             self.printer.anomaly(&record);
             if let Some(api) = self.api.as_ref().filter(|a| a.watched()) {
@@ -80,7 +83,8 @@ impl<'a> LoopState<'a> {
     }
 
     /// Hands the exporter a fresh snapshot.
-    pub fn publish(&self) {
+    pub fn publish(&mut self) {
+        self.totals.output_dropped_lines = self.printer.dropped();
         let Some(exporter) = &self.exporter else {
             return;
         };
@@ -96,6 +100,7 @@ impl<'a> LoopState<'a> {
 
     /// Answers one API query from the loop's state.
     pub fn answer(&mut self, q: LoopQuery) {
+        self.totals.output_dropped_lines = self.printer.dropped();
         if matches!(q.query, Query::Flows { .. } | Query::Flow { .. }) {
             self.refresh_open_flows();
         }
@@ -127,6 +132,7 @@ impl<'a> LoopState<'a> {
                 .collect();
             self.printer.flows(&records, monotonic_ns());
         }
+        self.totals.output_dropped_lines = self.printer.dropped();
         let kernel = counters::read(&self.loaded.ebpf, &self.loaded.reason_names)?;
         let misses = progstats::unrecovered(
             &progstats::recursion_misses(&self.loaded.ebpf, &self.loaded.probes),
@@ -139,7 +145,7 @@ impl<'a> LoopState<'a> {
             &self.pipeline.flows.stats(),
             &self.pipeline.detectors.stats(),
         );
-        self.printer.counters(&line);
+        self.printer.counters(line);
         Ok(())
     }
 }

@@ -247,12 +247,20 @@ mod tests {
 
     #[test]
     fn a_comm_cannot_carry_terminal_escapes() {
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(b"\x1b[2Jevil");
-        assert_eq!(Comm::from_kernel(&raw).as_str(), "?[2Jevil");
+        let mut raw = record(EventKind::FlowEnd);
+        raw.flags |= flags::FLOW;
+        raw.flow.flags = state_flags::OWNER;
+        let name = b"\x1b[2J\xe2\x80\xaeevil\n\x9b";
+        raw.flow.comm[..name.len()].copy_from_slice(name);
+        let ev = decode_record(&raw).unwrap();
+        let comm = ev.process.unwrap().comm;
+        assert_eq!(comm.as_str(), "\\x1b[2J\\u{202e}evil\\x0a\\x9b");
+        assert_eq!(comm.to_string(), comm.as_str());
         let mut raw = [0u8; 16];
         raw[..5].copy_from_slice(&[b'n', 0xc3, 0xa9, b'\n', b'x']);
-        assert_eq!(Comm::from_kernel(&raw).as_str(), "n???x");
+        assert_eq!(Comm::from_kernel(&raw).as_str(), "né\\x0ax");
+        // No NUL in all 16 bytes: the kernel's comm is 15 bytes at most.
+        assert_eq!(Comm::from_kernel(&[b'a'; 16]).as_str().len(), 15);
     }
 
     #[test]

@@ -4,7 +4,7 @@ pub mod decode;
 pub mod parse;
 pub mod rst_reason;
 pub mod totals;
-use std::{fmt, net::SocketAddr};
+use std::{borrow::Cow, fmt, net::SocketAddr};
 
 use probe_common::{kernel::tcp_state, EventKind};
 
@@ -40,6 +40,8 @@ impl TcpState {
     pub const SYN_RECV: TcpState = TcpState(tcp_state::SYN_RECV);
     pub const CLOSE: TcpState = TcpState(tcp_state::CLOSE);
     pub const LISTEN: TcpState = TcpState(tcp_state::LISTEN);
+    pub const TIME_WAIT: TcpState = TcpState(tcp_state::TIME_WAIT);
+    pub const NEW_SYN_RECV: TcpState = TcpState(tcp_state::NEW_SYN_RECV);
 
     pub fn name(self) -> &'static str {
         match self.0 {
@@ -80,8 +82,9 @@ pub struct Process {
 }
 
 /// A task's `comm` (at most 15 bytes), kept inline: no allocation per record. Any process can
-/// set its own comm, so bytes that are not printable ASCII become `?` when decoded: a comm
-/// never carries terminal escapes into `flows`, `watch` or the daemon's output.
+/// set its own comm, so the only way out of a `Comm` is its escaped form
+/// ([`crate::untrusted::escape`]: `\x1b`, `\u{202e}`, invalid UTF-8 as `\xNN`): a comm never
+/// carries terminal escapes into `flows`, `watch`, the daemon's output or the JSON.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Comm {
     bytes: [u8; 16],
@@ -89,27 +92,20 @@ pub struct Comm {
 }
 
 impl Comm {
-    /// From the kernel's NUL-padded bytes.
+    /// From the kernel's NUL-padded bytes (the comm ends at the first NUL).
     pub fn from_kernel(raw: &[u8; 16]) -> Comm {
+        let len = raw.iter().take(15).take_while(|&&b| b != 0).count();
         let mut bytes = [0u8; 16];
-        let mut len = 0;
-        for &b in raw.iter().take_while(|&&b| b != 0) {
-            bytes[len] = if b.is_ascii_graphic() || b == b' ' {
-                b
-            } else {
-                b'?'
-            };
-            len += 1;
-        }
+        bytes[..len].copy_from_slice(&raw[..len]);
         Comm {
             bytes,
             len: len as u8,
         }
     }
 
-    pub fn as_str(&self) -> &str {
-        // Printable ASCII only (see `from_kernel`), so always UTF-8.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    /// The escaped name: borrowed when the comm needed no escaping.
+    pub fn as_str(&self) -> Cow<'_, str> {
+        crate::untrusted::escape(&self.bytes[..usize::from(self.len)])
     }
 }
 
@@ -125,13 +121,13 @@ impl From<&str> for Comm {
 
 impl fmt::Display for Comm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.as_str())
     }
 }
 
 impl fmt::Debug for Comm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
+        fmt::Debug::fmt(&*self.as_str(), f)
     }
 }
 

@@ -31,7 +31,8 @@ impl ReasonNames {
                 continue;
             };
             if let Ok(n) = num.trim().parse::<u32>() {
-                names.insert(n, Arc::from(name.trim().trim_matches('"')));
+                let name = name.trim().trim_matches('"');
+                names.insert(n, Arc::from(crate::untrusted::escape_str(name)));
             }
         }
         ReasonNames(names)
@@ -67,6 +68,12 @@ mod tests {
         assert_eq!(names.name(1), "NO_SOCKET");
         assert_eq!(names.name(12), "TCP_ABORT_ON_LINGER");
         assert_eq!(names.name(5), "reason_5");
+    }
+
+    #[test]
+    fn reason_names_are_escaped() {
+        let fmt = "__print_symbolic(REC->reason, { 2, \"EVIL\x1b[2J\" })";
+        assert_eq!(ReasonNames::parse(fmt).name(2), "EVIL\\x1b[2J");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! What the daemon's loop received since it started: records per kind and what could not be
-//! decoded. One owner (the loop); `status`, `/metrics` and the final counters line borrow it.
+//! What the daemon's loop received since it started: records per kind, what could not be
+//! decoded and the output lines stdout did not take. One owner (the loop); `status`, `/metrics` and the final counters line borrow it.
 use std::{collections::BTreeMap, time::Instant};
 
 use crate::event::{kind_name, Event};
@@ -10,6 +10,8 @@ pub struct Totals {
     pub records: BTreeMap<&'static str, u64>,
     /// Records that could not be decoded (each logged).
     pub decode_errors: u64,
+    /// Lines the daemon's stdout did not take in time (dropped, never blocking the loop).
+    pub output_dropped_lines: u64,
     pub started: Instant,
     /// The running kernel's release, read once at start.
     pub kernel_release: String,
@@ -20,6 +22,7 @@ impl Totals {
         Totals {
             records: BTreeMap::new(),
             decode_errors: 0,
+            output_dropped_lines: 0,
             started: Instant::now(),
             kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|r| r.trim().to_string())

@@ -2,6 +2,7 @@
 //! metrics → anomaly changes. Owned by the daemon loop; no I/O here.
 pub mod detect;
 pub mod flowtable;
+mod lru;
 pub mod metrics;
 pub mod signal;
 pub mod top;
@@ -38,6 +39,8 @@ impl Pipeline {
                 max_flows: cfg.flows.max_flows,
                 retain_closed: Duration::from_secs(cfg.flows.retain_closed_secs),
                 timeline_len: cfg.flows.timeline_len,
+                idle_open: Duration::from_secs(cfg.flows.idle_open_secs),
+                idle_transient: Duration::from_secs(cfg.flows.idle_transient_secs),
             }),
             detectors: Detectors::new(cfg.detect.clone()),
             metrics: Metrics::new(cfg.metrics.clone(), ephemeral),
@@ -57,10 +60,11 @@ impl Pipeline {
         }
     }
 
-    /// Once a second: closes detector windows, expires old closed flows and revisits the
-    /// metrics' label budget.
-    pub fn tick(&mut self, now_ns: u64) -> Vec<AnomalyChange> {
+    /// Once a second: closes detector windows, expires old closed flows and idle open ones
+    /// (`kernel_pass`: see [`FlowTable::expire_idle`]) and revisits the metrics' label budget.
+    pub fn tick(&mut self, now_ns: u64, kernel_pass: Option<u64>) -> Vec<AnomalyChange> {
         self.flows.expire(now_ns);
+        self.flows.expire_idle(now_ns, kernel_pass);
         let changes = self.detectors.tick(now_ns);
         for c in &changes {
             self.metrics.on_anomaly(c);

@@ -1,14 +1,17 @@
 //! Rolling per-scope rates for `linkprobe top`: connections, RSTs, failed connects, data
 //! segments and retransmits per remote peer and per local port over the last
 //! [`WINDOW_SECS`] seconds, from the flow table's [`Signal`]s. Bounded: at most `max_scopes`
-//! scopes; a new one evicts the least recently active (counted). Time comes only from the
-//! signals and from the query's `now`, like the detectors.
+//! scopes in a slab with an intrusive recency list; a new one evicts the least recently
+//! active (counted). O(1) per signal: a hash lookup, a move to the list's end, an eviction
+//! from its head; spoofed sources cost no scan. Time comes only from the signals and from
+//! the query's `now`, like the detectors.
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     pipeline::detect::Scope,
+    pipeline::lru::{self, Links, List, Slots, NIL},
     pipeline::signal::{ConnectFailure, Signal},
 };
 
@@ -63,12 +66,21 @@ struct Bucket {
 #[derive(Debug)]
 struct Rates {
     buckets: [Bucket; WINDOW_SECS as usize],
-    last_sec: u64,
 }
 
 impl Rates {
+    const EMPTY: Rates = Rates {
+        buckets: [Bucket {
+            sec: 0,
+            connections: 0,
+            rsts: 0,
+            failures: 0,
+            segments: 0,
+            retransmits: 0,
+        }; WINDOW_SECS as usize],
+    };
+
     fn bucket(&mut self, sec: u64) -> &mut Bucket {
-        self.last_sec = self.last_sec.max(sec);
         let b = &mut self.buckets[(sec % WINDOW_SECS) as usize];
         if b.sec != sec {
             *b = Bucket {
@@ -96,41 +108,77 @@ impl Rates {
     }
 }
 
+struct Slot {
+    scope: Scope,
+    rates: Rates,
+    links: Links<()>,
+}
+
+/// The slab as the recency list sees it.
+struct SlabLinks<'a>(&'a mut [Slot]);
+
+impl Slots for SlabLinks<'_> {
+    type Tag = ();
+    fn links(&mut self, slot: u32) -> &mut Links<()> {
+        &mut self.0[slot as usize].links
+    }
+}
+
 pub struct Top {
     max_scopes: usize,
-    scopes: HashMap<Scope, Rates>,
+    /// Scope → slot. Peers are chosen by whoever sends packets: SipHash with a random key,
+    /// so spoofed sources cannot aim at one bucket.
+    index: HashMap<Scope, u32>,
+    slots: Vec<Slot>,
+    /// Scopes by last activity, least recent first.
+    recency: List,
     evicted: u64,
 }
 
 impl Top {
     pub fn new(max_scopes: usize) -> Top {
         Top {
-            max_scopes: max_scopes.max(1),
-            scopes: HashMap::new(),
+            max_scopes: max_scopes.clamp(1, NIL as usize - 1),
+            index: HashMap::new(),
+            slots: Vec::new(),
+            recency: List::EMPTY,
             evicted: 0,
         }
     }
 
     fn rates(&mut self, scope: Scope, sec: u64) -> &mut Bucket {
-        if !self.scopes.contains_key(&scope) && self.scopes.len() >= self.max_scopes {
-            // O(scopes) only when a new scope arrives at the bound.
-            let oldest = self
-                .scopes
-                .iter()
-                .min_by_key(|(_, r)| r.last_sec)
-                .map(|(s, _)| *s);
-            if let Some(s) = oldest {
-                self.scopes.remove(&s);
-                self.evicted += 1;
+        let slot = match self.index.get(&scope) {
+            Some(&slot) => {
+                lru::unlink(&mut SlabLinks(&mut self.slots), &mut self.recency, slot);
+                slot
             }
-        }
-        self.scopes
-            .entry(scope)
-            .or_insert_with(|| Rates {
-                buckets: [Bucket::default(); WINDOW_SECS as usize],
-                last_sec: sec,
-            })
-            .bucket(sec)
+            None => self.admit(scope),
+        };
+        lru::push_back(&mut SlabLinks(&mut self.slots), &mut self.recency, (), slot);
+        self.slots[slot as usize].rates.bucket(sec)
+    }
+
+    /// A slot for a new scope (off the list): a new one below the bound, else the least
+    /// recently active scope's (evicted, counted).
+    fn admit(&mut self, scope: Scope) -> u32 {
+        let fresh = Slot {
+            scope,
+            rates: Rates::EMPTY,
+            links: Links::unlinked(()),
+        };
+        let slot = if self.slots.len() < self.max_scopes {
+            self.slots.push(fresh);
+            (self.slots.len() - 1) as u32
+        } else {
+            let victim = self.recency.head;
+            lru::unlink(&mut SlabLinks(&mut self.slots), &mut self.recency, victim);
+            let old = std::mem::replace(&mut self.slots[victim as usize], fresh);
+            self.index.remove(&old.scope);
+            self.evicted += 1;
+            victim
+        };
+        self.index.insert(scope, slot);
+        slot
     }
 
     /// Counts one signal. Kinds `top` does not rank are ignored (the list of signals grows).
@@ -175,9 +223,9 @@ impl Top {
     pub fn report(&self, now_ns: u64, key: TopKey, limit: usize) -> TopReport {
         let now_sec = now_ns / NS;
         let mut rows: Vec<TopRow> = self
-            .scopes
+            .slots
             .iter()
-            .map(|(scope, r)| (scope, r.sum(now_sec)))
+            .map(|s| (&s.scope, s.rates.sum(now_sec)))
             .filter(|(_, b)| b.connections + b.rsts + b.failures + b.segments > 0)
             .map(|(scope, b)| TopRow {
                 scope: scope.to_string(),
@@ -204,7 +252,7 @@ impl Top {
         rows.truncate(limit);
         TopReport {
             window_secs: WINDOW_SECS,
-            scopes_tracked: self.scopes.len(),
+            scopes_tracked: self.index.len(),
             scopes_evicted: self.evicted,
             rows,
         }
@@ -285,5 +333,48 @@ mod tests {
         assert_eq!(r.scopes_tracked, 2);
         assert_eq!(r.scopes_evicted, 1);
         assert!(r.rows.iter().all(|row| row.scope != "peer 10.0.0.1:1"));
+    }
+
+    fn rst_from(ts_ns: u64, addr: u32) -> Signal {
+        Signal::Rst {
+            ts_ns,
+            direction: RstDirection::Sent,
+            peer: Peer {
+                addr: IpAddr::from(addr.to_be_bytes()),
+                port: Some(40_000),
+            },
+            local_port: Some(9),
+            cookie: None,
+            reason: None,
+            after_established: false,
+        }
+    }
+
+    #[test]
+    fn a_hundred_thousand_spoofed_sources_stay_bounded_and_counted() {
+        let mut top = Top::new(4096);
+        let base = u32::from_be_bytes([10, 99, 0, 0]);
+        for i in 0..100_000u32 {
+            top.observe(&rst_from(5 * NS + u64::from(i), base + i));
+        }
+        let r = top.report(6 * NS, TopKey::Rst, 3);
+        // Every source is a new peer scope; the local port is one scope, kept (always recent).
+        assert_eq!(r.scopes_tracked, 4096);
+        assert_eq!(r.scopes_evicted, 100_001 - 4096);
+        assert_eq!(r.rows[0].scope, "local port 9");
+        assert_eq!(r.rows[0].rsts, 100_000);
+        // The scopes kept are the most recent sources.
+        let newest = IpAddr::from((base + 99_999).to_be_bytes());
+        assert!(top.index.contains_key(&Scope::Peer(Peer {
+            addr: newest,
+            port: Some(40_000)
+        })));
+        let evicted = IpAddr::from((base + 95_000).to_be_bytes());
+        assert!(!top.index.contains_key(&Scope::Peer(Peer {
+            addr: evicted,
+            port: Some(40_000)
+        })));
+        assert_eq!(top.slots.len(), 4096);
+        assert_eq!(top.recency.len, 4096);
     }
 }

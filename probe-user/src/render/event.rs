@@ -108,7 +108,7 @@ impl EventRecord {
             reason: None,
             no_socket: None,
             pid: ev.process.as_ref().map(|p| p.pid),
-            comm: ev.process.as_ref().map(|p| p.comm.as_str().to_owned()),
+            comm: ev.process.as_ref().map(|p| p.comm.as_str().into_owned()),
             err: None,
             sk_err: ev.sk_err,
             cgroup_id: ev.cgroup_id,

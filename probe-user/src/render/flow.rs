@@ -77,7 +77,7 @@ impl FlowRecord {
             remote: f.remote,
             role: f.role.map(|r| r.name().to_owned()),
             pid: f.process.as_ref().map(|p| p.pid),
-            comm: f.process.as_ref().map(|p| p.comm.as_str().to_owned()),
+            comm: f.process.as_ref().map(|p| p.comm.as_str().into_owned()),
             cgroup_id: f.cgroup_id,
             preexisting: f.preexisting,
             start_ns: f.start_ns,

@@ -7,7 +7,7 @@ pub mod anomaly;
 pub mod event;
 pub mod flow;
 pub mod table;
-use std::{collections::BTreeMap, io::Write};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -77,6 +77,7 @@ struct CountersView<'a> {
     /// Records decoded by this process, per kind.
     records: &'a BTreeMap<&'static str, u64>,
     decode_errors: u64,
+    output_dropped_lines: u64,
     /// Runs of each probe the kernel skipped (already running on that CPU): hits never seen.
     recursion_misses: &'a BTreeMap<&'static str, u64>,
     flows: FlowsView,
@@ -90,6 +91,7 @@ struct FlowsView {
     tracked: usize,
     evicted: u64,
     expired: u64,
+    expired_open: u64,
 }
 
 #[derive(Serialize)]
@@ -113,11 +115,13 @@ pub fn counters_json(
         record: "counters",
         records: &totals.records,
         decode_errors: totals.decode_errors,
+        output_dropped_lines: totals.output_dropped_lines,
         recursion_misses,
         flows: FlowsView {
             tracked: flows.tracked,
             evicted: flows.evicted,
             expired: flows.expired,
+            expired_open: flows.expired_open,
         },
         anomalies: AnomaliesView {
             active: detect.active,
@@ -136,10 +140,4 @@ pub fn json_line<T: Serialize>(value: &T) -> String {
     // Serialising our own plain structs cannot fail; fall back to an error object regardless.
     serde_json::to_string(value)
         .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"error\":\"{e}\"}}"))
-}
-
-/// Writes one line to stdout, flushing so pipes see events as they happen.
-pub fn emit_line(out: &mut impl Write, line: &str) -> std::io::Result<()> {
-    writeln!(out, "{line}")?;
-    out.flush()
 }

@@ -1,18 +1,19 @@
 //! The flow table: one entry per TCP socket (keyed by netns cookie + socket cookie) from its
 //! first event to its close, kept `retain_closed` after close. Hard-bounded; evictions counted.
-//! Turns events into [`Signal`]s for the detectors.
+//! An open flow whose close never arrives (a lost record, a skipped program, a socket seeded
+//! from sock_diag) is expired once idle past its timeout and not confirmed by the kernel since
+//! (counted apart: `expired_open`). Turns events into [`Signal`]s for the detectors.
 mod flow;
-mod lru;
 mod signals;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_idle;
 #[cfg(test)]
 mod tests_table;
 mod timeline;
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
-
-use lru::{Links, List, ListId, Slots, NIL};
 
 pub use flow::{CloseCause, Flow, FlowKey};
 pub use timeline::{Timeline, TimelineEntry};
@@ -20,6 +21,7 @@ pub use timeline::{Timeline, TimelineEntry};
 use crate::{
     event::rst_reason::ReasonNames,
     event::{Event, TcpState},
+    pipeline::lru::{self, Links, List, Slots, NIL},
     pipeline::signal::Signal,
 };
 
@@ -28,6 +30,10 @@ pub struct FlowConfig {
     pub max_flows: usize,
     pub retain_closed: Duration,
     pub timeline_len: usize,
+    /// An established open flow idle this long is expired (unless the kernel confirms it).
+    pub idle_open: Duration,
+    /// The same for a flow in a handshake or in TIME_WAIT (these end on their own soon).
+    pub idle_transient: Duration,
 }
 
 impl Default for FlowConfig {
@@ -36,6 +42,8 @@ impl Default for FlowConfig {
             max_flows: 65_536,
             retain_closed: Duration::from_secs(60),
             timeline_len: 32,
+            idle_open: Duration::from_secs(3600),
+            idle_transient: Duration::from_secs(180),
         }
     }
 }
@@ -44,13 +52,25 @@ impl Default for FlowConfig {
 pub struct FlowTableStats {
     pub tracked: usize,
     pub evicted: u64,
+    /// Closed flows dropped after `retain_closed`.
     pub expired: u64,
+    /// Open flows dropped idle: their close was never seen.
+    pub expired_open: u64,
     pub closed_in_table: usize,
+}
+
+/// Which list a flow is on: open flows by last activity, split by their idle timeout; closed
+/// flows by close order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ListId {
+    Open,
+    Transient,
+    Closed,
 }
 
 struct Slot {
     flow: Flow,
-    links: Links,
+    links: Links<ListId>,
 }
 
 pub struct FlowTable {
@@ -61,19 +81,23 @@ pub struct FlowTable {
     /// Socket cookie → slot. Cookies are unique on a host, across namespaces, and assigned by
     /// the kernel (no peer picks them): a fast hash is safe here.
     index: HashMap<u64, u32, foldhash::fast::RandomState>,
-    /// Open flows by last activity (oldest first).
+    /// Established open flows by last activity (oldest first).
     open: List,
+    /// Open flows in a handshake or TIME_WAIT by last activity (oldest first).
+    transient: List,
     /// Closed flows by close order (oldest first): evicted before any open flow.
     closed: List,
     evicted: u64,
     expired: u64,
+    expired_open: u64,
 }
 
 /// The slab as the lists see it.
 struct SlabLinks<'a>(&'a mut [Slot]);
 
 impl Slots for SlabLinks<'_> {
-    fn links(&mut self, slot: u32) -> &mut Links {
+    type Tag = ListId;
+    fn links(&mut self, slot: u32) -> &mut Links<ListId> {
         &mut self.0[slot as usize].links
     }
 }
@@ -86,15 +110,18 @@ impl FlowTable {
             free: Vec::new(),
             index: HashMap::default(),
             open: List::EMPTY,
+            transient: List::EMPTY,
             closed: List::EMPTY,
             evicted: 0,
             expired: 0,
+            expired_open: 0,
         }
     }
 
     fn list(&mut self, id: ListId) -> (&mut List, SlabLinks<'_>) {
         let list = match id {
             ListId::Open => &mut self.open,
+            ListId::Transient => &mut self.transient,
             ListId::Closed => &mut self.closed,
         };
         (list, SlabLinks(&mut self.slots))
@@ -121,6 +148,17 @@ impl FlowTable {
         self.free.push(slot);
     }
 
+    /// The least recently active open flow: the older of the two open lists' heads.
+    fn oldest_open(&self) -> u32 {
+        let seen = |slot: u32| self.slots[slot as usize].flow.last_seen_ns;
+        match (self.open.head, self.transient.head) {
+            (NIL, t) => t,
+            (o, NIL) => o,
+            (o, t) if seen(t) <= seen(o) => t,
+            (o, _) => o,
+        }
+    }
+
     /// Makes room for one more flow at the bound: oldest closed first, then least recently
     /// active open flow.
     fn make_room(&mut self) {
@@ -128,7 +166,7 @@ impl FlowTable {
             let victim = if self.closed.head != NIL {
                 self.closed.head
             } else {
-                self.open.head
+                self.oldest_open()
             };
             if victim == NIL {
                 return;
@@ -142,11 +180,8 @@ impl FlowTable {
     fn insert(&mut self, flow: Flow) -> u32 {
         self.make_room();
         let cookie = flow.key.cookie;
-        let links = Links {
-            prev: NIL,
-            next: NIL,
-            list: ListId::Open,
-        };
+        let id = idle_list(&flow);
+        let links = Links::unlinked(id);
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = Slot { flow, links };
@@ -158,7 +193,7 @@ impl FlowTable {
             }
         };
         self.index.insert(cookie, slot);
-        self.push(ListId::Open, slot);
+        self.push(id, slot);
         slot
     }
 
@@ -167,19 +202,28 @@ impl FlowTable {
         (self.slots[slot as usize].flow.key == *key).then_some(slot)
     }
 
-    /// The flow for `key`, created when new; an open flow is re-filed as most recently active
-    /// (closed flows keep their close order).
-    fn touch(&mut self, key: FlowKey, ev: &Event) -> u32 {
+    /// The flow for `key`, created when new.
+    fn find_or_insert(&mut self, key: FlowKey, ev: &Event) -> u32 {
         match self.slot_of(&key) {
-            Some(slot) => {
-                if self.slots[slot as usize].links.list == ListId::Open {
-                    self.unlink(slot);
-                    self.push(ListId::Open, slot);
-                }
-                slot
-            }
+            Some(slot) => slot,
             None => self.insert(Flow::new(key, ev.local, ev.remote, ev.ts_ns)),
         }
+    }
+
+    /// After a record of the flow in `slot`: an open flow is re-filed as most recently active
+    /// on the list of its idle timeout; a flow that just closed moves to the closed list
+    /// (closed flows keep their close order).
+    fn refile(&mut self, slot: u32, just_closed: bool) {
+        let flow = &self.slots[slot as usize].flow;
+        let id = if just_closed {
+            ListId::Closed
+        } else if flow.close.is_none() {
+            idle_list(flow)
+        } else {
+            return;
+        };
+        self.unlink(slot);
+        self.push(id, slot);
     }
 
     /// Applies one record; appends the signals it implies to `out`.
@@ -200,7 +244,7 @@ impl FlowTable {
             return;
         }
         let timeline_len = self.cfg.timeline_len;
-        let slot = self.touch(key, ev);
+        let slot = self.find_or_insert(key, ev);
         let flow = &mut self.slots[slot as usize].flow;
         let cause_before = flow.close;
         flow.apply(ev, timeline_len);
@@ -208,10 +252,7 @@ impl FlowTable {
         // A close cause decided (FIN) and then corrected (the RST came after CLOSE).
         let close_changed = just_closed || (cause_before.is_some() && flow.close != cause_before);
         signals::from_flow(flow, ev, reasons, close_changed, out);
-        if just_closed {
-            self.unlink(slot);
-            self.push(ListId::Closed, slot);
-        }
+        self.refile(slot, just_closed);
     }
 
     /// A socket that existed before the daemon started.
@@ -252,6 +293,55 @@ impl FlowTable {
         n
     }
 
+    /// Whether an open flow is idle past its timeout at `now_ns`: the daemon then asks the
+    /// kernel which flows are still open before [`FlowTable::expire_idle`].
+    pub fn idle_due(&self, now_ns: u64) -> bool {
+        [ListId::Open, ListId::Transient].into_iter().any(|id| {
+            let head = match id {
+                ListId::Open => self.open.head,
+                _ => self.transient.head,
+            };
+            head != NIL && self.idle_past(head, id, now_ns)
+        })
+    }
+
+    fn idle_past(&self, slot: u32, id: ListId, now_ns: u64) -> bool {
+        let timeout = match id {
+            ListId::Transient => self.cfg.idle_transient,
+            _ => self.cfg.idle_open,
+        };
+        let timeout = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+        let seen = self.slots[slot as usize].flow.last_seen_ns;
+        seen.saturating_add(timeout) <= now_ns
+    }
+
+    /// Drops open flows idle past their timeout. `kernel_pass`: when the kernel last listed
+    /// its open flows (the open-flow iterator re-touches each one it still has), so only
+    /// flows last seen before that pass go; `None` where the kernel cannot list them: the
+    /// timeout alone decides. Returns how many.
+    pub fn expire_idle(&mut self, now_ns: u64, kernel_pass: Option<u64>) -> usize {
+        let mut n = 0;
+        for id in [ListId::Open, ListId::Transient] {
+            loop {
+                let head = match id {
+                    ListId::Open => self.open.head,
+                    _ => self.transient.head,
+                };
+                if head == NIL || !self.idle_past(head, id, now_ns) {
+                    break;
+                }
+                let seen = self.slots[head as usize].flow.last_seen_ns;
+                if kernel_pass.is_some_and(|pass| seen >= pass) {
+                    break;
+                }
+                self.remove(head);
+                n += 1;
+            }
+        }
+        self.expired_open += n as u64;
+        n
+    }
+
     #[cfg(test)]
     pub fn get(&self, key: &FlowKey) -> Option<&Flow> {
         self.slot_of(key).map(|s| &self.slots[s as usize].flow)
@@ -280,7 +370,25 @@ impl FlowTable {
             tracked: self.index.len(),
             evicted: self.evicted,
             expired: self.expired,
+            expired_open: self.expired_open,
             closed_in_table: self.closed.len,
         }
+    }
+}
+
+/// The open list for a flow by its idle timeout: short in a handshake and in TIME_WAIT (and
+/// in an unknown state before the handshake was seen), long otherwise.
+fn idle_list(flow: &Flow) -> ListId {
+    let transient = match flow.state {
+        TcpState::SYN_SENT | TcpState::SYN_RECV | TcpState::NEW_SYN_RECV | TcpState::TIME_WAIT => {
+            true
+        }
+        TcpState(0) => !flow.established,
+        _ => false,
+    };
+    if transient {
+        ListId::Transient
+    } else {
+        ListId::Open
     }
 }

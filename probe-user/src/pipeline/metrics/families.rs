@@ -385,6 +385,15 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
         ),
         h.totals.decode_errors as f64,
     );
+    single(
+        out,
+        counter(
+            "linkprobe_output_dropped_lines_total",
+            "Lines (events, anomalies) the daemon's stdout did not take in time: dropped, never \
+             blocking the event loop.",
+        ),
+        h.totals.output_dropped_lines as f64,
+    );
 
     single(
         out,
@@ -414,6 +423,15 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
             "Closed flows dropped after flows.retain_closed_secs.",
         ),
         h.flows.expired as f64,
+    );
+    single(
+        out,
+        counter(
+            "linkprobe_flows_expired_open_total",
+            "Open flows dropped idle past flows.idle_open_secs / idle_transient_secs and no \
+             longer listed by the kernel: their close was never seen.",
+        ),
+        h.flows.expired_open as f64,
     );
     single(
         out,

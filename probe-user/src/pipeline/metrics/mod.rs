@@ -10,6 +10,7 @@
 //! family's sum equals the kernel's own count.
 pub mod families;
 mod series;
+mod spacesaving;
 mod topk;
 
 use std::{collections::BTreeSet, ops::RangeInclusive};

@@ -60,6 +60,7 @@ fn encode(m: &Metrics, kernel: &KernelCounters) -> (Vec<MetricFamily>, String) {
     let totals = Totals {
         records: BTreeMap::new(),
         decode_errors: 0,
+        output_dropped_lines: 0,
         started: std::time::Instant::now(),
         kernel_release: "6.18.0".into(),
     };
@@ -456,6 +457,7 @@ fn anomaly_series_count_against_the_cap_and_fold_past_it() {
     let totals = Totals {
         records: BTreeMap::new(),
         decode_errors: 0,
+        output_dropped_lines: 0,
         started: std::time::Instant::now(),
         kernel_release: "0".into(),
     };

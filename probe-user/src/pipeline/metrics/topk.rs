@@ -3,15 +3,15 @@
 //!
 //! A value is admitted on first sight while there is room. Once full, other values are
 //! folded into `other` and tracked as candidates (space-saving: a bounded table whose new
-//! entries inherit the evicted minimum, so heavy hitters survive). Every `rebalance` period,
+//! entries inherit the evicted minimum, so heavy hitters survive; O(1) per observation, so
+//! spoofed sources cost no more than real ones). Every `rebalance` period,
 //! admitted values that saw no activity during the whole period give their place to the
 //! busiest candidates. Only idle values are retired: an active series never disappears, and
 //! the counts a retired series carried move into `other` (the caller merges them), so sums
 //! stay exact and counters monotonic.
-use std::{
-    collections::{BTreeSet, HashMap},
-    hash::Hash,
-};
+use std::{collections::HashMap, hash::Hash};
+
+use super::spacesaving::SpaceSaving;
 
 /// At most this share of the admitted values is replaced per period (at least one).
 const MAX_SWAP_FRACTION: usize = 10;
@@ -22,11 +22,8 @@ pub struct TopK<T> {
     capacity: usize,
     /// Admitted values and their activity in the current period.
     admitted: HashMap<T, u64>,
-    /// Folded values seen this period: value → estimated activity.
-    candidates: HashMap<T, u64>,
-    /// The same entries ordered by activity, to find the minimum to evict.
-    by_activity: BTreeSet<(u64, T)>,
-    candidate_capacity: usize,
+    /// Folded values seen this period and their estimated activity.
+    candidates: SpaceSaving<T>,
     /// Values that entered the candidate table (were refused a series of their own).
     folded: u64,
     /// Admitted values retired to make room for busier ones.
@@ -38,9 +35,7 @@ impl<T: Copy + Eq + Hash + Ord> TopK<T> {
         TopK {
             capacity,
             admitted: HashMap::new(),
-            candidates: HashMap::new(),
-            by_activity: BTreeSet::new(),
-            candidate_capacity: capacity.saturating_mul(4).clamp(64, 65_536),
+            candidates: SpaceSaving::new(capacity.saturating_mul(4).clamp(64, 65_536)),
             folded: 0,
             retired: 0,
         }
@@ -70,25 +65,9 @@ impl<T: Copy + Eq + Hash + Ord> TopK<T> {
     }
 
     fn candidate(&mut self, value: T) {
-        let count = match self.candidates.get(&value) {
-            Some(&c) => {
-                self.by_activity.remove(&(c, value));
-                c + 1
-            }
-            None => {
-                self.folded += 1;
-                let mut inherited = 0;
-                if self.candidates.len() >= self.candidate_capacity {
-                    if let Some((min, evicted)) = self.by_activity.pop_first() {
-                        self.candidates.remove(&evicted);
-                        inherited = min;
-                    }
-                }
-                inherited + 1
-            }
-        };
-        self.candidates.insert(value, count);
-        self.by_activity.insert((count, value));
+        if self.candidates.observe(value) {
+            self.folded += 1;
+        }
     }
 
     /// Ends a period: idle admitted values give their place to the busiest candidates.
@@ -103,11 +82,9 @@ impl<T: Copy + Eq + Hash + Ord> TopK<T> {
         idle.sort_unstable();
         let max_swaps = (self.capacity / MAX_SWAP_FRACTION).max(1);
         let busiest = self
-            .by_activity
-            .iter()
-            .rev()
-            .take_while(|(a, _)| *a >= MIN_PROMOTE_ACTIVITY)
-            .map(|(_, v)| *v);
+            .candidates
+            .busiest(MIN_PROMOTE_ACTIVITY, max_swaps)
+            .into_iter();
         let mut retired = Vec::new();
         let mut promoted = Vec::new();
         for (candidate, victim) in busiest.zip(idle).take(max_swaps) {
@@ -125,7 +102,6 @@ impl<T: Copy + Eq + Hash + Ord> TopK<T> {
         }
         self.retired += retired.len() as u64;
         self.candidates.clear();
-        self.by_activity.clear();
         retired
     }
 
@@ -214,9 +190,8 @@ mod tests {
         for v in 100..10_100u32 {
             t.observe(v);
         }
-        assert!(t.candidates.len() <= t.candidate_capacity);
-        assert_eq!(t.candidates.len(), t.by_activity.len());
-        assert!(t.candidates.contains_key(&1), "the heavy hitter survives");
+        assert!(t.candidates.len() <= 64);
+        assert!(t.candidates.contains(&1), "the heavy hitter survives");
         assert_eq!(t.folded(), 10_001);
     }
 }

@@ -43,12 +43,14 @@ impl Daemon {
         }
     }
 
-    /// SIGINT; the daemon must exit 0 and remove its socket.
-    pub fn stop(mut self) {
-        if let Some(t) = self.tracer.take() {
-            t.stop();
-        }
+    /// SIGINT; the daemon must exit 0 and remove its socket. Returns its final counters.
+    pub fn stop(mut self) -> Value {
+        let counters = self
+            .tracer
+            .take()
+            .map_or(Value::Null, |t| t.stop().counters);
         assert!(!self.socket.exists(), "the daemon left its socket behind");
+        counters
     }
 
     /// Waits for a line of the daemon's log that `wanted` accepts.

@@ -1,16 +1,9 @@
-//! Flows in a slab with two intrusive recency lists (open flows by last activity, closed
-//! flows by close order): touching, closing, evicting and expiring a flow are O(1), with 8
-//! bytes of links per flow and no per-flow allocation.
+//! Intrusive recency lists over a slab (the flow table's open and closed flows, `top`'s
+//! scopes): touching, moving, evicting and expiring an entry are O(1), with 8 bytes of links
+//! per entry (plus the list's tag) and no per-entry allocation.
 
 /// "No slot": the end of a list.
 pub const NIL: u32 = u32::MAX;
-
-/// Which list a slot is on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListId {
-    Open,
-    Closed,
-}
 
 /// One list's ends, oldest (`head`) to newest (`tail`).
 #[derive(Clone, Copy, Debug)]
@@ -28,21 +21,33 @@ impl List {
     };
 }
 
-/// A slab entry's links.
+/// A slab entry's links and the tag of the list it is on (`()` where there is one list).
 #[derive(Clone, Copy, Debug)]
-pub struct Links {
+pub struct Links<L> {
     pub prev: u32,
     pub next: u32,
-    pub list: ListId,
+    pub list: L,
+}
+
+impl<L> Links<L> {
+    /// Not on a list yet.
+    pub fn unlinked(list: L) -> Links<L> {
+        Links {
+            prev: NIL,
+            next: NIL,
+            list,
+        }
+    }
 }
 
 /// Slab slots addressed by index, each on one list; `links` gives a slot's links.
 pub trait Slots {
-    fn links(&mut self, slot: u32) -> &mut Links;
+    type Tag: Copy;
+    fn links(&mut self, slot: u32) -> &mut Links<Self::Tag>;
 }
 
-/// Appends `slot` as the newest of `list`.
-pub fn push_back(slots: &mut impl Slots, list: &mut List, id: ListId, slot: u32) {
+/// Appends `slot` as the newest of `list` (tagged `id`).
+pub fn push_back<S: Slots>(slots: &mut S, list: &mut List, id: S::Tag, slot: u32) {
     let tail = list.tail;
     *slots.links(slot) = Links {
         prev: tail,
@@ -59,7 +64,7 @@ pub fn push_back(slots: &mut impl Slots, list: &mut List, id: ListId, slot: u32)
 }
 
 /// Takes `slot` off `list`.
-pub fn unlink(slots: &mut impl Slots, list: &mut List, slot: u32) {
+pub fn unlink<S: Slots>(slots: &mut S, list: &mut List, slot: u32) {
     let Links { prev, next, .. } = *slots.links(slot);
     if prev == NIL {
         list.head = next;
@@ -78,10 +83,11 @@ pub fn unlink(slots: &mut impl Slots, list: &mut List, slot: u32) {
 mod tests {
     use super::*;
 
-    struct V(Vec<Links>);
+    struct V(Vec<Links<()>>);
 
     impl Slots for V {
-        fn links(&mut self, slot: u32) -> &mut Links {
+        type Tag = ();
+        fn links(&mut self, slot: u32) -> &mut Links<()> {
             &mut self.0[slot as usize]
         }
     }
@@ -98,21 +104,16 @@ mod tests {
 
     #[test]
     fn links_stay_consistent_through_pushes_and_unlinks() {
-        let blank = Links {
-            prev: NIL,
-            next: NIL,
-            list: ListId::Open,
-        };
-        let mut v = V(vec![blank; 5]);
+        let mut v = V(vec![Links::unlinked(()); 5]);
         let mut l = List::EMPTY;
         for s in 0..5 {
-            push_back(&mut v, &mut l, ListId::Open, s);
+            push_back(&mut v, &mut l, (), s);
         }
         unlink(&mut v, &mut l, 0);
         unlink(&mut v, &mut l, 2);
         unlink(&mut v, &mut l, 4);
         assert_eq!(order(&mut v, &l), [1, 3]);
-        push_back(&mut v, &mut l, ListId::Open, 2);
+        push_back(&mut v, &mut l, (), 2);
         assert_eq!(order(&mut v, &l), [1, 3, 2]);
         assert_eq!((l.head, l.tail, l.len), (1, 2, 3));
     }

@@ -9,6 +9,7 @@ mod exactness;
 mod exporter;
 mod limits;
 mod prometheus_harness;
+mod restart;
 mod summary;
 
 use std::{

@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     cmd::{cargo, exec, is_root, run, target_dir, workspace_root},
+    fuzz,
     setup::{self, EBPF_TOOLCHAIN},
     vm,
 };
@@ -45,7 +46,7 @@ pub fn run_daemon(release: bool, args: &[String]) -> Result<()> {
 }
 
 /// Set-up, then every test of the default members (probe-ebpf is not one: it only builds for
-/// the eBPF target, through probe-user/build.rs), then (as root, for the full suite) the
+/// the eBPF target, through probe-user/build.rs), a short fuzz run of every target, then (as root, for the full suite) the
 /// kernel matrix on [`vm::TEST_KERNELS`]. A failing `cargo test` exit code is passed on.
 pub fn test(args: &[String], no_vm: bool) -> Result<()> {
     setup::setup()?;
@@ -56,6 +57,17 @@ pub fn test(args: &[String], no_vm: bool) -> Result<()> {
         );
     }
     let host = run(cargo().args(["test", "--no-fail-fast"]).args(args));
+    let fuzzed = if args.is_empty() {
+        println!(
+            "[test] fuzz: {} s per target (cargo xtask fuzz --seconds {})",
+            fuzz::SHORT_RUN_SECONDS,
+            fuzz::SHORT_RUN_SECONDS
+        );
+        fuzz::fuzz(fuzz::SHORT_RUN_SECONDS, &[]).map(drop)
+    } else {
+        println!("[test] fuzz: skipped (test arguments given)");
+        Ok(())
+    };
     let matrix = if no_vm || !args.is_empty() || !is_root() {
         println!("[test] kernel matrix: skipped (--no-vm, test arguments given, or not root)");
         Ok(())
@@ -74,7 +86,7 @@ pub fn test(args: &[String], no_vm: bool) -> Result<()> {
         );
         r
     };
-    host.and(matrix)
+    host.and(fuzzed).and(matrix)
 }
 
 /// Clippy with `-D warnings`: the host crates, then the eBPF crate with the pinned nightly for

@@ -157,6 +157,44 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
+/// For `cargo xtask fuzz` only: the nightly toolchain cargo-fuzz builds with, and cargo-fuzz.
+pub fn fuzz_tools() -> Result<()> {
+    let toolchain = crate::fuzz::FUZZ_TOOLCHAIN;
+    step(&format!("{toolchain} toolchain (fuzzing)"), |s| {
+        let list = stdout_of(Command::new("rustup").args(["toolchain", "list"]))?;
+        if list
+            .lines()
+            .any(|l| l.starts_with(&format!("{toolchain}-")) || l == toolchain)
+        {
+            s.ok("");
+            return Ok(());
+        }
+        s.installing(toolchain);
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "--no-self-update",
+            toolchain,
+            "--profile",
+            "minimal",
+        ]))?;
+        s.done();
+        Ok(())
+    })?;
+    step("cargo-fuzz", |s| {
+        let present =
+            capture(Command::new("cargo-fuzz").arg("--version")).is_ok_and(|o| o.status.success());
+        if present {
+            s.ok("");
+            return Ok(());
+        }
+        s.installing("cargo install cargo-fuzz --locked");
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+        s.done();
+        Ok(())
+    })
+}
+
 /// Components missing from `toolchain` (None: the active one, i.e. the toolchain running
 /// xtask, which is the default unless overridden, and the one that builds the host crates).
 fn missing_components<'a>(toolchain: Option<&str>, wanted: &[&'a str]) -> Result<Vec<&'a str>> {

@@ -9,11 +9,9 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     cmd::{run, target_dir, workspace_root},
-    setup,
+    setup::{self, FUZZ_TOOLCHAIN},
 };
 
-/// The toolchain cargo-fuzz builds with (libFuzzer's `-Z` flags need a nightly).
-pub const FUZZ_TOOLCHAIN: &str = "nightly";
 /// Seconds per target of the short run in `cargo xtask test`.
 pub const SHORT_RUN_SECONDS: u32 = 15;
 

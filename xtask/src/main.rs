@@ -158,6 +158,18 @@ struct BenchArgs {
     /// Also copy the chart to docs/bench.png, the one the README shows.
     #[arg(long)]
     update_docs: bool,
+    /// Only the soak: the daemon under mixed load for --minutes, its RSS, descriptors and
+    /// threads sampled (flat after warm-up?) and its counts checked against nstat at the end.
+    #[arg(long)]
+    soak: bool,
+    /// Length of the soak.
+    #[arg(
+        long,
+        requires = "soak",
+        default_value_t = bench::DEFAULT_SOAK_MINUTES,
+        value_parser = clap::value_parser!(u32).range(1..=1440)
+    )]
+    minutes: u32,
 }
 
 impl BenchArgs {
@@ -226,6 +238,7 @@ fn run(task: Task) -> Result<()> {
                 n => anyhow::bail!("{n} import circle(s): see above"),
             }
         }
+        Task::Bench(args) if args.soak => bench::soak(args.minutes),
         Task::Bench(args) => bench::bench(&args.options()),
         Task::BenchWorker { workload, count } => bench::worker(workload, count),
         Task::BenchRefused { peers } => bench::scrape::refused(peers),

@@ -19,6 +19,8 @@ use crate::{
 /// Its LLVM major must equal bpf-linker's. probe-user/build.rs has the same constant: change
 /// both together.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
+/// The toolchain cargo-fuzz builds the fuzz targets with (its `-Z` flags need a nightly).
+pub const FUZZ_TOOLCHAIN: &str = "nightly";
 /// LLVM major of [`EBPF_TOOLCHAIN`]'s rustc; bpf-linker is built against the same one.
 const LLVM_MAJOR: u32 = 22;
 
@@ -159,7 +161,7 @@ pub fn setup() -> Result<()> {
 
 /// For `cargo xtask fuzz` only: the nightly toolchain cargo-fuzz builds with, and cargo-fuzz.
 pub fn fuzz_tools() -> Result<()> {
-    let toolchain = crate::fuzz::FUZZ_TOOLCHAIN;
+    let toolchain = FUZZ_TOOLCHAIN;
     step(&format!("{toolchain} toolchain (fuzzing)"), |s| {
         let list = stdout_of(Command::new("rustup").args(["toolchain", "list"]))?;
         if list

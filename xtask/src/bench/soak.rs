@@ -4,6 +4,7 @@
 //! last sample is within a tolerance of the one taken after warm-up; at the end the daemon's
 //! counts must equal the namespace's nstat counters (the bench's own exactness checks).
 use std::{
+    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -15,6 +16,7 @@ use std::{
 use anyhow::{bail, Result};
 
 use super::{
+    exposition,
     measure::{settle, LOST},
     nstat::{self, Check},
     plan::Workload,
@@ -40,28 +42,41 @@ const RSS_SLACK_KB: u64 = 2048;
 /// a runtime's blocking thread).
 const COUNT_SLACK: u64 = 2;
 
-/// One /proc reading of the daemon.
+/// One /proc reading of the daemon, with its flow table's fill from /metrics.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sample {
     pub secs: f64,
     pub rss_kb: u64,
     pub fds: u64,
     pub threads: u64,
+    /// `linkprobe_flows_tracked` and `linkprobe_flows_max` (0 when the scrape failed).
+    pub flows: u64,
+    pub flows_max: u64,
 }
 
 impl Sample {
-    fn take(pid: u32, since: Instant) -> Option<Sample> {
+    fn take(pid: u32, addr: SocketAddr, since: Instant) -> Option<Sample> {
         let count = |dir: &str| {
             std::fs::read_dir(format!("/proc/{pid}/{dir}"))
                 .ok()
                 .map(|d| d.count() as u64)
         };
+        let body = exposition::fetch(addr).map(|(_, b)| b).unwrap_or_default();
+        let gauge = |family| exposition::sum(&body, family, &[]).max(0.0).round() as u64;
         Some(Sample {
             secs: since.elapsed().as_secs_f64(),
             rss_kb: procstat::rss_kb(pid)?,
             fds: count("fd")?,
             threads: count("task")?,
+            flows: gauge("linkprobe_flows_tracked"),
+            flows_max: gauge("linkprobe_flows_max"),
         })
+    }
+
+    /// The flow table holds closed flows until it is full (then evicts the oldest): memory
+    /// grows until then by design, so the steady state starts no earlier.
+    fn table_full(&self) -> bool {
+        self.flows_max > 0 && self.flows >= self.flows_max
     }
 }
 
@@ -81,12 +96,13 @@ pub struct Trend {
     pub flat: bool,
 }
 
-/// The first sample at or after `warm_secs` is the reference (the last one when the run was
-/// shorter). None without samples.
+/// The reference is the first sample at or after `warm_secs` with the flow table full (the last
+/// one when there is none: the soak was too short to reach a steady state). None without
+/// samples.
 pub fn trends(samples: &[Sample], warm_secs: f64) -> Option<Vec<Trend>> {
     let first = samples.first()?;
     let last = samples.last()?;
-    let warm = samples.iter().find(|s| s.secs >= warm_secs).unwrap_or(last);
+    let warm = warm_sample(samples, warm_secs).unwrap_or(last);
     let figures: [Figure; 3] = [
         (
             "rss_kb",
@@ -111,8 +127,15 @@ pub fn trends(samples: &[Sample], warm_secs: f64) -> Option<Vec<Trend>> {
     )
 }
 
+fn warm_sample(samples: &[Sample], warm_secs: f64) -> Option<&Sample> {
+    samples
+        .iter()
+        .find(|s| s.secs >= warm_secs && s.table_full())
+}
+
 /// What a soak found.
 pub struct Soak {
+    pub warm_secs: f64,
     pub connections: u64,
     pub worker_runs: u32,
     pub samples: Vec<Sample>,
@@ -140,13 +163,14 @@ pub fn run(minutes: u32) -> Result<Soak> {
     let metrics_before = d.metrics()?;
     let nstat_before = ns.nstat()?;
     let start = Instant::now();
+    let addr = d.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
         let stop = Arc::clone(&stop);
         thread::spawn(move || {
             let mut samples = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                if let Some(s) = Sample::take(pid, start) {
+                if let Some(s) = Sample::take(pid, addr, start) {
                     samples.push(s);
                 }
                 let next = Instant::now() + SAMPLE_EVERY;
@@ -175,7 +199,7 @@ pub fn run(minutes: u32) -> Result<Soak> {
     // The last sample: after the drain.
     stop.store(true, Ordering::Relaxed);
     let mut samples = sampler.join().unwrap_or_default();
-    samples.extend(Sample::take(pid, start));
+    samples.extend(Sample::take(pid, d.addr, start));
     let settled = settled?;
     let body = d.metrics()?;
     d.stop()?;
@@ -183,6 +207,7 @@ pub fn run(minutes: u32) -> Result<Soak> {
         bail!("no /proc sample of the daemon (pid {pid})");
     };
     Ok(Soak {
+        warm_secs,
         connections,
         worker_runs,
         samples,
@@ -202,6 +227,18 @@ pub fn report(s: &Soak) -> Result<()> {
         s.samples.len(),
         s.samples.last().map_or(0.0, |x| x.secs)
     );
+    match warm_sample(&s.samples, s.warm_secs) {
+        Some(w) => println!(
+            "  steady state from {:.0} s (warm-up {:.0} s, flow table full: {} of {} flows)",
+            w.secs, s.warm_secs, w.flows, w.flows_max
+        ),
+        None => println!(
+            "  NO steady state: the flow table never filled ({} of {} flows at the end); run \
+             longer",
+            s.samples.last().map_or(0, |x| x.flows),
+            s.samples.last().map_or(0, |x| x.flows_max)
+        ),
+    }
     println!(
         "  {:<8} {:>10} {:>12} {:>10} {:>10}  verdict",
         "figure", "start", "after warm", "end", "max"
@@ -230,6 +267,9 @@ pub fn report(s: &Soak) -> Result<()> {
             if c.off() == 0 { "" } else { "  OFF" }
         );
     }
+    if warm_sample(&s.samples, s.warm_secs).is_none() {
+        bail!("soak: no steady state to judge (the flow table never filled)");
+    }
     let growing: Vec<&str> = s
         .trends
         .iter()
@@ -256,6 +296,8 @@ mod tests {
             rss_kb,
             fds,
             threads,
+            flows: 100,
+            flows_max: 100,
         }
     }
 
@@ -291,5 +333,23 @@ mod tests {
         assert!(!t[1].flat, "{:?}", t[1]);
         assert!(t[2].flat);
         assert_eq!(trends(&[], 30.0), None);
+    }
+
+    #[test]
+    fn the_steady_state_waits_for_a_full_flow_table() {
+        // Filling the table is growth by design; after it, growth is a leak.
+        let filling = |secs, rss_kb, flows| Sample {
+            flows,
+            ..s(secs, rss_kb, 20, 3)
+        };
+        let samples = [
+            filling(0.0, 10_000, 0),
+            filling(30.0, 30_000, 50),
+            filling(60.0, 50_000, 100),
+            filling(120.0, 50_500, 100),
+        ];
+        let t = trends(&samples, 30.0).unwrap();
+        assert_eq!((t[0].warm, t[0].end, t[0].flat), (50_000, 50_500, true));
+        assert_eq!(warm_sample(&samples[..2], 30.0), None);
     }
 }

@@ -34,6 +34,8 @@ const CHUNK: u32 = 1000;
 /// One worker run and its pause take at least this long: at most CHUNK / CHUNK_PERIOD
 /// connections a second.
 const CHUNK_PERIOD: Duration = Duration::from_secs(2);
+/// The flow table has levelled off at this share of the most flows it held.
+const PLATEAU_PCT: u64 = 95;
 /// RSS may end this much above its value after warm-up (allocator noise, a grown buffer)…
 const RSS_TOLERANCE_PCT: u64 = 10;
 /// …plus this (a small process's few pages).
@@ -73,10 +75,13 @@ impl Sample {
         })
     }
 
-    /// The flow table holds closed flows until it is full (then evicts the oldest): memory
-    /// grows until then by design, so the steady state starts no earlier.
-    fn table_full(&self) -> bool {
-        self.flows_max > 0 && self.flows >= self.flows_max
+    /// The flow table keeps closed flows for a while (`flows.retain_closed_secs`) and evicts
+    /// the oldest when full: memory grows with it by design until it is full or its size
+    /// levels off (within [`PLATEAU_PCT`] of the most it held during the soak), so the steady
+    /// state starts no earlier.
+    fn table_settled(&self, most_flows: u64) -> bool {
+        (self.flows_max > 0 && self.flows >= self.flows_max)
+            || (most_flows > 0 && self.flows * 100 >= most_flows * PLATEAU_PCT)
     }
 }
 
@@ -96,9 +101,8 @@ pub struct Trend {
     pub flat: bool,
 }
 
-/// The reference is the first sample at or after `warm_secs` with the flow table full (the last
-/// one when there is none: the soak was too short to reach a steady state). None without
-/// samples.
+/// The reference is the first sample at or after `warm_secs` with the flow table settled (the
+/// last one when there is none). None without samples.
 pub fn trends(samples: &[Sample], warm_secs: f64) -> Option<Vec<Trend>> {
     let first = samples.first()?;
     let last = samples.last()?;
@@ -128,9 +132,10 @@ pub fn trends(samples: &[Sample], warm_secs: f64) -> Option<Vec<Trend>> {
 }
 
 fn warm_sample(samples: &[Sample], warm_secs: f64) -> Option<&Sample> {
+    let most = samples.iter().map(|s| s.flows).max().unwrap_or(0);
     samples
         .iter()
-        .find(|s| s.secs >= warm_secs && s.table_full())
+        .find(|s| s.secs >= warm_secs && s.table_settled(most))
 }
 
 /// What a soak found.
@@ -171,6 +176,10 @@ pub fn run(minutes: u32) -> Result<Soak> {
             let mut samples = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 if let Some(s) = Sample::take(pid, addr, start) {
+                    println!(
+                        "[soak] {:>4.0} s: rss {} kB, {} fds, {} threads, {} of {} flows",
+                        s.secs, s.rss_kb, s.fds, s.threads, s.flows, s.flows_max
+                    );
                     samples.push(s);
                 }
                 let next = Instant::now() + SAMPLE_EVERY;
@@ -229,11 +238,11 @@ pub fn report(s: &Soak) -> Result<()> {
     );
     match warm_sample(&s.samples, s.warm_secs) {
         Some(w) => println!(
-            "  steady state from {:.0} s (warm-up {:.0} s, flow table full: {} of {} flows)",
+            "  steady state from {:.0} s (warm-up {:.0} s, flow table settled: {} of {} flows)",
             w.secs, s.warm_secs, w.flows, w.flows_max
         ),
         None => println!(
-            "  NO steady state: the flow table never filled ({} of {} flows at the end); run \
+            "  NO steady state: the flow table never settled ({} of {} flows at the end); run \
              longer",
             s.samples.last().map_or(0, |x| x.flows),
             s.samples.last().map_or(0, |x| x.flows_max)
@@ -268,7 +277,7 @@ pub fn report(s: &Soak) -> Result<()> {
         );
     }
     if warm_sample(&s.samples, s.warm_secs).is_none() {
-        bail!("soak: no steady state to judge (the flow table never filled)");
+        bail!("soak: no steady state to judge (the flow table never settled)");
     }
     let growing: Vec<&str> = s
         .trends
@@ -336,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    fn the_steady_state_waits_for_a_full_flow_table() {
+    fn the_steady_state_waits_for_the_flow_table_to_settle() {
         // Filling the table is growth by design; after it, growth is a leak.
         let filling = |secs, rss_kb, flows| Sample {
             flows,
@@ -350,6 +359,15 @@ mod tests {
         ];
         let t = trends(&samples, 30.0).unwrap();
         assert_eq!((t[0].warm, t[0].end, t[0].flat), (50_000, 50_500, true));
-        assert_eq!(warm_sample(&samples[..2], 30.0), None);
+        assert_eq!(warm_sample(&samples[..2], 30.0).map(|s| s.secs), Some(30.0));
+        // Levelled off below the bound: closed flows expire as fast as new ones come.
+        let levelled = [
+            filling(0.0, 10_000, 0),
+            filling(30.0, 30_000, 40),
+            filling(60.0, 40_000, 78),
+            filling(90.0, 40_100, 80),
+        ];
+        assert_eq!(warm_sample(&levelled, 30.0).map(|s| s.secs), Some(60.0));
+        assert_eq!(warm_sample(&levelled, 90.0).map(|s| s.secs), Some(90.0));
     }
 }

@@ -63,12 +63,14 @@ pub fn run(cli: Cli) -> Result<(), CommandError> {
             let mut started = daemon::start(&args.probe)?;
             started.exporter = exporter;
             let api = api_for_daemon(&args, &run_dir, gid, &started.loaded.reason_names)?;
+            daemon::announce_ready(&args.probe, &started);
             runtime.block_on(daemon::run(&args.probe, started, api))?;
         }
         Command::Trace(mut args) => {
             // A private look at one host or namespace: every hook hit unless asked otherwise.
             args.detail.get_or_insert(DetailSpec::All);
             let started = daemon::start(&args)?;
+            daemon::announce_ready(&args, &started);
             runtime.block_on(daemon::run(&args, started, None))?;
         }
         Command::Probes(args) => probes(&args)?,

@@ -13,6 +13,9 @@ mod config;
 mod ctl;
 mod daemon;
 mod event;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod kernel;
 mod pipeline;

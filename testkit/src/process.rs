@@ -147,6 +147,30 @@ impl Background {
         })
     }
 
+    /// SIGKILL (no chance to clean up, as when the OOM killer or a node failure ends it), the
+    /// wait, and every line it printed.
+    pub fn kill(mut self) -> Result<Exited, Error> {
+        let Some(mut child) = self.child.take() else {
+            return Err(Error::io(
+                format!("killing `{}`", self.command),
+                std::io::Error::other("already waited for"),
+            ));
+        };
+        let pid = child.id();
+        child
+            .kill()
+            .map_err(|e| Error::io(format!("SIGKILL to pid {pid}"), e))?;
+        let status = child
+            .wait()
+            .map_err(|e| Error::io(format!("waiting for pid {pid}"), e))?;
+        self.drain(DRAIN_TIMEOUT);
+        Ok(Exited {
+            status,
+            stdout: mem::take(&mut self.stdout_seen),
+            stderr: mem::take(&mut self.stderr_seen),
+        })
+    }
+
     /// Moves the lines that arrive within `timeout` (until both pipes close) into the seen ones.
     fn drain(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;

@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     cmd::{cargo, exec, is_root, run, target_dir, workspace_root},
+    fuzz,
     setup::{self, EBPF_TOOLCHAIN},
     vm,
 };
@@ -49,8 +50,8 @@ pub fn run_daemon(release: bool, args: &[String]) -> Result<()> {
 const UNIT_ONLY_ENV: &str = "LINKPROBE_UNIT_ONLY";
 
 /// Set-up, then every test of the default members (probe-ebpf is not one: it only builds for
-/// the eBPF target, through probe-user/build.rs), then (as root, for the full suite) the
-/// kernel matrix on [`vm::TEST_KERNELS`]. A failing `cargo test` exit code is passed on. Not
+/// the eBPF target, through probe-user/build.rs), a short fuzz run of every target, then (as
+/// root, for the full suite) the kernel matrix on [`vm::TEST_KERNELS`]. A failing `cargo test` exit code is passed on. Not
 /// root is an error unless `unit_only`: the real-kernel tests would not run, and a suite that
 /// passes without them proves nothing.
 pub fn test(args: &[String], no_vm: bool, unit_only: bool) -> Result<()> {
@@ -69,6 +70,17 @@ pub fn test(args: &[String], no_vm: bool, unit_only: bool) -> Result<()> {
         cargo_test.env(UNIT_ONLY_ENV, "1");
     }
     let host = run(&mut cargo_test);
+    let fuzzed = if args.is_empty() && !unit_only {
+        println!(
+            "[test] fuzz: {} s per target (cargo xtask fuzz --seconds {})",
+            fuzz::SHORT_RUN_SECONDS,
+            fuzz::SHORT_RUN_SECONDS
+        );
+        fuzz::fuzz(fuzz::SHORT_RUN_SECONDS, &[]).map(drop)
+    } else {
+        println!("[test] fuzz: skipped (--unit-only or test arguments given)");
+        Ok(())
+    };
     let matrix = if no_vm || unit_only || !args.is_empty() {
         println!("[test] kernel matrix: skipped (--no-vm, --unit-only or test arguments given)");
         Ok(())
@@ -87,7 +99,7 @@ pub fn test(args: &[String], no_vm: bool, unit_only: bool) -> Result<()> {
         );
         r
     };
-    host.and(matrix)
+    host.and(fuzzed).and(matrix)
 }
 
 /// Clippy with `-D warnings`: the host crates, then the eBPF crate with the pinned nightly for

@@ -4,6 +4,7 @@
 mod bench;
 mod cargo_cmds;
 mod cmd;
+mod fuzz;
 mod linker;
 mod modgraph;
 mod procstat;
@@ -49,8 +50,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set-up, then every test: unit tests and the real-kernel tests (these need root), then
-    /// the kernel matrix on Debian 12's 6.1 and the newest Debian kernel (`vm`, as root, when
+    /// Set-up, then every test: unit tests and the real-kernel tests (these need root), a
+    /// 15 s fuzz run per target (no test arguments given), then the kernel matrix on Debian 12's 6.1 and the newest Debian kernel (`vm`, as root, when
     /// no test arguments are given).
     Test {
         /// Skip the kernel matrix.
@@ -71,6 +72,17 @@ enum Task {
     /// then memory at 65,536 flows, a BPF profile when a target is missed, and /metrics scrape
     /// latency (needs root). Writes a table, target/bench/bench.json and target/bench/bench.png.
     Bench(BenchArgs),
+    /// The decoders of hostile input under libFuzzer (cargo-fuzz, nightly; installed on first
+    /// use): ring records, API requests, tracefs format files, BTF, sock_diag datagrams. Prints
+    /// executions and crashes per target; fails on a crash (its input in target/fuzz/artifacts).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
+        seconds: u32,
+        /// Only these targets (repeatable); default: all.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+    },
     /// Kernel matrix: boot Debian cloud kernels under qemu (KVM where it boots them, else
     /// emulation) and run `linkprobe probes`, the real-kernel tests and the unit tests inside
     /// each (needs root); results in target/vm/results, the README's kernel table regenerated
@@ -150,6 +162,18 @@ struct BenchArgs {
     /// Also copy the chart to docs/bench.png, the one the README shows.
     #[arg(long)]
     update_docs: bool,
+    /// Only the soak: the daemon under mixed load for --minutes, its RSS, descriptors and
+    /// threads sampled (flat after warm-up?) and its counts checked against nstat at the end.
+    #[arg(long)]
+    soak: bool,
+    /// Length of the soak.
+    #[arg(
+        long,
+        requires = "soak",
+        default_value_t = bench::DEFAULT_SOAK_MINUTES,
+        value_parser = clap::value_parser!(u32).range(1..=1440)
+    )]
+    minutes: u32,
 }
 
 impl BenchArgs {
@@ -203,6 +227,7 @@ fn run(task: Task) -> Result<()> {
             unit_only,
         } => cargo_cmds::test(&args, no_vm, unit_only),
         Task::Clippy => cargo_cmds::clippy(),
+        Task::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets).map(drop),
         Task::Vm(args) => {
             setup::setup()?;
             vm::vm(&args)
@@ -221,6 +246,7 @@ fn run(task: Task) -> Result<()> {
                 n => anyhow::bail!("{n} import circle(s): see above"),
             }
         }
+        Task::Bench(args) if args.soak => bench::soak(args.minutes),
         Task::Bench(args) => bench::bench(&args.options()),
         Task::BenchWorker { workload, count } => bench::worker(workload, count),
         Task::BenchRefused { peers } => bench::scrape::refused(peers),

@@ -19,6 +19,9 @@ use crate::{
 /// Its LLVM major must equal bpf-linker's. probe-user/build.rs has the same constant: change
 /// both together.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
+/// The toolchain cargo-fuzz builds the fuzz targets with (its `-Z` flags need a nightly): the
+/// pinned one set-up already installs, so fuzzing never pulls a moving nightly.
+pub const FUZZ_TOOLCHAIN: &str = EBPF_TOOLCHAIN;
 /// LLVM major of [`EBPF_TOOLCHAIN`]'s rustc; bpf-linker is built against the same one.
 const LLVM_MAJOR: u32 = 22;
 
@@ -155,6 +158,44 @@ pub fn setup() -> Result<()> {
     kernel_report();
     println!("[setup] complete in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// For `cargo xtask fuzz` only: the nightly toolchain cargo-fuzz builds with, and cargo-fuzz.
+pub fn fuzz_tools() -> Result<()> {
+    let toolchain = FUZZ_TOOLCHAIN;
+    step(&format!("{toolchain} toolchain (fuzzing)"), |s| {
+        let list = stdout_of(Command::new("rustup").args(["toolchain", "list"]))?;
+        if list
+            .lines()
+            .any(|l| l.starts_with(&format!("{toolchain}-")) || l == toolchain)
+        {
+            s.ok("");
+            return Ok(());
+        }
+        s.installing(toolchain);
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "--no-self-update",
+            toolchain,
+            "--profile",
+            "minimal",
+        ]))?;
+        s.done();
+        Ok(())
+    })?;
+    step("cargo-fuzz", |s| {
+        let present =
+            capture(Command::new("cargo-fuzz").arg("--version")).is_ok_and(|o| o.status.success());
+        if present {
+            s.ok("");
+            return Ok(());
+        }
+        s.installing("cargo install cargo-fuzz --locked");
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+        s.done();
+        Ok(())
+    })
 }
 
 /// Components missing from `toolchain` (None: the active one, i.e. the toolchain running

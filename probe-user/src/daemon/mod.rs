@@ -16,4 +16,4 @@ mod state;
 
 pub use error::RunError;
 pub use event_loop::run;
-pub use start::start;
+pub use start::{announce_ready, start};

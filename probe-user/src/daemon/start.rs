@@ -118,7 +118,9 @@ pub struct Started {
     pub exporter: Option<Exporter>,
 }
 
-/// Everything up to attached probes; prints the table and the ready line.
+/// Everything up to attached probes; prints the probe table. The caller prints the ready line
+/// ([`announce_ready`]) once it serves: the daemon after its API socket listens, so a client
+/// that waits for the line never meets the socket of a killed predecessor.
 pub fn start(args: &ProbeArgs) -> Result<Started, RunError> {
     // Bad configuration is the user's to fix first, whatever the privileges.
     let cfg = config(args)?;
@@ -149,11 +151,21 @@ pub fn start(args: &ProbeArgs) -> Result<Started, RunError> {
             total: loaded.probes.len(),
         });
     }
+    Ok(Started {
+        loaded,
+        config: cfg,
+        existing,
+        exporter: None,
+    })
+}
+
+/// The ready line: on stderr, and first on stdout with `-o json`.
+pub fn announce_ready(args: &ProbeArgs, started: &Started) {
     eprintln!(
         "linkprobe: ready ({} of {} probes attached{})",
-        loaded.attached_count(),
-        loaded.probes.len(),
-        if loaded.backups.attached() {
+        started.loaded.attached_count(),
+        started.loaded.probes.len(),
+        if started.loaded.backups.attached() {
             ", with backups"
         } else {
             ""
@@ -163,15 +175,13 @@ pub fn start(args: &ProbeArgs) -> Result<Started, RunError> {
         let detail = args.detail.clone().unwrap_or_default();
         println!(
             "{}",
-            render::ready_json(&loaded.probes, detail.mode_name(), &loaded.backups)
+            render::ready_json(
+                &started.loaded.probes,
+                detail.mode_name(),
+                &started.loaded.backups
+            )
         );
     }
-    Ok(Started {
-        loaded,
-        config: cfg,
-        existing,
-        exporter: None,
-    })
 }
 
 /// TCP sockets open before we attach (netns cookie, sockets), from sock_diag, so their flows

@@ -12,6 +12,7 @@ mod exporter_abuse;
 mod limits;
 mod prometheus_harness;
 mod repeat;
+mod restart;
 mod retransmit;
 mod summary;
 

@@ -20,6 +20,7 @@ mod profile;
 mod report;
 pub mod scrape;
 mod session;
+mod soak;
 mod stats;
 mod targets;
 mod tracers;
@@ -44,6 +45,7 @@ pub const DEFAULT_COUNT: u32 = 20_000;
 pub const MAX_COUNT: u32 = 200_000;
 pub const DEFAULT_ROUNDS: u64 = 3;
 pub use fill::DEFAULT_CONNECTIONS as DEFAULT_FILL_CONNECTIONS;
+pub use soak::DEFAULT_MINUTES as DEFAULT_SOAK_MINUTES;
 
 /// Where `--update-docs` copies the chart (the README shows it).
 const DOCS_CHART: &str = "docs/bench.png";
@@ -54,7 +56,8 @@ fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
-pub fn bench(o: &BenchOptions) -> Result<()> {
+/// Root, set-up and the release build every phase needs.
+fn prepare() -> Result<()> {
     if !is_root() {
         bail!(
             "the bench creates a network namespace and attaches eBPF probes, which needs root: \
@@ -62,7 +65,18 @@ pub fn bench(o: &BenchOptions) -> Result<()> {
         );
     }
     setup::setup()?;
-    build(true)?;
+    build(true)
+}
+
+/// `--soak`: only the soak phase, for `minutes`.
+pub fn soak(minutes: u32) -> Result<()> {
+    prepare()?;
+    catch_sigint();
+    soak::report(&soak::run(minutes)?)
+}
+
+pub fn bench(o: &BenchOptions) -> Result<()> {
+    prepare()?;
     tracers::check_available(&o.tracers)?;
     catch_sigint();
     let out = out_dir();

@@ -77,6 +77,20 @@ pub const KNOWN: &[Known] = &[
         accel: None,
         why: NO_SOCKETLESS_RST_SENT,
     },
+    Known {
+        suite: KERNEL_TESTS,
+        test: "eventpath::rsts_to_a_hundred_thousand_spoofed_sources_keep_the_loop_responsive_and_bounded",
+        before: (6, 10),
+        accel: None,
+        why: NO_SOCKETLESS_RST_SENT,
+    },
+    Known {
+        suite: KERNEL_TESTS,
+        test: "eventpath::sigterm_is_handled_at_once_while_stdout_is_stalled_under_a_storm",
+        before: (6, 10),
+        accel: None,
+        why: NO_SOCKETLESS_RST_SENT,
+    },
     // Software emulation only (after the kernel entries: a kernel's own gap explains more).
     Known {
         suite: KERNEL_TESTS,
@@ -123,6 +137,23 @@ pub const KNOWN: &[Known] = &[
         before: EVERY,
         accel: Some("tcg"),
         why: TCG_STORM,
+    },
+    Known {
+        suite: KERNEL_TESTS,
+        test: "eventpath::rsts_to_a_hundred_thousand_spoofed_sources_keep_the_loop_responsive_and_bounded",
+        before: EVERY,
+        accel: Some("tcg"),
+        why: "under software emulation the debug daemon, draining 100,000 RST records, does not \
+              answer `status` within the API's 5 s event-loop timeout (7.2)",
+    },
+    Known {
+        suite: KERNEL_TESTS,
+        test: "eventpath::sigterm_is_handled_at_once_while_stdout_is_stalled_under_a_storm",
+        before: EVERY,
+        accel: Some("tcg"),
+        why: "under software emulation the storm (about 1,100 connects) never fills the stalled \
+              stdout pipe, so no line is dropped, and the exit after SIGTERM took 2.4-3.8 s \
+              against the 2 s bound (6.1)",
     },
 ];
 

@@ -24,6 +24,20 @@ pub use socket::{DiagError, ExistingSocket};
 use socket::{AF_INET, AF_INET6};
 use wire::Progress;
 
+/// For the fuzz targets: `bytes` as one dump datagram of each family. The sequence number is
+/// the first message's own (bytes 8..12), so fuzzed messages are parsed, not skipped as stale.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_datagram(bytes: &[u8]) -> bool {
+    let seq = bytes
+        .get(8..12)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_ne_bytes);
+    let mut out = Vec::new();
+    [AF_INET, AF_INET6]
+        .iter()
+        .all(|&family| wire::parse_datagram(bytes, family, seq, &mut out).is_ok())
+}
+
 /// Receive buffer for one netlink datagram. The kernel sizes dump datagrams to the reader's
 /// buffer (up to 32 KiB), so a reply never outgrows it.
 const RECV_BUF: usize = 32 * 1024;

@@ -77,6 +77,21 @@ impl Tracer {
             .collect()
     }
 
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.process
+            .pid()
+            .expect("a tracer not stopped yet has a pid")
+    }
+
+    /// SIGKILL: no drain, no detach, no clean-up of its own; returns how it ended.
+    pub fn kill(self) -> std::process::ExitStatus {
+        self.process
+            .kill()
+            .unwrap_or_else(|e| panic!("killing linkprobe: {e}"))
+            .status
+    }
+
     /// SIGINT, then collect every line until exit.
     pub fn stop(self) -> Trace {
         // Let the drain timer pick up the last records and the kernel finish socket teardown.

@@ -5,6 +5,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read},
     mem,
+    os::unix::process::CommandExt as _,
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
     thread,
@@ -51,6 +52,7 @@ impl Background {
     pub fn start(cmd: &mut Command, echo_stderr: Option<&str>) -> Result<Background, Error> {
         let command = shown(cmd);
         println!("$ {command} &");
+        stoppable(cmd);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -207,6 +209,20 @@ impl Drop for Background {
                 eprintln!("warning: stopping `{}`: {e}", self.command);
             }
         }
+    }
+}
+
+/// Makes `cmd`'s child stoppable by SIGINT/SIGTERM: it must not inherit them ignored (as every
+/// command started from a non-interactive shell's background job does), or it would wait out
+/// the stop bound and be killed instead of stopping cleanly.
+pub fn stoppable(cmd: &mut Command) -> &mut Command {
+    // SAFETY: between fork and exec only async-signal-safe calls: signal(2).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        })
     }
 }
 

@@ -227,7 +227,7 @@ impl External {
             .stderr(File::create(&stderr_path)?);
         let command = shown(&cmd);
         println!("$ {command} > {} &", stdout_path.display());
-        let child = cmd
+        let child = testkit::process::stoppable(&mut cmd)
             .spawn()
             .with_context(|| format!("cannot start `{command}`"))?;
         let mut t = External {

@@ -78,7 +78,12 @@ fn dropped_syns_retransmit_per_cookie_then_time_out() {
         let end = flow
             .iter()
             .find(|e| e["kind"] == "flow_end" && e["old_state"] == "SYN_SENT")
-            .unwrap_or_else(|| panic!("cookie {c} never left SYN_SENT"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "cookie {c} never left SYN_SENT; its records: {flow:#?}; kernel counters: {}",
+                    trace.counters
+                )
+            });
         assert_eq!(
             end["sk_err"], 110,
             "cookie {c}: the kernel's error is ETIMEDOUT"

@@ -116,7 +116,13 @@ pub fn vm(args: &VmArgs) -> Result<()> {
     fs::create_dir_all(&dir)?;
     let kernels = kernels(&dir, args)?;
     let rootfs = rootfs::ensure(&dir)?;
-    let tests = payload(&dir, "payload", &args.test_args, true, args.timeout)?;
+    let tests = payload(
+        &dir,
+        "payload",
+        &vm_test_args(&args.test_args),
+        true,
+        args.timeout,
+    )?;
     let mut failed = Vec::new();
     for k in &kernels {
         let mut r = boot(&dir, k, &k.release, &rootfs, &tests, args)?;
@@ -258,6 +264,19 @@ fn retry_under_tcg(r: &KernelResult) -> Option<Vec<String>> {
         }
     }
     (!tests.is_empty() && tests.len() <= RETRY_AT_MOST).then_some(tests)
+}
+
+/// The kernel tests' arguments in a VM: what was asked, or by default every test but the
+/// SIGKILL-restart cycles. Those attach and detach every probe ten times while the other tests'
+/// RSTs run in softirq; under TCG (multi-threaded) that tore a text-poked tracepoint site in
+/// `tcp_v4_send_reset` on 7.2 (kernel panic, RIP in the middle of a NOP). The host suite runs
+/// them on real hardware.
+fn vm_test_args(asked: &[String]) -> Vec<String> {
+    if asked.is_empty() {
+        vec!["--skip".to_owned(), "restart::".to_owned()]
+    } else {
+        asked.to_vec()
+    }
 }
 
 /// Builds the test binaries and the initramfs part that runs them (`name`.cpio): the kernel

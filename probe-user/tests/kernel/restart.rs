@@ -173,7 +173,9 @@ fn sigkilled_daemon_leaves_nothing_and_the_next_starts_cleanly() {
     if !can_run_kernel_tests("sigkill_restart") {
         return;
     }
-    let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
+    // Alone, like the detach test: it reads host-wide bpftool state and restarts a daemon ten
+    // times, which other tests' traffic must not race.
+    let _exclusive = KERNEL.write().unwrap_or_else(|e| e.into_inner());
     let ns = TestNetns::new("sigkill");
     let run_dir = RunDir::create("lpt-sigkill").expect("run dir");
     let socket = run_dir.path().join("api.sock");

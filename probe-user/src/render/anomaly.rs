@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     pipeline::detect::{Anomaly, AnomalyChange, Scope},
-    pipeline::signal::Peer,
     render::table::{human_ns, plain, Paint, Table, Tone},
 };
 
@@ -38,18 +37,11 @@ pub struct AnomalyRecord {
     pub detail: String,
 }
 
-fn peer_text(p: &Peer) -> String {
-    match p.port {
-        Some(port) => std::net::SocketAddr::new(p.addr, port).to_string(),
-        None => p.addr.to_string(),
-    }
-}
-
 impl AnomalyRecord {
     /// `change` names what happened to it (or what it is, in a snapshot).
     pub fn new(a: &Anomaly, change: &str, at_ns: u64) -> Self {
         let (peer, local_port, cookie) = match &a.scope {
-            Scope::Peer(p) => (Some(peer_text(p)), None, None),
+            Scope::Peer(p) => (Some(p.to_string()), None, None),
             Scope::LocalPort(port) => (None, Some(*port), None),
             Scope::Socket(c) => (None, None, Some(*c)),
         };

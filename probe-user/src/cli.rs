@@ -261,7 +261,7 @@ fn parse_cookie(s: &str) -> Result<u64, String> {
 
 /// Where `/metrics`, `/healthz` and `/readyz` are served unless `--metrics-addr` says otherwise:
 /// the node's loopback only, since the metrics name every tenant's peers. To scrape from
-/// elsewhere, put an authenticating proxy in front (deploy/daemonset.yaml: kube-rbac-proxy) or
+/// elsewhere, put an authenticating proxy in front (deploy/kubernetes/daemonset.yaml: kube-rbac-proxy) or
 /// pass an address you have firewalled yourself.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9476";
 
@@ -274,7 +274,7 @@ pub struct DaemonArgs {
     pub run_dir: PathBuf,
     /// Serve /metrics, /healthz and /readyz on HOST:PORT (Prometheus scrapes it); `off` for none.
     /// Loopback by default: the metrics name every tenant's peers, so expose them through an
-    /// authenticating proxy (see deploy/daemonset.yaml), not on 0.0.0.0.
+    /// authenticating proxy (see deploy/kubernetes/daemonset.yaml), not on 0.0.0.0.
     #[arg(
         long,
         value_name = "HOST:PORT|off",
@@ -437,8 +437,11 @@ mod tests {
         let default: SocketAddr = DEFAULT_METRICS_ADDR.parse().unwrap();
         assert!(default.ip().is_loopback(), "{default}");
         let deploy = |f: &str| {
-            std::fs::read_to_string(format!("{}/../deploy/{f}", env!("CARGO_MANIFEST_DIR")))
-                .unwrap()
+            std::fs::read_to_string(format!(
+                "{}/../deploy/kubernetes/{f}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
         };
         let ds = deploy("daemonset.yaml");
         for needed in [
@@ -457,7 +460,10 @@ mod tests {
             "name: https-metrics".to_owned(),
             "serviceAccountName: linkprobe".to_owned(),
         ] {
-            assert!(ds.contains(&needed), "deploy/daemonset.yaml lacks {needed}");
+            assert!(
+                ds.contains(&needed),
+                "deploy/kubernetes/daemonset.yaml lacks {needed}"
+            );
         }
         assert!(!ds.contains("0.0.0.0") && !ds.contains("prometheus.io/scrape"));
         let pm = deploy("podmonitor.yaml");
@@ -467,7 +473,10 @@ mod tests {
             "type: Bearer",
             "linkprobe-scraper-token",
         ] {
-            assert!(pm.contains(needed), "deploy/podmonitor.yaml lacks {needed}");
+            assert!(
+                pm.contains(needed),
+                "deploy/kubernetes/podmonitor.yaml lacks {needed}"
+            );
         }
         let rbac = deploy("rbac.yaml");
         for needed in [

@@ -67,7 +67,7 @@ impl Exporter {
             log::warn!(
                 "/metrics on {local} is reachable beyond this host and names every tenant's \
                  peers, without authentication: firewall it or put an authenticating proxy in \
-                 front (see deploy/daemonset.yaml)"
+                 front (see deploy/kubernetes/daemonset.yaml)"
             );
         }
         Ok(Exporter { tx })

@@ -335,7 +335,35 @@ mod tests {
                 passed_on_retry: Vec::new(),
                 tests: Vec::new(),
             }],
+            died_before: None,
         }
+    }
+
+    /// A kernel that died mid-run under TCG gets one more boot; one that timed out, or died
+    /// under KVM, is a failure as it is.
+    #[test]
+    fn only_a_kernel_death_under_tcg_earns_a_second_boot() {
+        let mut r = result("7.2.13+deb14-cloud-amd64", Value::Null, &[]);
+        r.completed = false;
+        assert!(!r.died_under_tcg(), "kvm");
+        r.accel = "tcg".into();
+        assert!(r.died_under_tcg());
+        r.timed_out = true;
+        assert!(!r.died_under_tcg(), "a timeout is a verdict");
+        r.timed_out = false;
+        r.boot_s = None;
+        assert!(
+            !r.died_under_tcg(),
+            "never booted: boot() retries that itself"
+        );
+        r.boot_s = Some(1.0);
+        r.died_before = Some("Kernel panic - not syncing: Fatal exception in interrupt".into());
+        r.completed = true;
+        assert!(
+            r.render().contains("the kernel died in the first boot"),
+            "{}",
+            r.render()
+        );
     }
 
     fn probes(off_reason: Option<&str>, fields: &[&str]) -> Value {

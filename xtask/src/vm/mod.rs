@@ -126,6 +126,17 @@ pub fn vm(args: &VmArgs) -> Result<()> {
     let mut failed = Vec::new();
     for k in &kernels {
         let mut r = boot(&dir, k, &k.release, &rootfs, &tests, args)?;
+        if r.died_under_tcg() {
+            let line = panic_line(&dir.join("run").join(&k.release).join("console.log"));
+            println!(
+                "[vm] {}: the kernel died under software emulation before the tests finished \
+                 ({line}); booting once more to run them all",
+                k.release
+            );
+            let name = format!("{}-again", k.release);
+            r = boot(&dir, k, &name, &rootfs, &tests, args)?;
+            r.died_before = Some(line);
+        }
         if let Some(tests) = retry_under_tcg(&r) {
             println!(
                 "[vm] {}: {} unexpected failure(s) under TCG; booting once more to run them \
@@ -435,6 +446,7 @@ fn boot(
         probes_rc: found.probes_rc,
         probes_table: found.probes_table,
         suites: found.suites,
+        died_before: None,
     };
     if let Some(e) = &vm_run.qemu_error {
         println!("[vm] {}: {e}", k.release);
@@ -452,6 +464,21 @@ fn boot(
         }
     }
     Ok(r)
+}
+
+/// The console's first panic/oops line, or a sentence saying there was none.
+fn panic_line(console: &Path) -> String {
+    let text = fs::read_to_string(console).unwrap_or_default();
+    text.lines()
+        .find(|l| {
+            ["Kernel panic", "BUG:", "Oops", "general protection"]
+                .iter()
+                .any(|m| l.contains(m))
+        })
+        .map_or_else(
+            || format!("no panic line in {}", console.display()),
+            |l| l.trim().to_owned(),
+        )
 }
 
 /// Saves a kernel's results as `results/<release>.json`.

@@ -11,7 +11,7 @@
 //! - `yamllint` (.yamllint.yaml) on deploy/, `promtool check rules` and `promtool test rules`;
 //! - the names the rules and dashboard query are exported: probe-user's unit test
 //!   `deploy_rules_and_dashboard_use_only_exported_names`, run by name.
-mod checks;
+pub mod checks;
 mod crd;
 pub mod kustomize;
 pub mod tools;

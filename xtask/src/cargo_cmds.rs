@@ -7,7 +7,7 @@ use crate::{
     cmd::{cargo, exec, is_root, run, target_dir, workspace_root},
     fuzz,
     setup::{self, EBPF_TOOLCHAIN},
-    vm,
+    validate, vm,
 };
 
 /// `target/<profile>/linkprobe`.
@@ -50,7 +50,7 @@ pub fn run_daemon(release: bool, args: &[String]) -> Result<()> {
 const UNIT_ONLY_ENV: &str = "LINKPROBE_UNIT_ONLY";
 
 /// Set-up, then every test of the default members (probe-ebpf is not one: it only builds for
-/// the eBPF target, through probe-user/build.rs), a short fuzz run of every target, then (as
+/// the eBPF target, through probe-user/build.rs), the deployment files' validation, a short fuzz run of every target, then (as
 /// root, for the full suite) the kernel matrix on [`vm::TEST_KERNELS`]. A failing `cargo test` exit code is passed on. Not
 /// root is an error unless `unit_only`: the real-kernel tests would not run, and a suite that
 /// passes without them proves nothing.
@@ -70,6 +70,19 @@ pub fn test(args: &[String], no_vm: bool, unit_only: bool) -> Result<()> {
         cargo_test.env(UNIT_ONLY_ENV, "1");
     }
     let host = run(&mut cargo_test);
+    // Never skipped: a missing validator is an error (set-up installs them).
+    println!("[test] deployment files: cargo xtask validate");
+    let started = Instant::now();
+    let validated = validate::validate();
+    println!(
+        "[test] deployment files: {} in {:.1}s",
+        if validated.is_ok() {
+            "valid"
+        } else {
+            "INVALID"
+        },
+        started.elapsed().as_secs_f64()
+    );
     let fuzzed = if args.is_empty() && !unit_only {
         println!(
             "[test] fuzz: {} s per target (cargo xtask fuzz --seconds {})",
@@ -99,7 +112,7 @@ pub fn test(args: &[String], no_vm: bool, unit_only: bool) -> Result<()> {
         );
         r
     };
-    host.and(fuzzed).and(matrix)
+    host.and(validated).and(fuzzed).and(matrix)
 }
 
 /// Clippy with `-D warnings`: the host crates, then the eBPF crate with the pinned nightly for

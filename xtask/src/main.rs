@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build | run | test | clippy | bench | vm`.
+//! Developer tasks: `cargo xtask setup | build | run | test | validate | clippy | bench | vm`.
 //! Everything but `setup` does the (idempotent) set-up first, so a fresh clone on a Debian 12
 //! machine needs nothing else.
 mod bench;
@@ -9,6 +9,7 @@ mod linker;
 mod modgraph;
 mod procstat;
 mod setup;
+mod validate;
 mod vm;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -50,8 +51,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set-up, then every test: unit tests and the real-kernel tests (these need root), a
-    /// 15 s fuzz run per target (no test arguments given), then the kernel matrix on Debian 12's 6.1 and the newest Debian kernel (`vm`, as root, when
+    /// Set-up, then every test: unit tests and the real-kernel tests (these need root), the
+    /// deployment files' validation (`validate`), a 15 s fuzz run per target (no test
+    /// arguments given), then the kernel matrix on Debian 12's 6.1 and the newest Debian kernel (`vm`, as root, when
     /// no test arguments are given).
     Test {
         /// Skip the kernel matrix.
@@ -65,6 +67,11 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Set-up, then check the deployment files as `cargo xtask test` does: the rendered
+    /// deploy/kubernetes (kubernetes-validate --strict on the oldest and newest Kubernetes it
+    /// knows, the Prometheus Operator kinds against their CRD schemas, least privilege, RBAC),
+    /// yamllint, promtool on the rules, the dashboard's metric names.
+    Validate,
     /// Set-up, then clippy with -D warnings for the host crates and for the eBPF crate.
     Clippy,
     /// Tracing cost on connection churn, side by side in one run: no tracer (baseline),
@@ -226,6 +233,10 @@ fn run(task: Task) -> Result<()> {
             no_vm,
             unit_only,
         } => cargo_cmds::test(&args, no_vm, unit_only),
+        Task::Validate => {
+            setup::setup()?;
+            validate::validate()
+        }
         Task::Clippy => cargo_cmds::clippy(),
         Task::Fuzz { seconds, targets } => fuzz::fuzz(seconds, &targets).map(drop),
         Task::Vm(args) => {

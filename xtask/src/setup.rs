@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::{
     cmd::{capture, is_root, run, stdout_of},
     linker::{self, Linker},
+    validate,
 };
 
 /// The dated nightly that builds the eBPF crate (needs rust-src for `-Z build-std=core`).
@@ -93,6 +94,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "binutils",
         "the kernel matrix strips debug info from the VM's test binaries",
     ),
+    // Debian's python3 makes the validators' venv (kubernetes-validate, yamllint) with it.
+    (
+        "python3-venv",
+        "the deployment files' validators run in a Python venv",
+    ),
 ];
 
 /// Installed with `--no-install-recommends`: prometheus recommends the node exporter and its
@@ -155,6 +161,7 @@ pub fn setup() -> Result<()> {
     step("apt packages", apt_packages)?;
     step(&format!("bpf-linker (LLVM {LLVM_MAJOR})"), bpf_linker)?;
     step("LLVM majors agree", llvm_majors_agree)?;
+    step("Python validators (venv)", python_validators)?;
     kernel_report();
     println!("[setup] complete in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
@@ -478,6 +485,22 @@ fn llvm_majors_agree(s: &Step) -> Result<()> {
     s.ok(&format!(
         " (rustc and bpf-linker both on LLVM {rustc_major})"
     ));
+    Ok(())
+}
+
+/// kubernetes-validate, jsonschema and yamllint, pinned, in their own venv (PyPI, once).
+fn python_validators(s: &Step) -> Result<()> {
+    if validate::tools::installed() {
+        s.ok(&format!(" ({})", validate::tools::venv_dir().display()));
+        return Ok(());
+    }
+    s.installing(&format!(
+        "{} into {}",
+        validate::tools::REQUIREMENTS.join(" "),
+        validate::tools::venv_dir().display()
+    ));
+    validate::tools::install()?;
+    s.done();
     Ok(())
 }
 

@@ -113,6 +113,15 @@ pub struct ProbesArgs {
     /// Exit 1 unless every probe attaches.
     #[arg(long)]
     pub strict: bool,
+    /// Which flow-state store's programs to check: `auto` (the one the daemon would use here)
+    /// or `lru` (the fallback map's, which also attach sock_ops for RTOs).
+    #[arg(long, value_enum, default_value_t = FlowStore::Auto)]
+    pub flow_store: FlowStore,
+    /// Attach without first checking the capabilities (root, or CAP_BPF + CAP_PERFMON +
+    /// CAP_NET_ADMIN, or CAP_SYS_ADMIN): the container suite measures what the kernel itself
+    /// refuses with fewer.
+    #[arg(long, hide = true)]
+    pub no_preflight: bool,
 }
 
 /// How `linkprobe probes` prints.

@@ -4,7 +4,7 @@ use clap::CommandFactory as _;
 
 use crate::{
     api::{self, socket::SocketError, ApiLoop},
-    cli::{Cli, Command, DaemonArgs, ProbesArgs, ProbesView},
+    cli::{Cli, Command, DaemonArgs, FlowStore, ProbesArgs, ProbesView},
     ctl::{self, CtlError},
     daemon::{
         self,
@@ -115,7 +115,11 @@ fn api_group(args: &DaemonArgs) -> Result<Option<u32>, SocketError> {
 /// `linkprobe probes`: prints the report; an error when linkprobe cannot run here (or, with
 /// --strict, when a probe is off), so the exit code answers the question.
 fn probes(args: &ProbesArgs) -> Result<(), CommandError> {
-    let report = probes_check::check(args.cgroup_root.clone())?;
+    let report = probes_check::check(
+        args.cgroup_root.clone(),
+        args.flow_store == FlowStore::Lru,
+        !args.no_preflight,
+    )?;
     match args.output {
         ProbesView::Table => print!("{}", probes_check::render_text(&report)),
         ProbesView::Json => println!("{}", probes_check::render_json(&report)),

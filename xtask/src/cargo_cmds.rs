@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     cmd::{cargo, exec, is_root, run, target_dir, workspace_root},
-    fuzz,
+    container, fuzz,
     setup::{self, EBPF_TOOLCHAIN},
     validate, vm,
 };
@@ -50,7 +50,8 @@ pub fn run_daemon(release: bool, args: &[String]) -> Result<()> {
 const UNIT_ONLY_ENV: &str = "LINKPROBE_UNIT_ONLY";
 
 /// Set-up, then every test of the default members (probe-ebpf is not one: it only builds for
-/// the eBPF target, through probe-user/build.rs), the deployment files' validation, a short fuzz run of every target, then (as
+/// the eBPF target, through probe-user/build.rs), the deployment files' validation, the
+/// container suite, a short fuzz run of every target, then (as
 /// root, for the full suite) the kernel matrix on [`vm::TEST_KERNELS`]. A failing `cargo test` exit code is passed on. Not
 /// root is an error unless `unit_only`: the real-kernel tests would not run, and a suite that
 /// passes without them proves nothing.
@@ -83,6 +84,22 @@ pub fn test(args: &[String], no_vm: bool, unit_only: bool) -> Result<()> {
         },
         started.elapsed().as_secs_f64()
     );
+    let contained = if args.is_empty() && !unit_only {
+        println!(
+            "[test] container: the image run as the DaemonSet runs it (cargo xtask container-test)"
+        );
+        let start = Instant::now();
+        let r = container::suite::run();
+        println!(
+            "[test] container: {} in {:.0}s",
+            if r.is_ok() { "passed" } else { "FAILED" },
+            start.elapsed().as_secs_f64()
+        );
+        r
+    } else {
+        println!("[test] container: skipped (--unit-only or test arguments given)");
+        Ok(())
+    };
     let fuzzed = if args.is_empty() && !unit_only {
         println!(
             "[test] fuzz: {} s per target (cargo xtask fuzz --seconds {})",
@@ -112,7 +129,7 @@ pub fn test(args: &[String], no_vm: bool, unit_only: bool) -> Result<()> {
         );
         r
     };
-    host.and(validated).and(fuzzed).and(matrix)
+    host.and(validated).and(contained).and(fuzzed).and(matrix)
 }
 
 /// Clippy with `-D warnings`: the host crates, then the eBPF crate with the pinned nightly for

@@ -1,9 +1,11 @@
-//! Developer tasks: `cargo xtask setup | build | run | test | validate | clippy | bench | vm`.
+//! Developer tasks: `cargo xtask setup | build | run | test | validate | clippy | bench | vm |
+//! image | seccomp | container-test`.
 //! Everything but `setup` does the (idempotent) set-up first, so a fresh clone on a Debian 12
 //! machine needs nothing else.
 mod bench;
 mod cargo_cmds;
 mod cmd;
+mod container;
 mod fuzz;
 mod linker;
 mod modgraph;
@@ -52,8 +54,9 @@ enum Task {
         args: Vec<String>,
     },
     /// Set-up, then every test: unit tests and the real-kernel tests (these need root), the
-    /// deployment files' validation (`validate`), a 15 s fuzz run per target (no test
-    /// arguments given), then the kernel matrix on Debian 12's 6.1 and the newest Debian kernel (`vm`, as root, when
+    /// deployment files' validation (`validate`), the container suite (`container-test`) and a
+    /// 15 s fuzz run per target (no test arguments
+    /// given), then the kernel matrix on Debian 12's 6.1 and the newest Debian kernel (`vm`, as root, when
     /// no test arguments are given).
     Test {
         /// Skip the kernel matrix.
@@ -109,6 +112,31 @@ enum Task {
         #[arg(long)]
         edges: bool,
     },
+    /// Set-up, release build, then the runtime image without a registry: the binary, the
+    /// shared libraries `ldd` lists and the loader in an otherwise empty image (`FROM
+    /// scratch`), built with podman as `localhost/linkprobe:<version>` (needs root).
+    Image {
+        /// Only stage the image's root filesystem into this new or empty directory (what
+        /// deploy/Containerfile's build stage runs); no podman.
+        #[arg(long, value_name = "DIR")]
+        rootfs_only: Option<PathBuf>,
+    },
+    /// Write deploy/seccomp/linkprobe.json: podman's default seccomp profile (the pinned
+    /// containers-common 0.50.1 one) plus `bpf` under CAP_BPF and `perf_event_open` under
+    /// CAP_PERFMON.
+    Seccomp {
+        /// Derive from this profile instead of the pinned one (e.g.
+        /// /usr/share/containers/seccomp.json of a newer containers-common).
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+        /// Fail if the file is not what would be written.
+        #[arg(long)]
+        check: bool,
+    },
+    /// The image (built first) run as deploy/kubernetes/daemonset.yaml runs it: every probe
+    /// attaches, /readyz, a workload's flows through `podman exec … linkprobe flows`; and the
+    /// kernel's refusals with fewer capabilities (needs root and podman).
+    ContainerTest,
     /// (internal) One workload run inside the bench namespace; prints one JSON line.
     #[command(hide = true)]
     BenchWorker {
@@ -242,6 +270,12 @@ fn run(task: Task) -> Result<()> {
         Task::Vm(args) => {
             setup::setup()?;
             vm::vm(&args)
+        }
+        Task::Image { rootfs_only } => container::image::image(rootfs_only.as_deref()),
+        Task::Seccomp { from, check } => container::seccomp::regenerate(from.as_deref(), check),
+        Task::ContainerTest => {
+            setup::setup()?;
+            container::suite::run()
         }
         Task::Modgraph { srcs, depth, edges } => {
             let srcs = if srcs.is_empty() {

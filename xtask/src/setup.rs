@@ -79,7 +79,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // …from kernel packages and indexes fetched over HTTP (Packages.xz)…
     (
         "curl",
-        "the kernel matrix downloads kernel packages and indexes",
+        "the kernel matrix downloads kernel packages and indexes; the container suite's workload",
     ),
     (
         "xz-utils",
@@ -99,12 +99,26 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "python3-venv",
         "the deployment files' validators run in a Python venv",
     ),
+    // `cargo xtask image` builds the runtime image with podman (its build is buildah's library,
+    // no buildah binary); the container suite runs it as the DaemonSet does, as root (no
+    // uidmap: rootless podman cannot load eBPF programs into the host kernel).
+    (
+        "podman",
+        "cargo xtask image builds the image; the container suite runs it",
+    ),
+    // podman's runtime here: crun 1.8 refuses hybrid cgroup hierarchies.
+    (
+        "runc",
+        "podman runs containers with runc (crun refuses hybrid cgroups)",
+    ),
 ];
 
 /// Installed with `--no-install-recommends`: prometheus recommends the node exporter and its
 /// collector timers, which the tests do not use; qemu recommends firmware and display
 /// back-ends, mmdebstrap other bootstrap tools, none of which a headless -kernel boot uses.
-const WITHOUT_RECOMMENDS: &[&str] = &["prometheus", "qemu-system-x86", "mmdebstrap"];
+/// podman recommends crun, buildah, slirp4netns, fuse-overlayfs and tini: rootful podman with
+/// runc and host networking uses none of them.
+const WITHOUT_RECOMMENDS: &[&str] = &["prometheus", "qemu-system-x86", "mmdebstrap", "podman"];
 
 /// Debian's hook that `invoke-rc.d` and `deb-systemd-invoke` ask before a maintainer script
 /// starts a service; exit 101 means "not allowed".

@@ -158,8 +158,16 @@ fn btf_notes_alone() -> Vec<String> {
 }
 
 /// Loads, attaches, records what happened and detaches (the object is dropped on return).
-pub fn check(cgroup_root: Option<PathBuf>) -> Result<Report, ProbesError> {
-    preflight::check()?;
+/// With `force_lru`, the fallback store's programs (`--flow-store lru`). Without `preflight`,
+/// no capability check first: the kernel's own refusals show per probe.
+pub fn check(
+    cgroup_root: Option<PathBuf>,
+    force_lru: bool,
+    preflight: bool,
+) -> Result<Report, ProbesError> {
+    if preflight {
+        preflight::check()?;
+    }
     mounts::ensure_kernel_fs()?;
     let root = match cgroup_root {
         Some(p) => p,
@@ -173,7 +181,7 @@ pub fn check(cgroup_root: Option<PathBuf>) -> Result<Report, ProbesError> {
         detail: DetailFilter::default(),
         ring_bytes: RING_BYTES,
         fallback_flows: FALLBACK_FLOWS,
-        force_lru: false,
+        force_lru,
         // Attached too: the check is whether this kernel takes them.
         backups: BackupMode::Always,
     };

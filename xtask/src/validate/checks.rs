@@ -155,7 +155,7 @@ pub fn daemonset_security(objects: &[Object]) -> Result<String> {
             "resources": res,
         }],
     });
-    serde_yaml::to_string(&shown).context("print the securityContext")
+    serde_norway::to_string(&shown).context("print the securityContext")
 }
 
 /// The rights of the DaemonSet's service account, one `group/resource: verb` line each;
@@ -379,7 +379,7 @@ pub fn scrape_targets_match(objects: &[Object]) -> Result<Vec<String>> {
 /// deploy/kubernetes/prometheus-scrape-config.yaml finds the DaemonSet's pods and keeps the
 /// metrics port.
 pub fn scrape_config_matches(objects: &[Object], config_yaml: &str) -> Result<String> {
-    let config: Value = serde_yaml::from_str(config_yaml).context("scrape config: not YAML")?;
+    let config: Value = serde_norway::from_str(config_yaml).context("scrape config: not YAML")?;
     let ds = find(objects, "DaemonSet")?;
     let pod_labels = labels_of(&json(ds)["spec"]["template"]["metadata"]["labels"]);
     let jobs = config["scrape_configs"]

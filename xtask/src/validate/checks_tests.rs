@@ -18,7 +18,7 @@ fn with_daemonset(change: impl Fn(&mut Value)) -> Vec<Object> {
         .unwrap();
     let mut v = serde_json::to_value(&ds.0).unwrap();
     change(&mut v);
-    ds.0 = serde_yaml::to_value(v)
+    ds.0 = serde_norway::to_value(v)
         .unwrap()
         .as_mapping()
         .unwrap()
@@ -38,7 +38,7 @@ fn daemon(v: &mut Value) -> &mut Value {
 #[test]
 fn the_rendered_daemonset_is_least_privilege() {
     let shown = daemonset_security(&base()).unwrap();
-    let v: Value = serde_yaml::from_str(&shown).unwrap();
+    let v: Value = serde_norway::from_str(&shown).unwrap();
     assert_eq!(v["hostNetwork"], json!(true));
     assert_eq!(v["hostPID"], json!("(not set)"));
     let sc = &v["containers"][0]["securityContext"];
@@ -122,7 +122,7 @@ fn the_daemon_may_read_pods_and_review_tokens_and_nothing_else() {
         .unwrap();
     let mut v = serde_json::to_value(&role.0).unwrap();
     v["rules"][0]["resources"] = json!(["pods", "secrets"]);
-    role.0 = serde_yaml::to_value(v)
+    role.0 = serde_norway::to_value(v)
         .unwrap()
         .as_mapping()
         .unwrap()

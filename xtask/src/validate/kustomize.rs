@@ -8,7 +8,7 @@ use std::path::{Component as PathPart, Path, PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize as _;
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 /// Largest manifest or kustomization file read (the shipped ones are a few KiB).
 const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -148,7 +148,7 @@ pub fn to_yaml(objects: &[Object]) -> Result<String> {
         if i > 0 {
             out.push_str("---\n");
         }
-        out.push_str(&serde_yaml::to_string(&o.0).context("serialize a rendered object")?);
+        out.push_str(&serde_norway::to_string(&o.0).context("serialize a rendered object")?);
     }
     Ok(out)
 }
@@ -204,7 +204,7 @@ fn strings(v: &Value, field: &str) -> Result<Vec<String>> {
 }
 
 fn parse_kustomization(text: &str) -> Result<Kustomization> {
-    let doc: Mapping = serde_yaml::from_str(text).context("not a YAML mapping")?;
+    let doc: Mapping = serde_norway::from_str(text).context("not a YAML mapping")?;
     let mut k = Kustomization::default();
     for (key, value) in &doc {
         let key = key.as_str().context("a non-string key")?;
@@ -307,7 +307,7 @@ fn confined_file(dir: &Path, entry: &str) -> Result<PathBuf> {
 /// The objects of one YAML file; empty documents are skipped.
 pub fn parse_objects(text: &str, origin: &str) -> Result<Vec<Object>> {
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(doc)
             .with_context(|| format!("{origin}: document {} is not valid YAML", i + 1))?;
         match value {

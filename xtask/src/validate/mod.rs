@@ -178,7 +178,7 @@ fn kubernetes_validate(objects: &[&Object], dir: &Path) -> Result<()> {
     let mut broken = serde_json::to_value(&ds.0)?;
     broken["spec"]["template"]["spec"]["hostPIDs"] = json!(true);
     let canary = dir.join("canary-builtin.yaml");
-    std::fs::write(&canary, serde_yaml::to_string(&broken)?)?;
+    std::fs::write(&canary, serde_norway::to_string(&broken)?)?;
     for version in [oldest, newest] {
         let (text, ok) = output_of(
             Command::new(tools::venv_bin("kubernetes-validate"))

@@ -33,7 +33,7 @@ pub struct Health<'a> {
 }
 
 /// One family under construction.
-struct Fam(MetricFamily);
+pub(super) struct Fam(MetricFamily);
 
 impl Fam {
     fn new(name: &str, help: &str, ty: MetricType) -> Fam {
@@ -61,7 +61,7 @@ impl Fam {
         self.0.mut_metric().push(m);
     }
 
-    fn value(&mut self, labels: &[(&str, String)], v: f64) {
+    pub(super) fn value(&mut self, labels: &[(&str, String)], v: f64) {
         match self.0.get_field_type() {
             MetricType::GAUGE => self.push(labels, |m| {
                 let mut g = Gauge::default();
@@ -99,14 +99,14 @@ impl Fam {
     }
 
     /// The family, or nothing when it has no series (the text format needs one).
-    fn done(self, out: &mut Vec<MetricFamily>) {
+    pub(super) fn done(self, out: &mut Vec<MetricFamily>) {
         if !self.0.get_metric().is_empty() {
             out.push(self.0);
         }
     }
 }
 
-fn counter(name: &str, help: &str) -> Fam {
+pub(super) fn counter(name: &str, help: &str) -> Fam {
     Fam::new(name, help, MetricType::COUNTER)
 }
 
@@ -132,6 +132,9 @@ impl Metrics {
     ) -> Vec<MetricFamily> {
         let mut out = Vec::new();
         self.traffic(h, &mut out);
+        if let Some(pods) = &self.pods {
+            pods.family(&mut out);
+        }
         self.anomalies(h, active, &mut out);
         health(h, self, &mut out);
         out

@@ -129,13 +129,13 @@ fn flows_anomalies_and_metrics_name_the_pod_of_a_real_cgroup() {
     let ns = TestNetns::new("pods");
 
     // The kubelet's log directory for the pod, and a config that reads it.
-    let tmp = std::env::temp_dir().join(format!("lpt-pods-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let logs = tmp.join("pods");
-    std::fs::create_dir_all(logs.join(format!("shop_cart-7d9f_{UID}"))).unwrap();
+    let tmp = TempDir(std::env::temp_dir().join(format!("lpt-podlogs-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&tmp.0);
+    let logs = tmp.0.join("pods");
+    std::fs::create_dir_all(logs.join(format!("shop_cart_{UID}"))).unwrap();
     // A hostile entry is rejected and counted, not fatal.
     std::fs::create_dir_all(logs.join("shop_bad\u{1b}[31m_name")).unwrap();
-    let config = tmp.join("linkprobe.toml");
+    let config = tmp.0.join("linkprobe.toml");
     let mut f = std::fs::File::create(&config).unwrap();
     writeln!(
         f,
@@ -248,7 +248,10 @@ fn flows_anomalies_and_metrics_name_the_pod_of_a_real_cgroup() {
         .iter()
         .filter(|f| port(&f["remote"]) == CLOSED_PORT && f["close"] == "refused")
         .collect();
-    assert!(refused.len() >= 3, "refused pod flows: {pod_flows:#}");
+    assert!(
+        refused.len() >= 3,
+        "refused pod flows: {pod_flows:#}\nall flows: {all:#}"
+    );
     assert!(
         list.iter()
             .any(|f| f["role"] == "server" && port(&f["local"]) == SERVER_PORT),
@@ -379,5 +382,13 @@ fn flows_anomalies_and_metrics_name_the_pod_of_a_real_cgroup() {
     drop(server);
     daemon.stop();
     drop(cgroup);
-    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A directory of the test's, removed on every path.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

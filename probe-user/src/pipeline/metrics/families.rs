@@ -33,7 +33,7 @@ pub struct Health<'a> {
 }
 
 /// One family under construction.
-pub(super) struct Fam(MetricFamily);
+struct Fam(MetricFamily);
 
 impl Fam {
     fn new(name: &str, help: &str, ty: MetricType) -> Fam {
@@ -61,7 +61,7 @@ impl Fam {
         self.0.mut_metric().push(m);
     }
 
-    pub(super) fn value(&mut self, labels: &[(&str, String)], v: f64) {
+    fn value(&mut self, labels: &[(&str, String)], v: f64) {
         match self.0.get_field_type() {
             MetricType::GAUGE => self.push(labels, |m| {
                 let mut g = Gauge::default();
@@ -99,14 +99,14 @@ impl Fam {
     }
 
     /// The family, or nothing when it has no series (the text format needs one).
-    pub(super) fn done(self, out: &mut Vec<MetricFamily>) {
+    fn done(self, out: &mut Vec<MetricFamily>) {
         if !self.0.get_metric().is_empty() {
             out.push(self.0);
         }
     }
 }
 
-pub(super) fn counter(name: &str, help: &str) -> Fam {
+fn counter(name: &str, help: &str) -> Fam {
     Fam::new(name, help, MetricType::COUNTER)
 }
 
@@ -133,7 +133,18 @@ impl Metrics {
         let mut out = Vec::new();
         self.traffic(h, &mut out);
         if let Some(pods) = &self.pods {
-            pods.family(&mut out);
+            let mut f = counter(
+                "linkprobe_pod_tcp_events_total",
+                "TCP events by the pod of this node that owns the socket: connections, RSTs \
+                 sent and received, retransmits, failed connects by cause.",
+            );
+            for (namespace, pod, event, v) in pods.rows() {
+                f.value(
+                    &[("namespace", namespace), ("pod", pod), ("event", s(event))],
+                    v as f64,
+                );
+            }
+            f.done(&mut out);
         }
         self.anomalies(h, active, &mut out);
         health(h, self, &mut out);

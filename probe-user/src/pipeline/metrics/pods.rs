@@ -7,10 +7,7 @@
 //! so the family's sum is every counted event. Only kept when attribution is on.
 use std::{collections::HashMap, sync::Arc};
 
-use prometheus::proto::MetricFamily;
-
 use super::{
-    families::{counter, Fam},
     series::{Budget, Family},
     topk::TopK,
 };
@@ -132,24 +129,12 @@ impl PodSeries {
         }
     }
 
-    pub fn family(&self, out: &mut Vec<MetricFamily>) {
-        let mut f: Fam = counter(
-            "linkprobe_pod_tcp_events_total",
-            "TCP events by the pod of this node that owns the socket: connections, RSTs sent \
-             and received, retransmits, failed connects by cause.",
-        );
-        for ((label, event), v) in self.events.iter() {
+    /// Every series: `(namespace, pod, event, count)`.
+    pub fn rows(&self) -> impl Iterator<Item = (String, String, &'static str, u64)> + '_ {
+        self.events.iter().map(|((label, event), v)| {
             let (namespace, pod) = self.names_of(*label);
-            f.value(
-                &[
-                    ("namespace", namespace),
-                    ("pod", pod),
-                    ("event", (*event).to_string()),
-                ],
-                *v as f64,
-            );
-        }
-        f.done(out);
+            (namespace, pod, *event, *v)
+        })
     }
 
     #[cfg(test)]
@@ -202,19 +187,8 @@ mod tests {
     }
 
     fn series(p: &PodSeries) -> Vec<(String, String, String, f64)> {
-        let mut out = Vec::new();
-        p.family(&mut out);
-        out.iter()
-            .flat_map(|f| f.get_metric())
-            .map(|m| {
-                let l = m.get_label();
-                (
-                    l[0].value().to_owned(),
-                    l[1].value().to_owned(),
-                    l[2].value().to_owned(),
-                    m.get_counter().get_value(),
-                )
-            })
+        p.rows()
+            .map(|(ns, pod, event, v)| (ns, pod, event.to_owned(), v as f64))
             .collect()
     }
 

@@ -290,5 +290,6 @@ fn is_dir(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_dir())
 }
 
+/// Test trees shaped like kubelet nodes, shared with the renderers' tests.
 #[cfg(test)]
-mod tests;
+pub mod tests;

@@ -137,6 +137,7 @@ fn pods_row(attrib: &crate::attrib::Attributor) -> PodsRow {
         cgroup_misses: a.cgroups.misses,
         cgroup_rescans: a.cgroups.rescans,
         cgroup_rescans_refused: a.cgroups.rate_limited,
+        cgroups_gone: a.cgroups.gone,
         cgroup_last_scan_us: a.cgroups.last_scan_us,
         cgroups_skipped: a.cgroups.skipped,
     }

@@ -223,6 +223,8 @@ pub struct PodsRow {
     pub cgroup_misses: u64,
     pub cgroup_rescans: u64,
     pub cgroup_rescans_refused: u64,
+    /// Lookups of removed cgroups answered without a walk.
+    pub cgroups_gone: u64,
     pub cgroup_last_scan_us: u64,
     pub cgroups_skipped: u64,
 }

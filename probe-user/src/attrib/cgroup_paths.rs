@@ -10,7 +10,7 @@
 //! parent's descriptor), depth and entries are bounded, names that are not UTF-8 are skipped;
 //! each of these is counted.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     ffi::{CStr, CString},
     fs::File,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -31,6 +31,9 @@ pub struct CgroupPathStats {
     pub rescans: u64,
     /// Misses that found a rescan too recent and stayed unresolved.
     pub rate_limited: u64,
+    /// Lookups of cgroups a complete walk did not find (removed: sockets outliving their pod),
+    /// answered without walking again.
+    pub gone: u64,
     /// cgroups the last walk saw.
     pub last_scan_cgroups: usize,
     /// How long the last walk took, µs.
@@ -45,6 +48,12 @@ pub struct CgroupPaths {
     cap: usize,
     min_rescan: Duration,
     paths: HashMap<u64, Arc<str>>,
+    /// Ids that missed since the last walk (at most `cap`): the next walk settles them all.
+    pending: HashSet<u64>,
+    /// Ids a complete walk did not find. A cgroup id is never reused and the cgroup existed
+    /// when the kernel recorded it, so such an id is a removed cgroup: never walked for again.
+    /// At most `cap`; cleared when full.
+    gone: HashSet<u64>,
     last_scan: Option<Instant>,
     stats: CgroupPathStats,
 }
@@ -57,6 +66,8 @@ impl CgroupPaths {
             cap: cap.max(1),
             min_rescan,
             paths: HashMap::new(),
+            pending: HashSet::new(),
+            gone: HashSet::new(),
             last_scan: None,
             stats: CgroupPathStats::default(),
         }
@@ -72,7 +83,14 @@ impl CgroupPaths {
             self.stats.hits += 1;
             return Some(Arc::clone(p));
         }
+        if self.gone.contains(&id) {
+            self.stats.gone += 1;
+            return None;
+        }
         self.stats.misses += 1;
+        if self.pending.len() < self.cap {
+            self.pending.insert(id);
+        }
         if self
             .last_scan
             .is_some_and(|t| t.elapsed() < self.min_rescan)
@@ -93,6 +111,7 @@ impl CgroupPaths {
             found: HashMap::with_capacity(self.paths.len().min(self.cap)),
             cap: self.cap,
             skipped: 0,
+            cut: false,
         };
         match open_dir_path(&self.root) {
             Ok(fd) => {
@@ -111,12 +130,26 @@ impl CgroupPaths {
                     self.root.display()
                 );
                 walk.skipped += 1;
+                walk.cut = true;
             }
         }
         self.stats.skipped += walk.skipped;
         self.stats.last_scan_cgroups = walk.found.len();
         self.stats.last_scan_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.paths = walk.found;
+        // Only a walk that saw the whole tree may call an id gone.
+        let pending = std::mem::take(&mut self.pending);
+        if !walk.cut {
+            for id in pending
+                .into_iter()
+                .filter(|id| !self.paths.contains_key(id))
+            {
+                if self.gone.len() >= self.cap {
+                    self.gone.clear();
+                }
+                self.gone.insert(id);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -128,6 +161,8 @@ struct Walk {
     found: HashMap<u64, Arc<str>>,
     cap: usize,
     skipped: u64,
+    /// Part of the tree was not walked (the entry or depth bound, an unreadable directory).
+    cut: bool,
 }
 
 impl Walk {
@@ -139,6 +174,7 @@ impl Walk {
             Ok(c) => c,
             Err(_) => {
                 self.skipped += 1;
+                self.cut = true;
                 return;
             }
         };
@@ -153,6 +189,7 @@ impl Walk {
             };
             if self.found.len() >= self.cap || depth > MAX_DEPTH {
                 self.skipped += 1;
+                self.cut = true;
                 continue;
             }
             let path = format!("{rel}/{text}");
@@ -301,6 +338,31 @@ mod tests {
         // The scope was past the cap and a rescan is refused: unresolved, not walked again.
         assert_eq!(paths.lookup(scope), None);
         assert_eq!(paths.stats().rescans, 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ids_a_complete_walk_did_not_find_never_cost_a_walk_again() {
+        let (dir, _, scope) = tree("gone");
+        let mut paths = CgroupPaths::new(dir.clone(), 100, Duration::ZERO);
+        assert!(paths.lookup(scope).is_some());
+        // Removed cgroups (sockets that outlived their pod): one walk settles them all.
+        for id in [u64::MAX, u64::MAX - 1] {
+            assert_eq!(paths.lookup(id), None);
+        }
+        let walks = paths.stats().rescans;
+        for _ in 0..100 {
+            assert_eq!(paths.lookup(u64::MAX), None);
+            assert_eq!(paths.lookup(u64::MAX - 1), None);
+        }
+        let s = paths.stats();
+        assert_eq!(s.rescans, walks, "no walk for a gone id");
+        assert_eq!(s.gone, 200);
+        // A walk cut short by the cap calls nothing gone.
+        let mut capped = CgroupPaths::new(dir.clone(), 2, Duration::ZERO);
+        assert_eq!(capped.lookup(scope), None);
+        assert_eq!(capped.lookup(scope), None);
+        assert_eq!(capped.stats().rescans, 2);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -103,11 +103,12 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
         }
         let _ = writeln!(
             out,
-            "  cgroups: {} paths cached, {} misses, {} tree scans ({} refused: too soon), last scan {} µs, {} entries skipped",
+            "  cgroups: {} paths cached, {} misses, {} tree scans ({} refused: too soon), {} lookups of removed cgroups, last scan {} µs, {} entries skipped",
             p.cgroups_cached,
             p.cgroup_misses,
             p.cgroup_rescans,
             p.cgroup_rescans_refused,
+            p.cgroups_gone,
             p.cgroup_last_scan_us,
             p.cgroups_skipped
         );

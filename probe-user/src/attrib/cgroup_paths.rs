@@ -367,6 +367,32 @@ mod tests {
     }
 
     #[test]
+    fn deep_trees_and_names_that_are_not_utf8_are_skipped_and_counted() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir().join(format!("lp-cgpaths-deep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut deep = dir.clone();
+        for i in 0..MAX_DEPTH + 8 {
+            deep = deep.join(format!("d{i}"));
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        let bad = dir.join(std::ffi::OsStr::from_bytes(b"bad\xff"));
+        std::fs::create_dir_all(bad.join("below")).unwrap();
+        let below = std::fs::metadata(bad.join("below")).unwrap().ino();
+        let mut paths = CgroupPaths::new(dir.clone(), 1000, Duration::ZERO);
+        paths.rescan();
+        // The root, MAX_DEPTH levels of the chain; nothing below or in the non-UTF-8 branch.
+        assert_eq!(paths.len(), 1 + MAX_DEPTH);
+        assert!(paths
+            .paths
+            .values()
+            .all(|p| p.split('/').count() <= MAX_DEPTH + 1));
+        assert!(paths.stats().skipped >= 2, "{:?}", paths.stats());
+        assert_eq!(paths.lookup(below), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_new_cgroup_is_found_once_the_interval_passed() {
         let (dir, _, _) = tree("new");
         let mut paths = CgroupPaths::new(dir.clone(), 100, Duration::ZERO);

@@ -17,9 +17,20 @@ use serde_json::Value;
 use testkit::process::{Background, Pipe};
 
 use crate::{
-    common::{api::Daemon, can_run_kernel_tests, http, netns::TestNetns, workload},
+    common::{
+        api::Daemon, can_run_kernel_tests, http, netns::TestNetns,
+        prometheus::promtool_check_metrics, workload,
+    },
     KERNEL,
 };
+
+/// `promtool` is on PATH (set-up installs Debian's prometheus package).
+fn which_promtool() -> bool {
+    Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
 
 const UID: &str = "6f2a1c3e-9b4d-4e8f-a1b2-c3d4e5f60718";
 const CONTAINER: &str = "9a8b7c6d5e4f30211a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081";

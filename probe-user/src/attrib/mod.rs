@@ -269,6 +269,24 @@ impl Attributor {
     }
 }
 
+impl Drop for Attributor {
+    /// Stops the pod source on a thread of its own: the loop drops the attributor inside its
+    /// async runtime, where a source holding a runtime of its own (the API watch) could not be
+    /// dropped (tokio refuses to block there).
+    fn drop(&mut self) {
+        let source = std::mem::replace(&mut self._source, Source::None);
+        if matches!(source, Source::None) {
+            return;
+        }
+        let stopped = std::thread::Builder::new()
+            .name("pod-source-stop".into())
+            .spawn(move || drop(source));
+        if let Ok(t) = stopped {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Cache {
     /// `Some(None)`: a host cgroup; `None`: not found (yet).
     fn resolve(&mut self, id: u64) -> Option<Option<Arc<PodRef>>> {

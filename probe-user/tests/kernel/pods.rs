@@ -393,6 +393,12 @@ fn flows_anomalies_and_metrics_name_the_pod_of_a_real_cgroup() {
     {
         eprintln!("== {l}");
     }
+    // The new family passes Prometheus's own lint, with the rest of the exposition.
+    if which_promtool() {
+        promtool_check_metrics(&body).unwrap_or_else(|e| panic!("{e}"));
+    } else {
+        eprintln!("promtool not installed: exposition not linted");
+    }
 
     // status: the source in use.
     let status = daemon.ok(&["status"]);

@@ -18,7 +18,7 @@ use testkit::process::{Background, Pipe};
 
 use crate::{
     common::{
-        api::Daemon, can_run_kernel_tests, http, netns::TestNetns,
+        api::Daemon, can_run_kernel_tests, cannot_run, http, netns::TestNetns,
         prometheus::promtool_check_metrics, workload,
     },
     KERNEL,
@@ -35,6 +35,8 @@ fn which_promtool() -> bool {
 const UID: &str = "6f2a1c3e-9b4d-4e8f-a1b2-c3d4e5f60718";
 const CONTAINER: &str = "9a8b7c6d5e4f30211a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7081";
 const SERVER_PORT: u16 = 8080;
+/// The pod's server (`python3 -m http.server`); Debian's, not a version manager's shim.
+const PYTHON3: &str = "/usr/bin/python3";
 const CLOSED_PORT: u16 = 8081;
 
 /// The cgroup2 mount, from /proc/mounts (a hybrid host has it at /sys/fs/cgroup/unified).
@@ -134,6 +136,19 @@ fn flows_anomalies_and_metrics_name_the_pod_of_a_real_cgroup() {
     if !can_run_kernel_tests("pods") {
         return;
     }
+    let tools_missing = !Path::new(PYTHON3).exists()
+        || !Command::new("curl")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if tools_missing
+        && !cannot_run(
+            "pods",
+            &format!("the pod's programs need {PYTHON3} and curl"),
+        )
+    {
+        return;
+    }
     let _shared = KERNEL.read().unwrap_or_else(|e| e.into_inner());
     let root = cgroup2_root();
     let cgroup = PodCgroup::create(&root);
@@ -180,7 +195,7 @@ fn flows_anomalies_and_metrics_name_the_pod_of_a_real_cgroup() {
             cgroup.scope(),
             &ns.name,
             &[
-                "/usr/bin/python3",
+                PYTHON3,
                 "-u",
                 "-m",
                 "http.server",

@@ -230,7 +230,7 @@ fn read_children(fd: &OwnedFd) -> std::io::Result<Vec<(CString, u64, bool)>> {
     loop {
         // SAFETY: `dir` is a valid stream until closedir; the entry is read before the next
         // readdir call.
-        let ent = unsafe { libc::readdir64(dir) };
+        let ent = unsafe { libc::readdir(dir) };
         if ent.is_null() {
             break;
         }

@@ -14,6 +14,7 @@ use crate::{
     pipeline::detect::Scope,
     pipeline::lru::{self, Links, List, Slots, NIL},
     pipeline::signal::{ConnectFailure, Signal},
+    untrusted::escape_str,
 };
 
 /// What `linkprobe top` ranks by.
@@ -269,7 +270,7 @@ impl Top {
         }
         self.pod_names
             .entry(key)
-            .or_insert_with(|| format!("{ns}/{name}"));
+            .or_insert_with(|| escape_str(&format!("{ns}/{name}")).into_owned());
     }
 
     /// The `limit` busiest peers and local ports by `key` over the window ending at `now_ns`.

@@ -179,6 +179,12 @@ pub struct FilterArgs {
 pub struct FlowsArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
+    /// Only flows owned by pods of this Kubernetes namespace (pod attribution, see `status`).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Only flows owned by this pod (its name; add --namespace to pick one namespace).
+    #[arg(long)]
+    pub pod: Option<String>,
     #[arg(long, value_enum, default_value_t = SortKey::Age)]
     pub sort: SortKey,
     /// Most flows to list (the daemon returns at most 2000 per query).
@@ -224,6 +230,9 @@ pub struct TopArgs {
     pub by: TopKey,
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// Rank the pods of this node that own sockets instead of peers and local ports.
+    #[arg(long)]
+    pub pods: bool,
     /// Refresh interval in seconds.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub interval: u64,

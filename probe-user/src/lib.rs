@@ -6,10 +6,6 @@
 //! (start, event loop, exporter) → `ctl` (the CLI's commands). `commands` is the one entry the
 //! binary calls.
 mod api;
-#[expect(
-    dead_code,
-    reason = "the pod attribution stage is being wired in (issue 14)"
-)]
 mod attrib;
 pub mod cli;
 mod clock;

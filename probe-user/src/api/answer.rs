@@ -6,7 +6,7 @@ use crate::{
         filter::Matcher,
         proto::{
             error, AnomalyCounts, AnomalyRecord, ApiCounters, ErrorCode, FlowRecord, FlowTableRow,
-            ProbeRow, Query, Reply, SortKey, StatusReport,
+            PodsRow, ProbeRow, Query, Reply, SortKey, StatusReport,
         },
     },
     clock::monotonic_ns,
@@ -16,6 +16,7 @@ use crate::{
     kernel::loader::Loaded,
     pipeline::flowtable::{CloseCause, Flow},
     pipeline::Pipeline,
+    render::anomaly::name_pods,
 };
 
 /// Most flows one `flows` answer returns, whatever the request's limit: the loop answers
@@ -44,10 +45,11 @@ pub fn answer(q: &Query, st: &Lent<'_>) -> Reply {
         Query::Status => Reply::Status(Box::new(status(st))),
         Query::Flow { cookie } => flow(st, *cookie),
         Query::Anomalies { .. } => anomalies(st),
-        Query::Top { by, limit } => Reply::Top(st.pipeline.top.report(
+        Query::Top { by, limit, pods } => Reply::Top(st.pipeline.top.report_of(
             monotonic_ns(),
             *by,
             (*limit).min(MAX_LIMIT),
+            *pods,
         )),
         Query::Watch { .. } => Reply::Error {
             code: ErrorCode::Internal,
@@ -117,13 +119,38 @@ fn status(st: &Lent<'_>) -> StatusReport {
         api: ApiCounters::default(),
         command_line: std::env::args().collect(),
         config: st.config.clone(),
+        pods: pods_row(&st.pipeline.attrib),
+    }
+}
+
+fn pods_row(attrib: &crate::attrib::Attributor) -> PodsRow {
+    let a = attrib.status();
+    PodsRow {
+        mode: a.mode.to_owned(),
+        source: a.source.source.to_owned(),
+        state: a.source.state,
+        fallback: a.fallback,
+        pods: a.pods,
+        source_errors: a.source.errors,
+        pods_over_cap: a.source.over_cap,
+        cgroups_cached: a.cgroups_cached,
+        cgroup_misses: a.cgroups.misses,
+        cgroup_rescans: a.cgroups.rescans,
+        cgroup_rescans_refused: a.cgroups.rate_limited,
+        cgroups_gone: a.cgroups.gone,
+        cgroup_last_scan_us: a.cgroups.last_scan_us,
+        cgroups_skipped: a.cgroups.skipped,
     }
 }
 
 fn flows(st: &Lent<'_>, m: &Matcher, sort: SortKey, limit: usize) -> Reply {
     let now = monotonic_ns();
     let table = &st.pipeline.flows;
-    let matched: Vec<&Flow> = table.iter().filter(|f| m.flow(f, now)).collect();
+    let attrib = &st.pipeline.attrib;
+    let matched: Vec<&Flow> = table
+        .iter()
+        .filter(|f| m.flow(f, now) && (!m.wants_owner() || m.owner(&attrib.owner(f.cgroup_id))))
+        .collect();
     let n = matched.len();
     let matched = best_flows(matched, sort, limit);
     Reply::Flows {
@@ -131,7 +158,7 @@ fn flows(st: &Lent<'_>, m: &Matcher, sort: SortKey, limit: usize) -> Reply {
         matched: n,
         flows: matched
             .iter()
-            .map(|f| FlowRecord::new(f, &st.loaded.reason_names))
+            .map(|f| FlowRecord::new(f, &st.loaded.reason_names).attributed(f, attrib))
             .collect(),
     }
 }
@@ -188,9 +215,12 @@ fn flow(st: &Lent<'_>, cookie: u64) -> Reply {
     for a in det.recent().filter(|a| a.evidence.contains(&cookie)) {
         anomalies.push(AnomalyRecord::new(a, "cleared", now));
     }
+    name_pods(&mut anomalies, &st.pipeline.flows, &st.pipeline.attrib);
     let hint = root_cause(f, &st.loaded.reason_names, &anomalies);
     Reply::Flow {
-        flow: Box::new(FlowRecord::new(f, &st.loaded.reason_names)),
+        flow: Box::new(
+            FlowRecord::new(f, &st.loaded.reason_names).attributed(f, &st.pipeline.attrib),
+        ),
         anomalies,
         hint,
     }
@@ -199,20 +229,22 @@ fn flow(st: &Lent<'_>, cookie: u64) -> Reply {
 fn anomalies(st: &Lent<'_>) -> Reply {
     let now = monotonic_ns();
     let det = &st.pipeline.detectors;
-    Reply::Anomalies {
-        active: det
-            .active()
-            .map(|a| AnomalyRecord::new(a, "active", now))
-            .collect(),
-        // Most recently cleared first.
-        recent: det
-            .recent()
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .map(|a| AnomalyRecord::new(a, "cleared", now))
-            .collect(),
-    }
+    let mut active: Vec<AnomalyRecord> = det
+        .active()
+        .map(|a| AnomalyRecord::new(a, "active", now))
+        .collect();
+    // Most recently cleared first.
+    let mut recent: Vec<AnomalyRecord> = det
+        .recent()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .map(|a| AnomalyRecord::new(a, "cleared", now))
+        .collect();
+    let (flows, attrib) = (&st.pipeline.flows, &st.pipeline.attrib);
+    name_pods(&mut active, flows, attrib);
+    name_pods(&mut recent, flows, attrib);
+    Reply::Anomalies { active, recent }
 }
 
 /// One line: why this flow ended (or how it is doing), from its close cause, counters and the

@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::{
     api::proto::Filter,
+    attrib::Owner,
     event::{
         parse::{self, ParseError},
         Detail, Event, Process, TcpState,
@@ -17,6 +18,11 @@ pub enum FilterError {
     Peer(#[from] ParseError),
     #[error("{0:?} is not a TCP state (ESTABLISHED, SYN_SENT, CLOSE, … or open/closed)")]
     State(String),
+    #[error(
+        "namespace and pod filters apply to flows only (`linkprobe flows --namespace/--pod`); \
+         watch a pod's events with --cgroup"
+    )]
+    OwnerOnEvents,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +40,8 @@ pub struct Matcher {
     pid: Option<u32>,
     comm: Option<String>,
     cgroup: Option<u64>,
+    namespace: Option<String>,
+    pod: Option<String>,
     with_rst: bool,
     with_retrans: bool,
     failed: bool,
@@ -73,11 +81,35 @@ impl Matcher {
             pid: f.pid,
             comm: f.comm.clone(),
             cgroup: f.cgroup,
+            namespace: f.namespace.clone(),
+            pod: f.pod.clone(),
             with_rst: f.with_rst,
             with_retrans: f.with_retrans,
             failed: f.failed,
             since_ms: f.since_ms,
         })
+    }
+
+    /// The matcher for live events, where no owner is resolved: owner filters are refused.
+    pub fn for_events(self) -> Result<Matcher, FilterError> {
+        if self.wants_owner() {
+            return Err(FilterError::OwnerOnEvents);
+        }
+        Ok(self)
+    }
+
+    /// `--namespace` or `--pod` was given: [`Matcher::owner`] must be asked too.
+    pub fn wants_owner(&self) -> bool {
+        self.namespace.is_some() || self.pod.is_some()
+    }
+
+    /// `--namespace` / `--pod` against the flow's owner (a named pod of this node).
+    pub fn owner(&self, owner: &Owner) -> bool {
+        let names = owner.names();
+        let is = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have == Some(w))
+        };
+        is(&self.namespace, names.map(|n| n.0)) && is(&self.pod, names.map(|n| n.1))
     }
 
     fn endpoint(&self, local: SocketAddr, remote: SocketAddr) -> bool {

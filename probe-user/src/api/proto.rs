@@ -55,6 +55,9 @@ pub enum Query {
         by: TopKey,
         #[serde(default = "default_limit")]
         limit: usize,
+        /// Rank the pods of this node instead of peers and ports.
+        #[serde(default)]
+        pods: bool,
     },
 }
 
@@ -75,6 +78,10 @@ pub struct Filter {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub cgroup: Option<u64>,
+    /// The owning pod's namespace (pod attribution).
+    pub namespace: Option<String>,
+    /// The owning pod's name.
+    pub pod: Option<String>,
     pub with_rst: bool,
     pub with_retrans: bool,
     /// Connection attempts that failed (refused, timeout, unreachable).
@@ -193,6 +200,33 @@ pub struct StatusReport {
     /// The daemon's command line (scope filters, ring and drain settings, …).
     pub command_line: Vec<String>,
     pub config: Config,
+    /// Pod attribution: the pod source in use and the cgroup path cache.
+    #[serde(default)]
+    pub pods: PodsRow,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PodsRow {
+    /// `[kubernetes] pods`: auto, api, logs or off.
+    pub mode: String,
+    /// `kubernetes-api`, `pod-log-dirs` or `none`.
+    pub source: String,
+    /// The source's state (`synced: 12 pods`, `reconnecting: …`).
+    pub state: String,
+    /// Why the API source is not in use, when it fell back.
+    pub fallback: Option<String>,
+    pub pods: usize,
+    pub source_errors: u64,
+    pub pods_over_cap: u64,
+    pub cgroups_cached: usize,
+    pub cgroup_misses: u64,
+    pub cgroup_rescans: u64,
+    pub cgroup_rescans_refused: u64,
+    /// Lookups of removed cgroups answered without a walk.
+    pub cgroups_gone: u64,
+    pub cgroup_last_scan_us: u64,
+    pub cgroups_skipped: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

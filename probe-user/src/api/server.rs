@@ -397,7 +397,7 @@ async fn watch(
     what: Stream,
 ) {
     let matcher = match &what {
-        Stream::Events(f) => match Matcher::new(f) {
+        Stream::Events(f) => match Matcher::new(f).and_then(Matcher::for_events) {
             Ok(m) => Some(m),
             Err(e) => {
                 send(&mut wr, &error(ErrorCode::BadRequest, e.to_string())).await;

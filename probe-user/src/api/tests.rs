@@ -323,6 +323,7 @@ fn json_field_names_are_stable() {
         api: ApiCounters::default(),
         command_line: vec!["linkprobe".into(), "daemon".into()],
         config: crate::config::Config::default(),
+        pods: Default::default(),
     })
     .unwrap();
     assert_eq!(
@@ -343,6 +344,7 @@ fn json_field_names_are_stable() {
             "api",
             "command_line",
             "config",
+            "pods",
         ])
     );
     assert_eq!(

@@ -1,5 +1,6 @@
 //! The daemon's TOML configuration: `[flows]` (flow table), `[detect]` (anomaly detectors),
-//! `[kernel]` (in-kernel repeat-RST check) and `[metrics]` (exporter label budget). Every key
+//! `[kernel]` (in-kernel repeat-RST check), `[metrics]` (exporter label budget) and
+//! `[kubernetes]` (pod attribution). Every key
 //! is optional and defaults to the value in `deploy/linkprobe.toml`; unknown keys, wrong types
 //! and out-of-range values are errors that name the file, the dotted key, the value and the
 //! allowed range.
@@ -59,15 +60,16 @@ impl fmt::Display for Range {
     }
 }
 
-/// A numeric config value: how it is read from TOML and compared with its range.
-trait Field: Copy + fmt::Display {
+/// A config value: how it is read from TOML and compared with its range (numbers by value,
+/// strings by length in bytes).
+trait Field: Clone + fmt::Display {
     /// What the error says a wrong-typed value should have been.
     const EXPECTED: &'static str;
     /// The value as a number for the range check; `None` for the wrong type.
     fn number(v: &Value) -> Option<f64>;
     /// The value itself, once its range was checked.
     fn convert(v: &Value) -> Option<Self>;
-    fn as_f64(self) -> f64;
+    fn as_f64(&self) -> f64;
 }
 
 macro_rules! int_field {
@@ -80,8 +82,8 @@ macro_rules! int_field {
             fn convert(v: &Value) -> Option<Self> {
                 v.as_integer().and_then(|i| <$t>::try_from(i).ok())
             }
-            fn as_f64(self) -> f64 {
-                self as f64
+            fn as_f64(&self) -> f64 {
+                *self as f64
             }
         }
     )*};
@@ -100,8 +102,71 @@ impl Field for f64 {
     fn convert(v: &Value) -> Option<Self> {
         Self::number(v)
     }
-    fn as_f64(self) -> f64 {
-        self
+    fn as_f64(&self) -> f64 {
+        *self
+    }
+}
+
+/// A string; its range bounds its length in bytes.
+impl Field for String {
+    const EXPECTED: &'static str = "a string";
+    fn number(v: &Value) -> Option<f64> {
+        v.as_str().map(|s| s.len() as f64)
+    }
+    fn convert(v: &Value) -> Option<Self> {
+        v.as_str().map(str::to_string)
+    }
+    fn as_f64(&self) -> f64 {
+        self.len() as f64
+    }
+}
+
+/// `[kubernetes] pods`: where pod names come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodsMode {
+    /// The Kubernetes API when in a cluster (`KUBERNETES_SERVICE_HOST` set), else the pod log
+    /// directories when they exist, else off.
+    Auto,
+    Api,
+    Logs,
+    Off,
+}
+
+impl PodsMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PodsMode::Auto => "auto",
+            PodsMode::Api => "api",
+            PodsMode::Logs => "logs",
+            PodsMode::Off => "off",
+        }
+    }
+
+    fn parse(s: &str) -> Option<PodsMode> {
+        [PodsMode::Auto, PodsMode::Api, PodsMode::Logs, PodsMode::Off]
+            .into_iter()
+            .find(|m| m.name() == s)
+    }
+}
+
+impl fmt::Display for PodsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\"", self.name())
+    }
+}
+
+/// One of a fixed set of names; its range is unused (any valid name is in it).
+impl Field for PodsMode {
+    const EXPECTED: &'static str = r#"one of "auto", "api", "logs", "off""#;
+    fn number(v: &Value) -> Option<f64> {
+        v.as_str().and_then(PodsMode::parse).map(|_| 0.0)
+    }
+    fn convert(v: &Value) -> Option<Self> {
+        v.as_str().and_then(PodsMode::parse)
+    }
+    fn as_f64(&self) -> f64 {
+        0.0
     }
 }
 
@@ -165,7 +230,7 @@ macro_rules! config_table {
             fn check_ranges(&self) -> Result<(), ConfigError> {
                 $(
                     let range = Range($lo, $hi);
-                    if !range.contains(Field::as_f64(self.$field)) {
+                    if !range.contains(Field::as_f64(&self.$field)) {
                         return Err(ConfigError::new(Problem::OutOfRange {
                             key: format!("{}.{}", $table, stringify!($field)),
                             value: self.$field.to_string(),
@@ -287,11 +352,37 @@ config_table! {
         max_peers: usize = 200, Lo::Ge(1.0), Hi::Le(100_000.0);
         /// Local listening ports with series of their own (top-K by activity).
         max_local_ports: usize = 50, Lo::Ge(1.0), Hi::Le(65_536.0);
+        /// Pods with series of their own in the per-pod families (top-K by activity; the rest
+        /// count under `namespace="other",pod="other"`).
+        max_pods: usize = 100, Lo::Ge(1.0), Hi::Le(100_000.0);
         /// Peers with handshake/RTT histograms of their own (each costs 2 × 20 series).
         max_histogram_peers: usize = 10, Lo::Ge(0.0), Hi::Le(10_000.0);
         /// How often the top-K is revisited: a peer idle for a whole period can give its
         /// series to a busier one (its counts move into `other`).
         rebalance_secs: u64 = 300, Lo::Ge(1.0), Hi::Le(86_400.0);
+    }
+}
+
+config_table! {
+    /// `[kubernetes]`: pod and container attribution. cgroup ids are mapped to pods through
+    /// the cgroup tree; pod names come from the Kubernetes API or the kubelet's log directories.
+    pub struct KubernetesConfig in "kubernetes" {
+        /// Where pod names come from: "auto" (the API in a cluster, else the pod log
+        /// directories when they exist, else off), "api", "logs" or "off" (no attribution).
+        pods: PodsMode = PodsMode::Auto, Lo::Ge(0.0), Hi::Le(0.0);
+        /// This node's name, whose pods the API source watches; empty: the `NODE_NAME`
+        /// environment variable (the DaemonSet sets it from the downward API). At most 253 bytes.
+        node_name: String = String::new(), Lo::Ge(0.0), Hi::Le(253.0);
+        /// The kubelet's pod log directories (`<namespace>_<pod>_<uid>`), the fallback source.
+        pod_log_dir: String = "/var/log/pods".to_string(), Lo::Ge(1.0), Hi::Le(4096.0);
+        /// Seconds between scans of `pod_log_dir`.
+        pod_log_rescan_secs: u64 = 10, Lo::Ge(1.0), Hi::Le(3600.0);
+        /// Pods of this node kept (names, UIDs, IPs); more are counted, not kept.
+        max_pods: usize = 1024, Lo::Ge(1.0), Hi::Le(1_048_576.0);
+        /// cgroup ids whose paths are cached (and cgroups walked per scan of the tree).
+        max_cgroups: usize = 65_536, Lo::Ge(16.0), Hi::Le(16_777_216.0);
+        /// Least milliseconds between two walks of the cgroup tree for unknown cgroup ids.
+        cgroup_rescan_ms: u64 = 2000, Lo::Ge(0.0), Hi::Le(3_600_000.0);
     }
 }
 
@@ -303,6 +394,7 @@ pub struct Config {
     pub detect: DetectConfig,
     pub kernel: KernelConfig,
     pub metrics: MetricsConfig,
+    pub kubernetes: KubernetesConfig,
 }
 
 const TABLES: &[&str] = &[
@@ -310,6 +402,7 @@ const TABLES: &[&str] = &[
     DetectConfig::TABLE,
     KernelConfig::TABLE,
     MetricsConfig::TABLE,
+    KubernetesConfig::TABLE,
 ];
 
 fn field_error(
@@ -347,6 +440,7 @@ fn keys_of(table: &str) -> &'static [&'static str] {
         "flows" => FlowsConfig::KEYS,
         "detect" => DetectConfig::KEYS,
         "metrics" => MetricsConfig::KEYS,
+        "kubernetes" => KubernetesConfig::KEYS,
         _ => KernelConfig::KEYS,
     }
 }
@@ -432,6 +526,7 @@ impl Config {
             "detect" => self.detect.set_value(key, v),
             "kernel" => self.kernel.set_value(key, v),
             "metrics" => self.metrics.set_value(key, v),
+            "kubernetes" => self.kubernetes.set_value(key, v),
             _ => Err(FieldError::Unknown),
         }
     }
@@ -469,6 +564,7 @@ impl Config {
         self.detect.check_ranges()?;
         self.kernel.check_ranges()?;
         self.metrics.check_ranges()?;
+        self.kubernetes.check_ranges()?;
         let d = &self.detect;
         let below = |key: &str, value: f64, other: &str, other_value: f64| {
             if value < other_value {

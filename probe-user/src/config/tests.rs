@@ -36,6 +36,7 @@ fn example_file_parses_to_defaults_and_lists_every_key() {
         ("detect", DetectConfig::KEYS),
         ("kernel", KernelConfig::KEYS),
         ("metrics", MetricsConfig::KEYS),
+        ("kubernetes", KubernetesConfig::KEYS),
     ] {
         assert!(EXAMPLE.contains(&format!("[{table}]")));
         for key in keys {
@@ -111,11 +112,17 @@ fn out_of_range_values_name_key_value_and_range() {
 
 #[test]
 fn every_key_rejects_a_negative_value() {
+    let kubernetes_numbers: Vec<&str> = KubernetesConfig::KEYS
+        .iter()
+        .copied()
+        .filter(|k| !["pods", "node_name", "pod_log_dir"].contains(k))
+        .collect();
     for (table, keys) in [
         ("flows", FlowsConfig::KEYS),
         ("detect", DetectConfig::KEYS),
         ("kernel", KernelConfig::KEYS),
         ("metrics", MetricsConfig::KEYS),
+        ("kubernetes", kubernetes_numbers.as_slice()),
     ] {
         for key in keys {
             let msg = err(&format!("[{table}]\n{key} = -1\n"));
@@ -214,7 +221,7 @@ fn unknown_keys_list_the_valid_ones() {
     let msg = err("[flows]\n[detector]\nx = 1\n");
     assert_eq!(
         msg,
-        "config: unknown key detector at line 2, column 2; valid keys at the top level: flows, detect, kernel, metrics"
+        "config: unknown key detector at line 2, column 2; valid keys at the top level: flows, detect, kernel, metrics, kubernetes"
     );
     let msg = err("[kernel]\nwindow = 3\n");
     assert!(msg.ends_with("valid keys of [kernel]: fallback_flows, repeat_rst_window_ms, repeat_rst_peer_threshold, repeat_rst_port_threshold"), "{msg}");
@@ -291,7 +298,7 @@ fn set_overrides_keys() {
     ));
     assert_eq!(
         e(c.set("nope.x", "1")),
-        "config override: unknown key nope.x; valid keys at the top level: flows, detect, kernel, metrics"
+        "config override: unknown key nope.x; valid keys at the top level: flows, detect, kernel, metrics, kubernetes"
     );
     assert!(e(c.set("detect", "1")).contains("unknown key detect."));
     assert_eq!(
@@ -323,4 +330,38 @@ fn kernel_config_applies_to_the_kernel_globals() {
     let mut d = probe_common::RepeatRstConfig::DEFAULT;
     KernelConfig::default().apply(&mut d);
     assert_eq!(d, probe_common::RepeatRstConfig::DEFAULT);
+}
+
+#[test]
+fn kubernetes_strings_and_modes() {
+    let c = Config::from_toml_str(
+        "[kubernetes]\npods = \"logs\"\nnode_name = \"node-7\"\npod_log_dir = \"/tmp/pods\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.kubernetes.pods, PodsMode::Logs);
+    assert_eq!(c.kubernetes.node_name, "node-7");
+    assert_eq!(c.kubernetes.pod_log_dir, "/tmp/pods");
+    let msg = err("[kubernetes]\npods = \"sometimes\"\n");
+    assert!(
+        msg.contains(r#"kubernetes.pods = "sometimes" has the wrong type (expected one of "auto", "api", "logs", "off")"#)
+            || msg.contains("one of \"auto\""),
+        "{msg}"
+    );
+    let msg = err("[kubernetes]\npods = 1\n");
+    assert!(msg.contains("kubernetes.pods"), "{msg}");
+    let msg = err(&format!(
+        "[kubernetes]\nnode_name = \"{}\"\n",
+        "n".repeat(254)
+    ));
+    assert!(msg.contains("kubernetes.node_name"), "{msg}");
+    assert!(msg.contains("out of range (0 <= value <= 253)"), "{msg}");
+    let msg = err("[kubernetes]\npod_log_dir = \"\"\n");
+    assert!(msg.contains("kubernetes.pod_log_dir"), "{msg}");
+    let mut c = Config::default();
+    c.set("kubernetes.pods", "off").unwrap();
+    c.set("kubernetes.node_name", "worker-2").unwrap();
+    assert_eq!(c.kubernetes.pods, PodsMode::Off);
+    assert_eq!(c.kubernetes.node_name, "worker-2");
+    assert!(c.set("kubernetes.pods", "maybe").is_err());
+    assert_eq!(c.kubernetes.pods, PodsMode::Off);
 }

@@ -83,6 +83,8 @@ pub fn filter(a: &FilterArgs) -> Result<Filter, CtlError> {
         with_retrans: a.with_retrans,
         failed: a.failed,
         since_ms: a.since,
+        namespace: None,
+        pod: None,
     })
 }
 
@@ -115,7 +117,11 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
         }
         Command::Flows(a) => {
             let q = Query::Flows {
-                filter: filter(&a.filter)?,
+                filter: Filter {
+                    namespace: a.namespace.clone(),
+                    pod: a.pod.clone(),
+                    ..filter(&a.filter)?
+                },
                 sort: a.sort,
                 limit: a.limit,
             };
@@ -171,6 +177,7 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
             let q = Query::Top {
                 by: a.by,
                 limit: a.limit,
+                pods: a.pods,
             };
             let r = check(Conn::ask(socket, q)?)?;
             let Reply::Top(report) = r else {

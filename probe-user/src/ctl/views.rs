@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use crate::{
     api::proto::{StatusReport, TopReport},
     render::table::{human_ns, percent, plain, Paint, Table, Tone},
+    untrusted::escape_str,
 };
 
 pub fn status_text(s: &StatusReport, paint: Paint) -> String {
@@ -75,6 +76,42 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
         .collect();
     if !kinds.is_empty() {
         let _ = writeln!(out, "  by kind: {}", kinds.join(", "));
+    }
+    let p = &s.pods;
+    if p.mode == "off" || p.mode.is_empty() {
+        let _ = writeln!(out, "pods: attribution off ([kubernetes] pods = \"off\")");
+    } else {
+        let source = match p.source.as_str() {
+            "none" => paint.yellow("none"),
+            other => paint.green(other),
+        };
+        let _ = writeln!(
+            out,
+            "pods: source {source} ({}), mode {}, {} pods known, {} source errors, {} over the cap",
+            escape_str(&p.state),
+            p.mode,
+            p.pods,
+            p.source_errors,
+            p.pods_over_cap
+        );
+        if let Some(why) = &p.fallback {
+            let _ = writeln!(
+                out,
+                "  the Kubernetes API source did not start: {}",
+                escape_str(why)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  cgroups: {} paths cached, {} misses, {} tree scans ({} refused: too soon), {} lookups of removed cgroups, last scan {} µs, {} entries skipped",
+            p.cgroups_cached,
+            p.cgroup_misses,
+            p.cgroup_rescans,
+            p.cgroup_rescans_refused,
+            p.cgroups_gone,
+            p.cgroup_last_scan_us,
+            p.cgroups_skipped
+        );
     }
     let fill = if s.flows.max == 0 {
         0.0

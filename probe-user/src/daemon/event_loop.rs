@@ -16,7 +16,7 @@ use crate::{
     daemon::{
         error::RunError,
         printer::Printer,
-        start::{ephemeral_ports, Started},
+        start::{attribution, ephemeral_ports, Started},
         state::LoopState,
     },
     kernel::reader::EventReader,
@@ -56,6 +56,7 @@ pub async fn run(
     let mut drain_tick = every(Duration::from_millis(args.drain_interval_ms));
     let mut second = every(Duration::from_secs(1));
     let mut pipeline = Pipeline::new(&config, ephemeral_ports());
+    pipeline.attrib = attribution(args, &config);
     if let Some((netns, sockets)) = &existing {
         pipeline.seed_existing(*netns, sockets, monotonic_ns());
     }

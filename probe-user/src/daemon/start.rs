@@ -1,13 +1,14 @@
 //! Everything before the event loop: configuration, preflight, mounts, the `--netns` /
 //! `--cgroup` scope, the sockets open before start, loading and attaching the probes, then the
-//! probe table and the ready line.
-use std::{ops::RangeInclusive, path::PathBuf};
+//! probe table and the ready line; pod attribution (`attribution`) for the loop.
+use std::{ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use probe_common::{RepeatRstConfig, Tuning};
 
 use crate::{
+    attrib::{self, Attributor},
     cli::ProbeArgs,
-    config::Config,
+    config::{Config, PodsMode},
     daemon::{error::RunError, exporter::Exporter},
     host::diag,
     host::mounts,
@@ -107,6 +108,51 @@ fn repeat_config(config: &Config, ephemeral: &RangeInclusive<u16>) -> RepeatRstC
     cfg.ephemeral_low = *ephemeral.start();
     cfg.ephemeral_high = *ephemeral.end();
     cfg
+}
+
+/// Pod attribution as `[kubernetes]` configures it: the pod source started (or the reason it
+/// fell back, logged), the cgroup tree read from the cgroup2 mount.
+pub fn attribution(args: &ProbeArgs, cfg: &Config) -> Attributor {
+    let k = &cfg.kubernetes;
+    if k.pods == PodsMode::Off {
+        return Attributor::off();
+    }
+    let cgroup_root = match &args.cgroup_root {
+        Some(p) => p.clone(),
+        None => match mounts::cgroup2_root() {
+            Ok(root) => root,
+            Err(e) => {
+                log::warn!("pods: attribution off: {e}");
+                return Attributor::off();
+            }
+        },
+    };
+    let node_name = if k.node_name.is_empty() {
+        std::env::var("NODE_NAME").unwrap_or_default()
+    } else {
+        k.node_name.clone()
+    };
+    let attrib = Attributor::start(&attrib::Settings {
+        mode: k.pods,
+        node_name,
+        pod_log_dir: PathBuf::from(&k.pod_log_dir),
+        pod_log_rescan: Duration::from_secs(k.pod_log_rescan_secs),
+        max_pods: k.max_pods,
+        max_cgroups: k.max_cgroups,
+        cgroup_rescan: Duration::from_millis(k.cgroup_rescan_ms),
+        cgroup_root,
+        in_cluster: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+    });
+    let st = attrib.status();
+    if attrib.enabled() {
+        log::info!(
+            "pods: attribution on (mode {}), source {}: {}",
+            st.mode,
+            st.source.source,
+            st.source.state
+        );
+    }
+    attrib
 }
 
 /// What [`start`] hands to [`run`].

@@ -11,7 +11,10 @@ use crate::{
     event::{decode::decode, totals::Totals},
     kernel::{counters, loader::Loaded, progstats},
     pipeline::Pipeline,
-    render::{anomaly::AnomalyRecord, flow::FlowRecord},
+    render::{
+        anomaly::{name_pods, AnomalyRecord},
+        flow::FlowRecord,
+    },
 };
 
 pub struct LoopState<'a> {
@@ -73,8 +76,13 @@ impl<'a> LoopState<'a> {
         let kernel_pass =
             self.open_flows
                 .before_expiry(self.loaded, &mut self.pipeline, &mut self.totals, now);
-        for change in self.pipeline.tick(now, kernel_pass) {
-            let record = AnomalyRecord::of_change(&change, now);
+        let changes = self.pipeline.tick(now, kernel_pass);
+        let mut records: Vec<AnomalyRecord> = changes
+            .iter()
+            .map(|c| AnomalyRecord::of_change(c, now))
+            .collect();
+        name_pods(&mut records, &self.pipeline.flows, &self.pipeline.attrib);
+        for record in records {
             self.printer.anomaly(&record);
             if let Some(api) = self.api.as_ref().filter(|a| a.watched()) {
                 api.publish(Live::Anomaly(record));
@@ -128,7 +136,10 @@ impl<'a> LoopState<'a> {
                 .pipeline
                 .flows
                 .iter()
-                .map(|f| FlowRecord::new(f, &self.loaded.reason_names))
+                .map(|f| {
+                    FlowRecord::new(f, &self.loaded.reason_names)
+                        .attributed(f, &self.pipeline.attrib)
+                })
                 .collect();
             self.printer.flows(&records, monotonic_ns());
         }

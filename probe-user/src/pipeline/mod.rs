@@ -9,6 +9,7 @@ pub mod top;
 use std::{ops::RangeInclusive, time::Duration};
 
 use crate::{
+    attrib::Attributor,
     config::Config,
     event::rst_reason::ReasonNames,
     event::Event,
@@ -28,6 +29,8 @@ pub struct Pipeline {
     pub metrics: Metrics,
     /// Rolling per-peer / per-port rates for `linkprobe top`.
     pub top: Top,
+    /// Who owns each socket (pods of this node); off until the daemon starts a pod source.
+    pub attrib: Attributor,
     signals: Vec<Signal>,
 }
 
@@ -45,18 +48,27 @@ impl Pipeline {
             detectors: Detectors::new(cfg.detect.clone()),
             metrics: Metrics::new(cfg.metrics.clone(), ephemeral),
             top: Top::new(TOP_SCOPES),
+            attrib: Attributor::off(),
             signals: Vec::new(),
         }
     }
 
-    /// Feeds one event through the flow table and the detectors.
+    /// Feeds one event through the flow table and the detectors. With attribution on, the
+    /// signals of the event (all of one socket) also count for the pod that owns the socket:
+    /// one owner lookup per event that produced signals.
     pub fn on_event(&mut self, ev: &Event, reasons: &ReasonNames) {
         self.signals.clear();
         self.flows.apply(ev, reasons, &mut self.signals);
+        let owner = (self.attrib.enabled() && !self.signals.is_empty())
+            .then(|| self.attrib.owner(ev.cgroup_id));
         for s in &self.signals {
             self.detectors.observe(s);
             self.metrics.observe(s);
             self.top.observe(s);
+            if let Some(owner) = &owner {
+                self.metrics.observe_owner(s, owner);
+                self.top.observe_owner(s, owner);
+            }
         }
     }
 

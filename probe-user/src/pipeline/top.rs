@@ -10,9 +10,11 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    attrib::{Owner, PodKey},
     pipeline::detect::Scope,
     pipeline::lru::{self, Links, List, Slots, NIL},
     pipeline::signal::{ConnectFailure, Signal},
+    untrusted::escape_str,
 };
 
 /// What `linkprobe top` ranks by.
@@ -108,8 +110,16 @@ impl Rates {
     }
 }
 
+/// What `top` keeps rates for: the detectors' scopes, and the pods of this node that own
+/// sockets (attribution on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum TopScope {
+    Scope(Scope),
+    Pod(PodKey),
+}
+
 struct Slot {
-    scope: Scope,
+    scope: TopScope,
     rates: Rates,
     links: Links<()>,
 }
@@ -128,8 +138,10 @@ pub struct Top {
     max_scopes: usize,
     /// Scope → slot. Peers are chosen by whoever sends packets: SipHash with a random key,
     /// so spoofed sources cannot aim at one bucket.
-    index: HashMap<Scope, u32>,
+    index: HashMap<TopScope, u32>,
     slots: Vec<Slot>,
+    /// `namespace/name` of the pods that have a slot.
+    pod_names: HashMap<PodKey, String>,
     /// Scopes by last activity, least recent first.
     recency: List,
     evicted: u64,
@@ -141,12 +153,17 @@ impl Top {
             max_scopes: max_scopes.clamp(1, NIL as usize - 1),
             index: HashMap::new(),
             slots: Vec::new(),
+            pod_names: HashMap::new(),
             recency: List::EMPTY,
             evicted: 0,
         }
     }
 
     fn rates(&mut self, scope: Scope, sec: u64) -> &mut Bucket {
+        self.rates_of(TopScope::Scope(scope), sec)
+    }
+
+    fn rates_of(&mut self, scope: TopScope, sec: u64) -> &mut Bucket {
         let slot = match self.index.get(&scope) {
             Some(&slot) => {
                 lru::unlink(&mut SlabLinks(&mut self.slots), &mut self.recency, slot);
@@ -160,7 +177,7 @@ impl Top {
 
     /// A slot for a new scope (off the list): a new one below the bound, else the least
     /// recently active scope's (evicted, counted).
-    fn admit(&mut self, scope: Scope) -> u32 {
+    fn admit(&mut self, scope: TopScope) -> u32 {
         let fresh = Slot {
             scope,
             rates: Rates::EMPTY,
@@ -174,6 +191,9 @@ impl Top {
             lru::unlink(&mut SlabLinks(&mut self.slots), &mut self.recency, victim);
             let old = std::mem::replace(&mut self.slots[victim as usize], fresh);
             self.index.remove(&old.scope);
+            if let TopScope::Pod(k) = old.scope {
+                self.pod_names.remove(&k);
+            }
             self.evicted += 1;
             victim
         };
@@ -219,16 +239,62 @@ impl Top {
         }
     }
 
-    /// The `limit` busiest scopes by `key` over the window ending at `now_ns`.
+    /// Counts `s` for the pod that owns its socket (named pods only: the rest have no scope).
+    pub fn observe_owner(&mut self, s: &Signal, owner: &Owner) {
+        let (Some(key), Some((ns, name))) = (owner.pod_key(), owner.names()) else {
+            return;
+        };
+        let sec = s.ts_ns() / NS;
+        let b = match s {
+            Signal::Connection { .. }
+            | Signal::Rst { .. }
+            | Signal::ConnectFailed { .. }
+            | Signal::DataSegments { .. } => self.rates_of(TopScope::Pod(key), sec),
+            _ => return,
+        };
+        match s {
+            Signal::Connection { .. } => b.connections += 1,
+            Signal::Rst { .. } => b.rsts += 1,
+            Signal::ConnectFailed { cause, .. } if *cause != ConnectFailure::Reset => {
+                b.failures += 1;
+            }
+            Signal::DataSegments {
+                sent,
+                retransmitted,
+                ..
+            } => {
+                b.segments += sent;
+                b.retransmits += retransmitted;
+            }
+            _ => {}
+        }
+        self.pod_names
+            .entry(key)
+            .or_insert_with(|| escape_str(&format!("{ns}/{name}")).into_owned());
+    }
+
+    /// The `limit` busiest peers and local ports by `key` over the window ending at `now_ns`.
+    #[cfg(test)]
     pub fn report(&self, now_ns: u64, key: TopKey, limit: usize) -> TopReport {
+        self.report_of(now_ns, key, limit, false)
+    }
+
+    /// The same over peers and ports, or (`pods`) over the pods of this node.
+    pub fn report_of(&self, now_ns: u64, key: TopKey, limit: usize, pods: bool) -> TopReport {
         let now_sec = now_ns / NS;
         let mut rows: Vec<TopRow> = self
             .slots
             .iter()
+            .filter(|s| matches!(s.scope, TopScope::Pod(_)) == pods)
             .map(|s| (&s.scope, s.rates.sum(now_sec)))
             .filter(|(_, b)| b.connections + b.rsts + b.failures + b.segments > 0)
             .map(|(scope, b)| TopRow {
-                scope: scope.to_string(),
+                scope: match scope {
+                    TopScope::Scope(s) => s.to_string(),
+                    TopScope::Pod(k) => {
+                        format!("pod {}", self.pod_names.get(k).map_or("?", String::as_str))
+                    }
+                },
                 connections: b.connections,
                 rsts: b.rsts,
                 failures: b.failures,
@@ -365,15 +431,15 @@ mod tests {
         assert_eq!(r.rows[0].rsts, 100_000);
         // The scopes kept are the most recent sources.
         let newest = IpAddr::from((base + 99_999).to_be_bytes());
-        assert!(top.index.contains_key(&Scope::Peer(Peer {
+        assert!(top.index.contains_key(&TopScope::Scope(Scope::Peer(Peer {
             addr: newest,
             port: Some(40_000)
-        })));
+        }))));
         let evicted = IpAddr::from((base + 95_000).to_be_bytes());
-        assert!(!top.index.contains_key(&Scope::Peer(Peer {
+        assert!(!top.index.contains_key(&TopScope::Scope(Scope::Peer(Peer {
             addr: evicted,
             port: Some(40_000)
-        })));
+        }))));
         assert_eq!(top.slots.len(), 4096);
         assert_eq!(top.recency.len, 4096);
     }

@@ -4,9 +4,17 @@
 //! contract.
 use serde::{Deserialize, Serialize};
 
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+};
+
 use crate::{
+    attrib::Attributor,
     pipeline::detect::{Anomaly, AnomalyChange, Scope},
+    pipeline::flowtable::FlowTable,
     render::table::{human_ns, plain, Paint, Table, Tone},
+    untrusted::escape_str,
 };
 
 /// One anomaly, as raised / updated / cleared (a change) or active / cleared (a snapshot).
@@ -35,6 +43,10 @@ pub struct AnomalyRecord {
     pub evidence: Vec<u64>,
     pub hint: String,
     pub detail: String,
+    /// The pods involved (pod attribution on): `namespace/pod` of the evidence flows' owners
+    /// and of their remote ends that are pods of this node, and of a peer scope's address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
 }
 
 impl AnomalyRecord {
@@ -62,6 +74,7 @@ impl AnomalyRecord {
             evidence: a.evidence.clone(),
             hint: a.hint.to_owned(),
             detail: a.detail.clone(),
+            pods: Vec::new(),
         }
     }
 
@@ -73,6 +86,57 @@ impl AnomalyRecord {
             AnomalyChange::Cleared(a) => ("cleared", a),
         };
         AnomalyRecord::new(a, name, at_ns)
+    }
+}
+
+/// Most pods one anomaly names (its evidence is bounded too; this keeps a line readable).
+const MAX_PODS_NAMED: usize = 16;
+
+/// Names the pods involved in each of `records`: one pass over the flow table for all of
+/// them (evidence cookies → flows → owners and peer pods). Nothing when attribution is off.
+pub fn name_pods(records: &mut [AnomalyRecord], flows: &FlowTable, attrib: &Attributor) {
+    if !attrib.enabled() || records.is_empty() {
+        return;
+    }
+    let wanted: HashSet<u64> = records
+        .iter()
+        .flat_map(|r| r.evidence.iter().copied())
+        .collect();
+    let mut by_cookie: HashMap<u64, Vec<String>> = HashMap::new();
+    if !wanted.is_empty() {
+        for f in flows.iter().filter(|f| wanted.contains(&f.key.cookie)) {
+            let mut names = Vec::new();
+            if let Some((ns, pod)) = attrib.owner(f.cgroup_id).names() {
+                names.push(format!("{ns}/{pod}"));
+            }
+            if let Some(p) = attrib.peer_pod(f.remote.ip()) {
+                names.push(format!("{}/{}", p.namespace, p.name));
+            }
+            by_cookie.insert(f.key.cookie, names);
+        }
+    }
+    for r in records.iter_mut() {
+        let mut pods: BTreeSet<String> = r
+            .evidence
+            .iter()
+            .filter_map(|c| by_cookie.get(c))
+            .flatten()
+            .cloned()
+            .collect();
+        let peer_ip = r.peer.as_deref().and_then(|p| {
+            p.parse::<SocketAddr>()
+                .map(|a| a.ip())
+                .or_else(|_| p.parse::<IpAddr>())
+                .ok()
+        });
+        if let Some(p) = peer_ip.and_then(|ip| attrib.peer_pod(ip)) {
+            pods.insert(format!("{}/{}", p.namespace, p.name));
+        }
+        r.pods = pods
+            .into_iter()
+            .take(MAX_PODS_NAMED)
+            .map(|p| escape_str(&p).into_owned())
+            .collect();
     }
 }
 
@@ -88,6 +152,10 @@ pub fn table(
     ];
     if wide {
         header.push("DETAIL");
+    }
+    let pods = active.iter().chain(recent).any(|a| !a.pods.is_empty());
+    if pods {
+        header.push("PODS");
     }
     let mut t = Table::new(header);
     for a in active.iter().chain(recent) {
@@ -138,6 +206,13 @@ pub fn table(
         if wide {
             row.push(plain(a.detail.clone()));
         }
+        if pods {
+            row.push(plain(if a.pods.is_empty() {
+                "-".to_owned()
+            } else {
+                a.pods.join(",")
+            }));
+        }
         t.row(row);
     }
     if active.is_empty() && recent.is_empty() {
@@ -153,8 +228,13 @@ pub fn line(a: &AnomalyRecord, paint: Paint) -> String {
         "cleared" => paint.green("cleared"),
         other => paint.yellow(other),
     };
+    let pods = if a.pods.is_empty() {
+        String::new()
+    } else {
+        format!(" [pods {}]", a.pods.join(", "))
+    };
     format!(
-        "anomaly #{} {} {} on {}: {} (peak {:.2}) — {}",
+        "anomaly #{} {} {} on {}{pods}: {} (peak {:.2}) — {}",
         a.id, change, a.kind, a.scope, a.detail, a.peak_rate, a.hint
     )
 }

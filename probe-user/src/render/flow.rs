@@ -6,11 +6,13 @@ use std::{fmt::Write as _, net::SocketAddr, num::NonZeroU64};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    attrib::{pods::PodMeta, Attributor, Owner},
     event::rst_reason::ReasonNames,
     event::SockStats,
     pipeline::flowtable::{Flow, TimelineEntry},
     render::anomaly::AnomalyRecord,
     render::table::{human_bytes, human_ns, human_us, plain, Paint, Table, Tone},
+    untrusted::escape_str,
 };
 
 /// One entry of a flow's timeline.
@@ -53,6 +55,64 @@ pub struct FlowRecord {
     pub close: Option<String>,
     pub closed_ns: Option<u64>,
     pub timeline: Vec<TimelineRecord>,
+    /// Who owns the socket (pod attribution on): absent when unknown.
+    #[serde(flatten)]
+    pub owner: OwnerFields,
+}
+
+/// A flow's owner and its peer's pod, as `-o json` and the API show them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerFields {
+    /// `host`, `namespace/pod`, or `pod <uid>` while the pod's name is not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The container's id (64 hex digits) where the cgroup is a container's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The pod's QoS class by its cgroup: `guaranteed`, `burstable`, `besteffort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos: Option<String>,
+    /// `containerd`, `cri-o` or `docker`, where the cgroup path names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// The remote end's `namespace/pod` when its address is a pod IP of this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_pod: Option<String>,
+}
+
+impl OwnerFields {
+    pub fn of(owner: &Owner, peer: Option<&PodMeta>) -> OwnerFields {
+        let at = owner.pod_ref();
+        // Names come from the pod source (API or directory names): escaped for terminals.
+        let esc = |t: &str| escape_str(t).into_owned();
+        OwnerFields {
+            owner: owner.text().map(|t| esc(&t)),
+            namespace: owner.names().map(|n| esc(n.0)),
+            pod: owner.names().map(|n| esc(n.1)),
+            pod_uid: at.map(|p| p.uid.clone()),
+            container_id: at.and_then(|p| p.container_id.clone()),
+            qos: at.map(|p| p.qos.name().to_owned()),
+            runtime: at.and_then(|p| p.runtime).map(|r| r.name().to_owned()),
+            peer_pod: peer.map(|p| esc(&format!("{}/{}", p.namespace, p.name))),
+        }
+    }
+
+    /// `ns/pod[/container-id-12]` for tables; `-` when unknown.
+    fn short(&self) -> String {
+        let Some(owner) = &self.owner else {
+            return "-".to_owned();
+        };
+        match &self.container_id {
+            Some(c) => format!("{owner}/{}", short_id(c)),
+            None => owner.clone(),
+        }
+    }
 }
 
 impl TimelineRecord {
@@ -99,7 +159,17 @@ impl FlowRecord {
                 .iter()
                 .map(|e| TimelineRecord::new(e, reasons))
                 .collect(),
+            owner: OwnerFields::default(),
         }
+    }
+
+    /// Adds the flow's owner and its peer's pod (nothing when attribution is off).
+    pub fn attributed(mut self, f: &Flow, attrib: &Attributor) -> Self {
+        if attrib.enabled() {
+            let peer = attrib.peer_pod(f.remote.ip());
+            self.owner = OwnerFields::of(&attrib.owner(f.cgroup_id), peer.as_deref());
+        }
+        self
     }
 }
 
@@ -124,12 +194,30 @@ fn count(n: u32) -> (String, Tone) {
     (n.to_string(), if n > 0 { Tone::Warn } else { Tone::Plain })
 }
 
-/// The flows table; `wide` adds namespace, cgroup, handshake, SYN retransmits, traffic.
+/// A container id's first 12 characters, as `crictl` and `docker ps` show it.
+fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+/// `addr (namespace/pod)` for a remote that is a pod of this node.
+fn remote(f: &FlowRecord) -> String {
+    match &f.owner.peer_pod {
+        Some(p) => format!("{} ({p})", f.remote),
+        None => f.remote.to_string(),
+    }
+}
+
+/// The flows table; `wide` adds namespace, cgroup, handshake, SYN retransmits, traffic. A
+/// POD column (owner `namespace/pod/container`) appears when any flow has an owner.
 pub fn table(flows: &[FlowRecord], now_ns: u64, wide: bool, paint: Paint) -> String {
     let mut header = vec![
         "COOKIE", "LOCAL", "REMOTE", "ROLE", "STATE", "PROCESS", "AGE", "RTT", "RETRANS", "RST",
         "CLOSE",
     ];
+    let pods = flows.iter().any(|f| f.owner.owner.is_some());
+    if pods {
+        header.push("POD");
+    }
     if wide {
         header.extend([
             "NETNS",
@@ -149,7 +237,7 @@ pub fn table(flows: &[FlowRecord], now_ns: u64, wide: bool, paint: Paint) -> Str
         let mut row = vec![
             plain(f.cookie.to_string()),
             plain(f.local.to_string()),
-            plain(f.remote.to_string()),
+            plain(remote(f)),
             plain(f.role.as_deref().unwrap_or("-")),
             plain(f.state.clone()),
             plain(process(f)),
@@ -169,6 +257,9 @@ pub fn table(flows: &[FlowRecord], now_ns: u64, wide: bool, paint: Paint) -> Str
                 close_tone(f.close.as_deref()),
             ),
         ];
+        if pods {
+            row.push(plain(f.owner.short()));
+        }
         if wide {
             row.extend([
                 plain(f.netns_cookie.to_string()),
@@ -208,9 +299,23 @@ pub fn story(
         f.cookie,
         f.cookie,
         f.local,
-        f.remote,
+        remote(f),
         role
     );
+    if let Some(owner) = &f.owner.owner {
+        let container = match (&f.owner.container_id, &f.owner.runtime) {
+            (Some(c), Some(rt)) => format!("    container {} ({rt})", short_id(c)),
+            (Some(c), None) => format!("    container {}", short_id(c)),
+            _ => String::new(),
+        };
+        let uid = f
+            .owner
+            .pod_uid
+            .as_deref()
+            .filter(|_| f.owner.pod.is_some())
+            .map_or(String::new(), |u| format!("    uid {u}"));
+        let _ = writeln!(s, "  pod      {owner}{container}{uid}");
+    }
     let _ = writeln!(
         s,
         "  process  {}    cgroup {}    netns {}{}",

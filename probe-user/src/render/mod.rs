@@ -7,6 +7,8 @@ pub mod anomaly;
 pub mod event;
 pub mod flow;
 pub mod table;
+#[cfg(test)]
+mod tests_pods;
 use std::collections::BTreeMap;
 
 use serde::Serialize;

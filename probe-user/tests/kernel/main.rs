@@ -10,6 +10,7 @@ mod exactness;
 mod exporter;
 mod exporter_abuse;
 mod limits;
+mod pods;
 mod prometheus_harness;
 mod repeat;
 mod restart;

@@ -132,6 +132,20 @@ impl Metrics {
     ) -> Vec<MetricFamily> {
         let mut out = Vec::new();
         self.traffic(h, &mut out);
+        if let Some(pods) = &self.pods {
+            let mut f = counter(
+                "linkprobe_pod_tcp_events_total",
+                "TCP events by the pod of this node that owns the socket: connections, RSTs \
+                 sent and received, retransmits, failed connects by cause.",
+            );
+            for (namespace, pod, event, v) in pods.rows() {
+                f.value(
+                    &[("namespace", namespace), ("pod", pod), ("event", s(event))],
+                    v as f64,
+                );
+            }
+            f.done(&mut out);
+        }
         self.anomalies(h, active, &mut out);
         health(h, self, &mut out);
         out

@@ -9,6 +9,7 @@
 //! kernel could not deliver are exported under `lost` from its per-kind loss counters, so each
 //! family's sum equals the kernel's own count.
 pub mod families;
+mod pods;
 mod series;
 mod spacesaving;
 mod topk;
@@ -18,6 +19,7 @@ use std::{collections::BTreeSet, ops::RangeInclusive};
 pub use series::{Hist, PeerLabel, PortLabel};
 
 use crate::{
+    attrib::Owner,
     config::MetricsConfig,
     event::Role,
     pipeline::detect::{AnomalyChange, AnomalyKind, Scope},
@@ -73,6 +75,8 @@ pub struct Metrics {
     rtts: Family<PeerLabel, Hist>,
     anomaly_keys: BTreeSet<AnomalyKey>,
     last_rebalance_ns: Option<u64>,
+    /// Per-pod families, from the first signal with an owner (attribution on).
+    pods: Option<pods::PodSeries>,
 }
 
 fn role_name(role: Option<Role>) -> &'static str {
@@ -102,6 +106,7 @@ impl Metrics {
             rtts: Family::new(),
             anomaly_keys: BTreeSet::new(),
             last_rebalance_ns: None,
+            pods: None,
         }
     }
 
@@ -217,6 +222,14 @@ impl Metrics {
         }
     }
 
+    /// Counts `s` for the pod that owns its socket (attribution on).
+    pub fn observe_owner(&mut self, s: &Signal, owner: &Owner) {
+        let max = self.cfg.max_pods;
+        self.pods
+            .get_or_insert_with(|| pods::PodSeries::new(max))
+            .observe(s, owner, &mut self.budget);
+    }
+
     /// The label set an anomaly's gauge uses (peers and ports as the top-K has them now).
     fn anomaly_key(&self, kind: AnomalyKind, scope: &Scope) -> AnomalyKey {
         let (scope_name, peer, local_port) = match scope {
@@ -291,6 +304,9 @@ impl Metrics {
             }
         }
         let retired_ports = self.ports.rebalance();
+        if let Some(pods) = &mut self.pods {
+            pods.rebalance(&mut self.budget);
+        }
         let is_retired = |label: &PeerLabel| match label {
             PeerLabel::Peer(p) => retired_peers.contains(p),
             _ => false,

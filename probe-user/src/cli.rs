@@ -484,7 +484,7 @@ mod tests {
             );
         }
         assert!(!ds.contains("0.0.0.0") && !ds.contains("prometheus.io/scrape"));
-        let pm = deploy("podmonitor.yaml");
+        let pm = deploy("podmonitor/podmonitor.yaml");
         for needed in [
             "port: https-metrics",
             "scheme: https",
@@ -493,7 +493,7 @@ mod tests {
         ] {
             assert!(
                 pm.contains(needed),
-                "deploy/kubernetes/podmonitor.yaml lacks {needed}"
+                "deploy/kubernetes/podmonitor/podmonitor.yaml lacks {needed}"
             );
         }
         let rbac = deploy("rbac.yaml");

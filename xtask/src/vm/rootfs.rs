@@ -42,6 +42,11 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "bpftrace",
         "the exactness test runs bpftrace on the same tracepoints as linkprobe",
     ),
+    (
+        "python3",
+        "the pods test serves HTTP from a kubelet-like cgroup (python3 -m http.server)",
+    ),
+    ("curl", "the pods test's client, in that cgroup"),
 ];
 
 /// Leaves out what no test reads: documentation, manuals, translations.

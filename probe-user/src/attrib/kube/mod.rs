@@ -37,7 +37,6 @@ mod slim;
 mod tests;
 
 use backoff::RetryBackoff;
-pub use feed::SOURCE;
 use feed::{AfterError, DirectoryFeed};
 use slim::SlimPod;
 

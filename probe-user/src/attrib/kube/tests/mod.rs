@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{start, KubeError, KubeSettings, SOURCE};
+use super::{feed::SOURCE, start, KubeError, KubeSettings};
 use crate::attrib::pods::PodDirectory;
 
 mod fake_apiserver;

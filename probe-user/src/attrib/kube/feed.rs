@@ -12,6 +12,7 @@ use kube::runtime::watcher::{Error as WatchError, Event};
 
 use super::super::pods::{PodDirectory, PodMeta};
 use super::slim::{checked_uid, to_pod_meta, SlimPod};
+use crate::untrusted::escape_str;
 
 /// The name this source gives itself in the directory's status.
 pub const SOURCE: &str = "kubernetes-api";
@@ -136,7 +137,10 @@ impl DirectoryFeed {
             // The apiserver compacted past our resourceVersion (or a continue token
             // expired): routine, not a failure. The directory stays as it is until the
             // relist completes.
-            log::info!("kubernetes-api: {error}; relisting");
+            log::info!(
+                "kubernetes-api: {}; relisting",
+                escape_str(&error_text(error))
+            );
             self.gone = true;
             if self.synced_once {
                 self.pods.set_status(SOURCE, "relisting (410 Gone)");
@@ -146,9 +150,11 @@ impl DirectoryFeed {
                 _ => AfterError::Continue,
             };
         }
-        log::warn!("kubernetes-api: {error}; retrying with backoff");
+        // The apiserver's words (a Status message) are an outsider's text.
+        let said = escape_str(&error_text(error)).into_owned();
+        log::warn!("kubernetes-api: {said}; retrying with backoff");
         self.pods.count_error();
-        let mut text = format!("reconnecting: {error}");
+        let mut text = format!("reconnecting: {said}");
         if text.len() > MAX_STATE_LEN {
             let mut end = MAX_STATE_LEN;
             while !text.is_char_boundary(end) {
@@ -190,4 +196,20 @@ impl DirectoryFeed {
             log::debug!("kubernetes-api: {refused}");
         }
     }
+}
+
+/// An error and its causes, each said once: kube's errors often show only the outermost
+/// ("client error (Connect)") and keep the reason ("Connection refused") in a source.
+fn error_text(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }

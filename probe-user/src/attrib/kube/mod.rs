@@ -141,12 +141,21 @@ pub fn start(settings: &KubeSettings, pods: PodDirectory) -> Result<KubeWatch, K
         .map_err(KubeError::Thread)?;
     let lines = Arc::new(AtomicU64::new(0));
     // The client's connection pool spawns its tasks on the runtime it is made in.
-    let client = {
+    let built = {
         let _entered = runtime.enter();
-        ClientBuilder::try_from(config)
-            .map_err(KubeError::Client)?
-            .with_layer(&lines::layer(settings.max_response_line, lines.clone()))
-            .build()
+        ClientBuilder::try_from(config).map(|builder| {
+            builder
+                .with_layer(&lines::layer(settings.max_response_line, lines.clone()))
+                .build()
+        })
+    };
+    let client = match built {
+        Ok(client) => client,
+        Err(e) => {
+            // Dropping a runtime blocks, which panics if the caller is itself async.
+            runtime.shutdown_background();
+            return Err(KubeError::Client(e));
+        }
     };
     let watch_config = watcher::Config::default()
         .fields(&format!("spec.nodeName={node}"))

@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Deserializer};
 
 use super::super::pods::PodMeta;
+use crate::untrusted::escape_str;
 
 /// A `v1/Pod`, reduced to what attribution needs.
 #[derive(Clone, Debug, Deserialize)]
@@ -95,7 +96,7 @@ const MAX_POD_IPS: usize = 4;
 pub enum Refused {
     #[error("a pod without {0}")]
     Missing(&'static str),
-    #[error("pod {field} is not a valid Kubernetes {what} ({len} bytes, starting {start:?})")]
+    #[error("pod {field} is not a valid Kubernetes {what} ({len} bytes, starting \"{start}\")")]
     Invalid {
         field: &'static str,
         what: &'static str,
@@ -104,7 +105,7 @@ pub enum Refused {
     },
     #[error("pod {pod} has {count} IPs (at most {MAX_POD_IPS} are taken)")]
     TooManyIps { pod: String, count: usize },
-    #[error("pod {pod} has an IP that is not an address: {start:?}")]
+    #[error("pod {pod} has an IP that is not an address: \"{start}\"")]
     BadIp { pod: String, start: String },
 }
 
@@ -113,7 +114,7 @@ fn invalid(field: &'static str, what: &'static str, value: &str) -> Refused {
         field,
         what,
         len: value.len(),
-        start: value.chars().take(40).collect(),
+        start: escape_str(&value.chars().take(40).collect::<String>()).into_owned(),
     }
 }
 
@@ -185,7 +186,7 @@ pub fn to_pod_meta(pod: &SlimPod) -> Result<PodMeta, Refused> {
         for text in listed.into_iter().filter(|t| !t.is_empty()) {
             let ip: IpAddr = text.parse().map_err(|_| Refused::BadIp {
                 pod: format!("{namespace}/{name}"),
-                start: text.chars().take(40).collect(),
+                start: escape_str(&text.chars().take(40).collect::<String>()).into_owned(),
             })?;
             if !ips.contains(&ip) {
                 ips.push(ip);

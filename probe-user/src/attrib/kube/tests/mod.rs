@@ -325,14 +325,15 @@ fn hostile_bodies_are_counted_and_leave_the_directory_intact() {
     ));
     feed.line(r#"{"type":"ADDED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"x","namespace":"shop","uid":"../../../etc/passwd","resourceVersion":"48301"}}}"#);
     feed.line(r#"{"type":"MODIFIED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"x","namespace":"shop","uid":"0f0f0f0f-0000-4000-8000-000000000002","resourceVersion":"48302"},"status":{"podIPs":[{"ip":"not-an-ip"}]}}}"#);
-    feed.line(r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"etcdserver: request timed out","code":500}}"#);
+    feed.line(r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"etcdserver: request timed out\u001b[2J","code":500}}"#);
     wait_for(&dir, "refused pods and the 500 counted", |d| {
         d.status().errors == 7
     });
+    let s = state(&dir);
+    assert!(s.contains("etcdserver: request timed out"), "{s}");
     assert!(
-        state(&dir).contains("etcdserver: request timed out"),
-        "{}",
-        state(&dir)
+        !s.contains('\u{1b}') && s.contains("\\x1b[2J"),
+        "escaped: {s}"
     );
     assert_eq!(pod_at(&dir, "10.244.1.99"), None);
     // A bookmark (no pod changed) shows the watch flows again.
@@ -440,4 +441,43 @@ fn stops_when_dropped() {
     feed.lines(WATCH_1);
     thread::sleep(Duration::from_millis(100));
     assert!(dir.by_uid(REDIS).is_some() && dir.by_uid(CART).is_none());
+}
+
+#[test]
+fn starts_and_stops_from_inside_an_async_caller() {
+    let server = FakeApiserver::start();
+    let dir = PodDirectory::new(8);
+    let caller = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The daemon may start the source from its own runtime: the watch's runtime is a
+    // separate one on its own thread, and stopping it does not block the caller's.
+    let watch = caller.block_on(async { start(&settings(&server, 20), dir.clone()).unwrap() });
+    let _feed = list_both_pages(&server, &dir, 1);
+    assert_eq!(dir.len(), 3);
+    caller.block_on(async move { drop(watch) });
+}
+
+#[test]
+fn tls_is_rustls_with_ring_and_a_failed_handshake_is_counted() {
+    // An https URL on a plain-HTTP server: the client is built with rustls (its crypto
+    // provider comes from the ring feature; none is installed by hand) and each TLS
+    // handshake fails, counted, without a request reaching the server.
+    let server = FakeApiserver::start();
+    let dir = PodDirectory::new(8);
+    let tls = KubeSettings {
+        api_url: Some(server.url.replace("http://", "https://")),
+        ..settings(&server, 20)
+    };
+    let _watch = start(&tls, dir.clone()).unwrap();
+    wait_for(&dir, "a failed handshake counted", |d| {
+        d.status().errors >= 1
+    });
+    let s = state(&dir);
+    assert!(
+        s.starts_with("reconnecting: ") && s.contains("corrupt message"),
+        "{s}"
+    );
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
 }

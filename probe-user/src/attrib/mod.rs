@@ -35,6 +35,8 @@ pub struct Settings {
     pub mode: PodsMode,
     /// This node's name (`NODE_NAME` when the config leaves it empty).
     pub node_name: String,
+    /// An API server URL instead of the in-cluster configuration (`kubectl proxy`, tests).
+    pub api_url: Option<String>,
     pub pod_log_dir: PathBuf,
     pub pod_log_rescan: Duration,
     pub max_pods: usize,
@@ -164,7 +166,8 @@ impl Attributor {
     /// Starts the configured pod source. Never fails: an API source that cannot start is
     /// logged and replaced by the pod log directories (or nothing), and `status` says why.
     pub fn start(s: &Settings) -> Attributor {
-        let want_api = s.mode == PodsMode::Api || (s.mode == PodsMode::Auto && s.in_cluster);
+        let want_api = s.mode == PodsMode::Api
+            || (s.mode == PodsMode::Auto && (s.in_cluster || s.api_url.is_some()));
         let logs_exist = is_dir(&s.pod_log_dir);
         // `auto` outside a cluster without the kubelet's directories: not a Kubernetes node.
         if s.mode == PodsMode::Off || (s.mode == PodsMode::Auto && !want_api && !logs_exist) {
@@ -176,6 +179,8 @@ impl Attributor {
         if want_api {
             let settings = kube::KubeSettings {
                 node_name: s.node_name.clone(),
+                api_url: s.api_url.clone(),
+                ..kube::KubeSettings::default()
             };
             log::info!("pods: watching the pods of node {:?}", settings.node_name);
             match kube::start(&settings, pods.clone()) {

@@ -23,6 +23,7 @@ pub fn settings(root: &Path, mode: PodsMode, log_dir: &Path) -> Settings {
     Settings {
         mode,
         node_name: "node-1".into(),
+        api_url: None,
         pod_log_dir: log_dir.to_path_buf(),
         pod_log_rescan: Duration::from_secs(3600),
         max_pods: 16,

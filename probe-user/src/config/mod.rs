@@ -373,6 +373,9 @@ config_table! {
         /// This node's name, whose pods the API source watches; empty: the `NODE_NAME`
         /// environment variable (the DaemonSet sets it from the downward API). At most 253 bytes.
         node_name: String = String::new(), Lo::Ge(0.0), Hi::Le(253.0);
+        /// The API server to watch pods through instead of the in-cluster configuration
+        /// (e.g. `http://127.0.0.1:8001` from `kubectl proxy`); empty: in-cluster.
+        api_url: String = String::new(), Lo::Ge(0.0), Hi::Le(2048.0);
         /// The kubelet's pod log directories (`<namespace>_<pod>_<uid>`), the fallback source.
         pod_log_dir: String = "/var/log/pods".to_string(), Lo::Ge(1.0), Hi::Le(4096.0);
         /// Seconds between scans of `pod_log_dir`.

@@ -115,7 +115,7 @@ fn every_key_rejects_a_negative_value() {
     let kubernetes_numbers: Vec<&str> = KubernetesConfig::KEYS
         .iter()
         .copied()
-        .filter(|k| !["pods", "node_name", "pod_log_dir"].contains(k))
+        .filter(|k| !["pods", "node_name", "api_url", "pod_log_dir"].contains(k))
         .collect();
     for (table, keys) in [
         ("flows", FlowsConfig::KEYS),

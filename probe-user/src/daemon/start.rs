@@ -135,6 +135,7 @@ pub fn attribution(args: &ProbeArgs, cfg: &Config) -> Attributor {
     let attrib = Attributor::start(&attrib::Settings {
         mode: k.pods,
         node_name,
+        api_url: (!k.api_url.is_empty()).then(|| k.api_url.clone()),
         pod_log_dir: PathBuf::from(&k.pod_log_dir),
         pod_log_rescan: Duration::from_secs(k.pod_log_rescan_secs),
         max_pods: k.max_pods,

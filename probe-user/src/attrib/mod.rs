@@ -128,7 +128,7 @@ pub struct AttribStatus {
 /// The pod source running for the attributor; dropping it stops it.
 enum Source {
     None,
-    Api(kube::KubeWatch),
+    Api(#[expect(dead_code, reason = "held to keep the watch running")] kube::KubeWatch),
     Logs(#[expect(dead_code, reason = "held to keep the scan running")] podlogs::PodLogWatch),
 }
 

@@ -364,6 +364,8 @@ fn deploy_rules_and_dashboard_use_only_exported_names() {
     ] {
         m.observe(&s);
     }
+    // With pod attribution on: the per-pod family (host processes count as `host`).
+    m.observe_owner(&rst(1, "NO_SOCKET"), &crate::attrib::Owner::Host);
     m.anomaly_keys.insert(AnomalyKey {
         kind: AnomalyKind::RstStorm,
         scope: "peer",

@@ -360,10 +360,7 @@ where
         Err(e) => return program_error("wrong program type", e),
     };
     if let Err(e) = load(prog) {
-        return ProbeState::Off(format!(
-            "the verifier rejected it: {}",
-            verifier_summary(&e)
-        ));
+        return ProbeState::Off(probes::load_refusal(&e));
     }
     let state = match attach(prog) {
         Ok(()) => ProbeState::Attached,
@@ -430,10 +427,7 @@ fn attach_sock_ops(
         Err(e) => return Ok(program_error("wrong program type", e)),
     };
     if let Err(e) = prog.load() {
-        return Ok(ProbeState::Off(format!(
-            "the verifier rejected it: {}",
-            verifier_summary(&e)
-        )));
+        return Ok(ProbeState::Off(probes::load_refusal(&e)));
     }
     let file = File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.display().to_string(),

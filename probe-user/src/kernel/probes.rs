@@ -160,6 +160,27 @@ pub fn table(probes: &[ProbeStatus]) -> String {
 }
 
 /// The verifier log is long; keep its last lines, which say why.
+/// Why the kernel did not load a program, as one phrase: a verifier rejection with the lines
+/// that say why, or (EPERM/EACCES with an empty verifier log) a refusal before verification,
+/// which is a missing capability, not a program fault.
+pub fn load_refusal(err: &aya::programs::ProgramError) -> String {
+    if let aya::programs::ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = err
+    {
+        let denied = matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES));
+        if denied && verifier_log.to_string().trim().is_empty() {
+            return format!(
+                "the kernel refused to load it ({io_error}) before verifying it: a capability \
+                 is missing (every program needs CAP_BPF, tracing programs CAP_PERFMON, \
+                 sock_ops CAP_NET_ADMIN)"
+            );
+        }
+    }
+    format!("the verifier rejected it: {}", verifier_summary(err))
+}
+
 pub fn verifier_summary(err: &aya::programs::ProgramError) -> String {
     match err {
         aya::programs::ProgramError::LoadError {
@@ -183,5 +204,41 @@ pub fn verifier_summary(err: &aya::programs::ProgramError) -> String {
             format!("{io_error}; verifier: {}", lines[tail..].join(" | "))
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::programs::ProgramError;
+    use aya_obj::VerifierLog;
+
+    use super::load_refusal;
+
+    fn load_error(errno: i32, log: &str) -> ProgramError {
+        ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(errno),
+            verifier_log: VerifierLog::new(log.to_owned()),
+        }
+    }
+
+    /// EPERM with no verifier output is a missing capability (measured in the container
+    /// suite: sock_ops without CAP_NET_ADMIN, tracing without CAP_PERFMON), not a verifier
+    /// verdict; a verifier log keeps its own last lines.
+    #[test]
+    fn a_refusal_before_verification_names_capabilities() {
+        let denied = load_refusal(&load_error(libc::EPERM, ""));
+        assert!(
+            denied.starts_with("the kernel refused to load it") && denied.contains("CAP_PERFMON"),
+            "{denied}"
+        );
+        let rejected = load_refusal(&load_error(
+            libc::EACCES,
+            "0: R1=ctx\ninvalid mem access 'scalar'\nprocessed 12 insns",
+        ));
+        assert!(
+            rejected.starts_with("the verifier rejected it:")
+                && rejected.contains("invalid mem access"),
+            "{rejected}"
+        );
     }
 }

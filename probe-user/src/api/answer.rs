@@ -132,6 +132,7 @@ fn pods_row(attrib: &crate::attrib::Attributor) -> PodsRow {
         fallback: a.fallback,
         pods: a.pods,
         source_errors: a.source.errors,
+        source_last_error: a.source.last_error,
         pods_over_cap: a.source.over_cap,
         cgroups_cached: a.cgroups_cached,
         cgroup_misses: a.cgroups.misses,

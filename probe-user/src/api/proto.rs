@@ -218,6 +218,8 @@ pub struct PodsRow {
     pub fallback: Option<String>,
     pub pods: usize,
     pub source_errors: u64,
+    /// The source's latest error, kept after it recovered.
+    pub source_last_error: Option<String>,
     pub pods_over_cap: u64,
     pub cgroups_cached: usize,
     pub cgroup_misses: u64,

@@ -170,6 +170,7 @@ fn refresh(dir: &Path, max_entries: usize, pods: &PodDirectory, known: &mut Hash
         Err(e) => {
             // Keep what the last scan found: a transient error must not unname every pod.
             pods.count_error();
+            pods.set_last_error(e.to_string());
             pods.set_status(SOURCE, format!("unreadable: {e}"));
         }
     }

@@ -26,6 +26,8 @@ pub struct SourceStatus {
     pub state: String,
     /// Errors seen since start (failed lists/watches, unreadable directories).
     pub errors: u64,
+    /// The latest error, kept after the source recovers (the state then says `synced`).
+    pub last_error: Option<String>,
     /// Pods not kept because the directory was full.
     pub over_cap: u64,
 }
@@ -119,6 +121,11 @@ impl PodDirectory {
     /// One more source error (kept as a count; the state says the latest).
     pub fn count_error(&self) {
         self.write().status.errors += 1;
+    }
+
+    /// What the latest error said (already escaped and bounded by the source).
+    pub fn set_last_error(&self, text: impl Into<String>) {
+        self.write().status.last_error = Some(text.into());
     }
 }
 

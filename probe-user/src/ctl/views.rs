@@ -94,6 +94,9 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
             p.source_errors,
             p.pods_over_cap
         );
+        if let Some(last) = &p.source_last_error {
+            let _ = writeln!(out, "  last source error: {}", escape_str(last));
+        }
         if let Some(why) = &p.fallback {
             let _ = writeln!(
                 out,

@@ -163,6 +163,7 @@ impl DirectoryFeed {
             text.truncate(end);
             text.push('…');
         }
+        self.pods.set_last_error(&text["reconnecting: ".len()..]);
         self.pods.set_status(SOURCE, text);
         self.erred = true;
         self.lines_at_error = self.lines.load(Ordering::Relaxed);

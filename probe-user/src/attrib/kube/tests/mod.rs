@@ -329,7 +329,9 @@ fn hostile_bodies_are_counted_and_leave_the_directory_intact() {
     wait_for(&dir, "refused pods and the 500 counted", |d| {
         d.status().errors == 7
     });
-    let s = state(&dir);
+    // The state may already say `synced` again (any line within a second does, and a slow
+    // machine takes that long): the latest error is kept apart.
+    let s = dir.status().last_error.unwrap_or_default();
     assert!(s.contains("etcdserver: request timed out"), "{s}");
     assert!(
         !s.contains('\u{1b}') && s.contains("\\x1b[2J"),
@@ -345,7 +347,8 @@ fn hostile_bodies_are_counted_and_leave_the_directory_intact() {
         pod_at(d, "10.244.1.31").is_some()
     });
     wait_for(&dir, "synced after the garbage", |d| state(d) == "synced");
-    assert_eq!(dir.len(), 3, "frontend, kube-proxy, cart (redis deleted)");
+    // The state was already `synced` (the bookmark): wait for the stream's last event too.
+    wait_for(&dir, "frontend, kube-proxy, cart (redis deleted)", |d| d.len() == 3);
     assert_eq!(
         pod_at(&dir, "10.244.1.17").as_deref(),
         Some("shop/frontend-7d9c6b5f4-x2lqz")

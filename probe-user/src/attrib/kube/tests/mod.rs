@@ -348,7 +348,9 @@ fn hostile_bodies_are_counted_and_leave_the_directory_intact() {
     });
     wait_for(&dir, "synced after the garbage", |d| state(d) == "synced");
     // The state was already `synced` (the bookmark): wait for the stream's last event too.
-    wait_for(&dir, "frontend, kube-proxy, cart (redis deleted)", |d| d.len() == 3);
+    wait_for(&dir, "frontend, kube-proxy, cart (redis deleted)", |d| {
+        d.len() == 3
+    });
     assert_eq!(
         pod_at(&dir, "10.244.1.17").as_deref(),
         Some("shop/frontend-7d9c6b5f4-x2lqz")

@@ -371,11 +371,9 @@ fn hostile_bodies_are_counted_and_leave_the_directory_intact() {
     // the watch resumes where it was.
     feed.raw(vec![b'{'; 2 << 20]);
     wait_for(&dir, "the endless line counted", |d| d.status().errors == 8);
-    assert!(
-        state(&dir).contains("without a line break"),
-        "{}",
-        state(&dir)
-    );
+    // The latest error, not the state: a slow machine may already show `synced` again.
+    let last = dir.status().last_error.unwrap_or_default();
+    assert!(last.contains("without a line break"), "{last}");
     let feed = server.watch();
     let resumed = server.request(6);
     assert!(

@@ -157,8 +157,9 @@ fn hex64(s: &str) -> Option<String> {
     .then(|| s.to_string())
 }
 
-/// A UUID with `sep` between its groups (8-4-4-4-12 hex digits), lowercase with dashes.
-fn uuid(s: &str, sep: char) -> Option<String> {
+/// A UUID with `sep` between its groups (8-4-4-4-12 hex digits), lowercase with dashes (`-`
+/// in pod log directory names, `_` in systemd slice names).
+pub fn uuid(s: &str, sep: char) -> Option<String> {
     let groups: Vec<&str> = s.split(sep).collect();
     let lens = [8, 4, 4, 4, 12];
     if groups.len() != lens.len() {

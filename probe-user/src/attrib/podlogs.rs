@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use super::pods::{PodDirectory, PodMeta};
+use super::{
+    kubepath,
+    pods::{PodDirectory, PodMeta},
+};
 
 /// The status source name.
 pub const SOURCE: &str = "pod-log-dirs";
@@ -56,7 +59,7 @@ pub fn parse_dir_name(name: &str) -> Option<PodMeta> {
         return None;
     }
     Some(PodMeta {
-        uid: uid_of(uid)?,
+        uid: kubepath::uuid(uid, '-')?,
         namespace: namespace.to_string(),
         name: pod.to_string(),
         ips: Vec::new(),
@@ -77,16 +80,6 @@ fn dns_label(s: &str, max: usize) -> bool {
 /// RFC 1123 subdomain (a pod name): labels joined by dots, at most 253 bytes.
 fn dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(|l| dns_label(l, 63))
-}
-
-/// A UUID, lowercase with dashes.
-fn uid_of(s: &str) -> Option<String> {
-    let ok = s.len() == 36
-        && s.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_hexdigit(),
-        });
-    ok.then(|| s.to_ascii_lowercase())
 }
 
 /// The scanning thread; dropping it stops the thread.

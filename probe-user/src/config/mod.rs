@@ -123,6 +123,20 @@ impl Field for String {
     }
 }
 
+/// One of a fixed set of names; its range is unused (any valid name is in it).
+impl Field for PodsMode {
+    const EXPECTED: &'static str = r#"one of "auto", "api", "logs", "off""#;
+    fn number(v: &Value) -> Option<f64> {
+        v.as_str().and_then(PodsMode::parse).map(|_| 0.0)
+    }
+    fn convert(v: &Value) -> Option<Self> {
+        v.as_str().and_then(PodsMode::parse)
+    }
+    fn as_f64(&self) -> f64 {
+        0.0
+    }
+}
+
 /// Why one key's value was rejected (the caller adds the key, origin and position).
 enum FieldError {
     Unknown,

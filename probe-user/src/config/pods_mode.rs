@@ -2,9 +2,6 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use toml::Value;
-
-use super::Field;
 
 /// `[kubernetes] pods`: where pod names come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -28,7 +25,7 @@ impl PodsMode {
         }
     }
 
-    fn parse(s: &str) -> Option<PodsMode> {
+    pub(super) fn parse(s: &str) -> Option<PodsMode> {
         [PodsMode::Auto, PodsMode::Api, PodsMode::Logs, PodsMode::Off]
             .into_iter()
             .find(|m| m.name() == s)
@@ -38,19 +35,5 @@ impl PodsMode {
 impl fmt::Display for PodsMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "\"{}\"", self.name())
-    }
-}
-
-/// One of a fixed set of names; its range is unused (any valid name is in it).
-impl Field for PodsMode {
-    const EXPECTED: &'static str = r#"one of "auto", "api", "logs", "off""#;
-    fn number(v: &Value) -> Option<f64> {
-        v.as_str().and_then(PodsMode::parse).map(|_| 0.0)
-    }
-    fn convert(v: &Value) -> Option<Self> {
-        v.as_str().and_then(PodsMode::parse)
-    }
-    fn as_f64(&self) -> f64 {
-        0.0
     }
 }

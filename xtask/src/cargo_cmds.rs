@@ -4,8 +4,8 @@ use std::{path::PathBuf, process::Command, time::Instant};
 use anyhow::{bail, Result};
 
 use crate::{
-    cmd::{cargo, exec, is_root, run, target_dir, workspace_root},
-    container, fuzz,
+    cmd::{cargo, exec, is_root, run, run_tee, target_dir, workspace_root},
+    container, fuzz, libtest,
     setup::{self, EBPF_TOOLCHAIN},
     validate, vm,
 };
@@ -70,7 +70,7 @@ pub fn test(args: &[String], no_vm: bool, unit_only: bool) -> Result<()> {
         println!("[test] unit tests only: real-kernel tests return early where they cannot run");
         cargo_test.env(UNIT_ONLY_ENV, "1");
     }
-    let host = run(&mut cargo_test);
+    let (host, host_out) = run_tee(&mut cargo_test);
     // Never skipped: a missing validator is an error (set-up installs them).
     println!("[test] deployment files: cargo xtask validate");
     let started = Instant::now();
@@ -129,7 +129,43 @@ pub fn test(args: &[String], no_vm: bool, unit_only: bool) -> Result<()> {
         );
         r
     };
+    summary(&[
+        ("host tests", &host),
+        ("deployment files", &validated),
+        ("container", &contained),
+        ("fuzz", &fuzzed),
+        ("kernel matrix", &matrix),
+    ]);
+    if host.is_err() {
+        print_host_failures(&host_out);
+    }
     host.and(validated).and(contained).and(fuzzed).and(matrix)
+}
+
+/// One line per step at the very end: CI keeps only the tail of the output.
+fn summary(steps: &[(&str, &Result<()>)]) {
+    println!("[test] summary:");
+    for (step, r) in steps {
+        match r {
+            Ok(()) => println!("[test]   {step}: ok"),
+            Err(e) => println!("[test]   {step}: FAILED: {e:#}"),
+        }
+    }
+}
+
+/// The host's failed tests again, with their panic messages, after everything else.
+fn print_host_failures(out: &str) {
+    let failed = libtest::failed_tests(out);
+    println!("[test] host tests that failed: {}", failed.len());
+    let excerpts = libtest::failure_excerpts(out);
+    for name in failed {
+        println!("[test]   FAILED {name}");
+        if let Some((_, text)) = excerpts.iter().find(|(n, _)| *n == name) {
+            for line in text.lines() {
+                println!("[test]       {line}");
+            }
+        }
+    }
 }
 
 /// Clippy with `-D warnings`: the host crates, then the eBPF crate with the pinned nightly for

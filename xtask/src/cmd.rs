@@ -122,6 +122,48 @@ pub fn run_stdout(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Prints the command and runs it with its stdout shown line by line as it comes and kept:
+/// returns the exit verdict and that stdout (stderr streams through).
+pub fn run_tee(cmd: &mut Command) -> (Result<()>, String) {
+    let command = shown(cmd);
+    println!("$ {command}");
+    let mut child = match cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let err = anyhow::Error::new(e).context(format!("cannot start `{command}`"));
+            return (Err(err), String::new());
+        }
+    };
+    let mut kept = String::new();
+    if let Some(out) = child.stdout.take() {
+        let mut out = std::io::BufReader::new(out);
+        let mut line = Vec::new();
+        // Lines, not UTF-8 strings: a test may print anything.
+        while matches!(std::io::BufRead::read_until(&mut out, b'\n', &mut line), Ok(n) if n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            print!("{text}");
+            kept.push_str(&text);
+            line.clear();
+        }
+    }
+    let verdict = match child.wait() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(CommandFailed {
+            command,
+            status,
+            stderr: String::new(),
+        }
+        .into()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("waiting for `{command}`"))),
+    };
+    (verdict, kept)
+}
+
 /// Runs quietly and returns its output, for probing the machine's state.
 pub fn capture(cmd: &mut Command) -> Result<Output> {
     let command = shown(cmd);

@@ -7,6 +7,7 @@ mod cargo_cmds;
 mod cmd;
 mod container;
 mod fuzz;
+mod libtest;
 mod linker;
 mod modgraph;
 mod procstat;

@@ -334,6 +334,7 @@ mod tests {
                 known_but_passed: Vec::new(),
                 passed_on_retry: Vec::new(),
                 tests: Vec::new(),
+                excerpts: Vec::new(),
             }],
             died_before: None,
         }
@@ -364,6 +365,34 @@ mod tests {
             "{}",
             r.render()
         );
+    }
+
+    /// Under TCG a few unexpected failures of either suite run again alone; anything else
+    /// (KVM, an unfinished suite, too many failures) is the verdict.
+    #[test]
+    fn a_few_failures_of_either_suite_under_tcg_run_again_alone() {
+        use crate::vm::{retry_under_tcg, suites::UNIT_TESTS};
+        let mut r = result("6.1.0-57-cloud-amd64", Value::Null, &["a::b"]);
+        assert!(retry_under_tcg(&r).is_none(), "kvm");
+        r.accel = "tcg".into();
+        let mut unit = r.suites[0].clone();
+        unit.name = UNIT_TESTS.into();
+        unit.failures = vec!["kube::x".into()];
+        unit.failed = 1;
+        r.suites.push(unit);
+        let retry = retry_under_tcg(&r).expect("a retry");
+        assert_eq!(
+            retry,
+            [
+                ("kernel-tests", vec!["a::b".to_owned()]),
+                (UNIT_TESTS, vec!["kube::x".to_owned()])
+            ]
+        );
+        r.suites[1].failures = (0..5).map(|i| format!("t{i}")).collect();
+        assert!(retry_under_tcg(&r).is_none(), "too many to be timing");
+        r.suites[1].failures.truncate(1);
+        r.suites[1].finished = false;
+        assert!(retry_under_tcg(&r).is_none(), "a crashed binary");
     }
 
     fn probes(off_reason: Option<&str>, fields: &[&str]) -> Value {

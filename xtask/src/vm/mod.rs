@@ -6,7 +6,6 @@ mod debver;
 mod initramfs;
 mod kernel;
 mod known;
-mod libtest;
 mod matrix;
 mod packages;
 mod qemu;
@@ -119,8 +118,10 @@ pub fn vm(args: &VmArgs) -> Result<()> {
     let tests = payload(
         &dir,
         "payload",
-        &vm_test_args(&args.test_args),
-        true,
+        &[
+            (KERNEL_TESTS, vm_test_args(&args.test_args)),
+            (UNIT_TESTS, Vec::new()),
+        ],
         args.timeout,
     )?;
     let mut failed = Vec::new();
@@ -137,36 +138,56 @@ pub fn vm(args: &VmArgs) -> Result<()> {
             r = boot(&dir, k, &name, &rootfs, &tests, args)?;
             r.died_before = Some(line);
         }
-        if let Some(tests) = retry_under_tcg(&r) {
+        if let Some(retry) = retry_under_tcg(&r) {
+            let names: Vec<&str> = retry
+                .iter()
+                .flat_map(|(_, t)| t)
+                .map(String::as_str)
+                .collect();
             println!(
                 "[vm] {}: {} unexpected failure(s) under TCG; booting once more to run them \
                  alone: {}",
                 k.release,
-                tests.len(),
-                tests.join(", ")
+                names.len(),
+                names.join(", ")
             );
-            let mut retry_args = vec!["--exact".to_owned()];
-            retry_args.extend(tests);
-            let retry_payload = payload(&dir, "payload-retry", &retry_args, false, args.timeout)?;
+            let sections: Vec<(&str, Vec<String>)> = retry
+                .iter()
+                .map(|(suite, tests)| {
+                    let mut exact = vec!["--exact".to_owned()];
+                    exact.extend(tests.iter().cloned());
+                    (*suite, exact)
+                })
+                .collect();
+            let retry_payload = payload(&dir, "payload-retry", &sections, args.timeout)?;
             let name = format!("{}-retry", k.release);
-            let retry = boot(&dir, k, &name, &rootfs, &retry_payload, args)?;
+            let again = boot(&dir, k, &name, &rootfs, &retry_payload, args)?;
             let _ = fs::remove_file(&retry_payload);
-            let suite = |r: &KernelResult| r.suites.iter().position(|s| s.name == KERNEL_TESTS);
-            if let (Some(i), Some(j)) = (suite(&r), suite(&retry)) {
-                r.suites[i].merge_retry(&retry.suites[j]);
+            for s in &mut r.suites {
+                if let Some(t) = again.suites.iter().find(|t| t.name == s.name) {
+                    s.merge_retry(t);
+                }
             }
         }
         save(&dir, &r)?;
         print!("{}", r.render());
         if !r.ok() {
-            failed.push(k.release.clone());
+            failed.push((k.release.clone(), r.why_failed()));
         }
     }
     if !args.no_readme {
         update_readme(&dir)?;
     }
     if !failed.is_empty() {
-        bail!("kernel matrix: failures on {}", failed.join(", "));
+        println!("== kernel matrix: what failed");
+        for (release, why) in &failed {
+            println!("   {release}:");
+            for line in why {
+                println!("     {line}");
+            }
+        }
+        let names: Vec<&str> = failed.iter().map(|(r, _)| r.as_str()).collect();
+        bail!("kernel matrix: failures on {}", names.join(", "));
     }
     Ok(())
 }
@@ -253,28 +274,31 @@ fn build_tests() -> Result<TestBinaries> {
     })
 }
 
-/// The per-run archive: test binaries and the files they read, at their host paths, and /init.
 /// Under software emulation some tests miss their timing (a storm too slow, a daemon that
 /// answers late, a program preempted twice): when a run's only unexpected failures are a few
-/// kernel tests, they get one more boot to run alone. Failures that pass there are listed as
+/// tests, they get one more boot to run alone. Failures that pass there are listed as
 /// flaky, never dropped; a test that fails again fails the kernel.
 const RETRY_AT_MOST: usize = 4;
 
-fn retry_under_tcg(r: &KernelResult) -> Option<Vec<String>> {
+fn retry_under_tcg(r: &KernelResult) -> Option<Vec<(&'static str, Vec<String>)>> {
     if r.ok() || r.accel != "tcg" || !r.completed || r.timed_out {
         return None;
     }
-    let mut tests = Vec::new();
-    for s in &r.suites {
-        let unexpected = s.unexpected();
-        if s.name != KERNEL_TESTS && !unexpected.is_empty() {
+    let mut retry = Vec::new();
+    for suite in [KERNEL_TESTS, UNIT_TESTS] {
+        let Some(s) = r.suites.iter().find(|s| s.name == suite) else {
+            continue;
+        };
+        if !s.finished {
             return None;
         }
-        if s.name == KERNEL_TESTS {
-            tests.extend(unexpected.into_iter().map(str::to_owned));
+        let unexpected = s.unexpected();
+        if !unexpected.is_empty() {
+            retry.push((suite, unexpected.into_iter().map(str::to_owned).collect()));
         }
     }
-    (!tests.is_empty() && tests.len() <= RETRY_AT_MOST).then_some(tests)
+    let count: usize = retry.iter().map(|(_, t): &(_, Vec<String>)| t.len()).sum();
+    (count > 0 && count <= RETRY_AT_MOST).then_some(retry)
 }
 
 /// The kernel tests' arguments in a VM: what was asked, or by default every test but the
@@ -290,13 +314,12 @@ fn vm_test_args(asked: &[String]) -> Vec<String> {
     }
 }
 
-/// Builds the test binaries and the initramfs part that runs them (`name`.cpio): the kernel
-/// tests with `test_args`, then (with `unit_tests`) the library's unit tests.
+/// Builds the test binaries and the initramfs part that runs them (`name`.cpio): each
+/// section is a test binary (`KERNEL_TESTS`, `UNIT_TESTS`) with its arguments, in order.
 fn payload(
     dir: &Path,
     name: &str,
-    test_args: &[String],
-    unit_tests: bool,
+    suites: &[(&str, Vec<String>)],
     timeout_s: u64,
 ) -> Result<PathBuf> {
     let bins = build_tests()?;
@@ -313,20 +336,19 @@ fn payload(
     // The exporter test reads deploy/ (rules, dashboard); unit tests read tracefs fixtures.
     initramfs::stage_dir(&root.join("deploy"), &staging)?;
     initramfs::stage_dir(&package.join("tests/fixtures"), &staging)?;
-    let mut sections = vec![initramfs::Section {
-        name: KERNEL_TESTS.into(),
-        exe: bins.kernel_tests,
-        args: test_args.to_vec(),
-        cwd: package.clone(),
-    }];
-    if unit_tests {
-        sections.push(initramfs::Section {
-            name: UNIT_TESTS.into(),
-            exe: bins.unit_tests,
-            args: Vec::new(),
-            cwd: package,
-        });
-    }
+    let sections: Vec<initramfs::Section> = suites
+        .iter()
+        .map(|(suite, args)| initramfs::Section {
+            name: (*suite).into(),
+            exe: if *suite == KERNEL_TESTS {
+                bins.kernel_tests.clone()
+            } else {
+                bins.unit_tests.clone()
+            },
+            args: args.clone(),
+            cwd: package.clone(),
+        })
+        .collect();
     // Each section gets most of the VM's budget; the VM's own timeout is the hard stop.
     let init = initramfs::init_script(&bins.linkprobe, &sections, timeout_s * 2 / 3);
     initramfs::stage_file(&staging, Path::new("/init"), &init, 0o755)?;

@@ -3,11 +3,8 @@
 //! `target/vm/results/<release>.json` and printed as a short report.
 use serde::{Deserialize, Serialize};
 
-use super::{
-    initramfs::MARK,
-    known,
-    libtest::{self, Outcome, Summary},
-};
+use super::{initramfs::MARK, known};
+use crate::libtest::{self, Outcome, Summary};
 
 /// One `begin … end` block of the stream.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -86,6 +83,15 @@ pub struct SuiteResult {
     #[serde(default)]
     pub passed_on_retry: Vec<String>,
     pub tests: Vec<libtest::TestResult>,
+    /// Each failed test's panic message (libtest's captured output).
+    #[serde(default)]
+    pub excerpts: Vec<FailureExcerpt>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FailureExcerpt {
+    pub test: String,
+    pub text: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -116,6 +122,10 @@ impl SuiteResult {
             known_but_passed: Vec::new(),
             passed_on_retry: Vec::new(),
             tests,
+            excerpts: libtest::failure_excerpts(&s.text)
+                .into_iter()
+                .map(|(test, text)| FailureExcerpt { test, text })
+                .collect(),
         };
         r.classify(run);
         r
@@ -260,6 +270,36 @@ impl KernelResult {
     /// Whether the kernel passes: the run completed, every suite finished without failures.
     pub fn ok(&self) -> bool {
         self.completed && !self.timed_out && self.suites.iter().all(SuiteResult::ok)
+    }
+
+    /// Why this kernel did not pass, a line each (the panic messages of unexpected failures
+    /// indented under them), for the summary at the end of the matrix: CI keeps only the tail.
+    pub fn why_failed(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(line) = &self.died_before {
+            out.push(format!("the kernel died in a first boot: {line}"));
+        }
+        if self.timed_out {
+            out.push("the run timed out".to_owned());
+        } else if !self.completed {
+            out.push("/init did not finish (the kernel died or qemu ended)".to_owned());
+        }
+        for s in self.suites.iter().filter(|s| !s.ok()) {
+            if !s.finished {
+                out.push(format!("{}: did not finish (no closing line)", s.name));
+            }
+            let unexpected = s.unexpected();
+            if unexpected.is_empty() && s.finished {
+                out.push(format!("{}: exit code {:?}", s.name, s.rc));
+            }
+            for t in unexpected {
+                out.push(format!("{}: FAILED {t}", s.name));
+                if let Some(e) = s.excerpts.iter().find(|e| e.test == t) {
+                    out.extend(e.text.lines().map(|l| format!("    {l}")));
+                }
+            }
+        }
+        out
     }
 
     /// The report printed after each kernel.
@@ -407,6 +447,10 @@ running 1 test
             known_but_passed: Vec::new(),
             passed_on_retry: Vec::new(),
             tests,
+            excerpts: vec![FailureExcerpt {
+                test: "c".into(),
+                text: "thread 'c' panicked at x.rs:1:1:\nc broke".into(),
+            }],
         };
         s.classify(known::Run {
             release: "7.2.13+deb14-cloud-amd64",
@@ -427,6 +471,32 @@ running 1 test
         assert_eq!(first.passed_on_retry, ["b"]);
         assert_eq!(first.unexpected(), ["c"]);
         assert!(!first.ok());
+        let kernel = KernelResult {
+            kernel: "7.2".into(),
+            package: String::new(),
+            version: String::new(),
+            suite: String::new(),
+            accel: "tcg".into(),
+            tree: String::new(),
+            when: 0,
+            boot_s: Some(1.0),
+            run_s: 1.0,
+            timed_out: false,
+            completed: true,
+            probes: None,
+            probes_rc: None,
+            probes_table: String::new(),
+            suites: vec![first.clone()],
+            died_before: None,
+        };
+        assert_eq!(
+            kernel.why_failed(),
+            [
+                "kernel-tests: FAILED c",
+                "    thread 'c' panicked at x.rs:1:1:",
+                "    c broke"
+            ]
+        );
         first.merge_retry(&suite(&[("c", Outcome::Ok)]));
         assert!(first.ok());
         // What failed stays counted as failed in the run itself.

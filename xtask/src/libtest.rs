@@ -1,5 +1,5 @@
 //! Per-test results from libtest's human output (`test a::b ... ok`), as printed by a test
-//! binary inside the VM. Child processes of the tests write to the same console, so a result
+//! binary inside the VM or by the host's `cargo test`. Child processes of the tests write to the same console, so a result
 //! line may be split (`test x ... ` + their output + `ok`) and foreign lines are skipped.
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +86,54 @@ pub fn parse(text: &str) -> Summary {
     s
 }
 
+/// The names of the tests libtest reported as failed, in order (several binaries' output may be
+/// concatenated).
+pub fn failed_tests(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.trim_end_matches('\r').trim_end().strip_prefix("test "))
+        .filter_map(|l| l.strip_suffix(" ... FAILED"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Lines kept per failed test: the panic and what follows it (the assertion's message).
+const EXCERPT_LINES: usize = 8;
+
+/// The panic message of each failed test, from libtest's `---- name stdout ----` blocks: CI
+/// keeps only the tail of the output, so `cargo xtask test` repeats these at its end.
+pub fn failure_excerpts(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, Vec<&str>)> = Vec::new();
+    for raw in text.lines() {
+        let line = raw.trim_end_matches('\r').trim_end();
+        if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|l| l.strip_suffix(" stdout ----"))
+        {
+            out.push((name.to_owned(), Vec::new()));
+        } else if line == "failures:" || line.starts_with("test result: ") {
+            out.push((String::new(), Vec::new()));
+        } else if let Some((_, lines)) = out.last_mut() {
+            lines.push(line);
+        }
+    }
+    out.into_iter()
+        .filter(|(name, _)| !name.is_empty())
+        .map(|(name, lines)| {
+            let start = lines
+                .iter()
+                .position(|l| l.starts_with("thread '") && l.contains("panicked at"))
+                .unwrap_or_else(|| lines.len().saturating_sub(EXCERPT_LINES));
+            let kept: Vec<&str> = lines[start..]
+                .iter()
+                .copied()
+                .filter(|l| !l.is_empty())
+                .take(EXCERPT_LINES)
+                .collect();
+            (name, kept.join("\n"))
+        })
+        .collect()
+}
+
 fn push(s: &mut Summary, name: &str, outcome: Outcome) {
     match outcome {
         Outcome::Ok => s.passed += 1,
@@ -139,6 +187,25 @@ test result: FAILED. 3 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; 
         assert_eq!(failed, ["cli::b"]);
         let names: Vec<&str> = s.tests.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["cli::a", "cli::b", "slow", "interleaved", "detach"]);
+    }
+
+    #[test]
+    fn failed_tests_are_named_from_their_result_lines() {
+        assert_eq!(failed_tests(RUN), ["cli::b"]);
+    }
+
+    #[test]
+    fn failure_excerpts_keep_each_failed_tests_panic() {
+        let got = failure_excerpts(RUN);
+        assert_eq!(
+            got,
+            [(
+                "cli::b".to_owned(),
+                "thread 'cli::b' panicked at probe-user/tests/kernel/cli.rs:10:5:\n\
+                 test assertion ... failed"
+                    .to_owned()
+            )]
+        );
     }
 
     #[test]

@@ -261,8 +261,18 @@ pub fn root_cause(
             format!("nothing listening on {remote} (RST to SYN): connection refused")
         }
         Some(CloseCause::Timeout) => format!(
-            "SYNs to {remote} unanswered ({} retransmits): backend down or a firewall dropping \
-             SYNs",
+            "connect to {remote} timed out in the kernel (ETIMEDOUT after {} SYN retransmits): \
+             backend down or a firewall dropping SYNs",
+            f.syn_retransmits
+        ),
+        Some(CloseCause::Abandoned) => format!(
+            "connect to {remote} aborted by the app after {} ({} SYN retransmits unanswered, \
+             no kernel timeout): backend down or a firewall dropping SYNs, or the app's connect \
+             timeout is shorter than the path needs",
+            f.closed_ns.map_or_else(
+                || "-".to_owned(),
+                |c| format!("{:.1} s", c.get().saturating_sub(f.start_ns) as f64 / 1e9)
+            ),
             f.syn_retransmits
         ),
         Some(CloseCause::Unreachable) => format!("no route to {remote} (ICMP unreachable)"),
@@ -287,7 +297,17 @@ pub fn root_cause(
             "still connecting to {remote}: {} SYN retransmits so far",
             f.syn_retransmits
         ),
-        None => "open".to_owned(),
+        None if f.established && f.rst_sent + f.rst_received + f.data_retransmits == 0 => {
+            format!(
+                "open and healthy: established with {remote} ({}), no retransmits or resets so far",
+                f.state
+            )
+        }
+        None if f.established => format!("open: established with {remote} ({})", f.state),
+        None if f.state == crate::event::TcpState::SYN_SENT => {
+            format!("connecting to {remote}: SYN sent, no answer yet")
+        }
+        None => format!("open ({}), nothing unusual seen", f.state),
     };
     // RTOs before the handshake are SYN retries, already told above.
     if f.data_retransmits > 0 || (f.established && f.rtos > 0) {
@@ -300,6 +320,7 @@ pub fn root_cause(
     let wanted: &[&str] = match f.close {
         Some(CloseCause::Refused) => &["connect_refused", "rst_storm", "rst_ratio"],
         Some(CloseCause::Timeout) => &["connect_timeout", "syn_retry"],
+        Some(CloseCause::Abandoned) => &["connect_abandoned", "syn_retry"],
         Some(CloseCause::Unreachable) => &["connect_unreachable"],
         Some(CloseCause::RstReceived | CloseCause::RstSent) => {
             &["reset_after_established", "rst_storm", "rst_ratio"]

@@ -146,7 +146,12 @@ impl Matcher {
             && (!self.failed
                 || matches!(
                     f.close,
-                    Some(CloseCause::Refused | CloseCause::Timeout | CloseCause::Unreachable)
+                    Some(
+                        CloseCause::Refused
+                            | CloseCause::Timeout
+                            | CloseCause::Unreachable
+                            | CloseCause::Abandoned
+                    )
                 ))
             && self.since_ms.is_none_or(|ms| {
                 f.last_seen_ns >= now_ns.saturating_sub(ms.saturating_mul(1_000_000))

@@ -391,6 +391,34 @@ fn root_cause_follows_the_close_cause_and_the_matching_anomaly() {
         super::answer::root_cause(&open, &reasons, &[]),
         "still connecting to 127.0.0.1:9: 3 SYN retransmits so far"
     );
+    // A healthy open flow says so (not just "open").
+    let mut healthy = sample_flow();
+    (healthy.close, healthy.closed_ns) = (None, None);
+    (healthy.established, healthy.state) = (true, crate::event::TcpState::ESTABLISHED);
+    (
+        healthy.syn_retransmits,
+        healthy.rtos,
+        healthy.rst_sent,
+        healthy.rst_received,
+    ) = (0, 0, 0, 0);
+    healthy.data_retransmits = 0;
+    assert_eq!(
+        super::answer::root_cause(&healthy, &reasons, &[]),
+        "open and healthy: established with 127.0.0.1:9 (ESTABLISHED), no retransmits or \
+         resets so far"
+    );
+    // The app's own connect timeout is not the kernel's.
+    let mut abandoned = sample_flow();
+    abandoned.close = Some(crate::pipeline::flowtable::CloseCause::Abandoned);
+    abandoned.closed_ns = std::num::NonZeroU64::new(abandoned.start_ns + 3_000_000_000);
+    abandoned.syn_retransmits = 2;
+    assert!(
+        super::answer::root_cause(&abandoned, &reasons, &[]).starts_with(
+            "connect to 127.0.0.1:9 aborted by the app after 3.0 s (2 SYN retransmits"
+        ),
+        "{}",
+        super::answer::root_cause(&abandoned, &reasons, &[])
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@
 pub mod cgroup_paths;
 pub mod kube;
 pub mod kubepath;
+pub mod listeners;
 pub mod podlogs;
 pub mod pods;
 

@@ -49,6 +49,8 @@ pub enum ConnectFailure {
     Timeout,
     /// ICMP unreachable or another hard error (EHOSTUNREACH, ENETUNREACH, …).
     Unreachable,
+    /// The app closed its socket in SYN_SENT without a socket error: it gave up first.
+    Abandoned,
     /// The connection (or its handshake) ended with an RST, sent or received.
     Reset,
 }
@@ -60,6 +62,7 @@ impl ConnectFailure {
             ConnectFailure::Refused => "refused",
             ConnectFailure::Timeout => "timeout",
             ConnectFailure::Unreachable => "unreachable",
+            ConnectFailure::Abandoned => "abandoned",
             ConnectFailure::Reset => "reset",
         }
     }

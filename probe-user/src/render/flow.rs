@@ -9,7 +9,7 @@ use crate::{
     attrib::{pods::PodMeta, Attributor, Owner},
     event::rst_reason::ReasonNames,
     event::SockStats,
-    pipeline::flowtable::{Flow, TimelineEntry},
+    pipeline::flowtable::{Flow, Timeline, TimelineEntry},
     render::anomaly::AnomalyRecord,
     render::table::{human_bytes, human_ns, human_us, plain, Paint, Table, Tone},
     untrusted::escape_str,
@@ -124,7 +124,32 @@ impl TimelineRecord {
             detail: e.detail(reasons),
         }
     }
+
+    /// The flow's timeline as shown: its first entries, a `dropped` marker saying what was
+    /// left out (if anything), then the later entries.
+    fn all_of(t: &Timeline, reasons: &ReasonNames) -> Vec<TimelineRecord> {
+        let mut out: Vec<TimelineRecord> =
+            t.first_entries().map(|e| Self::new(e, reasons)).collect();
+        if let Some(detail) = t.marker() {
+            let at = t
+                .later_entries()
+                .next()
+                .or(t.first_entries().last())
+                .map_or(0, |e| e.offset_ns);
+            out.push(TimelineRecord {
+                offset_ns: at,
+                kind: DROPPED_KIND.to_owned(),
+                state: None,
+                detail,
+            });
+        }
+        out.extend(t.later_entries().map(|e| Self::new(e, reasons)));
+        out
+    }
 }
+
+/// The `kind` of a timeline's marker of dropped entries.
+pub const DROPPED_KIND: &str = "dropped";
 
 impl FlowRecord {
     /// `reasons` names the kernel's RST reason numbers in the timeline.
@@ -154,11 +179,7 @@ impl FlowRecord {
             state: f.state.name().to_owned(),
             close: f.close.map(|c| c.name().to_owned()),
             closed_ns: f.closed_ns.map(NonZeroU64::get),
-            timeline: f
-                .timeline
-                .iter()
-                .map(|e| TimelineRecord::new(e, reasons))
-                .collect(),
+            timeline: TimelineRecord::all_of(&f.timeline, reasons),
             owner: OwnerFields::default(),
         }
     }
@@ -176,7 +197,9 @@ impl FlowRecord {
 fn close_tone(close: Option<&str>) -> Tone {
     match close {
         Some("fin") | None => Tone::Plain,
-        Some("refused" | "timeout" | "unreachable" | "rst_received" | "rst_sent") => Tone::Bad,
+        Some("refused" | "timeout" | "unreachable" | "abandoned" | "rst_received" | "rst_sent") => {
+            Tone::Bad
+        }
         Some(_) => Tone::Warn,
     }
 }
@@ -270,7 +293,13 @@ pub fn table(flows: &[FlowRecord], now_ns: u64, wide: bool, paint: Paint) -> Str
                 plain(f.counters.segs_out.to_string()),
                 plain(human_bytes(f.counters.bytes_acked)),
                 plain(human_bytes(f.counters.bytes_received)),
-                plain(f.timeline.len().to_string()),
+                plain(
+                    f.timeline
+                        .iter()
+                        .filter(|e| e.kind != DROPPED_KIND)
+                        .count()
+                        .to_string(),
+                ),
             ]);
         }
         t.row(row);
@@ -395,6 +424,10 @@ pub fn story(
     );
     let _ = writeln!(s, "{}", paint.bold("timeline"));
     for e in &f.timeline {
+        if e.kind == DROPPED_KIND {
+            let _ = writeln!(s, "  {:>12}  … {} …", "", e.detail);
+            continue;
+        }
         let kind = if e.kind.starts_with("rst") {
             paint.red(&format!("{:<20}", e.kind))
         } else if e.kind.contains("retrans") || e.kind == "rto" {

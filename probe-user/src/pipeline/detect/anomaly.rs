@@ -19,10 +19,11 @@ pub enum AnomalyKind {
     ResetAfterEstablished,
     RetransmitRate,
     KernelRepeatRst,
+    ConnectAbandoned,
 }
 
 impl AnomalyKind {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     pub const ALL: [AnomalyKind; AnomalyKind::COUNT] = [
         AnomalyKind::RstStorm,
         AnomalyKind::RstRatio,
@@ -33,6 +34,7 @@ impl AnomalyKind {
         AnomalyKind::ResetAfterEstablished,
         AnomalyKind::RetransmitRate,
         AnomalyKind::KernelRepeatRst,
+        AnomalyKind::ConnectAbandoned,
     ];
 
     /// Position in [`AnomalyKind::ALL`] (and in per-kind arrays).
@@ -52,6 +54,7 @@ impl AnomalyKind {
             AnomalyKind::ResetAfterEstablished => "reset_after_established",
             AnomalyKind::RetransmitRate => "retransmit_rate",
             AnomalyKind::KernelRepeatRst => "kernel_repeat_rst",
+            AnomalyKind::ConnectAbandoned => "connect_abandoned",
         }
     }
 
@@ -70,6 +73,10 @@ impl AnomalyKind {
                 "SYNs unanswered: backend down or firewall dropping SYNs"
             }
             AnomalyKind::ConnectUnreachable => "no route to the backend (ICMP unreachable)",
+            AnomalyKind::ConnectAbandoned => {
+                "the app gave up connecting (its own timeout) while its SYNs went unanswered: \
+                 backend down or firewall dropping SYNs"
+            }
             AnomalyKind::ResetAfterEstablished => {
                 "peer reset an established connection: app crash, idle timeout or LB/proxy reset"
             }

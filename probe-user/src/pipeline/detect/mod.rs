@@ -175,6 +175,10 @@ impl Detectors {
                     ConnectFailure::Unreachable => {
                         (AnomalyKind::ConnectUnreachable, "peer unreachable")
                     }
+                    ConnectFailure::Abandoned => (
+                        AnomalyKind::ConnectAbandoned,
+                        "connect abandoned by the app before the kernel timed out",
+                    ),
                     // Resets are raised from the RST itself (reset after established, storms).
                     ConnectFailure::Reset => return,
                 };

@@ -23,9 +23,12 @@ pub enum CloseCause {
     Fin,
     RstReceived,
     RstSent,
+    /// The kernel gave up (ETIMEDOUT: SYN retries exhausted).
     Timeout,
     Refused,
     Unreachable,
+    /// The app closed the socket while connecting (no socket error): its own timeout.
+    Abandoned,
 }
 
 impl CloseCause {
@@ -38,6 +41,7 @@ impl CloseCause {
             CloseCause::Timeout => "timeout",
             CloseCause::Refused => "refused",
             CloseCause::Unreachable => "unreachable",
+            CloseCause::Abandoned => "abandoned",
         }
     }
 }
@@ -51,6 +55,7 @@ impl From<CloseClass> for CloseCause {
             CloseClass::Refused => CloseCause::Refused,
             CloseClass::Timeout => CloseCause::Timeout,
             CloseClass::Unreachable => CloseCause::Unreachable,
+            CloseClass::Abandoned => CloseCause::Abandoned,
         }
     }
 }
@@ -188,10 +193,17 @@ impl Flow {
     /// The close cause from what the flow knows now (the kernel decides a lost FlowEnd's the
     /// same way).
     pub(super) fn classify(&self) -> CloseCause {
+        // Where the kernel's `sk_err` cannot be read, a connect that ended without an RST is
+        // taken for a timeout, as before the app's own close could be told apart.
+        let unread = if self.rst_received > 0 {
+            0
+        } else {
+            probe_common::kernel::errno::ETIMEDOUT
+        };
         CloseClass::of(
             self.kernel_role(),
             self.established,
-            self.close_sk_err.unwrap_or(0),
+            self.close_sk_err.unwrap_or(unread),
             self.rst_sent,
             self.rst_received,
         )
@@ -362,6 +374,13 @@ impl Flow {
                 return;
             }
         };
+        // A record names the state the socket is in (a SYN retransmit: SYN_SENT): an open flow
+        // first learnt from it is not UNKNOWN until the next open-flow pass.
+        if let Some(s) = state.filter(|s| s.0 != 0 && *s != TcpState::CLOSE) {
+            if self.close.is_none() {
+                self.state = s;
+            }
+        }
         self.push(
             TimelineEntry {
                 offset_ns: ts.saturating_sub(self.start_ns),

@@ -105,6 +105,7 @@ pub fn from_flow(
             Some(CloseCause::Refused) => Some(ConnectFailure::Refused),
             Some(CloseCause::Timeout) => Some(ConnectFailure::Timeout),
             Some(CloseCause::Unreachable) => Some(ConnectFailure::Unreachable),
+            Some(CloseCause::Abandoned) => Some(ConnectFailure::Abandoned),
             Some(CloseCause::RstReceived | CloseCause::RstSent) => Some(ConnectFailure::Reset),
             Some(CloseCause::Fin) | None => None,
         };

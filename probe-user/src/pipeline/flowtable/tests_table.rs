@@ -267,3 +267,24 @@ fn measure_memory_per_flow() {
         std::mem::size_of::<TimelineEntry>()
     );
 }
+
+#[test]
+fn a_connect_first_seen_by_its_syn_retransmit_is_syn_sent_with_its_owner() {
+    let mut t = FlowTable::new(FlowConfig::default());
+    run(&mut t, &[syn_retransmit(START + 1_000_000_000, 1)]);
+    let f = t.get(&key(CLIENT)).unwrap();
+    assert_eq!(f.state, TcpState::SYN_SENT);
+    assert_eq!(
+        f.process.as_ref().map(|p| p.comm.as_str().into_owned()),
+        Some("psql".into())
+    );
+    // Its close is not undone by a later record naming an open state.
+    run(
+        &mut t,
+        &[
+            end(START + 2_000_000_000, 2, 110, None, FlowCounts::default()),
+            syn_retransmit(START + 2_100_000_000, 1),
+        ],
+    );
+    assert_eq!(t.get(&key(CLIENT)).unwrap().state, TcpState::CLOSE);
+}

@@ -49,6 +49,7 @@ fn event_name(s: &Signal) -> Option<&'static str> {
             ConnectFailure::Refused => "connect_refused",
             ConnectFailure::Timeout => "connect_timeout",
             ConnectFailure::Unreachable => "connect_unreachable",
+            ConnectFailure::Abandoned => "connect_abandoned",
             ConnectFailure::Reset => "connection_reset",
         },
         _ => return None,

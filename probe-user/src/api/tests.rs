@@ -162,6 +162,8 @@ fn json_field_names_are_stable() {
             "data_retransmits",
             "rtos",
             "counters",
+            "payload_sent",
+            "payload_received",
             "rst_sent",
             "rst_received",
             "state",

@@ -49,6 +49,12 @@ pub struct FlowRecord {
     pub rtos: u32,
     /// sock_ops counters: segments, data segments, bytes, total retransmits.
     pub counters: SockStats,
+    /// Payload bytes sent (and acknowledged) and received: `counters.bytes_acked` and
+    /// `bytes_received` without the SYN and FINs the kernel also counts there.
+    #[serde(default)]
+    pub payload_sent: u64,
+    #[serde(default)]
+    pub payload_received: u64,
     pub rst_sent: u32,
     pub rst_received: u32,
     pub state: String,
@@ -174,6 +180,8 @@ impl FlowRecord {
             data_retransmits: f.data_retransmits,
             rtos: f.rtos,
             counters: f.counters,
+            payload_sent: f.payload().0,
+            payload_received: f.payload().1,
             rst_sent: f.rst_sent,
             rst_received: f.rst_received,
             state: f.state.name().to_owned(),
@@ -291,8 +299,8 @@ pub fn table(flows: &[FlowRecord], now_ns: u64, wide: bool, paint: Paint) -> Str
                 count(f.syn_retransmits),
                 count(f.rtos),
                 plain(f.counters.segs_out.to_string()),
-                plain(human_bytes(f.counters.bytes_acked)),
-                plain(human_bytes(f.counters.bytes_received)),
+                plain(human_bytes(f.payload_sent)),
+                plain(human_bytes(f.payload_received)),
                 plain(
                     f.timeline
                         .iter()
@@ -419,8 +427,8 @@ pub fn story(
         "  traffic  segs out {} in {}  sent {}  received {}",
         f.counters.segs_out,
         f.counters.segs_in,
-        human_bytes(f.counters.bytes_acked),
-        human_bytes(f.counters.bytes_received)
+        human_bytes(f.payload_sent),
+        human_bytes(f.payload_received)
     );
     let _ = writeln!(s, "{}", paint.bold("timeline"));
     for e in &f.timeline {

@@ -220,12 +220,30 @@ fn http_server(ns: &str, port: u16) -> Background {
     server
 }
 
-fn fetch(ns: &str, port: u16) {
+/// curl fetches `/` from `port`: the bytes of its request and of the response (headers and
+/// body), as curl counts them.
+fn fetch(ns: &str, port: u16) -> (u64, u64) {
     let url = format!("http://127.0.0.1:{port}/");
-    let st = in_ns(ns, &["curl", "-sf", "-o", "/dev/null", &url])
-        .status()
-        .expect("curl");
-    assert!(st.success(), "curl {url}: {st}");
+    let out = in_ns(
+        ns,
+        &[
+            "curl",
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_request} %{size_header} %{size_download}",
+            &url,
+        ],
+    )
+    .output()
+    .expect("curl");
+    assert!(out.status.success(), "curl {url}: {}", out.status);
+    let sizes: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|n| n.parse().expect("a size"))
+        .collect();
+    (sizes[0], sizes[1] + sizes[2])
 }
 
 /// The accepted (server) flows on local `port`, once there are `n`.
@@ -247,6 +265,8 @@ fn server_flows(daemon: &Daemon, port: u16, n: usize) -> Vec<Value> {
 
 #[test]
 fn accepted_sockets_belong_to_their_listeners_owner_even_one_older_than_the_daemon() {
+    // And both ends count the same payload bytes (issue 15: "client sent 86 B, server
+    // received 85 B").
     if !can_run_kernel_tests("accepted_sockets_owner") {
         return;
     }
@@ -258,9 +278,10 @@ fn accepted_sockets_belong_to_their_listeners_owner_even_one_older_than_the_daem
     let early = http_server(&ns.name, EARLY);
     let daemon = Daemon::start(&ns.name, "accepted", &[]);
     let late = http_server(&ns.name, LATE);
-    for port in [EARLY, LATE, EARLY] {
-        fetch(&ns.name, port);
-    }
+    let sizes: Vec<(u16, (u64, u64))> = [EARLY, LATE, EARLY]
+        .into_iter()
+        .map(|port| (port, fetch(&ns.name, port)))
+        .collect();
     for (port, server, n) in [(EARLY, &early, 2), (LATE, &late, 1)] {
         let pid = u64::from(server.pid().unwrap());
         let flows = server_flows(&daemon, port, n);
@@ -277,6 +298,35 @@ fn accepted_sockets_belong_to_their_listeners_owner_even_one_older_than_the_daem
         );
         let by_comm = daemon.json(&["flows", "--comm", "python3", "--port", &port.to_string()]);
         assert_eq!(rows(&by_comm).len(), n, "--comm python3: {by_comm:#}");
+        // Both ends agree on the payload, and with curl: no SYN or FIN counted in.
+        let all = daemon.json(&["flows", "--port", &port.to_string()]);
+        for server in &flows {
+            let client = rows(&all)
+                .iter()
+                .find(|c| c["role"] == "client" && c["local"] == server["remote"])
+                .unwrap_or_else(|| panic!("the client of {server:#} in {all:#}"));
+            let (request, response) = sizes
+                .iter()
+                .find(|(p, _)| *p == port)
+                .map(|(_, s)| *s)
+                .unwrap();
+            assert_eq!(client["payload_sent"].as_u64(), Some(request), "{client:#}");
+            assert_eq!(
+                server["payload_received"].as_u64(),
+                Some(request),
+                "{server:#}"
+            );
+            assert_eq!(
+                server["payload_sent"].as_u64(),
+                Some(response),
+                "{server:#}"
+            );
+            assert_eq!(
+                client["payload_received"].as_u64(),
+                Some(response),
+                "{client:#}"
+            );
+        }
     }
     let text = daemon.ok(&["flows", "--port", &EARLY.to_string()]);
     eprintln!("== flows --port {EARLY} (listener older than the daemon):\n{text}");

@@ -97,6 +97,8 @@ pub struct Flow {
     pub state: TcpState,
     pub established: bool,
     pub close: Option<CloseCause>,
+    /// The state the flow left for CLOSE.
+    pub close_from: Option<TcpState>,
     /// When the flow ended (kernel clock, never 0 once set).
     pub closed_ns: Option<NonZeroU64>,
     /// The kernel's `sk_err` at the flow's end.
@@ -141,6 +143,7 @@ impl Flow {
             state: TcpState(0),
             established: false,
             close: None,
+            close_from: None,
             closed_ns: None,
             close_sk_err: None,
             last_seen_ns: ts_ns,
@@ -174,6 +177,41 @@ impl Flow {
         c.data_segs_out = c.data_segs_out.max(s.data_segs_out);
         c.bytes_received = c.bytes_received.max(s.bytes_received);
         c.bytes_acked = c.bytes_acked.max(s.bytes_acked);
+    }
+
+    /// Payload bytes (sent and acknowledged, received), without the sequence space the
+    /// kernel's counters also hold: `bytes_acked` counts a client's SYN once it is acknowledged
+    /// and this end's FIN once acknowledged; `bytes_received` counts the peer's FIN. (So curl's
+    /// 78-byte request read 80 sent on its side and 79 received on the server's.) A flow that
+    /// left FIN_WAIT2 by the FIN timeout, without the peer's FIN, reads one byte short.
+    pub fn payload(&self) -> (u64, u64) {
+        use TcpState as S;
+        let syn_acked = self.role == Some(Role::Client) && self.established;
+        let (our_fin_acked, peer_fin) = match self.close_from {
+            // Left for CLOSE from: FIN_WAIT2 (our FIN acked, the peer's in: time-wait),
+            // CLOSING and LAST_ACK (the ACK of our FIN, after the peer's), CLOSE_WAIT (an
+            // abort after the peer's FIN).
+            Some(from) => (
+                matches!(from, S::FIN_WAIT2 | S::CLOSING | S::LAST_ACK),
+                matches!(
+                    from,
+                    S::FIN_WAIT2 | S::CLOSING | S::LAST_ACK | S::CLOSE_WAIT
+                ),
+            ),
+            None => (
+                matches!(self.state, S::FIN_WAIT2 | S::TIME_WAIT),
+                matches!(
+                    self.state,
+                    S::CLOSE_WAIT | S::LAST_ACK | S::CLOSING | S::TIME_WAIT
+                ),
+            ),
+        };
+        let c = &self.counters;
+        (
+            c.bytes_acked
+                .saturating_sub(u64::from(syn_acked) + u64::from(our_fin_acked)),
+            c.bytes_received.saturating_sub(u64::from(peer_fin)),
+        )
     }
 
     /// When the first SYN went out: a client's start (connect()), unless first seen late.
@@ -294,6 +332,7 @@ impl Flow {
         let note = match &ev.detail {
             Detail::FlowEnd { from } => {
                 self.state = TcpState::CLOSE;
+                self.close_from = Some(*from);
                 self.close_sk_err = ev.sk_err;
                 if self.close.is_none() {
                     self.closed_ns = NonZeroU64::new(ts);

@@ -152,6 +152,18 @@ impl EventRecord {
     }
 }
 
+/// An address as the text views show it: port 0 (not bound yet: connect() announces its
+/// SYN_SENT before the kernel picks the local port) as `*`, the way `ss` shows it.
+pub fn endpoint(a: SocketAddr) -> String {
+    if a.port() != 0 {
+        return a.to_string();
+    }
+    match a {
+        SocketAddr::V4(v4) => format!("{}:*", v4.ip()),
+        SocketAddr::V6(v6) => format!("[{}]:*", v6.ip()),
+    }
+}
+
 /// One event, one line.
 pub fn line(e: &EventRecord, paint: Paint) -> String {
     let mut extra = Vec::new();
@@ -209,10 +221,22 @@ pub fn line(e: &EventRecord, paint: Paint) -> String {
         e.ts_ns as f64 / 1e9,
         kind,
         e.cookie.map_or("-".to_owned(), |c| c.to_string()),
-        e.local,
-        e.remote,
+        endpoint(e.local),
+        endpoint(e.remote),
         extra.join(" ")
     )
     .trim_end()
     .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unbound_port_shows_as_a_star() {
+        assert_eq!(endpoint("127.0.0.1:0".parse().unwrap()), "127.0.0.1:*");
+        assert_eq!(endpoint("[::1]:0".parse().unwrap()), "[::1]:*");
+        assert_eq!(endpoint("10.0.0.1:80".parse().unwrap()), "10.0.0.1:80");
+    }
 }

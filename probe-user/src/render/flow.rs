@@ -11,6 +11,7 @@ use crate::{
     event::SockStats,
     pipeline::flowtable::{Flow, Timeline, TimelineEntry},
     render::anomaly::AnomalyRecord,
+    render::event::endpoint,
     render::table::{human_bytes, human_ns, human_us, plain, Paint, Table, Tone},
     untrusted::escape_str,
 };
@@ -267,7 +268,7 @@ pub fn table(flows: &[FlowRecord], now_ns: u64, wide: bool, paint: Paint) -> Str
         let rst = f.rst_sent + f.rst_received;
         let mut row = vec![
             plain(f.cookie.to_string()),
-            plain(f.local.to_string()),
+            plain(endpoint(f.local)),
             plain(remote(f)),
             plain(f.role.as_deref().unwrap_or("-")),
             plain(f.state.clone()),
@@ -335,7 +336,7 @@ pub fn story(
         paint.bold("flow"),
         f.cookie,
         f.cookie,
-        f.local,
+        endpoint(f.local),
         remote(f),
         role
     );

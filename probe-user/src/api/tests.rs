@@ -282,6 +282,7 @@ fn json_field_names_are_stable() {
             rst_per_sec: 0.1,
             failure_rate: 0.0,
             retransmit_rate: 0.0,
+            process: Some("nginx/42".into()),
         }],
     }))
     .unwrap();
@@ -307,6 +308,7 @@ fn json_field_names_are_stable() {
             "rst_per_sec",
             "failure_rate",
             "retransmit_rate",
+            "process",
         ])
     );
     let status = serde_json::to_value(StatusReport {

@@ -185,6 +185,7 @@ pub fn top_table(r: &TopReport, wide: bool, paint: Paint) -> String {
     if wide {
         header.extend(["RSTS", "FAILURES", "DATA_SEGS", "RETRANSMITS"]);
     }
+    header.push("PROCESS");
     let mut t = Table::new(header);
     for row in &r.rows {
         let tone = |v: f64| if v > 0.0 { Tone::Bad } else { Tone::Plain };
@@ -203,6 +204,7 @@ pub fn top_table(r: &TopReport, wide: bool, paint: Paint) -> String {
                 plain(row.retransmits.to_string()),
             ]);
         }
+        cells.push(plain(row.process.as_deref().unwrap_or("-")));
         t.row(cells);
     }
     format!(

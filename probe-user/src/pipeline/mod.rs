@@ -70,10 +70,18 @@ impl Pipeline {
         }
         let owner = (self.attrib.enabled() && !self.signals.is_empty())
             .then(|| self.attrib.owner(ev.cgroup_id));
+        let process = if self.signals.is_empty() {
+            None
+        } else {
+            self.flows.process_of(ev).cloned()
+        };
         for s in &self.signals {
             self.detectors.observe(s);
             self.metrics.observe(s);
             self.top.observe(s);
+            if let Some(p) = &process {
+                self.top.observe_process(s, p);
+            }
             if let Some(owner) = &owner {
                 self.metrics.observe_owner(s, owner);
                 self.top.observe_owner(s, owner);

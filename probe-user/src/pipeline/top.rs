@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     attrib::{Owner, PodKey},
+    event::Process,
     pipeline::detect::Scope,
     pipeline::lru::{self, Links, List, Slots, NIL},
     pipeline::signal::{ConnectFailure, Signal},
@@ -48,6 +49,10 @@ pub struct TopRow {
     pub rst_per_sec: f64,
     pub failure_rate: f64,
     pub retransmit_rate: f64,
+    /// The last process seen on the scope's flows (`comm/pid`): a local port's is its
+    /// listener's owner, a peer's the last that talked to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
 }
 
 /// Length of the rolling window, in one-second buckets.
@@ -121,6 +126,8 @@ enum TopScope {
 struct Slot {
     scope: TopScope,
     rates: Rates,
+    /// The last process seen on the scope's flows.
+    process: Option<Process>,
     links: Links<()>,
 }
 
@@ -181,6 +188,7 @@ impl Top {
         let fresh = Slot {
             scope,
             rates: Rates::EMPTY,
+            process: None,
             links: Links::unlinked(()),
         };
         let slot = if self.slots.len() < self.max_scopes {
@@ -239,6 +247,30 @@ impl Top {
         }
     }
 
+    /// The process owning the socket of `s` (after [`Top::observe`]): remembered for the
+    /// signal's peer and local port scopes. No new scope: a hash lookup each.
+    pub fn observe_process(&mut self, s: &Signal, process: &Process) {
+        let (peer, local_port) = match s {
+            Signal::Connection {
+                peer, local_port, ..
+            }
+            | Signal::Rst {
+                peer, local_port, ..
+            } => (*peer, *local_port),
+            Signal::ConnectFailed { peer, .. } | Signal::DataSegments { peer, .. } => (*peer, None),
+            _ => return,
+        };
+        let scopes = [Some(Scope::Peer(peer)), local_port.map(Scope::LocalPort)];
+        for scope in scopes.into_iter().flatten() {
+            if let Some(&slot) = self.index.get(&TopScope::Scope(scope)) {
+                let held = &mut self.slots[slot as usize].process;
+                if held.as_ref() != Some(process) {
+                    *held = Some(process.clone());
+                }
+            }
+        }
+    }
+
     /// Counts `s` for the pod that owns its socket (named pods only: the rest have no scope).
     pub fn observe_owner(&mut self, s: &Signal, owner: &Owner) {
         let (Some(key), Some((ns, name))) = (owner.pod_key(), owner.names()) else {
@@ -286,9 +318,9 @@ impl Top {
             .slots
             .iter()
             .filter(|s| matches!(s.scope, TopScope::Pod(_)) == pods)
-            .map(|s| (&s.scope, s.rates.sum(now_sec)))
-            .filter(|(_, b)| b.connections + b.rsts + b.failures + b.segments > 0)
-            .map(|(scope, b)| TopRow {
+            .map(|s| (&s.scope, s.rates.sum(now_sec), &s.process))
+            .filter(|(_, b, _)| b.connections + b.rsts + b.failures + b.segments > 0)
+            .map(|(scope, b, process)| TopRow {
                 scope: match scope {
                     TopScope::Scope(s) => s.to_string(),
                     TopScope::Pod(k) => {
@@ -303,6 +335,9 @@ impl Top {
                 rst_per_sec: b.rsts as f64 / WINDOW_SECS as f64,
                 failure_rate: ratio(b.failures, b.connections),
                 retransmit_rate: ratio(b.retransmits, b.segments),
+                process: process
+                    .as_ref()
+                    .map(|p| format!("{}/{}", p.comm.as_str(), p.pid)),
             })
             .collect();
         let value = |r: &TopRow| match key {
@@ -387,6 +422,31 @@ mod tests {
         assert_eq!(r.rows[0].scope, "peer 10.0.0.1:443");
         // Ten seconds later the window is empty.
         assert!(top.report(16 * NS, TopKey::Rst, 10).rows.is_empty());
+    }
+
+    #[test]
+    fn a_local_port_row_names_its_owner() {
+        let mut top = Top::new(16);
+        let mut s = rst(5 * NS, 80);
+        if let Signal::Rst { local_port, .. } = &mut s {
+            *local_port = Some(8080);
+        }
+        top.observe(&s);
+        let owner = Process {
+            pid: 42,
+            comm: "nginx".into(),
+        };
+        top.observe_process(&s, &owner);
+        let r = top.report(6 * NS, TopKey::Rst, 10);
+        let port = r
+            .rows
+            .iter()
+            .find(|r| r.scope == "local port 8080")
+            .expect("the port's row");
+        assert_eq!(port.process.as_deref(), Some("nginx/42"));
+        // No scope is made for a process alone.
+        top.observe_process(&rst(5 * NS, 9), &owner);
+        assert_eq!(top.report(6 * NS, TopKey::Rst, 10).rows.len(), 2);
     }
 
     #[test]

@@ -330,6 +330,23 @@ fn accepted_sockets_belong_to_their_listeners_owner_even_one_older_than_the_daem
     }
     let text = daemon.ok(&["flows", "--port", &EARLY.to_string()]);
     eprintln!("== flows --port {EARLY} (listener older than the daemon):\n{text}");
+    // `top`: each local port's row names its listener's owner.
+    let top = daemon.json(&["top", "--once", "--limit", "100"]);
+    for (port, server) in [(EARLY, &early), (LATE, &late)] {
+        let scope = format!("local port {port}");
+        let row = top["rows"]
+            .as_array()
+            .expect("top rows")
+            .iter()
+            .find(|r| r["scope"] == scope.as_str())
+            .unwrap_or_else(|| panic!("no {scope} row in {top:#}"));
+        assert_eq!(
+            row["process"],
+            format!("python3/{}", server.pid().unwrap()),
+            "{row:#}"
+        );
+    }
+    eprintln!("== top --once:\n{}", daemon.ok(&["top", "--once"]));
     drop((early, late));
     daemon.stop();
 }

@@ -270,6 +270,18 @@ impl FlowTable {
         wanted.then_some((key, f.local.port()))
     }
 
+    /// The process owning the flow of `ev`, where known.
+    pub fn process_of(&self, ev: &Event) -> Option<&crate::event::Process> {
+        let key = FlowKey {
+            netns: ev.netns_cookie.unwrap_or(0),
+            cookie: ev.cookie?,
+        };
+        self.slots[self.slot_of(&key)? as usize]
+            .flow
+            .process
+            .as_ref()
+    }
+
     /// Gives the flow `key` its listener's owner (see [`FlowTable::needs_listener_owner`]).
     pub fn adopt_owner(&mut self, key: &FlowKey, process: crate::event::Process) {
         if let Some(slot) = self.slot_of(key) {

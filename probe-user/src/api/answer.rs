@@ -16,8 +16,9 @@ use crate::{
     kernel::loader::Loaded,
     pipeline::flowtable::{CloseCause, Flow},
     pipeline::Pipeline,
-    render::anomaly::name_pods,
+    render::{anomaly::name_pods, incident},
 };
+use std::{collections::HashSet, net::IpAddr};
 
 /// Most flows one `flows` answer returns, whatever the request's limit: the loop answers
 /// synchronously, so the work per query stays small (a few ms).
@@ -245,7 +246,16 @@ fn anomalies(st: &Lent<'_>) -> Reply {
     let (flows, attrib) = (&st.pipeline.flows, &st.pipeline.attrib);
     name_pods(&mut active, flows, attrib);
     name_pods(&mut recent, flows, attrib);
-    Reply::Anomalies { active, recent }
+    // This host's addresses, as its sockets show them: a peer endpoint at one of them is one
+    // of our own service ports (one pass over the flow table).
+    let local_ips: HashSet<IpAddr> = flows.iter().map(|f| f.local.ip()).collect();
+    let all: Vec<AnomalyRecord> = active.iter().chain(&recent).cloned().collect();
+    let incidents = incident::group(&all, &local_ips, now);
+    Reply::Anomalies {
+        active,
+        recent,
+        incidents,
+    }
 }
 
 /// One line: why this flow ended (or how it is doing), from its close cause, counters and the
@@ -274,12 +284,11 @@ pub fn root_cause(
                 ""
             }
         ),
+        // This host sent it: the kernel's reason says whether its application aborted or it
+        // answered a segment of the peer's.
         Some(CloseCause::RstSent) => {
-            let reason = f
-                .last_rst_reason
-                .map(|r| format!(" (kernel reason {})", reasons.name(r)))
-                .unwrap_or_default();
-            format!("this host reset the connection to {remote}{reason}")
+            let reason = f.last_rst_reason.map(|r| reasons.shared(r));
+            crate::event::rst_reason::explain_sent(reason.as_deref(), &remote.to_string())
         }
         // A reset after CLOSE (SO_LINGER 0) already turned the cause into RstSent/RstReceived.
         Some(CloseCause::Fin) => "closed normally (FIN)".to_owned(),
@@ -301,9 +310,8 @@ pub fn root_cause(
         Some(CloseCause::Refused) => &["connect_refused", "rst_storm", "rst_ratio"],
         Some(CloseCause::Timeout) => &["connect_timeout", "syn_retry"],
         Some(CloseCause::Unreachable) => &["connect_unreachable"],
-        Some(CloseCause::RstReceived | CloseCause::RstSent) => {
-            &["reset_after_established", "rst_storm", "rst_ratio"]
-        }
+        Some(CloseCause::RstReceived) => &["reset_after_established", "rst_storm", "rst_ratio"],
+        Some(CloseCause::RstSent) => &["local_reset_established", "rst_storm", "rst_ratio"],
         _ => &[],
     };
     let best = wanted

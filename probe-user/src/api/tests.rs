@@ -154,6 +154,7 @@ fn json_field_names_are_stable() {
             "cgroup_id",
             "preexisting",
             "start_ns",
+            "start_time",
             "handshake_us",
             "syn_retransmits",
             "syn_retransmit_intervals_ms",
@@ -167,6 +168,7 @@ fn json_field_names_are_stable() {
             "state",
             "close",
             "closed_ns",
+            "closed_time",
             "timeline",
         ])
     );
@@ -197,13 +199,17 @@ fn json_field_names_are_stable() {
             "change",
             "id",
             "at_ns",
+            "time",
             "kind",
             "scope",
             "local_port",
             "start_ns",
             "last_ns",
             "end_ns",
+            "start_time",
+            "last_time",
             "peak_rate",
+            "peak_unit",
             "evidence",
             "hint",
             "detail",
@@ -215,6 +221,7 @@ fn json_field_names_are_stable() {
         set(&[
             "type",
             "ts_ns",
+            "time",
             "kind",
             "cookie",
             "netns_cookie",
@@ -260,9 +267,13 @@ fn json_field_names_are_stable() {
     let anomalies = serde_json::to_value(Reply::Anomalies {
         active: vec![],
         recent: vec![],
+        incidents: vec![],
     })
     .unwrap();
-    assert_eq!(keys(&anomalies), set(&["type", "active", "recent"]));
+    assert_eq!(
+        keys(&anomalies),
+        set(&["type", "active", "recent", "incidents"])
+    );
     let err = serde_json::to_value(error(ErrorCode::Busy, "x")).unwrap();
     assert_eq!(keys(&err["reply"]), set(&["type", "code", "message"]));
     assert_eq!(err["reply"]["code"], "busy");

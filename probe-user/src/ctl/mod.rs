@@ -1,61 +1,21 @@
 //! The on-call CLI commands (`status`, `flows`, `flow`, `anomalies`, `watch`, `top`): ask the
 //! daemon over its API socket and render the answer as a table, a wide table or JSON.
+mod anomalies;
 mod conn;
+mod output;
 mod views;
 
-use std::{
-    io::{self, Write},
-    os::unix::fs::MetadataExt as _,
-    path::Path,
-    time::Duration,
-};
+use std::{os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
 use crate::{
-    api::proto::{ErrorCode, Filter, Query, Reply},
+    api::proto::{Filter, Query, Reply},
     cli::{Command, FilterArgs, View},
     clock::monotonic_ns,
-    render::{anomaly, event, flow, table::Paint},
+    render::{event, flow, table::Paint},
 };
-use conn::{Conn, ConnError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum CtlError {
-    #[error(transparent)]
-    Conn(#[from] ConnError),
-    #[error("{message}")]
-    Daemon { code: ErrorCode, message: String },
-    #[error("--cgroup {path}: {source} (give a cgroup v2 directory or its numeric id)")]
-    Cgroup { path: String, source: io::Error },
-    #[error("the daemon answered with an unexpected reply ({0}); are the CLI and daemon the same version?")]
-    Unexpected(&'static str),
-    #[error("writing output: {0}")]
-    Output(io::Error),
-    #[error("{0} is not a CLI command")]
-    NotCli(&'static str),
-}
-
-fn reply_name(r: &Reply) -> &'static str {
-    match r {
-        Reply::Status(_) => "status",
-        Reply::Flows { .. } => "flows",
-        Reply::Flow { .. } => "flow",
-        Reply::Anomalies { .. } => "anomalies",
-        Reply::Top(_) => "top",
-        Reply::Subscribed => "subscribed",
-        Reply::Event { .. } => "event",
-        Reply::Anomaly { .. } => "anomaly",
-        Reply::Overflow { .. } => "overflow",
-        Reply::Error { .. } => "error",
-    }
-}
-
-/// Turns a daemon error reply into an error; passes anything else through.
-fn check(r: Reply) -> Result<Reply, CtlError> {
-    match r {
-        Reply::Error { code, message } => Err(CtlError::Daemon { code, message }),
-        other => Ok(other),
-    }
-}
+use conn::Conn;
+pub use output::CtlError;
+use output::{check, json, out, overflow, reply_name};
 
 /// The API filter from the command-line flags (a `--cgroup` directory becomes its id).
 pub fn filter(a: &FilterArgs) -> Result<Filter, CtlError> {
@@ -86,20 +46,6 @@ pub fn filter(a: &FilterArgs) -> Result<Filter, CtlError> {
         namespace: None,
         pod: None,
     })
-}
-
-fn out(text: &str) -> Result<(), CtlError> {
-    let mut o = io::stdout().lock();
-    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
-        // `| head` closed the pipe: not an error for the user.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.map_err(CtlError::Output),
-    }
-}
-
-fn json<T: serde::Serialize>(v: &T) -> Result<(), CtlError> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| CtlError::Output(e.into()))?;
-    out(&(text + "\n"))
 }
 
 /// Runs one CLI command against the daemon at `socket`.
@@ -171,7 +117,7 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
                 )),
             }
         }
-        Command::Anomalies(a) => anomalies(socket, a.watch, a.output, paint),
+        Command::Anomalies(a) => anomalies::run(socket, &a, paint),
         Command::Watch(a) => watch(socket, &a.filter, a.count, a.output, paint),
         Command::Top(a) => loop {
             let q = Query::Top {
@@ -212,64 +158,6 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
         Command::Trace(_) => Err(CtlError::NotCli("trace")),
         Command::Completions { .. } => Err(CtlError::NotCli("completions")),
         Command::Probes(_) => Err(CtlError::NotCli("probes")),
-    }
-}
-
-fn anomalies(socket: &Path, follow: bool, view: View, paint: Paint) -> Result<(), CtlError> {
-    let mut conn = Conn::open(socket)?;
-    conn.send(Query::Anomalies { watch: follow })?;
-    let r = check(conn.reply()?)?;
-    let Reply::Anomalies { active, recent } = r else {
-        return Err(CtlError::Unexpected(reply_name(&r)));
-    };
-    match view {
-        View::Json if follow => {
-            // A stream: one object per line.
-            for a in active.iter().chain(&recent) {
-                out(&format!(
-                    "{}\n",
-                    serde_json::to_string(a).unwrap_or_default()
-                ))?;
-            }
-        }
-        View::Json => json(&serde_json::json!({ "active": active, "recent": recent }))?,
-        v => out(&anomaly::table(
-            &active,
-            &recent,
-            monotonic_ns(),
-            v == View::Wide,
-            paint,
-        ))?,
-    }
-    if !follow {
-        return Ok(());
-    }
-    loop {
-        let (r, raw) = conn.next_raw()?;
-        match check(r)? {
-            Reply::Anomaly { anomaly: a } => match view {
-                View::Json => out(&format!(
-                    "{}\n",
-                    serde_json::to_string(&a).unwrap_or_default()
-                ))?,
-                _ => out(&format!("{}\n", anomaly::line(&a, paint)))?,
-            },
-            Reply::Overflow { lost } => overflow(lost, view)?,
-            Reply::Subscribed => eprintln!("linkprobe: watching anomaly changes (Ctrl-C to stop)"),
-            other => {
-                log::debug!("ignoring {} in the stream: {raw}", reply_name(&other));
-            }
-        }
-    }
-}
-
-fn overflow(lost: u64, view: View) -> Result<(), CtlError> {
-    match view {
-        View::Json => out(&format!("{{\"type\":\"overflow\",\"lost\":{lost}}}\n")),
-        _ => {
-            eprintln!("linkprobe: this client fell behind; {lost} items were dropped for it");
-            Ok(())
-        }
     }
 }
 

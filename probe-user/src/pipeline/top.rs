@@ -360,6 +360,7 @@ mod tests {
             cookie: Some(1),
             reason: None,
             after_established: false,
+            connection_ns: None,
         }
     }
 
@@ -413,6 +414,7 @@ mod tests {
             cookie: None,
             reason: None,
             after_established: false,
+            connection_ns: None,
         }
     }
 

@@ -9,6 +9,7 @@ mod eventpath;
 mod exactness;
 mod exporter;
 mod exporter_abuse;
+mod incidents;
 mod limits;
 mod pods;
 mod prometheus_harness;

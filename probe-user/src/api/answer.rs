@@ -14,6 +14,7 @@ use crate::{
     event::totals::Totals,
     kernel::counters,
     kernel::loader::Loaded,
+    pipeline::coverage,
     pipeline::flowtable::{CloseCause, Flow},
     pipeline::Pipeline,
     render::{anomaly::name_pods, incident},
@@ -210,11 +211,16 @@ fn flow(st: &Lent<'_>, cookie: u64) -> Reply {
     };
     let now = monotonic_ns();
     let det = &st.pipeline.detectors;
+    // The flow's anomalies: those that name it as evidence and those that cover it (their
+    // evidence lists are bounded; what they cover is not).
+    let mine = |a: &&crate::pipeline::detect::Anomaly| {
+        a.evidence.contains(&cookie) || coverage::covers(a, f, now)
+    };
     let mut anomalies = Vec::new();
-    for a in det.active().filter(|a| a.evidence.contains(&cookie)) {
+    for a in det.active().filter(mine) {
         anomalies.push(AnomalyRecord::new(a, "active", now));
     }
-    for a in det.recent().filter(|a| a.evidence.contains(&cookie)) {
+    for a in det.recent().filter(mine) {
         anomalies.push(AnomalyRecord::new(a, "cleared", now));
     }
     name_pods(&mut anomalies, &st.pipeline.flows, &st.pipeline.attrib);
@@ -246,6 +252,12 @@ fn anomalies(st: &Lent<'_>) -> Reply {
     let (flows, attrib) = (&st.pipeline.flows, &st.pipeline.attrib);
     name_pods(&mut active, flows, attrib);
     name_pods(&mut recent, flows, attrib);
+    // How many flows of the table each covers (one pass over the flow table).
+    let listed: Vec<&crate::pipeline::detect::Anomaly> = det.active().chain(det.recent()).collect();
+    let covered = coverage::count_covered(&listed, flows.iter(), now);
+    for r in active.iter_mut().chain(recent.iter_mut()) {
+        r.flows = covered.get(&r.id).copied();
+    }
     // This host's addresses, as its sockets show them: a peer endpoint at one of them is one
     // of our own service ports (one pass over the flow table).
     let local_ips: HashSet<IpAddr> = flows.iter().map(|f| f.local.ip()).collect();

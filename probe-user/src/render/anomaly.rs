@@ -57,6 +57,10 @@ pub struct AnomalyRecord {
     #[serde(default)]
     pub peak_unit: String,
     pub evidence: Vec<u64>,
+    /// Flows of the flow table it covers (its scope and span, the fact its kind counts), in a
+    /// snapshot; `evidence` is a bounded sample of them. Absent in changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<u64>,
     pub hint: String,
     pub detail: String,
     /// The pods involved (pod attribution on): `namespace/pod` of the evidence flows' owners
@@ -93,6 +97,7 @@ impl AnomalyRecord {
             peak_rate: a.peak_rate,
             peak_unit: a.kind.peak_unit().to_owned(),
             evidence: a.evidence.clone(),
+            flows: None,
             hint: a.hint.to_owned(),
             detail: a.detail.clone(),
             pods: Vec::new(),
@@ -169,7 +174,7 @@ pub fn table(
     paint: Paint,
 ) -> String {
     let mut header = vec![
-        "ID", "KIND", "SCOPE", "STATUS", "STARTED", "ENDED", "PEAK", "EVIDENCE", "HINT",
+        "ID", "KIND", "SCOPE", "STATUS", "STARTED", "ENDED", "PEAK", "FLOWS", "EVIDENCE", "HINT",
     ];
     if wide {
         header.push("DETAIL");
@@ -215,6 +220,7 @@ pub fn table(
                     .map_or("-".to_owned(), |e| when(a.end_time.as_deref(), e, now_ns)),
             ),
             plain(peak(a)),
+            plain(a.flows.map_or("-".to_owned(), |n| n.to_string())),
             plain(if evidence.is_empty() {
                 "-".to_owned()
             } else {

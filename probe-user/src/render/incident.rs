@@ -51,7 +51,8 @@ pub struct IncidentRecord {
     pub symptoms: Vec<u64>,
     /// Anomalies per kind (primary included).
     pub kinds: BTreeMap<String, u32>,
-    /// Distinct flows named as evidence by its anomalies.
+    /// Flows it covers, at least: the most any of its anomalies covers in the flow table, or
+    /// the distinct flows its anomalies name as evidence if more.
     pub flows: u64,
     pub start_ns: u64,
     pub last_ns: u64,
@@ -274,7 +275,12 @@ fn incident(members: &[&AnomalyRecord], now_ns: u64) -> IncidentRecord {
         primary_scope: primary.scope.clone(),
         symptoms: symptoms.iter().map(|a| a.id).collect(),
         kinds,
-        flows: flows.len() as u64,
+        flows: members
+            .iter()
+            .filter_map(|a| a.flows)
+            .max()
+            .unwrap_or(0)
+            .max(flows.len() as u64),
         start_ns: first.start_ns,
         last_ns: last.unwrap_or(first.last_ns),
         end_ns: if active { None } else { end },

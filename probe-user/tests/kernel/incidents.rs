@@ -243,6 +243,51 @@ fn a_refused_upstream_behind_haproxy_is_one_incident() {
         .all(|a| a["peer"].as_str() == Some(upstream.as_str())));
     let elsewhere = daemon.ok(&["anomalies", "--peer", "10.9.9.9"]);
     assert!(elsewhere.contains("(0 of "), "{elsewhere}");
+
+    // Flows and anomalies link both ways, past the 16 evidence cookies: the anomaly counts
+    // every refused flow, and a refused flow outside its evidence names it.
+    let refused_anomaly = anomalies
+        .iter()
+        .find(|a| a["kind"] == "connect_refused")
+        .expect("connect_refused");
+    let covered = refused_anomaly["flows"].as_u64().expect("flows");
+    let evidence: Vec<u64> = refused_anomaly["evidence"]
+        .as_array()
+        .expect("evidence")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let failed = daemon.json(&["flows", "--failed", "--limit", "2000"]);
+    let refused: Vec<u64> = failed
+        .as_array()
+        .expect("flows")
+        .iter()
+        .filter(|f| f["close"] == "refused")
+        .filter_map(|f| f["cookie"].as_u64())
+        .collect();
+    eprintln!(
+        "== connect_refused covers {covered} flows ({} refused in the table, {} as evidence)",
+        refused.len(),
+        evidence.len()
+    );
+    assert_eq!(refused.len(), 240, "every refused connect is a flow");
+    assert_eq!(covered, 240);
+    let outside = refused
+        .iter()
+        .find(|c| !evidence.contains(c))
+        .expect("more refused flows than evidence cookies");
+    let story = daemon.json(&["flow", &outside.to_string()]);
+    assert!(
+        story["anomalies"]
+            .as_array()
+            .expect("anomalies")
+            .iter()
+            .any(|a| a["kind"] == "connect_refused"),
+        "{story:#}"
+    );
+    assert!(story["hint"]
+        .as_str()
+        .is_some_and(|h| h.contains("evidence for connect_refused")));
     drop(stream);
     drop(proxy);
     daemon.stop();

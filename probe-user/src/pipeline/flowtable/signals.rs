@@ -12,7 +12,7 @@ use crate::{
 
 /// Scope of a flow's peer: a client's peer keeps its service port; a server's peer is the
 /// address alone and the scope also names our listening port.
-fn scope(flow: &Flow) -> (Peer, Option<u16>) {
+pub fn scope(flow: &Flow) -> (Peer, Option<u16>) {
     match flow.role {
         Some(Role::Client) => (
             Peer {

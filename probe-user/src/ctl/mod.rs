@@ -17,6 +17,31 @@ use conn::Conn;
 pub use output::CtlError;
 use output::{check, json, out, overflow, reply_name};
 
+/// Why `path` is not a cgroup v2 directory (`None` when it is): any other directory's inode
+/// number would filter on nothing, silently.
+fn not_cgroup2_dir(path: &Path, meta: &std::fs::Metadata) -> Option<&'static str> {
+    /// `CGROUP2_SUPER_MAGIC` (linux/magic.h).
+    const CGROUP2_MAGIC: i64 = 0x6367_7270;
+    if !meta.is_dir() {
+        return Some("not a directory");
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: an all-zero statfs is a valid value for statfs(2) to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statfs we own, both alive for the call.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    // `f_type` is an i64 (`__fsword_t`) on the 64-bit targets linkprobe is built for; the
+    // conversion keeps the comparison right where libc declares it narrower.
+    #[expect(
+        clippy::useless_conversion,
+        reason = "f_type is i64 here, narrower on some libc targets"
+    )]
+    let magic = i64::from(st.f_type);
+    (magic != CGROUP2_MAGIC).then_some("not on a cgroup2 filesystem")
+}
+
 /// The API filter from the command-line flags (a `--cgroup` directory becomes its id).
 pub fn filter(a: &FilterArgs) -> Result<Filter, CtlError> {
     let cgroup = match &a.cgroup {
@@ -24,12 +49,19 @@ pub fn filter(a: &FilterArgs) -> Result<Filter, CtlError> {
         Some(s) => Some(match s.parse::<u64>() {
             Ok(id) => id,
             // A cgroup v2 id is its directory's inode number.
-            Err(_) => std::fs::metadata(s)
-                .map_err(|source| CtlError::Cgroup {
+            Err(_) => {
+                let meta = std::fs::metadata(s).map_err(|source| CtlError::Cgroup {
                     path: s.clone(),
                     source,
-                })?
-                .ino(),
+                })?;
+                if let Some(why) = not_cgroup2_dir(std::path::Path::new(s), &meta) {
+                    return Err(CtlError::NotCgroup {
+                        path: s.clone(),
+                        why,
+                    });
+                }
+                meta.ino()
+            }
         }),
     };
     Ok(Filter {
@@ -89,6 +121,9 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
                             "({} of {matched} matching flows shown; --limit to see more; {total} in the table)\n",
                             flows.len()
                         ));
+                    } else if matched == 0 {
+                        // Not a bare header: say that nothing matched, out of how many.
+                        text.push_str(&format!("(0 of {total} flows match)\n"));
                     }
                     out(&text)
                 }
@@ -168,6 +203,10 @@ fn watch(
     view: View,
     paint: Paint,
 ) -> Result<(), CtlError> {
+    if f.since.is_some() {
+        // Not silently ignored: a live stream has no past to filter.
+        return Err(CtlError::WatchSince);
+    }
     let mut conn = Conn::open(socket)?;
     conn.send(Query::Watch { filter: filter(f)? })?;
     let mut seen = 0u64;
@@ -194,5 +233,52 @@ fn watch(
             Reply::Overflow { lost } => overflow(lost, view)?,
             other => return Err(CtlError::Unexpected(reply_name(&other))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--cgroup` names a cgroup v2 directory or it is refused (any other path's inode number
+    /// would match nothing, silently); `watch --since` is refused rather than ignored.
+    #[test]
+    fn cgroup_paths_must_be_cgroup2_directories_and_watch_takes_no_since() {
+        let args = |path: &str| FilterArgs {
+            cgroup: Some(path.to_owned()),
+            ..FilterArgs::default()
+        };
+        let Err(e) = filter(&args("/tmp")) else {
+            panic!("/tmp accepted as a cgroup")
+        };
+        assert!(e.to_string().contains("not on a cgroup2 filesystem"), "{e}");
+        let Err(e) = filter(&args("/etc/hostname")) else {
+            panic!("a file accepted as a cgroup")
+        };
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        assert_eq!(filter(&args("42")).map(|f| f.cgroup).ok(), Some(Some(42)));
+        let cgroup2 = std::fs::read_to_string("/proc/mounts")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.split(' ').nth(2) == Some("cgroup2"))
+            .and_then(|l| l.split(' ').nth(1).map(str::to_owned));
+        if let Some(root) = cgroup2 {
+            assert!(
+                filter(&args(&root)).is_ok(),
+                "{root} is a cgroup2 directory"
+            );
+        }
+        let since = FilterArgs {
+            since: Some(1000),
+            ..FilterArgs::default()
+        };
+        let err = watch(
+            Path::new("/nonexistent"),
+            &since,
+            None,
+            View::Table,
+            Paint::OFF,
+        );
+        assert!(matches!(err, Err(CtlError::WatchSince)), "{err:?}");
     }
 }

@@ -16,6 +16,16 @@ pub enum CtlError {
     Daemon { code: ErrorCode, message: String },
     #[error("--cgroup {path}: {source} (give a cgroup v2 directory or its numeric id)")]
     Cgroup { path: String, source: io::Error },
+    #[error(
+        "--cgroup {path}: {why}; give a directory under the cgroup2 mount (e.g. \
+         /sys/fs/cgroup/system.slice/nginx.service) or its numeric id"
+    )]
+    NotCgroup { path: String, why: &'static str },
+    #[error(
+        "--since filters flows only: watch shows live events from now on (for past flows: \
+         `linkprobe flows --since …`)"
+    )]
+    WatchSince,
     #[error("the daemon answered with an unexpected reply ({0}); are the CLI and daemon the same version?")]
     Unexpected(&'static str),
     #[error("writing output: {0}")]

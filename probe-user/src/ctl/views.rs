@@ -61,6 +61,9 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
     let decoded: u64 = s.records.values().sum();
     let kernel: u64 = s.kernel_events.values().sum();
     let lost: u64 = s.kernel_lost.values().sum();
+    // The kernel counts every hook hit; it sends records only for what matters (see README,
+    // "What the kernel sends"): the gap is by design, not a loss.
+    let unsent = kernel.saturating_sub(decoded + lost);
     let _ = writeln!(
         out,
         "events: {kernel} counted in the kernel, {decoded} decoded, {} lost (ring full), {} decode errors, {} output lines dropped (stdout slow)",
@@ -68,6 +71,14 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
         s.decode_errors,
         s.output_dropped_lines
     );
+    if unsent > 0 {
+        let _ = writeln!(
+            out,
+            "  {unsent} counted but not sent as records by design: RTT samples and routine hook \
+             hits (state changes, RTOs) of flows without --detail reach only the counters and \
+             the flow's state (not a loss: lost records are counted above)"
+        );
+    }
     let kinds: Vec<String> = s
         .records
         .iter()
@@ -205,11 +216,19 @@ pub fn top_table(r: &TopReport, wide: bool, paint: Paint) -> String {
         }
         t.row(cells);
     }
-    format!(
+    let mut text = format!(
         "last {} s, {} scopes tracked ({} evicted)\n{}",
         r.window_secs,
         r.scopes_tracked,
         r.scopes_evicted,
         t.render(paint)
-    )
+    );
+    if r.rows.is_empty() {
+        // Rows are only scopes with some of what they are ranked by.
+        text.push_str(&format!(
+            "(0 of {} scopes had any of it in the last {} s)\n",
+            r.scopes_tracked, r.window_secs
+        ));
+    }
+    text
 }

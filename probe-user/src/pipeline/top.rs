@@ -310,6 +310,9 @@ impl Top {
             TopKey::Failure => r.failure_rate,
             TopKey::Retrans => r.retransmit_rate,
         };
+        // A row is about what it is ranked by: scopes with none of it (healthy traffic under
+        // `--by rst`) are not rows of zeros.
+        rows.retain(|r| value(r) > 0.0);
         rows.sort_by(|a, b| {
             value(b)
                 .total_cmp(&value(a))
@@ -388,6 +391,8 @@ mod tests {
         assert_eq!(r.rows[0].scope, "peer 10.0.0.1:443");
         // Ten seconds later the window is empty.
         assert!(top.report(16 * NS, TopKey::Rst, 10).rows.is_empty());
+        // Ranked by retransmits, nobody has any: no rows of zeros.
+        assert!(top.report(6 * NS, TopKey::Retrans, 10).rows.is_empty());
     }
 
     #[test]

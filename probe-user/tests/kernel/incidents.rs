@@ -288,6 +288,17 @@ fn a_refused_upstream_behind_haproxy_is_one_incident() {
     assert!(story["hint"]
         .as_str()
         .is_some_and(|h| h.contains("evidence for connect_refused")));
+    // Smaller ones: an empty result says so out of how many; `top` has no rows of zeros.
+    let none = daemon.ok(&["flows", "--peer", "10.9.9.9"]);
+    assert!(
+        none.contains("(0 of ") && none.contains(" flows match)"),
+        "{none}"
+    );
+    let top = daemon.json(&["top", "--once", "--by", "retrans"]);
+    assert!(
+        top["rows"].as_array().is_some_and(Vec::is_empty),
+        "no retransmits, no rows: {top:#}"
+    );
     drop(stream);
     drop(proxy);
     daemon.stop();

@@ -17,7 +17,10 @@ use crate::{
     pipeline::coverage,
     pipeline::flowtable::{CloseCause, Flow},
     pipeline::Pipeline,
-    render::{anomaly::name_pods, incident},
+    render::{
+        anomaly::name_pods,
+        incident::{self, HostView},
+    },
 };
 use std::{collections::HashSet, net::IpAddr};
 
@@ -258,15 +261,42 @@ fn anomalies(st: &Lent<'_>) -> Reply {
     for r in active.iter_mut().chain(recent.iter_mut()) {
         r.flows = covered.get(&r.id).copied();
     }
-    // This host's addresses, as its sockets show them: a peer endpoint at one of them is one
-    // of our own service ports (one pass over the flow table).
-    let local_ips: HashSet<IpAddr> = flows.iter().map(|f| f.local.ip()).collect();
     let all: Vec<AnomalyRecord> = active.iter().chain(&recent).cloned().collect();
-    let incidents = incident::group(&all, &local_ips, now);
+    let incidents = incident::group(&all, &host_view(flows, &all), now);
     Reply::Anomalies {
         active,
         recent,
         incidents,
+    }
+}
+
+/// This host's addresses, as its sockets show them (a peer endpoint at one of them is one of
+/// our own service ports), and the service port each evidence flow was about: one pass over
+/// the flow table.
+fn host_view(flows: &crate::pipeline::flowtable::FlowTable, all: &[AnomalyRecord]) -> HostView {
+    let evidence: HashSet<u64> = all
+        .iter()
+        .flat_map(|a| a.evidence.iter().copied())
+        .collect();
+    let local_ips: HashSet<IpAddr> = flows.iter().map(|f| f.local.ip()).collect();
+    let mut service_port = std::collections::HashMap::new();
+    for f in flows.iter().filter(|f| evidence.contains(&f.key.cookie)) {
+        let port = match f.role {
+            Some(crate::event::Role::Server) => Some(f.local.port()),
+            Some(crate::event::Role::Client)
+                if f.remote.ip().is_loopback() || local_ips.contains(&f.remote.ip()) =>
+            {
+                Some(f.remote.port())
+            }
+            _ => None,
+        };
+        if let Some(p) = port {
+            service_port.insert(f.key.cookie, p);
+        }
+    }
+    HostView {
+        local_ips,
+        service_port,
     }
 }
 

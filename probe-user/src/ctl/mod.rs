@@ -180,7 +180,7 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
                     };
                     out(&format!(
                         "{clear}{}",
-                        views::top_table(&report, v == View::Wide, paint)
+                        views::top_table(&report, a.by, v == View::Wide, paint)
                     ))?;
                 }
             }

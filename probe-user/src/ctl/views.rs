@@ -2,7 +2,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    api::proto::{StatusReport, TopReport},
+    api::proto::{StatusReport, TopKey, TopReport},
     render::table::{human_ns, percent, plain, Paint, Table, Tone},
     untrusted::escape_str,
 };
@@ -191,7 +191,7 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
     out
 }
 
-pub fn top_table(r: &TopReport, wide: bool, paint: Paint) -> String {
+pub fn top_table(r: &TopReport, by: TopKey, wide: bool, paint: Paint) -> String {
     let mut header = vec!["SCOPE", "CONN", "RST/S", "FAIL%", "RETRANS%"];
     if wide {
         header.extend(["RSTS", "FAILURES", "DATA_SEGS", "RETRANSMITS"]);
@@ -225,8 +225,13 @@ pub fn top_table(r: &TopReport, wide: bool, paint: Paint) -> String {
     );
     if r.rows.is_empty() {
         // Rows are only scopes with some of what they are ranked by.
+        let what = match by {
+            TopKey::Rst => "RSTs",
+            TopKey::Failure => "failed connects",
+            TopKey::Retrans => "retransmits",
+        };
         text.push_str(&format!(
-            "(0 of {} scopes had any of it in the last {} s)\n",
+            "(0 of {} scopes had {what} in the last {} s)\n",
             r.scopes_tracked, r.window_secs
         ));
     }

@@ -5,9 +5,11 @@
 //! are a contract.
 //!
 //! Two anomalies are linked when their active spans are within [`LINK_GAP_NS`] of each other
-//! and they share a key: a flow (evidence cookie or socket scope), a peer address, or a
-//! service port of this host (a local port, or a peer endpoint whose address is this host's).
-//! An incident is a connected group; its id is its first anomaly's.
+//! and they share a key: a flow (evidence cookie or socket scope), a peer endpoint, or a
+//! service port of this host (a local port, a peer endpoint whose address is this host's, the
+//! service an evidence flow was about). A bare peer anomaly (a client address) linked to
+//! nothing then joins the most causal anomaly about the same address. An incident is a
+//! connected group; its id is its first anomaly's.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
@@ -108,27 +110,47 @@ fn severity(members: &[&AnomalyRecord]) -> &'static str {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Key {
     Flow(u64),
-    Addr(IpAddr),
+    Endpoint(SocketAddr),
     ServicePort(u16),
 }
 
-fn keys(a: &AnomalyRecord, local_ips: &HashSet<IpAddr>) -> Vec<Key> {
-    let mut keys: Vec<Key> = a.evidence.iter().map(|c| Key::Flow(*c)).collect();
-    keys.extend(a.cookie.map(Key::Flow));
+/// What this host knows about the flows anomalies name: for each evidence cookie still in the
+/// flow table, the service port of this host it was about (a server flow's local port, a
+/// client flow's remote port when the remote end is this host), and this host's addresses.
+#[derive(Debug, Default)]
+pub struct HostView {
+    pub local_ips: HashSet<IpAddr>,
+    pub service_port: HashMap<u64, u16>,
+}
+
+fn keys(a: &AnomalyRecord, host: &HostView) -> Vec<Key> {
+    let mut keys: Vec<Key> = Vec::new();
+    for c in a.evidence.iter().chain(&a.cookie) {
+        keys.push(Key::Flow(*c));
+        keys.extend(host.service_port.get(c).map(|p| Key::ServicePort(*p)));
+    }
     keys.extend(a.local_port.map(Key::ServicePort));
-    if let Some(peer) = a.peer.as_deref() {
-        match peer.parse::<SocketAddr>() {
-            Ok(sa) => {
-                keys.push(Key::Addr(sa.ip()));
-                // A peer endpoint on this host is one of our service ports.
-                if sa.ip().is_loopback() || local_ips.contains(&sa.ip()) {
-                    keys.push(Key::ServicePort(sa.port()));
-                }
-            }
-            Err(_) => keys.extend(peer.parse::<IpAddr>().ok().map(Key::Addr)),
+    if let Some(sa) = a.peer.as_deref().and_then(|p| p.parse::<SocketAddr>().ok()) {
+        keys.push(Key::Endpoint(sa));
+        // A peer endpoint on this host is one of our service ports.
+        if sa.ip().is_loopback() || host.local_ips.contains(&sa.ip()) {
+            keys.push(Key::ServicePort(sa.port()));
         }
     }
     keys
+}
+
+/// The address of a bare peer scope (`peer 10.0.0.7`: the client side of our services).
+fn bare_peer(a: &AnomalyRecord) -> Option<IpAddr> {
+    a.peer.as_deref().and_then(|p| p.parse::<IpAddr>().ok())
+}
+
+fn peer_ip(a: &AnomalyRecord) -> Option<IpAddr> {
+    let p = a.peer.as_deref()?;
+    p.parse::<SocketAddr>()
+        .map(|sa| sa.ip())
+        .or_else(|_| p.parse::<IpAddr>())
+        .ok()
 }
 
 /// The span an anomaly was active in: start to its end, or to `now` while active.
@@ -159,13 +181,11 @@ impl Groups {
 }
 
 /// Groups `anomalies` (active and recently cleared) into incidents, most recent activity
-/// first. `local_ips`: this host's addresses (of its sockets), to tell a peer endpoint that is
-/// one of our own service ports.
-pub fn group(
-    anomalies: &[AnomalyRecord],
-    local_ips: &HashSet<IpAddr>,
-    now_ns: u64,
-) -> Vec<IncidentRecord> {
+/// first. First by what they share for certain (a flow, an endpoint, a service port of this
+/// host); then a bare peer anomaly still alone (RSTs to a client address, without flows that
+/// say which service: a closed port's answers) joins the most causal anomaly about the same
+/// address at the same time, so it does not tie two outages together.
+pub fn group(anomalies: &[AnomalyRecord], host: &HostView, now_ns: u64) -> Vec<IncidentRecord> {
     let anomalies = &anomalies[..anomalies.len().min(MAX_GROUPED)];
     let mut groups = Groups((0..anomalies.len()).collect());
     // Each key's anomalies, linked pairwise when close enough in time. Sorted by start, a
@@ -175,7 +195,7 @@ pub fn group(
     let mut last_of: HashMap<Key, (usize, u64)> = HashMap::new();
     for &i in &order {
         let (start, end) = span(&anomalies[i], now_ns);
-        for key in keys(&anomalies[i], local_ips) {
+        for key in keys(&anomalies[i], host) {
             match last_of.get_mut(&key) {
                 Some((j, reach)) => {
                     if start <= reach.saturating_add(LINK_GAP_NS) {
@@ -191,6 +211,7 @@ pub fn group(
             }
         }
     }
+    attach_bare_peers(anomalies, &mut groups, now_ns);
     let mut members: BTreeMap<usize, Vec<&AnomalyRecord>> = BTreeMap::new();
     for (i, a) in anomalies.iter().enumerate() {
         let root = groups.find(i);
@@ -200,14 +221,66 @@ pub fn group(
         .into_values()
         .map(|m| incident(&m, now_ns))
         .collect();
+    // Active first, the most severe first, then the most recent.
+    let rank = |severity: &str| match severity {
+        "critical" => 0,
+        "warning" => 1,
+        _ => 2,
+    };
     incidents.sort_by_key(|i| {
         (
             i.status != "active",
+            rank(&i.severity),
             std::cmp::Reverse(i.end_ns.unwrap_or(u64::MAX)),
             std::cmp::Reverse(i.id),
         )
     });
     incidents
+}
+
+/// A bare peer anomaly linked to nothing joins the most causal anomaly (then the earliest)
+/// about its address whose span is within [`LINK_GAP_NS`] of its own.
+fn attach_bare_peers(anomalies: &[AnomalyRecord], groups: &mut Groups, now_ns: u64) {
+    let mut size: HashMap<usize, usize> = HashMap::new();
+    for i in 0..anomalies.len() {
+        *size.entry(groups.find(i)).or_default() += 1;
+    }
+    let mut by_ip: HashMap<IpAddr, Vec<usize>> = HashMap::new();
+    for (i, a) in anomalies.iter().enumerate() {
+        if let Some(ip) = peer_ip(a) {
+            by_ip.entry(ip).or_default().push(i);
+        }
+    }
+    let near = |i: usize, j: usize| {
+        let ((s1, e1), (s2, e2)) = (span(&anomalies[i], now_ns), span(&anomalies[j], now_ns));
+        s1 <= e2.saturating_add(LINK_GAP_NS) && s2 <= e1.saturating_add(LINK_GAP_NS)
+    };
+    for (i, a) in anomalies.iter().enumerate() {
+        let Some(ip) = bare_peer(a) else {
+            continue;
+        };
+        if size.get(&groups.find(i)).copied().unwrap_or(1) > 1 {
+            continue;
+        }
+        let best = by_ip
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|&j| j != i && near(i, j))
+            .min_by_key(|&j| {
+                let b = &anomalies[j];
+                (
+                    bare_peer(b).is_some(),
+                    cause_rank(&b.kind),
+                    b.start_ns,
+                    b.id,
+                )
+            });
+        if let Some(j) = best {
+            groups.join(i, j);
+        }
+    }
 }
 
 fn incident(members: &[&AnomalyRecord], now_ns: u64) -> IncidentRecord {

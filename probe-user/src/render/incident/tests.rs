@@ -83,7 +83,7 @@ fn a_refused_upstream_is_one_incident_with_its_symptoms() {
         a.change = "cleared".into();
     }
     all.push(record(12, ConnectRefused, peer(up), 800, &[70]));
-    let incidents = group(&all, &HashSet::new(), 805 * S);
+    let incidents = group(&all, &HostView::default(), 805 * S);
     assert_eq!(incidents.len(), 3, "{incidents:#?}");
     // Active first.
     assert_eq!(
@@ -120,8 +120,11 @@ fn service_ports_link_only_to_this_hosts_own_endpoints() {
         record(1, RstStorm, Scope::LocalPort(443), 10, &[]),
         record(2, RstStorm, peer("10.0.0.7:443"), 10, &[]),
     ];
-    assert_eq!(group(&all, &HashSet::new(), 11 * S).len(), 2);
-    let ours: HashSet<IpAddr> = [IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))].into();
+    assert_eq!(group(&all, &HostView::default(), 11 * S).len(), 2);
+    let ours = HostView {
+        local_ips: [IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))].into(),
+        ..HostView::default()
+    };
     let one = group(&all, &ours, 11 * S);
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].severity, "warning");
@@ -132,4 +135,46 @@ fn service_ports_link_only_to_this_hosts_own_endpoints() {
     );
     assert_eq!(only_retries[0].severity, "info");
     assert!(table(&one, 11 * S, crate::render::table::Paint::OFF).starts_with("INCIDENT"));
+}
+
+/// Two outages on one host at once (the namespace: HAProxy in front of an upstream
+/// that aborts and one that is down): the bare-peer anomalies (HAProxy's address, the client
+/// side of both upstreams) join the outage their flows were about, or the most causal one when
+/// they name no flow; two incidents with the right culprits, not one.
+#[test]
+fn two_outages_behind_one_proxy_stay_two_incidents() {
+    use AnomalyKind::*;
+    let all = vec![
+        // The aborting upstream (7001): HAProxy's side and the upstream's own RSTs.
+        record(1, ResetAfterEstablished, peer("127.0.0.1:7001"), 100, &[11]),
+        record(2, LocalResetEstablished, peer("127.0.0.1"), 100, &[12]),
+        record(3, RstRatio, peer("127.0.0.1"), 101, &[12]),
+        // The refused upstream (7002).
+        record(4, ConnectRefused, peer("127.0.0.1:7002"), 100, &[21]),
+        record(5, RstStorm, peer("127.0.0.1:7002"), 100, &[21]),
+        record(6, RstStorm, Scope::LocalPort(7002), 100, &[]),
+        // RSTs of the closed port to HAProxy: no flow to say which service.
+        record(7, RstStorm, peer("127.0.0.1"), 100, &[]),
+    ];
+    let host = HostView {
+        local_ips: HashSet::new(),
+        // Flow 12 is the upstream's accepted socket on 7001; 11 and 21 HAProxy's connects.
+        service_port: [(11, 7001), (12, 7001), (21, 7002)].into(),
+    };
+    let incidents = group(&all, &host, 110 * S);
+    assert_eq!(incidents.len(), 2, "{incidents:#?}");
+    let by_primary = |kind: &str| {
+        incidents
+            .iter()
+            .find(|i| i.primary_kind == kind)
+            .unwrap_or_else(|| panic!("{kind}: {incidents:#?}"))
+    };
+    let abort = by_primary("local_reset_established");
+    let mut ids: Vec<u64> = abort.symptoms.clone();
+    ids.sort_unstable();
+    assert_eq!((abort.primary, ids), (2, vec![1, 3]));
+    let down = by_primary("connect_refused");
+    let mut ids: Vec<u64> = down.symptoms.clone();
+    ids.sort_unstable();
+    assert_eq!((down.primary, ids), (4, vec![5, 6, 7]));
 }

@@ -75,7 +75,8 @@ fn cause_rank(kind: &str) -> u8 {
     match kind {
         "connect_refused" => 0,
         "connect_unreachable" => 1,
-        "connect_timeout" => 2,
+        // Connects the app gave up on before the kernel did: SYNs unanswered, like a timeout.
+        "connect_timeout" | "connect_abandoned" => 2,
         "local_reset_established" => 3,
         "reset_after_established" => 4,
         "syn_retry" => 5,
@@ -91,7 +92,7 @@ fn severity(members: &[&AnomalyRecord]) -> &'static str {
     let fails = |a: &&AnomalyRecord| {
         matches!(
             a.kind.as_str(),
-            "connect_refused" | "connect_timeout" | "connect_unreachable"
+            "connect_refused" | "connect_timeout" | "connect_unreachable" | "connect_abandoned"
         ) || (a.kind == "rst_ratio" && a.peak_rate >= 0.5)
     };
     if members.iter().any(fails) {

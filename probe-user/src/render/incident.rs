@@ -239,12 +239,21 @@ pub fn group(anomalies: &[AnomalyRecord], host: &HostView, now_ns: u64) -> Vec<I
     incidents
 }
 
-/// A bare peer anomaly linked to nothing joins the most causal anomaly (then the earliest)
-/// about its address whose span is within [`LINK_GAP_NS`] of its own.
+/// How good a partner is, lower first: not bare, most causal kind, earliest, lowest id.
+type Partner = (bool, u8, u64, u64);
+
+/// A group of bare peer anomalies only (linked to no endpoint, port or flow of a service)
+/// joins the most causal anomaly outside it (then the earliest) about the same address whose
+/// span is within [`LINK_GAP_NS`] of one of its members.
 fn attach_bare_peers(anomalies: &[AnomalyRecord], groups: &mut Groups, now_ns: u64) {
-    let mut size: HashMap<usize, usize> = HashMap::new();
-    for i in 0..anomalies.len() {
-        *size.entry(groups.find(i)).or_default() += 1;
+    let before: Vec<usize> = (0..anomalies.len()).map(|i| groups.find(i)).collect();
+    let mut all_bare: HashMap<usize, bool> = HashMap::new();
+    for (i, a) in anomalies.iter().enumerate() {
+        let bare = bare_peer(a).is_some();
+        all_bare
+            .entry(before[i])
+            .and_modify(|b| *b &= bare)
+            .or_insert(bare);
     }
     let mut by_ip: HashMap<IpAddr, Vec<usize>> = HashMap::new();
     for (i, a) in anomalies.iter().enumerate() {
@@ -256,31 +265,29 @@ fn attach_bare_peers(anomalies: &[AnomalyRecord], groups: &mut Groups, now_ns: u
         let ((s1, e1), (s2, e2)) = (span(&anomalies[i], now_ns), span(&anomalies[j], now_ns));
         s1 <= e2.saturating_add(LINK_GAP_NS) && s2 <= e1.saturating_add(LINK_GAP_NS)
     };
+    // Each such group's best partner over all its members, by `Partner` rank.
+    let mut best: HashMap<usize, (usize, Partner)> = HashMap::new();
     for (i, a) in anomalies.iter().enumerate() {
-        let Some(ip) = bare_peer(a) else {
+        let (Some(ip), Some(true)) = (bare_peer(a), all_bare.get(&before[i]).copied()) else {
             continue;
         };
-        if size.get(&groups.find(i)).copied().unwrap_or(1) > 1 {
-            continue;
+        let candidates = by_ip.get(&ip).into_iter().flatten().copied();
+        for j in candidates.filter(|&j| before[j] != before[i] && near(i, j)) {
+            let b = &anomalies[j];
+            let rank = (
+                bare_peer(b).is_some(),
+                cause_rank(&b.kind),
+                b.start_ns,
+                b.id,
+            );
+            let entry = best.entry(before[i]).or_insert((j, rank));
+            if rank < entry.1 {
+                *entry = (j, rank);
+            }
         }
-        let best = by_ip
-            .get(&ip)
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|&j| j != i && near(i, j))
-            .min_by_key(|&j| {
-                let b = &anomalies[j];
-                (
-                    bare_peer(b).is_some(),
-                    cause_rank(&b.kind),
-                    b.start_ns,
-                    b.id,
-                )
-            });
-        if let Some(j) = best {
-            groups.join(i, j);
-        }
+    }
+    for (root, (j, _)) in best {
+        groups.join(root, j);
     }
 }
 

@@ -153,8 +153,11 @@ fn two_outages_behind_one_proxy_stay_two_incidents() {
         record(4, ConnectRefused, peer("127.0.0.1:7002"), 100, &[21]),
         record(5, RstStorm, peer("127.0.0.1:7002"), 100, &[21]),
         record(6, RstStorm, Scope::LocalPort(7002), 100, &[]),
-        // RSTs of the closed port to HAProxy: no flow to say which service.
+        // RSTs of the closed port to HAProxy: no flow to say which service; two bare
+        // anomalies sharing a flow of no known service still go with the outage.
         record(7, RstStorm, peer("127.0.0.1"), 100, &[]),
+        record(8, KernelRepeatRst, peer("127.0.0.1"), 100, &[30]),
+        record(9, RstRatio, peer("127.0.0.1"), 101, &[30]),
     ];
     let host = HostView {
         local_ips: HashSet::new(),
@@ -176,5 +179,5 @@ fn two_outages_behind_one_proxy_stay_two_incidents() {
     let down = by_primary("connect_refused");
     let mut ids: Vec<u64> = down.symptoms.clone();
     ids.sort_unstable();
-    assert_eq!((down.primary, ids), (4, vec![5, 6, 7]));
+    assert_eq!((down.primary, ids), (4, vec![5, 6, 7, 8, 9]));
 }

@@ -62,7 +62,7 @@ pub enum Command {
     Flow(FlowArgs),
     /// Active and recently cleared anomalies.
     #[command(
-        after_help = "Examples:\n  linkprobe anomalies\n  linkprobe anomalies --watch\n  linkprobe anomalies -o json"
+        after_help = "Examples:\n  linkprobe anomalies\n  linkprobe anomalies --watch\n  linkprobe anomalies --active --since 10m\n  linkprobe anomalies --kind rst_storm --peer 10.0.0.7\n  linkprobe anomalies -o json"
     )]
     Anomalies(AnomaliesArgs),
     /// Live event stream with the same filters as `flows`.
@@ -208,6 +208,19 @@ pub struct AnomaliesArgs {
     /// Keep printing anomaly changes as they happen.
     #[arg(long)]
     pub watch: bool,
+    /// Only incidents and anomalies active within this long, e.g. 30s, 5m, 1h.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    pub since: Option<u64>,
+    /// Only anomalies of this kind (rst_storm, connect_refused, …), and the incidents with one.
+    #[arg(long, value_parser = check_kind)]
+    pub kind: Option<String>,
+    /// Only anomalies about this peer (IP or IP:PORT; an IP matches every port), and the
+    /// incidents with one.
+    #[arg(long, value_parser = check_peer)]
+    pub peer: Option<String>,
+    /// Only what is still active.
+    #[arg(long)]
+    pub active: bool,
     #[arg(short, long, value_enum, default_value_t = View::Table)]
     pub output: View,
 }
@@ -247,6 +260,18 @@ fn check_peer(s: &str) -> Result<String, String> {
     crate::event::parse::peer(s)
         .map(|_| s.to_owned())
         .map_err(|e| e.to_string())
+}
+
+fn check_kind(s: &str) -> Result<String, String> {
+    let kinds = crate::pipeline::detect::AnomalyKind::ALL;
+    if kinds.iter().any(|k| k.name() == s) {
+        return Ok(s.to_owned());
+    }
+    let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+    Err(format!(
+        "{s:?} is not an anomaly kind: one of {}",
+        names.join(", ")
+    ))
 }
 
 fn check_state(s: &str) -> Result<String, String> {

@@ -14,10 +14,15 @@ use crate::{
     event::totals::Totals,
     kernel::counters,
     kernel::loader::Loaded,
+    pipeline::coverage,
     pipeline::flowtable::{CloseCause, Flow},
     pipeline::Pipeline,
-    render::anomaly::name_pods,
+    render::{
+        anomaly::name_pods,
+        incident::{self, HostView},
+    },
 };
+use std::{collections::HashSet, net::IpAddr};
 
 /// Most flows one `flows` answer returns, whatever the request's limit: the loop answers
 /// synchronously, so the work per query stays small (a few ms).
@@ -209,11 +214,16 @@ fn flow(st: &Lent<'_>, cookie: u64) -> Reply {
     };
     let now = monotonic_ns();
     let det = &st.pipeline.detectors;
+    // The flow's anomalies: those that name it as evidence and those that cover it (their
+    // evidence lists are bounded; what they cover is not).
+    let mine = |a: &&crate::pipeline::detect::Anomaly| {
+        a.evidence.contains(&cookie) || coverage::covers(a, f, now)
+    };
     let mut anomalies = Vec::new();
-    for a in det.active().filter(|a| a.evidence.contains(&cookie)) {
+    for a in det.active().filter(mine) {
         anomalies.push(AnomalyRecord::new(a, "active", now));
     }
-    for a in det.recent().filter(|a| a.evidence.contains(&cookie)) {
+    for a in det.recent().filter(mine) {
         anomalies.push(AnomalyRecord::new(a, "cleared", now));
     }
     name_pods(&mut anomalies, &st.pipeline.flows, &st.pipeline.attrib);
@@ -245,7 +255,49 @@ fn anomalies(st: &Lent<'_>) -> Reply {
     let (flows, attrib) = (&st.pipeline.flows, &st.pipeline.attrib);
     name_pods(&mut active, flows, attrib);
     name_pods(&mut recent, flows, attrib);
-    Reply::Anomalies { active, recent }
+    // How many flows of the table each covers (one pass over the flow table).
+    let listed: Vec<&crate::pipeline::detect::Anomaly> = det.active().chain(det.recent()).collect();
+    let covered = coverage::count_covered(&listed, flows.iter(), now);
+    for r in active.iter_mut().chain(recent.iter_mut()) {
+        r.flows = covered.get(&r.id).copied();
+    }
+    let all: Vec<AnomalyRecord> = active.iter().chain(&recent).cloned().collect();
+    let incidents = incident::group(&all, &host_view(flows, &all), now);
+    Reply::Anomalies {
+        active,
+        recent,
+        incidents,
+    }
+}
+
+/// This host's addresses, as its sockets show them (a peer endpoint at one of them is one of
+/// our own service ports), and the service port each evidence flow was about: one pass over
+/// the flow table.
+fn host_view(flows: &crate::pipeline::flowtable::FlowTable, all: &[AnomalyRecord]) -> HostView {
+    let evidence: HashSet<u64> = all
+        .iter()
+        .flat_map(|a| a.evidence.iter().copied())
+        .collect();
+    let local_ips: HashSet<IpAddr> = flows.iter().map(|f| f.local.ip()).collect();
+    let mut service_port = std::collections::HashMap::new();
+    for f in flows.iter().filter(|f| evidence.contains(&f.key.cookie)) {
+        let port = match f.role {
+            Some(crate::event::Role::Server) => Some(f.local.port()),
+            Some(crate::event::Role::Client)
+                if f.remote.ip().is_loopback() || local_ips.contains(&f.remote.ip()) =>
+            {
+                Some(f.remote.port())
+            }
+            _ => None,
+        };
+        if let Some(p) = port {
+            service_port.insert(f.key.cookie, p);
+        }
+    }
+    HostView {
+        local_ips,
+        service_port,
+    }
 }
 
 /// One line: why this flow ended (or how it is doing), from its close cause, counters and the
@@ -284,12 +336,11 @@ pub fn root_cause(
                 ""
             }
         ),
+        // This host sent it: the kernel's reason says whether its application aborted or it
+        // answered a segment of the peer's.
         Some(CloseCause::RstSent) => {
-            let reason = f
-                .last_rst_reason
-                .map(|r| format!(" (kernel reason {})", reasons.name(r)))
-                .unwrap_or_default();
-            format!("this host reset the connection to {remote}{reason}")
+            let reason = f.last_rst_reason.map(|r| reasons.shared(r));
+            crate::event::rst_reason::explain_sent(reason.as_deref(), &remote.to_string())
         }
         // A reset after CLOSE (SO_LINGER 0) already turned the cause into RstSent/RstReceived.
         Some(CloseCause::Fin) => "closed normally (FIN)".to_owned(),
@@ -322,9 +373,8 @@ pub fn root_cause(
         Some(CloseCause::Timeout) => &["connect_timeout", "syn_retry"],
         Some(CloseCause::Abandoned) => &["connect_abandoned", "syn_retry"],
         Some(CloseCause::Unreachable) => &["connect_unreachable"],
-        Some(CloseCause::RstReceived | CloseCause::RstSent) => {
-            &["reset_after_established", "rst_storm", "rst_ratio"]
-        }
+        Some(CloseCause::RstReceived) => &["reset_after_established", "rst_storm", "rst_ratio"],
+        Some(CloseCause::RstSent) => &["local_reset_established", "rst_storm", "rst_ratio"],
         _ => &[],
     };
     let best = wanted

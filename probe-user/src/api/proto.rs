@@ -10,7 +10,9 @@ use crate::config::Config;
 // Records are defined once, where they are rendered; the top report is the pipeline's own.
 pub use crate::{
     pipeline::top::{TopKey, TopReport},
-    render::{anomaly::AnomalyRecord, event::EventRecord, flow::FlowRecord},
+    render::{
+        anomaly::AnomalyRecord, event::EventRecord, flow::FlowRecord, incident::IncidentRecord,
+    },
 };
 
 /// Protocol version: a daemon answers requests of this version only.
@@ -138,6 +140,9 @@ pub enum Reply {
     Anomalies {
         active: Vec<AnomalyRecord>,
         recent: Vec<AnomalyRecord>,
+        /// `active` and `recent` grouped: one incident per outage (absent from older daemons).
+        #[serde(default)]
+        incidents: Vec<IncidentRecord>,
     },
     Top(TopReport),
     /// Streams: the subscription is live (every later event is sent).

@@ -452,7 +452,7 @@ pub struct Seen {
 
 impl Seen {
     fn of(snapshot: &Reply) -> Seen {
-        let Reply::Anomalies { active, recent } = snapshot else {
+        let Reply::Anomalies { active, recent, .. } = snapshot else {
             return Seen::default();
         };
         let all = active.iter().chain(recent);

@@ -154,6 +154,7 @@ fn json_field_names_are_stable() {
             "cgroup_id",
             "preexisting",
             "start_ns",
+            "start_time",
             "handshake_us",
             "syn_retransmits",
             "syn_retransmit_intervals_ms",
@@ -169,6 +170,7 @@ fn json_field_names_are_stable() {
             "state",
             "close",
             "closed_ns",
+            "closed_time",
             "timeline",
         ])
     );
@@ -199,13 +201,17 @@ fn json_field_names_are_stable() {
             "change",
             "id",
             "at_ns",
+            "time",
             "kind",
             "scope",
             "local_port",
             "start_ns",
             "last_ns",
             "end_ns",
+            "start_time",
+            "last_time",
             "peak_rate",
+            "peak_unit",
             "evidence",
             "hint",
             "detail",
@@ -217,6 +223,7 @@ fn json_field_names_are_stable() {
         set(&[
             "type",
             "ts_ns",
+            "time",
             "kind",
             "cookie",
             "netns_cookie",
@@ -262,9 +269,13 @@ fn json_field_names_are_stable() {
     let anomalies = serde_json::to_value(Reply::Anomalies {
         active: vec![],
         recent: vec![],
+        incidents: vec![],
     })
     .unwrap();
-    assert_eq!(keys(&anomalies), set(&["type", "active", "recent"]));
+    assert_eq!(
+        keys(&anomalies),
+        set(&["type", "active", "recent", "incidents"])
+    );
     let err = serde_json::to_value(error(ErrorCode::Busy, "x")).unwrap();
     assert_eq!(keys(&err["reply"]), set(&["type", "code", "message"]));
     assert_eq!(err["reply"]["code"], "busy");

@@ -1,5 +1,6 @@
 //! The userspace event path after decoding: events → flow table → signals → detectors and
 //! metrics → anomaly changes. Owned by the daemon loop; no I/O here.
+pub mod coverage;
 pub mod detect;
 pub mod flowtable;
 mod lru;

@@ -120,6 +120,10 @@ pub enum Signal {
         reason: Option<std::sync::Arc<str>>,
         /// The flow was established before the reset (a "reset after established").
         after_established: bool,
+        /// On the first RST of a flow whose `Connection` was counted: that connection's
+        /// `ts_ns`. The RST ratio counts reset flows (not RST packets) against the connections
+        /// of the same window, so it stays a fraction of the same flows.
+        connection_ns: Option<u64>,
     },
     /// A segment was retransmitted or the retransmission timer fired: one signal per
     /// retransmit, SYN-ACK retransmit and RTO event, with or without a socket.

@@ -345,6 +345,9 @@ impl Top {
             TopKey::Failure => r.failure_rate,
             TopKey::Retrans => r.retransmit_rate,
         };
+        // A row is about what it is ranked by: scopes with none of it (healthy traffic under
+        // `--by rst`) are not rows of zeros.
+        rows.retain(|r| value(r) > 0.0);
         rows.sort_by(|a, b| {
             value(b)
                 .total_cmp(&value(a))
@@ -395,6 +398,7 @@ mod tests {
             cookie: Some(1),
             reason: None,
             after_established: false,
+            connection_ns: None,
         }
     }
 
@@ -422,6 +426,8 @@ mod tests {
         assert_eq!(r.rows[0].scope, "peer 10.0.0.1:443");
         // Ten seconds later the window is empty.
         assert!(top.report(16 * NS, TopKey::Rst, 10).rows.is_empty());
+        // Ranked by retransmits, nobody has any: no rows of zeros.
+        assert!(top.report(6 * NS, TopKey::Retrans, 10).rows.is_empty());
     }
 
     #[test]
@@ -473,6 +479,7 @@ mod tests {
             cookie: None,
             reason: None,
             after_established: false,
+            connection_ns: None,
         }
     }
 

@@ -15,7 +15,11 @@ use crate::{
 pub struct EventRecord {
     #[serde(rename = "type")]
     pub record: String,
+    /// CLOCK_MONOTONIC ns (the kernel's `bpf_ktime_get_ns`): orders and subtracts exactly.
     pub ts_ns: u64,
+    /// The same instant in local wall-clock time, RFC 3339 (lines up with other logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
     pub kind: String,
     pub cookie: Option<u64>,
     pub netns_cookie: Option<u64>,
@@ -97,6 +101,7 @@ impl EventRecord {
         let mut r = EventRecord {
             record: "event".to_owned(),
             ts_ns: ev.ts_ns,
+            time: Some(crate::clock::rfc3339_of_monotonic(ev.ts_ns)),
             kind: kind_name(ev.detail.kind()).to_owned(),
             cookie: ev.cookie,
             netns_cookie: ev.netns_cookie,
@@ -216,9 +221,14 @@ pub fn line(e: &EventRecord, paint: Paint) -> String {
     } else {
         kind
     };
+    // Local time of day (the JSON has the full RFC 3339 time and the monotonic ns); a record
+    // without it (an older daemon) shows its monotonic seconds.
+    let at = e.time.as_deref().map_or_else(
+        || format!("{:>15.6}", e.ts_ns as f64 / 1e9),
+        |t| crate::clock::time_of_day(t).to_owned(),
+    );
     format!(
-        "{:>14.6} {} cookie={:<8} {} -> {} {}",
-        e.ts_ns as f64 / 1e9,
+        "{at} {} cookie={:<8} {} -> {} {}",
         kind,
         e.cookie.map_or("-".to_owned(), |c| c.to_string()),
         endpoint(e.local),

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     attrib::{pods::PodMeta, Attributor, Owner},
+    clock::{rfc3339_of_monotonic, time_of_day},
     event::rst_reason::ReasonNames,
     event::SockStats,
     pipeline::flowtable::{Flow, Timeline, TimelineEntry},
@@ -41,6 +42,9 @@ pub struct FlowRecord {
     pub cgroup_id: Option<u64>,
     pub preexisting: bool,
     pub start_ns: u64,
+    /// `start_ns` in local wall-clock time, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
     pub handshake_us: Option<u64>,
     pub syn_retransmits: u32,
     pub syn_retransmit_intervals_ms: Vec<u32>,
@@ -61,6 +65,9 @@ pub struct FlowRecord {
     pub state: String,
     pub close: Option<String>,
     pub closed_ns: Option<u64>,
+    /// `closed_ns` in local wall-clock time, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_time: Option<String>,
     pub timeline: Vec<TimelineRecord>,
     /// Who owns the socket (pod attribution on): absent when unknown.
     #[serde(flatten)]
@@ -158,6 +165,11 @@ impl TimelineRecord {
 /// The `kind` of a timeline's marker of dropped entries.
 pub const DROPPED_KIND: &str = "dropped";
 
+/// `at 01:40:03.123456, ` from an RFC 3339 time (nothing without one).
+fn at_local(time: Option<&str>) -> String {
+    time.map_or(String::new(), |t| format!("at {}, ", time_of_day(t)))
+}
+
 impl FlowRecord {
     /// `reasons` names the kernel's RST reason numbers in the timeline.
     pub fn new(f: &Flow, reasons: &ReasonNames) -> Self {
@@ -173,6 +185,7 @@ impl FlowRecord {
             cgroup_id: f.cgroup_id,
             preexisting: f.preexisting,
             start_ns: f.start_ns,
+            start_time: Some(rfc3339_of_monotonic(f.start_ns)),
             handshake_us: f.handshake_ns.map(|ns| ns.get() / 1000),
             syn_retransmits: f.syn_retransmits,
             syn_retransmit_intervals_ms: f.syn_retransmit_intervals_ms().to_vec(),
@@ -188,6 +201,7 @@ impl FlowRecord {
             state: f.state.name().to_owned(),
             close: f.close.map(|c| c.name().to_owned()),
             closed_ns: f.closed_ns.map(NonZeroU64::get),
+            closed_time: f.closed_ns.map(|t| rfc3339_of_monotonic(t.get())),
             timeline: TimelineRecord::all_of(&f.timeline, reasons),
             owner: OwnerFields::default(),
         }
@@ -368,17 +382,19 @@ pub fn story(
     );
     let close = match (&f.close, f.closed_ns) {
         (Some(c), Some(at)) => format!(
-            "closed: {} {} ago",
+            "closed: {} {}{} ago",
             paint.red(c),
+            at_local(f.closed_time.as_deref()),
             human_ns(now_ns.saturating_sub(at))
         ),
         _ => "open".to_owned(),
     };
     let _ = writeln!(
         s,
-        "  state    {}    {}    started {} ago",
+        "  state    {}    {}    started {}{} ago",
         f.state,
         close,
+        at_local(f.start_time.as_deref()),
         human_ns(now_ns.saturating_sub(f.start_ns))
     );
     let _ = writeln!(

@@ -280,7 +280,12 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
     );
     let table = daemon.ok(&["anomalies"]);
     eprintln!("== linkprobe anomalies\n{table}");
-    assert_aligned_table(&table, "ID");
+    // Incidents first, then the anomalies.
+    let (incidents, table) = table
+        .split_once("\n\n")
+        .unwrap_or_else(|| panic!("incidents, then anomalies: {table}"));
+    assert_aligned_table(incidents, "INCIDENT");
+    assert_aligned_table(table, "ID");
     assert!(table.contains("rst_storm") && table.contains("active"));
 
     // top ranks the storm first by RST rate.

@@ -10,6 +10,7 @@ mod exactness;
 mod exporter;
 mod exporter_abuse;
 mod flows_truth;
+mod incidents;
 mod limits;
 mod pods;
 mod prometheus_harness;

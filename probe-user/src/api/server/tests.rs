@@ -65,6 +65,7 @@ fn anomalies_watch_loses_nothing_between_snapshot_and_subscription_and_repeats_n
     let snapshot = Reply::Anomalies {
         active: vec![record(1, "active", 50)],
         recent: vec![],
+        incidents: vec![],
     };
     q.reply.send(snapshot).ok().unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());

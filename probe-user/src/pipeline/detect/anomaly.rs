@@ -2,7 +2,7 @@
 //! and its changes, and the window they are measured in.
 use std::fmt;
 
-use crate::pipeline::signal::Peer;
+use crate::{event::rst_reason::ResetCause, pipeline::signal::Peer};
 
 /// Length of one detector window.
 pub const WINDOW_NS: u64 = 1_000_000_000;
@@ -20,10 +20,11 @@ pub enum AnomalyKind {
     RetransmitRate,
     KernelRepeatRst,
     ConnectAbandoned,
+    LocalResetEstablished,
 }
 
 impl AnomalyKind {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     pub const ALL: [AnomalyKind; AnomalyKind::COUNT] = [
         AnomalyKind::RstStorm,
         AnomalyKind::RstRatio,
@@ -35,6 +36,7 @@ impl AnomalyKind {
         AnomalyKind::RetransmitRate,
         AnomalyKind::KernelRepeatRst,
         AnomalyKind::ConnectAbandoned,
+        AnomalyKind::LocalResetEstablished,
     ];
 
     /// Position in [`AnomalyKind::ALL`] (and in per-kind arrays).
@@ -55,6 +57,7 @@ impl AnomalyKind {
             AnomalyKind::RetransmitRate => "retransmit_rate",
             AnomalyKind::KernelRepeatRst => "kernel_repeat_rst",
             AnomalyKind::ConnectAbandoned => "connect_abandoned",
+            AnomalyKind::LocalResetEstablished => "local_reset_established",
         }
     }
 
@@ -78,12 +81,49 @@ impl AnomalyKind {
                  backend down or firewall dropping SYNs"
             }
             AnomalyKind::ResetAfterEstablished => {
-                "peer reset an established connection: app crash, idle timeout or LB/proxy reset"
+                "the peer reset established connections (RSTs received): its app aborted or \
+                 crashed, an idle timeout, or an LB/proxy in between reset them"
             }
             AnomalyKind::RetransmitRate => "network loss or middlebox QoS",
             AnomalyKind::KernelRepeatRst => {
                 "the kernel saw repeated resets on the same socket/endpoint/port within 1 s"
             }
+            // The raise picks the hint of the kernel's reason (`local_reset_hint`).
+            AnomalyKind::LocalResetEstablished => {
+                "this host reset established connections (RSTs sent; the kernel gave no reason)"
+            }
+        }
+    }
+
+    /// The hint of a [`AnomalyKind::LocalResetEstablished`] whose RST had kernel reason `cause`:
+    /// who reset whom.
+    pub fn local_reset_hint(cause: ResetCause) -> &'static str {
+        match cause {
+            ResetCause::LocalApp => {
+                "the local application aborted established connections (RSTs sent: close with \
+                 SO_LINGER 0 or with unread data): look at this host's app, not at the peer"
+            }
+            ResetCause::LocalKernel => {
+                "this host's kernel aborted established connections (RSTs sent: keepalive \
+                 timeout, TCP memory or orphan limits)"
+            }
+            ResetCause::PeerSegment => {
+                "this host reset established connections answering segments it could not \
+                 accept: the peer's view of the connection is out of step (stale connection, \
+                 NAT or middlebox timeout)"
+            }
+            ResetCause::Mptcp => "MPTCP on this host reset subflows (RSTs sent)",
+            ResetCause::Unspecified => AnomalyKind::LocalResetEstablished.hint(),
+        }
+    }
+
+    /// What `peak_rate` counts for this kind: `RST/s` (storms), `ratio` (a fraction of 1, shown
+    /// as %), `count` (occurrences per window; the kernel's RST count for its repeat check).
+    pub fn peak_unit(self) -> &'static str {
+        match self {
+            AnomalyKind::RstStorm => "RST/s",
+            AnomalyKind::RstRatio | AnomalyKind::RetransmitRate => "ratio",
+            _ => "count",
         }
     }
 

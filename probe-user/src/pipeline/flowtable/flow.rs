@@ -109,6 +109,8 @@ pub struct Flow {
     pub(super) accounted: FlowCounts,
     /// The connection signal was given (once per flow).
     pub(super) connection_counted: bool,
+    /// The flow was counted as reset for the RST ratio (its first RST after its connection).
+    pub(super) reset_counted: bool,
     pub(super) handshake_counted: bool,
     /// Last socket counters reported as a `DataSegments` signal.
     pub(super) reported_segs_out: u32,
@@ -150,6 +152,7 @@ impl Flow {
             timeline: Timeline::default(),
             accounted: FlowCounts::default(),
             connection_counted: false,
+            reset_counted: false,
             handshake_counted: false,
             reported_segs_out: 0,
             reported_retrans: 0,

@@ -16,6 +16,7 @@ mod timeline;
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 pub use flow::{CloseCause, Flow, FlowKey};
+pub use signals::scope;
 pub use timeline::{Timeline, TimelineEntry};
 
 use crate::{

@@ -12,7 +12,7 @@ use crate::{
 
 /// Scope of a flow's peer: a client's peer keeps its service port; a server's peer is the
 /// address alone and the scope also names our listening port.
-fn scope(flow: &Flow) -> (Peer, Option<u16>) {
+pub fn scope(flow: &Flow) -> (Peer, Option<u16>) {
     match flow.role {
         Some(Role::Client) => (
             Peer {
@@ -73,6 +73,7 @@ pub fn from_flow(
     let cookie = flow.key.cookie;
     let (peer, local_port) = scope(flow);
     connection(flow, peer, local_port, out);
+    let first_fact = out.len();
     match ev.flow {
         Some(snapshot) => {
             let new = snapshot.counts.since(&flow.accounted);
@@ -80,6 +81,9 @@ pub fn from_flow(
             facts(flow, ev, &new, reasons, out);
         }
         None => bare_fact(flow, ev, reasons, out),
+    }
+    if let Some(facts) = out.get_mut(first_fact..) {
+        mark_first_reset(flow, facts);
     }
     if let Some(stats) = &ev.stats {
         data_segments(flow, ts_ns, stats, out);
@@ -119,6 +123,21 @@ pub fn from_flow(
                 cause,
             });
         }
+    }
+}
+
+/// The first RST of a flow whose connection was counted carries that connection's time: the
+/// RST ratio counts the flow as reset once, against the window its connection is in, so the
+/// ratio is of the same flows (never above 100 %).
+fn mark_first_reset(flow: &mut Flow, facts: &mut [Signal]) {
+    if !flow.connection_counted || flow.reset_counted {
+        return;
+    }
+    if let Some(Signal::Rst { connection_ns, .. }) =
+        facts.iter_mut().find(|s| matches!(s, Signal::Rst { .. }))
+    {
+        *connection_ns = Some(flow.start_ns);
+        flow.reset_counted = true;
     }
 }
 
@@ -182,6 +201,7 @@ fn facts(flow: &Flow, ev: &Event, new: &FlowCounts, reasons: &ReasonNames, out: 
         cookie,
         reason: reason_name(reason, reasons),
         after_established: flow.established,
+        connection_ns: None,
     };
     let retransmit = |kind| Signal::Retransmit {
         ts_ns,
@@ -223,6 +243,7 @@ fn bare_fact(flow: &Flow, ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signa
             cookie,
             reason: reason_name(*reason, reasons),
             after_established: flow.established,
+            connection_ns: None,
         },
         Detail::RstReceived { .. } => Signal::Rst {
             ts_ns,
@@ -232,6 +253,7 @@ fn bare_fact(flow: &Flow, ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signa
             cookie,
             reason: None,
             after_established: flow.established,
+            connection_ns: None,
         },
         Detail::Retransmit { state, err } => Signal::Retransmit {
             ts_ns,
@@ -290,6 +312,7 @@ pub fn socketless(ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
             cookie: ev.cookie,
             reason: reason_name(*reason, reasons),
             after_established: false,
+            connection_ns: None,
         }),
         Detail::RstReceived { .. } => out.push(Signal::Rst {
             ts_ns: ev.ts_ns,
@@ -299,6 +322,7 @@ pub fn socketless(ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
             cookie: ev.cookie,
             reason: None,
             after_established: false,
+            connection_ns: None,
         }),
         Detail::Retransmit { state, err } => out.push(Signal::Retransmit {
             ts_ns: ev.ts_ns,

@@ -39,6 +39,7 @@ fn rst(i: u32, reason: &str) -> Signal {
         cookie: None,
         reason: Some(reason.into()),
         after_established: false,
+        connection_ns: None,
     }
 }
 
@@ -147,6 +148,7 @@ fn ten_thousand_peers_stay_under_the_cap_and_sums_stay_exact() {
             cookie: Some(1),
             reason: None,
             after_established: false,
+            connection_ns: None,
         });
         m.observe(&Signal::Retransmit {
             ts_ns: 1,

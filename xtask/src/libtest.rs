@@ -123,9 +123,11 @@ pub fn failure_excerpts(text: &str) -> Vec<(String, String)> {
                 .iter()
                 .position(|l| l.starts_with("thread '") && l.contains("panicked at"))
                 .unwrap_or_else(|| lines.len().saturating_sub(EXCERPT_LINES));
+            // The message, not the backtrace (RUST_BACKTRACE is set in the tests' environment).
             let kept: Vec<&str> = lines[start..]
                 .iter()
                 .copied()
+                .take_while(|l| !l.starts_with("stack backtrace:"))
                 .filter(|l| !l.is_empty())
                 .take(EXCERPT_LINES)
                 .collect();
@@ -166,6 +168,8 @@ failures:\r
 ---- cli::b stdout ----\r
 thread 'cli::b' panicked at probe-user/tests/kernel/cli.rs:10:5:\r
 test assertion ... failed\r
+stack backtrace:\r
+   0: __rustc::rust_begin_unwind\r
 \r
 failures:\r
     cli::b\r

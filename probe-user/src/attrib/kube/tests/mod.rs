@@ -435,8 +435,10 @@ fn stops_when_dropped() {
     let feed = list_both_pages(&server, &dir, 1);
     let started = Instant::now();
     drop(watch);
+    // Bounded, not timed: a drop that waited for the watch would hang for its whole timeout
+    // (minutes); 10 s leaves room for software emulation.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );

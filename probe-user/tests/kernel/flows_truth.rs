@@ -330,8 +330,28 @@ fn accepted_sockets_belong_to_their_listeners_owner_even_one_older_than_the_daem
     }
     let text = daemon.ok(&["flows", "--port", &EARLY.to_string()]);
     eprintln!("== flows --port {EARLY} (listener older than the daemon):\n{text}");
-    // `top`: each local port's row names its listener's owner.
-    let top = daemon.json(&["top", "--once", "--limit", "100"]);
+    // `top`: each local port's row names its listener's owner. `top` lists only scopes with
+    // some of what it ranks by (RSTs here), so one aborted connection per port gives each a row.
+    for port in [EARLY, LATE] {
+        ns.enter(move || {
+            let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            testkit::workload::set_linger_zero(&s).expect("SO_LINGER 0");
+        });
+    }
+    let has_rows = |top: &serde_json::Value| {
+        [EARLY, LATE].iter().all(|port| {
+            top["rows"].as_array().is_some_and(|rows| {
+                rows.iter()
+                    .any(|r| r["scope"] == format!("local port {port}").as_str())
+            })
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut top = daemon.json(&["top", "--once", "--limit", "100"]);
+    while !has_rows(&top) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        top = daemon.json(&["top", "--once", "--limit", "100"]);
+    }
     for (port, server) in [(EARLY, &early), (LATE, &late)] {
         let scope = format!("local port {port}");
         let row = top["rows"]

@@ -161,6 +161,9 @@ pub struct FilterArgs {
     /// cgroup v2 id, or a cgroup directory (its id is taken from it).
     #[arg(long, value_name = "ID|PATH")]
     pub cgroup: Option<String>,
+    /// Network namespace: an `ip netns` name, `host`, or a netns cookie (as `-o wide` shows).
+    #[arg(long, value_name = "NAME|COOKIE")]
+    pub netns: Option<String>,
     /// Only flows with an RST sent or received (watch: RST events).
     #[arg(long)]
     pub with_rst: bool,

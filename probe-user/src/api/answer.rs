@@ -20,6 +20,7 @@ use crate::{
     render::{
         anomaly::name_pods,
         incident::{self, HostView},
+        netns,
     },
 };
 use std::{collections::HashSet, net::IpAddr};
@@ -50,12 +51,14 @@ pub fn answer(q: &Query, st: &Lent<'_>) -> Reply {
         Query::Status => Reply::Status(Box::new(status(st))),
         Query::Flow { cookie } => flow(st, *cookie),
         Query::Anomalies { .. } => anomalies(st),
-        Query::Top { by, limit, pods } => Reply::Top(st.pipeline.top.report_of(
-            monotonic_ns(),
-            *by,
-            (*limit).min(MAX_LIMIT),
-            *pods,
-        )),
+        Query::Top { by, limit, pods } => {
+            let mut report =
+                st.pipeline
+                    .top
+                    .report_of(monotonic_ns(), *by, (*limit).min(MAX_LIMIT), *pods);
+            netns::name_top(&mut report, &st.pipeline.attrib);
+            Reply::Top(report)
+        }
         Query::Watch { .. } => Reply::Error {
             code: ErrorCode::Internal,
             message: "not answered here (watch streams are served by the API thread)".to_owned(),
@@ -227,6 +230,7 @@ fn flow(st: &Lent<'_>, cookie: u64) -> Reply {
         anomalies.push(AnomalyRecord::new(a, "cleared", now));
     }
     name_pods(&mut anomalies, &st.pipeline.flows, &st.pipeline.attrib);
+    netns::name_anomalies(&mut anomalies, &st.pipeline.attrib);
     let hint = root_cause(f, &st.loaded.reason_names, &anomalies);
     Reply::Flow {
         flow: Box::new(
@@ -255,6 +259,8 @@ fn anomalies(st: &Lent<'_>) -> Reply {
     let (flows, attrib) = (&st.pipeline.flows, &st.pipeline.attrib);
     name_pods(&mut active, flows, attrib);
     name_pods(&mut recent, flows, attrib);
+    netns::name_anomalies(&mut active, attrib);
+    netns::name_anomalies(&mut recent, attrib);
     // How many flows of the table each covers (one pass over the flow table).
     let listed: Vec<&crate::pipeline::detect::Anomaly> = det.active().chain(det.recent()).collect();
     let covered = coverage::count_covered(&listed, flows.iter(), now);
@@ -279,7 +285,17 @@ fn host_view(flows: &crate::pipeline::flowtable::FlowTable, all: &[AnomalyRecord
         .flat_map(|a| a.evidence.iter().copied())
         .collect();
     let local_ips: HashSet<IpAddr> = flows.iter().map(|f| f.local.ip()).collect();
+    let mut ip_netns: std::collections::HashMap<IpAddr, std::collections::BTreeSet<u64>> =
+        std::collections::HashMap::new();
+    for f in flows.iter() {
+        let held = ip_netns.entry(f.local.ip()).or_default();
+        // Bounded: an address is in a few namespaces at most that matter here.
+        if held.len() < 16 {
+            held.insert(f.key.netns);
+        }
+    }
     let mut service_port = std::collections::HashMap::new();
+    let mut flow_netns = std::collections::HashMap::new();
     for f in flows.iter().filter(|f| evidence.contains(&f.key.cookie)) {
         let port = match f.role {
             Some(crate::event::Role::Server) => Some(f.local.port()),
@@ -292,11 +308,14 @@ fn host_view(flows: &crate::pipeline::flowtable::FlowTable, all: &[AnomalyRecord
         };
         if let Some(p) = port {
             service_port.insert(f.key.cookie, p);
+            flow_netns.insert(f.key.cookie, f.key.netns);
         }
     }
     HostView {
         local_ips,
         service_port,
+        flow_netns,
+        ip_netns,
     }
 }
 

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::{
     api::proto::Filter,
-    attrib::Owner,
+    attrib::{netns_names, Owner},
     event::{
         parse::{self, ParseError},
         Detail, Event, Process, TcpState,
@@ -23,6 +23,8 @@ pub enum FilterError {
          watch a pod's events with --cgroup"
     )]
     OwnerOnEvents,
+    #[error(transparent)]
+    Netns(#[from] netns_names::NetnsNameError),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub struct Matcher {
     pid: Option<u32>,
     comm: Option<String>,
     cgroup: Option<u64>,
+    /// The network namespace's cookie (`--netns` resolved once, when the query arrives).
+    netns: Option<u64>,
     namespace: Option<String>,
     pod: Option<String>,
     with_rst: bool,
@@ -81,6 +85,7 @@ impl Matcher {
             pid: f.pid,
             comm: f.comm.clone(),
             cgroup: f.cgroup,
+            netns: f.netns.as_deref().map(netns_names::resolve).transpose()?,
             namespace: f.namespace.clone(),
             pod: f.pod.clone(),
             with_rst: f.with_rst,
@@ -136,6 +141,7 @@ impl Matcher {
         self.endpoint(f.local, f.remote)
             && self.process(proc)
             && self.cgroup.is_none_or(|c| f.cgroup_id == Some(c))
+            && self.netns.is_none_or(|n| f.key.netns == n)
             && self.state.is_none_or(|s| match s {
                 StateMatch::Is(n) => f.state.0 == n,
                 StateMatch::Open => f.close.is_none(),
@@ -176,6 +182,7 @@ impl Matcher {
         self.endpoint(ev.local, ev.remote)
             && self.process(proc)
             && self.cgroup.is_none_or(|c| ev.cgroup_id == Some(c))
+            && self.netns.is_none_or(|n| ev.netns_cookie == Some(n))
             && self.state.is_none_or(|s| match s {
                 StateMatch::Is(n) => state.is_some_and(|st| st.0 == n),
                 StateMatch::Open => state.is_some_and(|st| st != TcpState::CLOSE),

@@ -80,6 +80,8 @@ pub struct Filter {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub cgroup: Option<u64>,
+    /// The network namespace: an `ip netns` name, `host`, or a netns cookie (digits).
+    pub netns: Option<String>,
     /// The owning pod's namespace (pod attribution).
     pub namespace: Option<String>,
     /// The owning pod's name.

@@ -72,7 +72,7 @@ fn sample_anomaly() -> Anomaly {
     Anomaly {
         id: 3,
         kind: AnomalyKind::ConnectRefused,
-        scope: Scope::LocalPort(80),
+        scope: Scope::LocalPort(0, 80),
         start_ns: 1,
         end_ns: None,
         last_ns: 2,
@@ -294,6 +294,8 @@ fn json_field_names_are_stable() {
             failure_rate: 0.0,
             retransmit_rate: 0.0,
             process: Some("nginx/42".into()),
+            netns_cookie: None,
+            netns: None,
         }],
     }))
     .unwrap();

@@ -71,6 +71,7 @@ pub fn filter(a: &FilterArgs) -> Result<Filter, CtlError> {
         pid: a.pid,
         comm: a.comm.clone(),
         cgroup,
+        netns: a.netns.clone(),
         with_rst: a.with_rst,
         with_retrans: a.with_retrans,
         failed: a.failed,

@@ -40,6 +40,7 @@ pub async fn run(
         mut loaded,
         config,
         existing,
+        scoped_netns,
         exporter,
     } = started;
     let mut reader = EventReader::new(&mut loaded.ebpf)?;
@@ -57,6 +58,7 @@ pub async fn run(
     let mut second = every(Duration::from_secs(1));
     let mut pipeline = Pipeline::new(&config, ephemeral_ports());
     pipeline.attrib = attribution(args, &config);
+    pipeline.attrib.set_home_netns(scoped_netns);
     if let Some((netns, sockets)) = &existing {
         pipeline.seed_existing(*netns, sockets, monotonic_ns());
     }

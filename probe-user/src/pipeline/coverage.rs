@@ -16,7 +16,7 @@ pub fn covers(a: &Anomaly, f: &Flow, now_ns: u64) -> bool {
     let (peer, local_port) = scope(f);
     let in_scope = match a.scope {
         Scope::Peer(p) => p == peer,
-        Scope::LocalPort(p) => local_port == Some(p),
+        Scope::LocalPort(netns, p) => netns == peer.netns && local_port == Some(p),
         Scope::Socket(c) => c == f.key.cookie,
     };
     let until = a.end_ns.unwrap_or(now_ns.max(a.last_ns));
@@ -68,7 +68,7 @@ pub fn count_covered<'a>(
         let (peer, local_port) = scope(f);
         let scopes = [
             Some(Scope::Peer(peer)),
-            local_port.map(Scope::LocalPort),
+            local_port.map(|p| Scope::LocalPort(peer.netns, p)),
             Some(Scope::Socket(f.key.cookie)),
         ];
         for s in scopes.iter().flatten() {
@@ -118,6 +118,7 @@ mod tests {
             scope: Scope::Peer(Peer {
                 addr: "127.0.0.1".parse().unwrap(),
                 port: Some(9999),
+                netns: 1,
             }),
             start_ns: start_s * S,
             end_ns: end_s.map(|e| e * S),
@@ -141,6 +142,10 @@ mod tests {
         let mut other_peer = refused(501, 110);
         other_peer.remote = "127.0.0.1:9998".parse().unwrap();
         assert!(!covers(&a, &other_peer, 200 * S));
+        // The same peer seen from another network namespace is another peer.
+        let mut other_netns = refused(503, 110);
+        other_netns.key.netns = 2;
+        assert!(!covers(&a, &other_netns, 200 * S));
         let mut fine = refused(502, 110);
         (fine.close, fine.rst_received) = (Some(CloseCause::Fin), 0);
         assert!(!covers(&a, &fine, 200 * S));

@@ -5,11 +5,14 @@ use std::{net::IpAddr, time::Duration};
 use crate::event::{RepeatScope, Role};
 
 /// Where a peer is: its address, plus its port only when that is a service port (we are the
-/// client). Never an ephemeral port, so scopes stay bounded.
+/// client), seen from one network namespace (the same address in two namespaces is two
+/// peers). Never an ephemeral port, so scopes stay bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Peer {
     pub addr: IpAddr,
     pub port: Option<u16>,
+    /// The netns cookie of our end (0: unknown). Not shown by `Display`: renderers name it.
+    pub netns: u64,
 }
 
 impl std::fmt::Display for Peer {
@@ -171,6 +174,8 @@ pub enum Signal {
         scope: RepeatScope,
         peer: Option<Peer>,
         local_port: Option<u16>,
+        /// The netns cookie of our end (0: unknown): a local port's scope is in it.
+        netns: u64,
         cookie: Option<u64>,
         count: u32,
     },

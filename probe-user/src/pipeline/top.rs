@@ -53,6 +53,12 @@ pub struct TopRow {
     /// listener's owner, a peer's the last that talked to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<String>,
+    /// The network namespace (cookie) of a peer or local port scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_cookie: Option<u64>,
+    /// Its name (`host`, an `ip netns` name, `pid N (comm)`), named by the API's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 /// Length of the rolling window, in one-second buckets.
@@ -218,7 +224,8 @@ impl Top {
             } => {
                 self.rates(Scope::Peer(*peer), sec).connections += 1;
                 if let Some(p) = local_port {
-                    self.rates(Scope::LocalPort(*p), sec).connections += 1;
+                    self.rates(Scope::LocalPort(peer.netns, *p), sec)
+                        .connections += 1;
                 }
             }
             Signal::Rst {
@@ -226,7 +233,7 @@ impl Top {
             } => {
                 self.rates(Scope::Peer(*peer), sec).rsts += 1;
                 if let Some(p) = local_port {
-                    self.rates(Scope::LocalPort(*p), sec).rsts += 1;
+                    self.rates(Scope::LocalPort(peer.netns, *p), sec).rsts += 1;
                 }
             }
             // Failed attempts; connections that ended in a reset rank by their RSTs.
@@ -260,7 +267,10 @@ impl Top {
             Signal::ConnectFailed { peer, .. } | Signal::DataSegments { peer, .. } => (*peer, None),
             _ => return,
         };
-        let scopes = [Some(Scope::Peer(peer)), local_port.map(Scope::LocalPort)];
+        let scopes = [
+            Some(Scope::Peer(peer)),
+            local_port.map(|p| Scope::LocalPort(peer.netns, p)),
+        ];
         for scope in scopes.into_iter().flatten() {
             if let Some(&slot) = self.index.get(&TopScope::Scope(scope)) {
                 let held = &mut self.slots[slot as usize].process;
@@ -338,6 +348,11 @@ impl Top {
                 process: process
                     .as_ref()
                     .map(|p| format!("{}/{}", p.comm.as_str(), p.pid)),
+                netns_cookie: match scope {
+                    TopScope::Scope(s) => s.netns().filter(|c| *c != 0),
+                    TopScope::Pod(_) => None,
+                },
+                netns: None,
             })
             .collect();
         let value = |r: &TopRow| match key {
@@ -352,6 +367,7 @@ impl Top {
             value(b)
                 .total_cmp(&value(a))
                 .then_with(|| a.scope.cmp(&b.scope))
+                .then_with(|| a.netns_cookie.cmp(&b.netns_cookie))
         });
         rows.truncate(limit);
         TopReport {
@@ -386,6 +402,7 @@ mod tests {
         Peer {
             addr: IpAddr::from([10, 0, 0, 1]),
             port: Some(port),
+            netns: 0,
         }
     }
 
@@ -428,6 +445,34 @@ mod tests {
         assert!(top.report(16 * NS, TopKey::Rst, 10).rows.is_empty());
         // Ranked by retransmits, nobody has any: no rows of zeros.
         assert!(top.report(6 * NS, TopKey::Retrans, 10).rows.is_empty());
+    }
+
+    /// Two listeners on one port in two network namespaces are two rows, each with its
+    /// namespace's cookie (the API's answer names it).
+    #[test]
+    fn one_port_in_two_namespaces_is_two_rows() {
+        let mut top = Top::new(16);
+        for (netns, n) in [(11, 3), (22, 1)] {
+            for i in 0..n {
+                let mut s = rst(5 * NS + i, 80);
+                if let Signal::Rst {
+                    local_port, peer, ..
+                } = &mut s
+                {
+                    *local_port = Some(8080);
+                    peer.netns = netns;
+                }
+                top.observe(&s);
+            }
+        }
+        let r = top.report(6 * NS, TopKey::Rst, 10);
+        let ports: Vec<(u64, Option<u64>)> = r
+            .rows
+            .iter()
+            .filter(|r| r.scope == "local port 8080")
+            .map(|r| (r.rsts, r.netns_cookie))
+            .collect();
+        assert_eq!(ports, [(3, Some(11)), (1, Some(22))]);
     }
 
     #[test]
@@ -474,6 +519,7 @@ mod tests {
             peer: Peer {
                 addr: IpAddr::from(addr.to_be_bytes()),
                 port: Some(40_000),
+                netns: 0,
             },
             local_port: Some(9),
             cookie: None,
@@ -500,12 +546,14 @@ mod tests {
         let newest = IpAddr::from((base + 99_999).to_be_bytes());
         assert!(top.index.contains_key(&TopScope::Scope(Scope::Peer(Peer {
             addr: newest,
-            port: Some(40_000)
+            port: Some(40_000),
+            netns: 0,
         }))));
         let evicted = IpAddr::from((base + 95_000).to_be_bytes());
         assert!(!top.index.contains_key(&TopScope::Scope(Scope::Peer(Peer {
             addr: evicted,
-            port: Some(40_000)
+            port: Some(40_000),
+            netns: 0,
         }))));
         assert_eq!(top.slots.len(), 4096);
         assert_eq!(top.recency.len, 4096);

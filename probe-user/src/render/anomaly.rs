@@ -41,6 +41,13 @@ pub struct AnomalyRecord {
     pub local_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<u64>,
+    /// The network namespace (cookie) of a peer or local port scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_cookie: Option<u64>,
+    /// Its name: `host`, an `ip netns` name, or `pid N (comm)` of a process in it. A scope
+    /// outside the host's namespace names it in `scope` too (`local port 8080 in netns ux1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
     pub start_ns: u64,
     pub last_ns: u64,
     pub end_ns: Option<u64>,
@@ -74,7 +81,7 @@ impl AnomalyRecord {
     pub fn new(a: &Anomaly, change: &str, at_ns: u64) -> Self {
         let (peer, local_port, cookie) = match &a.scope {
             Scope::Peer(p) => (Some(p.to_string()), None, None),
-            Scope::LocalPort(port) => (None, Some(*port), None),
+            Scope::LocalPort(_, port) => (None, Some(*port), None),
             Scope::Socket(c) => (None, None, Some(*c)),
         };
         AnomalyRecord {
@@ -88,6 +95,8 @@ impl AnomalyRecord {
             peer,
             local_port,
             cookie,
+            netns_cookie: a.scope.netns().filter(|c| *c != 0),
+            netns: None,
             start_ns: a.start_ns,
             last_ns: a.last_ns,
             end_ns: a.end_ns,
@@ -320,7 +329,7 @@ mod tests {
         Anomaly {
             id: 7,
             kind: AnomalyKind::RstStorm,
-            scope: Scope::LocalPort(9999),
+            scope: Scope::LocalPort(0, 9999),
             start_ns: 1_000_000_000,
             end_ns,
             last_ns: 9_000_000_000,

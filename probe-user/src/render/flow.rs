@@ -34,12 +34,19 @@ pub struct FlowRecord {
     pub record: String,
     pub cookie: u64,
     pub netns_cookie: u64,
+    /// The network namespace's name: `host`, an `ip netns` name, or `pid N (comm)` of a
+    /// process in it; absent when none was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub role: Option<String>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub cgroup_id: Option<u64>,
+    /// The cgroup's path below the cgroup2 root (`/system.slice/nginx.service`), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     pub preexisting: bool,
     pub start_ns: u64,
     /// `start_ns` in local wall-clock time, RFC 3339.
@@ -177,12 +184,14 @@ impl FlowRecord {
             record: "flow".to_owned(),
             cookie: f.key.cookie,
             netns_cookie: f.key.netns,
+            netns: None,
             local: f.local,
             remote: f.remote,
             role: f.role.map(|r| r.name().to_owned()),
             pid: f.process.as_ref().map(|p| p.pid),
             comm: f.process.as_ref().map(|p| p.comm.as_str().into_owned()),
             cgroup_id: f.cgroup_id,
+            cgroup: None,
             preexisting: f.preexisting,
             start_ns: f.start_ns,
             start_time: Some(rfc3339_of_monotonic(f.start_ns)),
@@ -207,8 +216,14 @@ impl FlowRecord {
         }
     }
 
-    /// Adds the flow's owner and its peer's pod (nothing when attribution is off).
+    /// Adds the names of the flow's network namespace and cgroup, and its owner and its
+    /// peer's pod (attribution on).
     pub fn attributed(mut self, f: &Flow, attrib: &Attributor) -> Self {
+        // Names come from the host (process names, directory names): escaped there.
+        self.netns = attrib.netns_name(f.key.netns).map(|n| n.to_string());
+        self.cgroup = attrib
+            .cgroup_path(f.cgroup_id)
+            .map(|p| escape_str(&p).into_owned());
         if attrib.enabled() {
             let peer = attrib.peer_pod(f.remote.ip());
             self.owner = OwnerFields::of(&attrib.owner(f.cgroup_id), peer.as_deref());
@@ -238,6 +253,22 @@ fn process(f: &FlowRecord) -> String {
 
 fn count(n: u32) -> (String, Tone) {
     (n.to_string(), if n > 0 { Tone::Warn } else { Tone::Plain })
+}
+
+/// The namespace's name, else its cookie.
+fn netns_text(f: &FlowRecord) -> String {
+    f.netns
+        .clone()
+        .unwrap_or_else(|| f.netns_cookie.to_string())
+}
+
+/// The cgroup's path, else its id.
+fn cgroup_text(f: &FlowRecord) -> String {
+    match (&f.cgroup, f.cgroup_id) {
+        (Some(p), _) => p.clone(),
+        (None, Some(id)) => id.to_string(),
+        (None, None) => "-".to_owned(),
+    }
 }
 
 /// A container id's first 12 characters, as `crictl` and `docker ps` show it.
@@ -308,8 +339,8 @@ pub fn table(flows: &[FlowRecord], now_ns: u64, wide: bool, paint: Paint) -> Str
         }
         if wide {
             row.extend([
-                plain(f.netns_cookie.to_string()),
-                plain(f.cgroup_id.map_or("-".to_owned(), |c| c.to_string())),
+                plain(netns_text(f)),
+                plain(cgroup_text(f)),
                 plain(f.handshake_us.map_or("-".to_owned(), human_us)),
                 count(f.syn_retransmits),
                 count(f.rtos),
@@ -372,8 +403,8 @@ pub fn story(
         s,
         "  process  {}    cgroup {}    netns {}{}",
         process(f),
-        f.cgroup_id.map_or("-".to_owned(), |c| c.to_string()),
-        f.netns_cookie,
+        cgroup_text(f),
+        netns_text(f),
         if f.preexisting {
             "    (open before the daemon started)"
         } else {

@@ -107,12 +107,13 @@ fn severity(members: &[&AnomalyRecord]) -> &'static str {
     }
 }
 
-/// What an anomaly can share with another.
+/// What an anomaly can share with another. Endpoints and ports are in a network namespace
+/// (its cookie, where the record has one): `:8080` in two namespaces is two services.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Key {
     Flow(u64),
-    Endpoint(SocketAddr),
-    ServicePort(u16),
+    Endpoint(Option<u64>, SocketAddr),
+    ServicePort(Option<u64>, u16),
 }
 
 /// What this host knows about the flows anomalies name: for each evidence cookie still in the
@@ -122,20 +123,43 @@ enum Key {
 pub struct HostView {
     pub local_ips: HashSet<IpAddr>,
     pub service_port: HashMap<u64, u16>,
+    /// Each such flow's network namespace (cookie).
+    pub flow_netns: HashMap<u64, u64>,
+    /// The namespaces each of this host's addresses is in (from its sockets): a peer endpoint
+    /// at one of them is a service port of that namespace, maybe not the anomaly's own.
+    pub ip_netns: HashMap<IpAddr, BTreeSet<u64>>,
+}
+
+impl HostView {
+    /// The namespace of the service at this host's `ip`, seen from namespace `ns`: its own
+    /// where it has the address (loopback always), else the one that has it.
+    fn netns_of(&self, ip: IpAddr, ns: Option<u64>) -> Option<u64> {
+        let have = self.ip_netns.get(&ip);
+        if ip.is_loopback() || have.is_none_or(|s| ns.is_some_and(|n| s.contains(&n))) {
+            return ns;
+        }
+        have.and_then(|s| s.first().copied())
+    }
 }
 
 fn keys(a: &AnomalyRecord, host: &HostView) -> Vec<Key> {
     let mut keys: Vec<Key> = Vec::new();
+    let ns = a.netns_cookie;
     for c in a.evidence.iter().chain(&a.cookie) {
         keys.push(Key::Flow(*c));
-        keys.extend(host.service_port.get(c).map(|p| Key::ServicePort(*p)));
+        let flow_ns = host.flow_netns.get(c).copied().or(ns);
+        keys.extend(
+            host.service_port
+                .get(c)
+                .map(|p| Key::ServicePort(flow_ns, *p)),
+        );
     }
-    keys.extend(a.local_port.map(Key::ServicePort));
+    keys.extend(a.local_port.map(|p| Key::ServicePort(ns, p)));
     if let Some(sa) = a.peer.as_deref().and_then(|p| p.parse::<SocketAddr>().ok()) {
-        keys.push(Key::Endpoint(sa));
+        keys.push(Key::Endpoint(ns, sa));
         // A peer endpoint on this host is one of our service ports.
         if sa.ip().is_loopback() || host.local_ips.contains(&sa.ip()) {
-            keys.push(Key::ServicePort(sa.port()));
+            keys.push(Key::ServicePort(host.netns_of(sa.ip(), ns), sa.port()));
         }
     }
     keys
@@ -255,10 +279,10 @@ fn attach_bare_peers(anomalies: &[AnomalyRecord], groups: &mut Groups, now_ns: u
             .and_modify(|b| *b &= bare)
             .or_insert(bare);
     }
-    let mut by_ip: HashMap<IpAddr, Vec<usize>> = HashMap::new();
+    let mut by_ip: HashMap<(Option<u64>, IpAddr), Vec<usize>> = HashMap::new();
     for (i, a) in anomalies.iter().enumerate() {
         if let Some(ip) = peer_ip(a) {
-            by_ip.entry(ip).or_default().push(i);
+            by_ip.entry((a.netns_cookie, ip)).or_default().push(i);
         }
     }
     let near = |i: usize, j: usize| {
@@ -271,7 +295,11 @@ fn attach_bare_peers(anomalies: &[AnomalyRecord], groups: &mut Groups, now_ns: u
         let (Some(ip), Some(true)) = (bare_peer(a), all_bare.get(&before[i]).copied()) else {
             continue;
         };
-        let candidates = by_ip.get(&ip).into_iter().flatten().copied();
+        let candidates = by_ip
+            .get(&(a.netns_cookie, ip))
+            .into_iter()
+            .flatten()
+            .copied();
         for j in candidates.filter(|&j| before[j] != before[i] && near(i, j)) {
             let b = &anomalies[j];
             let rank = (

@@ -7,6 +7,7 @@ pub mod anomaly;
 pub mod event;
 pub mod flow;
 pub mod incident;
+pub mod netns;
 pub mod table;
 #[cfg(test)]
 mod tests_pods;

@@ -12,6 +12,7 @@ mod exporter_abuse;
 mod flows_truth;
 mod incidents;
 mod limits;
+mod names;
 mod pods;
 mod prometheus_harness;
 mod repeat;

@@ -21,7 +21,7 @@ fn record(id: u64, change: &str, at_ns: u64) -> AnomalyRecord {
     let a = Anomaly {
         id,
         kind: AnomalyKind::ConnectRefused,
-        scope: Scope::LocalPort(80),
+        scope: Scope::LocalPort(0, 80),
         start_ns: 1,
         end_ns: None,
         last_ns: at_ns,

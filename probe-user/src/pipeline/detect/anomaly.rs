@@ -147,17 +147,29 @@ impl fmt::Display for AnomalyKind {
 pub enum Scope {
     /// A remote endpoint (its port only when it is a service port).
     Peer(Peer),
-    /// One of our listening ports.
-    LocalPort(u16),
+    /// One of our listening ports, in a network namespace (its cookie; 0: unknown).
+    LocalPort(u64, u16),
     /// One socket, by cookie.
     Socket(u64),
+}
+
+impl Scope {
+    /// The network namespace (cookie) the scope is in; `None` for a socket (its cookie is
+    /// unique across namespaces).
+    pub fn netns(&self) -> Option<u64> {
+        match self {
+            Scope::Peer(p) => Some(p.netns),
+            Scope::LocalPort(netns, _) => Some(*netns),
+            Scope::Socket(_) => None,
+        }
+    }
 }
 
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Scope::Peer(p) => write!(f, "peer {p}"),
-            Scope::LocalPort(p) => write!(f, "local port {p}"),
+            Scope::LocalPort(_, p) => write!(f, "local port {p}"),
             Scope::Socket(c) => write!(f, "socket {c}"),
         }
     }

@@ -123,7 +123,7 @@ impl Detectors {
                     st.connection(ts, open, cfg);
                 });
                 if let Some(port) = local_port {
-                    self.update(Scope::LocalPort(*port), |st, cfg, _| {
+                    self.update(Scope::LocalPort(peer.netns, *port), |st, cfg, _| {
                         st.connection(ts, open, cfg);
                     });
                 }
@@ -146,7 +146,7 @@ impl Detectors {
                 };
                 self.update(Scope::Peer(*peer), counted);
                 if let Some(port) = local_port {
-                    self.update(Scope::LocalPort(*port), counted);
+                    self.update(Scope::LocalPort(peer.netns, *port), counted);
                 }
                 if *after_established {
                     let (kind, said) = reset_said(*direction, *peer, reason.as_deref());
@@ -213,6 +213,7 @@ impl Detectors {
                 scope,
                 peer,
                 local_port,
+                netns,
                 cookie,
                 count,
                 ..
@@ -220,7 +221,7 @@ impl Detectors {
                 let target = match scope {
                     RepeatScope::Socket => cookie.map(Scope::Socket),
                     RepeatScope::Peer => peer.map(Scope::Peer),
-                    RepeatScope::LocalPort => local_port.map(Scope::LocalPort),
+                    RepeatScope::LocalPort => local_port.map(|p| Scope::LocalPort(*netns, p)),
                 };
                 let Some(target) = target else {
                     self.unscoped += 1;

@@ -13,6 +13,7 @@ pub(super) fn peer(n: u8) -> Peer {
     Peer {
         addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)),
         port: Some(443),
+        netns: 0,
     }
 }
 
@@ -21,6 +22,7 @@ pub(super) fn client(n: u8) -> Peer {
     Peer {
         addr: IpAddr::V4(Ipv4Addr::new(192, 168, 1, n)),
         port: None,
+        netns: 0,
     }
 }
 
@@ -315,7 +317,7 @@ fn rst_storm_per_local_port_in_both_directions_and_new_peaks() {
     });
     let raised = h.raised();
     assert_eq!(raised.len(), 1, "{raised:?}");
-    assert_eq!(raised[0].1.scope, Scope::LocalPort(8080));
+    assert_eq!(raised[0].1.scope, Scope::LocalPort(0, 8080));
     assert_eq!(raised[0].1.peak_rate, 60.0);
     // The rate doubled: one Updated with the new peak, not one per window.
     let updated = h.updated();
@@ -396,7 +398,7 @@ fn rst_ratio_per_local_port_across_many_clients() {
     let raised = h.raised();
     assert_eq!(raised.len(), 1, "{raised:?}");
     assert_eq!(raised[0].1.kind, AnomalyKind::RstRatio);
-    assert_eq!(raised[0].1.scope, Scope::LocalPort(8080));
+    assert_eq!(raised[0].1.scope, Scope::LocalPort(0, 8080));
 }
 
 /// The bare-peer scope: RSTs without a socket (a closed port answering), a flow's

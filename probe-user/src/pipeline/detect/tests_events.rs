@@ -38,6 +38,7 @@ fn repeat(ts: u64, scope: RepeatScope, cookie: Option<u64>, count: u32) -> Signa
         scope,
         peer: Some(peer(9)),
         local_port: Some(8080),
+        netns: 0,
         cookie,
         count,
     }
@@ -266,7 +267,7 @@ fn kernel_repeat_rst_raises_at_once_per_scope() {
         vec![
             (AnomalyKind::KernelRepeatRst, Scope::Socket(77)),
             (AnomalyKind::KernelRepeatRst, Scope::Peer(peer(9))),
-            (AnomalyKind::KernelRepeatRst, Scope::LocalPort(8080)),
+            (AnomalyKind::KernelRepeatRst, Scope::LocalPort(0, 8080)),
         ]
     );
     assert_eq!(raised[1].1.peak_rate, 10.0);

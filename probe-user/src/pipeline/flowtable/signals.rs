@@ -18,6 +18,7 @@ pub fn scope(flow: &Flow) -> (Peer, Option<u16>) {
             Peer {
                 addr: flow.remote.ip(),
                 port: Some(flow.remote.port()),
+                netns: flow.key.netns,
             },
             None,
         ),
@@ -25,6 +26,7 @@ pub fn scope(flow: &Flow) -> (Peer, Option<u16>) {
             Peer {
                 addr: flow.remote.ip(),
                 port: None,
+                netns: flow.key.netns,
             },
             Some(flow.local.port()),
         ),
@@ -32,6 +34,7 @@ pub fn scope(flow: &Flow) -> (Peer, Option<u16>) {
             Peer {
                 addr: flow.remote.ip(),
                 port: None,
+                netns: flow.key.netns,
             },
             None,
         ),
@@ -99,6 +102,7 @@ pub fn from_flow(
             scope: *s,
             peer: Some(peer),
             local_port: local_port.or(Some(ev.local.port())),
+            netns: peer.netns,
             cookie: Some(cookie),
             count: *count,
         }),
@@ -301,6 +305,7 @@ pub fn socketless(ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
     let peer = Peer {
         addr: ev.remote.ip(),
         port: None,
+        netns: ev.netns_cookie.unwrap_or(0),
     };
     let local_port = Some(ev.local.port());
     match &ev.detail {
@@ -347,6 +352,7 @@ pub fn socketless(ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
             scope: *scope,
             peer: (*scope == RepeatScope::Peer).then_some(peer),
             local_port,
+            netns: peer.netns,
             cookie: ev.cookie,
             count: *count,
         }),

@@ -181,6 +181,7 @@ mod tests {
             peer: Peer {
                 addr: "10.0.0.1".parse().unwrap(),
                 port: Some(80),
+                netns: 0,
             },
             local_port: None,
             cookie: 1,

@@ -24,6 +24,7 @@ fn client_peer(i: u32) -> Peer {
     Peer {
         addr: ip(i),
         port: Some(443),
+        netns: 0,
     }
 }
 
@@ -34,6 +35,7 @@ fn rst(i: u32, reason: &str) -> Signal {
         peer: Peer {
             addr: ip(i),
             port: None,
+            netns: 0,
         },
         local_port: Some(8080),
         cookie: None,

@@ -19,10 +19,12 @@ fn peer(s: &str) -> Scope {
         Ok(sa) => Scope::Peer(Peer {
             addr: sa.ip(),
             port: Some(sa.port()),
+            netns: 0,
         }),
         Err(_) => Scope::Peer(Peer {
             addr: s.parse().expect("an address"),
             port: None,
+            netns: 0,
         }),
     }
 }
@@ -67,10 +69,10 @@ fn a_refused_upstream_is_one_incident_with_its_symptoms() {
         record(1, KernelRepeatRst, Scope::Socket(50), 100, &[50]),
         record(2, ConnectRefused, peer(up), 100, &[50, 51]),
         record(3, KernelRepeatRst, peer(up), 100, &[51]),
-        record(4, KernelRepeatRst, Scope::LocalPort(9999), 101, &[]),
+        record(4, KernelRepeatRst, Scope::LocalPort(0, 9999), 101, &[]),
         record(5, RstStorm, peer(up), 101, &[50, 51, 52]),
         record(6, RstStorm, peer("127.0.0.1"), 101, &[]),
-        record(7, RstStorm, Scope::LocalPort(9999), 101, &[]),
+        record(7, RstStorm, Scope::LocalPort(0, 9999), 101, &[]),
         record(8, RstRatio, peer(up), 102, &[52]),
         record(9, RstRatio, peer("127.0.0.1"), 102, &[]),
         // Unrelated: another peer, same time.
@@ -117,7 +119,7 @@ fn a_refused_upstream_is_one_incident_with_its_symptoms() {
 fn service_ports_link_only_to_this_hosts_own_endpoints() {
     use AnomalyKind::*;
     let all = vec![
-        record(1, RstStorm, Scope::LocalPort(443), 10, &[]),
+        record(1, RstStorm, Scope::LocalPort(0, 443), 10, &[]),
         record(2, RstStorm, peer("10.0.0.7:443"), 10, &[]),
     ];
     assert_eq!(group(&all, &HostView::default(), 11 * S).len(), 2);
@@ -152,7 +154,7 @@ fn two_outages_behind_one_proxy_stay_two_incidents() {
         // The refused upstream (7002).
         record(4, ConnectRefused, peer("127.0.0.1:7002"), 100, &[21]),
         record(5, RstStorm, peer("127.0.0.1:7002"), 100, &[21]),
-        record(6, RstStorm, Scope::LocalPort(7002), 100, &[]),
+        record(6, RstStorm, Scope::LocalPort(0, 7002), 100, &[]),
         // RSTs of the closed port to HAProxy: no flow to say which service; two bare
         // anomalies sharing a flow of no known service still go with the outage.
         record(7, RstStorm, peer("127.0.0.1"), 100, &[]),
@@ -163,6 +165,7 @@ fn two_outages_behind_one_proxy_stay_two_incidents() {
         local_ips: HashSet::new(),
         // Flow 12 is the upstream's accepted socket on 7001; 11 and 21 HAProxy's connects.
         service_port: [(11, 7001), (12, 7001), (21, 7002)].into(),
+        ..HostView::default()
     };
     let incidents = group(&all, &host, 110 * S);
     assert_eq!(incidents.len(), 2, "{incidents:#?}");

@@ -224,6 +224,10 @@ pub struct AnomaliesArgs {
     /// Only what is still active.
     #[arg(long)]
     pub active: bool,
+    /// Only anomalies whose peer or local port is in this network namespace (an `ip netns`
+    /// name, `host`, a `pid N (comm)` name as shown, or a cookie), and the incidents with one.
+    #[arg(long, value_name = "NAME|COOKIE")]
+    pub netns: Option<String>,
     #[arg(short, long, value_enum, default_value_t = View::Table)]
     pub output: View,
 }

@@ -1,10 +1,10 @@
 //! `linkprobe anomalies`: incidents first, then their anomalies, with the on-call filters
-//! (`--since`, `--kind`, `--peer`, `--active`) applied to both; `--watch` follows the changes
-//! that pass `--kind` and `--peer`.
+//! (`--since`, `--kind`, `--peer`, `--netns`, `--active`) applied to both; `--watch` follows the
+//! changes that pass `--kind`, `--peer` and `--netns`.
 use std::{net::IpAddr, net::SocketAddr, path::Path};
 
 use crate::{
-    api::proto::{Query, Reply},
+    api::proto::{Filter, Query, Reply, SortKey},
     cli::{AnomaliesArgs, View},
     clock::monotonic_ns,
     ctl::{
@@ -25,6 +25,7 @@ pub struct Pick {
     pub kind: Option<String>,
     pub peer: Option<String>,
     pub active: bool,
+    pub netns: Option<String>,
 }
 
 impl Pick {
@@ -34,12 +35,16 @@ impl Pick {
             kind: a.kind.clone(),
             peer: a.peer.clone(),
             active: a.active,
+            netns: a.netns.clone(),
         }
     }
 
-    /// `--kind` and `--peer` (what a change in the stream is judged by too).
+    /// `--kind`, `--peer` and `--netns` (what a change in the stream is judged by too).
     pub fn about(&self, a: &AnomalyRecord) -> bool {
         self.kind.as_ref().is_none_or(|k| &a.kind == k)
+            && self.netns.as_deref().is_none_or(|n| {
+                a.netns.as_deref() == Some(n) || a.netns_cookie.is_some_and(|c| c.to_string() == n)
+            })
             && self
                 .peer
                 .as_deref()
@@ -89,8 +94,29 @@ fn peer_matches(wanted: &str, peer: Option<&str>) -> bool {
     }
 }
 
+/// A `--netns` the daemon cannot resolve is an error, not an empty answer: asked as a flow
+/// filter (no flows returned), whose answer says what is wrong. A name shown by the daemon
+/// (`pid N (comm)`) is not one it resolves, and is taken as given.
+fn check_netns(socket: &Path, netns: &str) -> Result<(), CtlError> {
+    if netns.starts_with("pid ") {
+        return Ok(());
+    }
+    let q = Query::Flows {
+        filter: Filter {
+            netns: Some(netns.to_owned()),
+            ..Filter::default()
+        },
+        sort: SortKey::default(),
+        limit: 0,
+    };
+    check(Conn::ask(socket, q)?).map(|_| ())
+}
+
 pub fn run(socket: &Path, a: &AnomaliesArgs, paint: Paint) -> Result<(), CtlError> {
     let pick = Pick::of(a);
+    if let Some(n) = &pick.netns {
+        check_netns(socket, n)?;
+    }
     let (follow, view) = (a.watch, a.output);
     let mut conn = Conn::open(socket)?;
     conn.send(Query::Anomalies { watch: follow })?;

@@ -228,6 +228,27 @@ fn two_namespaces_on_one_port_are_named_and_kept_apart() {
         );
     }
 
+    // anomalies --netns NAME: that namespace's only; a missing name is an error.
+    let only = daemon.json(&["anomalies", "--netns", &b.name]);
+    let picked: Vec<&Value> = array(&only["active"])
+        .iter()
+        .chain(array(&only["recent"]))
+        .collect();
+    assert!(
+        picked.iter().any(|x| x["kind"] == "connect_refused"),
+        "{only:#}"
+    );
+    assert!(
+        picked.iter().all(|x| x["netns"] == b.name.as_str()),
+        "{only:#}"
+    );
+    let bad = daemon.cli(&["anomalies", "--netns", "no-such-netns-lpt"]);
+    assert!(
+        !bad.status.success(),
+        "a missing namespace accepted by anomalies"
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ip netns list"));
+
     // top: the two listeners on PORT are two rows, each named.
     let local = format!("local port {PORT} in netns ");
     let top_rows = eventually(Duration::from_secs(5), || {

@@ -170,7 +170,9 @@ pub struct FilterArgs {
     /// Only flows with retransmits (watch: retransmit events).
     #[arg(long)]
     pub with_retrans: bool,
-    /// Only failed connection attempts: refused, timed out, unreachable.
+    /// Only failed connections, as connect_failures_total counts them: connects refused, timed
+    /// out by the kernel, unreachable or abandoned by the app, and connections ended by an
+    /// RST (reset); not those closed with a FIN.
     #[arg(long)]
     pub failed: bool,
     /// Only flows active within this long, e.g. 30s, 5m, 1h (flows only).

@@ -149,24 +149,16 @@ impl Matcher {
             })
             && (!self.with_rst || f.rst_sent + f.rst_received > 0)
             && (!self.with_retrans || f.syn_retransmits + f.data_retransmits + f.rtos > 0)
-            && (!self.failed
-                || matches!(
-                    f.close,
-                    Some(
-                        CloseCause::Refused
-                            | CloseCause::Timeout
-                            | CloseCause::Unreachable
-                            | CloseCause::Abandoned
-                    )
-                ))
+            && (!self.failed || f.close.and_then(CloseCause::failure).is_some())
             && self.since_ms.is_none_or(|ms| {
                 f.last_seen_ns >= now_ns.saturating_sub(ms.saturating_mul(1_000_000))
             })
     }
 
     /// Event filter for `watch`: flow-level conditions become per-event ones (`--with-rst`:
-    /// RST events, `--with-retrans`: retransmit events, `--failed`: a connect that ended with
-    /// an error, `--state`: the state the event reports). `--since` does not apply.
+    /// RST events, `--with-retrans`: retransmit events, `--failed`: the end of a flow that
+    /// `connect_failures_total` counts, classified from the record's own flow state,
+    /// `--state`: the state the event reports). `--since` does not apply.
     pub fn event(&self, ev: &Event) -> bool {
         let proc = ev.process.as_ref();
         let state = match &ev.detail {
@@ -199,10 +191,9 @@ impl Matcher {
                     Detail::Retransmit { .. } | Detail::Rto { .. } | Detail::RetransmitSynack
                 ))
             && (!self.failed
-                || matches!(
-                    (&ev.detail, ev.sk_err),
-                    (Detail::FlowEnd { from: TcpState::SYN_SENT }, Some(e)) if e != 0
-                ))
+                || CloseCause::of_end(ev)
+                    .and_then(CloseCause::failure)
+                    .is_some())
     }
 }
 

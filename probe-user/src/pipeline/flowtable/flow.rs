@@ -6,7 +6,10 @@ use std::{net::SocketAddr, num::NonZeroU64};
 use probe_common::{role, CloseClass, EventKind};
 
 use super::timeline::{Note, Timeline, TimelineEntry};
-use crate::event::{Detail, Event, FlowCounts, Process, Role, SockStats, TcpState};
+use crate::{
+    event::{Detail, Event, FlowCounts, Process, Role, SockStats, TcpState},
+    pipeline::signal::ConnectFailure,
+};
 
 /// A flow's identity: socket cookies are unique per boot; the netns cookie tells namespaces
 /// apart in what the table shows.
@@ -43,6 +46,52 @@ impl CloseCause {
             CloseCause::Unreachable => "unreachable",
             CloseCause::Abandoned => "abandoned",
         }
+    }
+}
+
+impl CloseCause {
+    /// What `connect_failures_total{cause}` counts this close as, and what `--failed` keeps:
+    /// one vocabulary. Every close but a FIN is a failure: a connect that did not connect
+    /// (refused, timeout, unreachable, abandoned) or a connection ended by an RST (reset).
+    pub fn failure(self) -> Option<ConnectFailure> {
+        match self {
+            CloseCause::Refused => Some(ConnectFailure::Refused),
+            CloseCause::Timeout => Some(ConnectFailure::Timeout),
+            CloseCause::Unreachable => Some(ConnectFailure::Unreachable),
+            CloseCause::Abandoned => Some(ConnectFailure::Abandoned),
+            CloseCause::RstReceived | CloseCause::RstSent => Some(ConnectFailure::Reset),
+            CloseCause::Fin => None,
+        }
+    }
+
+    /// The close cause a flow's end record says, from its own state (`watch` has no flow
+    /// table): the classification the kernel and [`Flow`] use.
+    pub fn of_end(ev: &Event) -> Option<CloseCause> {
+        let (Detail::FlowEnd { .. }, Some(flow)) = (&ev.detail, &ev.flow) else {
+            return None;
+        };
+        let role = match flow.role {
+            Some(Role::Client) => role::CLIENT,
+            Some(Role::Server) => role::SERVER,
+            None => role::UNKNOWN,
+        };
+        let established = flow.established_ns.is_some();
+        // An unreadable `sk_err` of a connect without an RST: a timeout, as `classify` says.
+        let unread = if established || flow.counts.rst_received > 0 {
+            0
+        } else {
+            probe_common::kernel::errno::ETIMEDOUT
+        };
+        Some(
+            CloseClass::of(
+                role,
+                established,
+                ev.sk_err.unwrap_or(unread),
+                flow.counts.rst_sent,
+                flow.counts.rst_received,
+            )
+            .into(),
+        )
     }
 }
 

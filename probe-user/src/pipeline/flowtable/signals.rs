@@ -7,7 +7,7 @@ use super::flow::{CloseCause, Flow};
 use crate::{
     event::rst_reason::ReasonNames,
     event::{Detail, Event, FlowCounts, RepeatScope, Role, SockStats, TcpState},
-    pipeline::signal::{ConnectFailure, Peer, RetransmitKind, RstDirection, Signal},
+    pipeline::signal::{Peer, RetransmitKind, RstDirection, Signal},
 };
 
 /// Scope of a flow's peer: a client's peer keeps its service port; a server's peer is the
@@ -109,14 +109,7 @@ pub fn from_flow(
         _ => {}
     }
     if close_changed {
-        let cause = match flow.close {
-            Some(CloseCause::Refused) => Some(ConnectFailure::Refused),
-            Some(CloseCause::Timeout) => Some(ConnectFailure::Timeout),
-            Some(CloseCause::Unreachable) => Some(ConnectFailure::Unreachable),
-            Some(CloseCause::Abandoned) => Some(ConnectFailure::Abandoned),
-            Some(CloseCause::RstReceived | CloseCause::RstSent) => Some(ConnectFailure::Reset),
-            Some(CloseCause::Fin) | None => None,
-        };
+        let cause = flow.close.and_then(CloseCause::failure);
         if let Some(cause) = cause {
             out.push(Signal::ConnectFailed {
                 ts_ns,

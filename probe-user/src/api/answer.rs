@@ -165,6 +165,7 @@ fn flows(st: &Lent<'_>, m: &Matcher, sort: SortKey, limit: usize) -> Reply {
     Reply::Flows {
         total: table.len(),
         matched: n,
+        truncated: matched.len() < n,
         flows: matched
             .iter()
             .map(|f| FlowRecord::new(f, &st.loaded.reason_names).attributed(f, attrib))

@@ -131,6 +131,9 @@ pub enum Reply {
         total: usize,
         matched: usize,
         flows: Vec<FlowRecord>,
+        /// Fewer flows returned than matched (`limit`, or the daemon's cap of 2000).
+        #[serde(default)]
+        truncated: bool,
     },
     Flow {
         flow: Box<FlowRecord>,

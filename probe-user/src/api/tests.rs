@@ -128,6 +128,7 @@ fn records_decode_to_what_was_encoded() {
         total: 3,
         matched: 1,
         flows: vec![flow],
+        truncated: false,
     });
     let line = encode_line(&reply);
     assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
@@ -252,12 +253,13 @@ fn json_field_names_are_stable() {
         total: 1,
         matched: 1,
         flows: vec![],
+        truncated: true,
     }))
     .unwrap();
     assert_eq!(keys(&flows), set(&["v", "reply"]));
     assert_eq!(
         keys(&flows["reply"]),
-        set(&["type", "total", "matched", "flows"])
+        set(&["type", "total", "matched", "flows", "truncated"])
     );
     let flow = serde_json::to_value(Reply::Flow {
         flow: Box::new(serde_json::from_value(flow).unwrap()),

@@ -109,12 +109,23 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
                 flows,
                 matched,
                 total,
+                truncated,
             } = r
             else {
                 return Err(CtlError::Unexpected(reply_name(&r)));
             };
             match a.output {
-                View::Json => json(&flows),
+                View::Json => {
+                    // stdout stays the bare array consumers parse; the cut is said on stderr.
+                    if truncated || matched > flows.len() {
+                        eprintln!(
+                            "linkprobe: truncated: {} of {matched} matching flows shown (--limit; \
+                             the daemon returns at most 2000); {total} in the table",
+                            flows.len()
+                        );
+                    }
+                    json(&flows)
+                }
                 v => {
                     let mut text = flow::table(&flows, monotonic_ns(), v == View::Wide, paint);
                     if matched > flows.len() {

@@ -170,6 +170,20 @@ fn two_namespaces_on_one_port_are_named_and_kept_apart() {
         .all(|f| f["netns"] == a.name.as_str()));
     let wide = daemon.ok(&["flows", "--netns", &a.name, "--port", &port, "-o", "wide"]);
     assert!(wide.contains("NETNS") && wide.contains(&a.name), "{wide}");
+    // A JSON answer cut by --limit stays a bare array and says so on stderr.
+    let cut = daemon.cli(&[
+        "flows", "--netns", &a.name, "--port", &port, "--limit", "1", "-o", "json",
+    ]);
+    let shown: Value = serde_json::from_slice(&cut.stdout).expect("a JSON array");
+    assert_eq!(array(&shown).len(), 1);
+    let note = String::from_utf8_lossy(&cut.stderr);
+    assert!(
+        note.contains(&format!(
+            "truncated: 1 of {} matching flows shown",
+            rows.len()
+        )),
+        "{note}"
+    );
     // A name that does not exist is a clear error.
     let bad = daemon.cli(&["flows", "--netns", "no-such-netns-lpt"]);
     let stderr = String::from_utf8_lossy(&bad.stderr);

@@ -18,7 +18,7 @@ use crate::{
     pipeline::flowtable::{CloseCause, Flow},
     pipeline::Pipeline,
     render::{
-        anomaly::name_pods,
+        anomaly::{name_pods, name_processes},
         incident::{self, HostView},
         netns,
     },
@@ -231,6 +231,7 @@ fn flow(st: &Lent<'_>, cookie: u64) -> Reply {
         anomalies.push(AnomalyRecord::new(a, "cleared", now));
     }
     name_pods(&mut anomalies, &st.pipeline.flows, &st.pipeline.attrib);
+    name_processes(&mut anomalies, &st.pipeline.flows);
     netns::name_anomalies(&mut anomalies, &st.pipeline.attrib);
     let hint = root_cause(f, &st.loaded.reason_names, &anomalies);
     Reply::Flow {
@@ -260,6 +261,8 @@ fn anomalies(st: &Lent<'_>) -> Reply {
     let (flows, attrib) = (&st.pipeline.flows, &st.pipeline.attrib);
     name_pods(&mut active, flows, attrib);
     name_pods(&mut recent, flows, attrib);
+    name_processes(&mut active, flows);
+    name_processes(&mut recent, flows);
     netns::name_anomalies(&mut active, attrib);
     netns::name_anomalies(&mut recent, attrib);
     // How many flows of the table each covers (one pass over the flow table).

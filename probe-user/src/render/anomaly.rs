@@ -74,6 +74,10 @@ pub struct AnomalyRecord {
     /// and of their remote ends that are pods of this node, and of a peer scope's address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<String>,
+    /// The processes (`comm/pid`) owning the evidence flows still in the flow table: the
+    /// client that failed, the server whose listener reset (at most a few, distinct).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<String>,
 }
 
 impl AnomalyRecord {
@@ -110,6 +114,7 @@ impl AnomalyRecord {
             hint: a.hint.to_owned(),
             detail: a.detail.clone(),
             pods: Vec::new(),
+            processes: Vec::new(),
         }
     }
 
@@ -175,6 +180,40 @@ pub fn name_pods(records: &mut [AnomalyRecord], flows: &FlowTable, attrib: &Attr
     }
 }
 
+/// Most processes named per anomaly.
+const MAX_PROCESSES_NAMED: usize = 4;
+
+/// Names the processes of each record's evidence flows still in the table (one pass over the
+/// table for all records, only when some record has evidence).
+pub fn name_processes(records: &mut [AnomalyRecord], flows: &FlowTable) {
+    let wanted: HashSet<u64> = records
+        .iter()
+        .flat_map(|r| r.evidence.iter().copied())
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let by_cookie: HashMap<u64, String> = flows
+        .iter()
+        .filter(|f| wanted.contains(&f.key.cookie))
+        .filter_map(|f| {
+            let p = f.process.as_ref()?;
+            Some((f.key.cookie, format!("{}/{}", p.comm.as_str(), p.pid)))
+        })
+        .collect();
+    for r in records.iter_mut() {
+        let mut seen: BTreeSet<&String> = BTreeSet::new();
+        for c in &r.evidence {
+            if let Some(p) = by_cookie.get(c) {
+                if seen.len() < MAX_PROCESSES_NAMED {
+                    seen.insert(p);
+                }
+            }
+        }
+        r.processes = seen.into_iter().cloned().collect();
+    }
+}
+
 pub fn table(
     active: &[AnomalyRecord],
     recent: &[AnomalyRecord],
@@ -191,6 +230,10 @@ pub fn table(
     let pods = active.iter().chain(recent).any(|a| !a.pods.is_empty());
     if pods {
         header.push("PODS");
+    }
+    let processes = active.iter().chain(recent).any(|a| !a.processes.is_empty());
+    if processes {
+        header.push("PROCESSES");
     }
     let mut t = Table::new(header);
     for a in active.iter().chain(recent) {
@@ -245,6 +288,13 @@ pub fn table(
                 "-".to_owned()
             } else {
                 a.pods.join(",")
+            }));
+        }
+        if processes {
+            row.push(plain(if a.processes.is_empty() {
+                "-".to_owned()
+            } else {
+                a.processes.join(",")
             }));
         }
         t.row(row);

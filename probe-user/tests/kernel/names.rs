@@ -234,6 +234,13 @@ fn two_namespaces_on_one_port_are_named_and_kept_apart() {
     }
     for x in &anomalies {
         let ns = x["netns"].as_str().expect("netns");
+        // The process behind it: curl, whose connects were refused.
+        assert!(
+            array(&x["processes"])
+                .iter()
+                .any(|p| p.as_str().is_some_and(|p| p.starts_with("curl/"))),
+            "{x:#}"
+        );
         assert!(
             x["scope"]
                 .as_str()

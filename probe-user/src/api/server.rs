@@ -62,6 +62,11 @@ pub struct LoopQuery {
 
 /// What the loop streams to watchers.
 #[derive(Clone, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "items are shared behind an Arc in the broadcast channel: one allocation each, \
+              a box would add another per anomaly"
+)]
 pub enum Live {
     Event(Event),
     Anomaly(AnomalyRecord),

@@ -16,7 +16,7 @@ use testkit::process::Background;
 
 use crate::{
     common::{
-        api::Daemon,
+        api::{Daemon, Stream},
         can_run_kernel_tests,
         netns::{enter_current_thread, TestNetns},
         proxy::{closed_port, curl},
@@ -263,12 +263,39 @@ fn two_namespaces_on_one_port_are_named_and_kept_apart() {
         picked.iter().all(|x| x["netns"] == b.name.as_str()),
         "{only:#}"
     );
+    let bad = daemon.cli(&["watch", "--netns", "no-such-netns-lpt", "--count", "1"]);
+    assert!(
+        !bad.status.success(),
+        "a missing namespace accepted by watch"
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ip netns list"));
     let bad = daemon.cli(&["anomalies", "--netns", "no-such-netns-lpt"]);
     assert!(
         !bad.status.success(),
         "a missing namespace accepted by anomalies"
     );
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ip netns list"));
+
+    // watch --netns NAME: live events of that namespace only, curl in both.
+    let watch = Stream::start(&daemon.socket, &["watch", "--netns", &a.name, "-o", "json"]);
+    assert_eq!(curl(&b.name, &url, 1, 200), 1);
+    assert_eq!(curl(&a.name, &url, 1, 200), 1);
+    let lines = watch.collect_until(Duration::from_secs(5), |got| {
+        got.iter().any(|l| l.contains("\"flow_end\""))
+    });
+    let events: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == "event")
+        .collect();
+    assert!(!events.is_empty(), "{lines:#?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["netns_cookie"].as_u64() == Some(cookie_a)),
+        "{lines:#?}"
+    );
+    drop(watch);
 
     // top: the two listeners on PORT are two rows, each named.
     let local = format!("local port {PORT} in netns ");

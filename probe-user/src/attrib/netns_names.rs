@@ -28,6 +28,9 @@ const MAX_PROCS: usize = 65_536;
 const MAX_ENTERED_PER_SCAN: usize = 1024;
 /// Most cookies named at once.
 const MAX_NAMES: usize = 16_384;
+/// How long a cookie a whole scan did not name goes without another scan (a namespace held
+/// only by a socket or a file descriptor has neither a bind mount nor a process).
+const UNFOUND_RETRY: Duration = Duration::from_secs(10);
 /// Longest `ip netns` name kept (iproute2 allows NAME_MAX).
 const MAX_NAME_LEN: usize = 255;
 
@@ -60,6 +63,8 @@ pub struct NetnsNames {
     names: HashMap<u64, Arc<str>>,
     /// nsfs (device, inode) → cookie: each namespace is entered once.
     cookies: HashMap<(u64, u64), u64>,
+    /// Cookies a scan did not name, and when.
+    unfound: HashMap<u64, Instant>,
     last_scan: Option<Instant>,
     stats: NetnsNameStats,
 }
@@ -70,6 +75,7 @@ impl NetnsNames {
             min_rescan,
             names: HashMap::new(),
             cookies: HashMap::new(),
+            unfound: HashMap::new(),
             last_scan: None,
             stats: NetnsNameStats::default(),
         }
@@ -92,15 +98,27 @@ impl NetnsNames {
         if let Some(n) = self.names.get(&cookie) {
             return Some(Arc::clone(n));
         }
-        if self
-            .last_scan
-            .is_some_and(|t| t.elapsed() < self.min_rescan)
+        let recently_unfound = self
+            .unfound
+            .get(&cookie)
+            .is_some_and(|t| t.elapsed() < UNFOUND_RETRY);
+        if recently_unfound
+            || self
+                .last_scan
+                .is_some_and(|t| t.elapsed() < self.min_rescan)
         {
             self.stats.rate_limited += 1;
             return None;
         }
         self.scan();
-        self.names.get(&cookie).cloned()
+        let found = self.names.get(&cookie).cloned();
+        if found.is_none() {
+            if self.unfound.len() >= MAX_NAMES {
+                self.unfound.clear();
+            }
+            self.unfound.insert(cookie, Instant::now());
+        }
+        found
     }
 
     /// The cookie of the namespace at `path` (an nsfs file), entering it only when its inode
@@ -262,5 +280,11 @@ mod tests {
         assert_eq!(names.name(u64::MAX), None);
         assert_eq!(names.stats().scans, scans);
         assert_eq!(names.stats().rate_limited, 1);
+        // Nor does a cookie a whole scan did not name, for a while, whatever `min_rescan`.
+        let mut eager = NetnsNames::new(Duration::ZERO);
+        assert_eq!(eager.name(u64::MAX - 1), None);
+        let scans = eager.stats().scans;
+        assert_eq!(eager.name(u64::MAX - 1), None);
+        assert_eq!(eager.stats().scans, scans);
     }
 }

@@ -335,6 +335,9 @@ fn hostile_bodies_are_counted_and_leave_the_directory_intact() {
     feed.line(r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"etcdserver: request timed out\u001b[2J","code":500}}"#);
     wait_for(&dir, "refused pods and the 500 counted", |d| {
         d.status().errors == 7
+            && d.status()
+                .last_error
+                .is_some_and(|e| e.contains("etcdserver"))
     });
     // The state may already say `synced` again (any line within a second does, and a slow
     // machine takes that long): the latest error is kept apart.

@@ -160,7 +160,12 @@ fn summary(steps: &[(&str, Option<&Result<()>>)]) {
 
 /// The host's failed tests again, with their panic messages, after everything else.
 fn print_host_failures(out: &str) {
-    let failed = libtest::failed_tests(out);
+    let failed: Vec<String> = libtest::parse(out)
+        .tests
+        .into_iter()
+        .filter(|t| t.outcome == libtest::Outcome::Failed)
+        .map(|t| t.name)
+        .collect();
     println!("[test] host tests that failed: {}", failed.len());
     let excerpts = libtest::failure_excerpts(out);
     for name in failed {

@@ -1,6 +1,7 @@
 //! Per-test results from libtest's human output (`test a::b ... ok`), as printed by a test
-//! binary inside the VM or by the host's `cargo test`. Child processes of the tests write to the same console, so a result
-//! line may be split (`test x ... ` + their output + `ok`) and foreign lines are skipped.
+//! binary inside the VM or by the host's `cargo test` (several binaries one after another).
+//! Child processes of the tests write to the same console, so a result line may be split
+//! (`test x ... ` + their output + `ok`) and foreign lines are skipped.
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +53,12 @@ pub fn parse(text: &str) -> Summary {
             s.finished = true;
             continue;
         }
+        // The next binary's results (`cargo test` runs several in one output).
+        if line.starts_with("running ") && (line.ends_with(" tests") || line.ends_with(" test")) {
+            pending = None;
+            reporting = true;
+            continue;
+        }
         // The captured output of failed tests follows; no result line comes after it.
         if line == "failures:" {
             pending = None;
@@ -84,16 +91,6 @@ pub fn parse(text: &str) -> Summary {
         }
     }
     s
-}
-
-/// The names of the tests libtest reported as failed, in order (several binaries' output may be
-/// concatenated).
-pub fn failed_tests(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.trim_end_matches('\r').trim_end().strip_prefix("test "))
-        .filter_map(|l| l.strip_suffix(" ... FAILED"))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Lines kept per failed test: the panic and what follows it (the assertion's message).
@@ -194,8 +191,20 @@ test result: FAILED. 3 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; 
     }
 
     #[test]
-    fn failed_tests_are_named_from_their_result_lines() {
-        assert_eq!(failed_tests(RUN), ["cli::b"]);
+    fn binaries_one_after_another_are_all_read() {
+        let two = format!(
+            "{RUN}{}",
+            RUN.replace("cli::b ... FAILED", "cli::c ... FAILED")
+        );
+        let s = parse(&two);
+        let failed: Vec<&str> = s
+            .tests
+            .iter()
+            .filter(|t| t.outcome == Outcome::Failed)
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(failed, ["cli::b", "cli::c"]);
+        assert_eq!((s.passed, s.failed, s.ignored), (6, 2, 2));
     }
 
     #[test]

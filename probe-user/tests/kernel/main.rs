@@ -368,10 +368,10 @@ fn daemon_is_single_instance_and_detaches_cleanly() {
     assert!(msg.contains("already running"), "{msg}");
     // The daemon's own programs and links, by id from its descriptors: another linkprobe on
     // the host (a production one, another test binary) must not decide this test.
-    let held = bpf_ids_held_by(first.pid());
+    let ours = restart::Held::of(first.pid());
     assert!(
-        held.iter().any(|(kind, _)| *kind == "prog_id"),
-        "the daemon holds no program while it runs: {held:?}"
+        !ours.programs.is_empty(),
+        "the daemon holds no program while it runs"
     );
     let trace = first.stop();
     trace.assert_nothing_lost();
@@ -379,54 +379,17 @@ fn daemon_is_single_instance_and_detaches_cleanly() {
     // (bpf_link_free defers the link's dealloc), so those programs leave the list a few
     // milliseconds after the daemon exited.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let left = || -> Vec<&(&str, u32)> { held.iter().filter(|h| still_loaded(h)).collect() };
-    while !left().is_empty() && std::time::Instant::now() < deadline {
+    let mut left = ours.left_in(&restart::KernelView::now());
+    while left != (0, 0, 0) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
+        left = ours.left_in(&restart::KernelView::now());
     }
-    assert!(
-        left().is_empty(),
-        "programs or links of the daemon left after exit: {:?}",
-        left()
+    assert_eq!(
+        left,
+        (0, 0, 0),
+        "the daemon's (programs, links, cgroup attachments) left after exit"
     );
     let _ = std::fs::remove_dir_all(&run_dir);
-}
-
-/// The BPF programs and links a process holds, as (`prog_id` | `link_id`, id), from the
-/// `fdinfo` of its descriptors.
-fn bpf_ids_held_by(pid: u32) -> Vec<(&'static str, u32)> {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("the daemon's fdinfo");
-    let mut ids = Vec::new();
-    for fd in fds.flatten() {
-        let Ok(info) = std::fs::read_to_string(fd.path()) else {
-            continue;
-        };
-        for line in info.lines() {
-            for kind in ["prog_id", "link_id"] {
-                if let Some(id) = line
-                    .strip_prefix(kind)
-                    .and_then(|r| r.strip_prefix(':'))
-                    .and_then(|v| v.trim().parse().ok())
-                {
-                    ids.push((kind, id));
-                }
-            }
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
-/// Whether the kernel still has this program or link (`bpftool … show id N` fails once it is
-/// gone).
-fn still_loaded((kind, id): &(&str, u32)) -> bool {
-    let object = if *kind == "prog_id" { "prog" } else { "link" };
-    Command::new("bpftool")
-        .args([object, "show", "id", &id.to_string()])
-        .output()
-        .expect("bpftool (installed by cargo xtask setup)")
-        .status
-        .success()
 }
 
 pub(crate) fn cgroup2_root() -> String {

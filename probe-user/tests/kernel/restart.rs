@@ -23,8 +23,9 @@ const CYCLES: usize = 10;
 /// of raw tracepoint links after an RCU grace period (see the clean-detach test).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the kernel holds of linkprobe at one moment, as bpftool shows it.
-struct KernelView {
+/// What the kernel holds of linkprobe at one moment, as bpftool shows it (also the
+/// clean-detach test's view).
+pub(crate) struct KernelView {
     /// `lp_*` program ids.
     programs: BTreeSet<u64>,
     /// Every BPF link id.
@@ -38,7 +39,7 @@ struct KernelView {
 }
 
 impl KernelView {
-    fn now() -> KernelView {
+    pub(crate) fn now() -> KernelView {
         // Holders first: a program loaded after this scan is not "unheld" by mistake, only one
         // whose holder exits in between (which the callers' retries absorb).
         let held = fd_ids(None, "prog_id:");
@@ -112,13 +113,13 @@ fn fd_ids(pid: Option<u32>, key: &str) -> BTreeSet<u64> {
 }
 
 /// What one daemon holds: its programs (their descriptors and its links') and its links.
-struct Held {
-    programs: BTreeSet<u64>,
+pub(crate) struct Held {
+    pub(crate) programs: BTreeSet<u64>,
     links: BTreeSet<u64>,
 }
 
 impl Held {
-    fn of(pid: u32) -> Held {
+    pub(crate) fn of(pid: u32) -> Held {
         Held {
             programs: fd_ids(Some(pid), "prog_id:"),
             links: fd_ids(Some(pid), "link_id:"),
@@ -126,7 +127,7 @@ impl Held {
     }
 
     /// Of these, how many `view` still shows: (programs, links, cgroup attachments).
-    fn left_in(&self, view: &KernelView) -> (usize, usize, usize) {
+    pub(crate) fn left_in(&self, view: &KernelView) -> (usize, usize, usize) {
         (
             self.programs.intersection(&view.programs).count(),
             self.links.intersection(&view.links).count(),

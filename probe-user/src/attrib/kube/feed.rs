@@ -153,7 +153,6 @@ impl DirectoryFeed {
         // The apiserver's words (a Status message) are an outsider's text.
         let said = escape_str(&error_text(error)).into_owned();
         log::warn!("kubernetes-api: {said}; retrying with backoff");
-        self.pods.count_error();
         let mut text = format!("reconnecting: {said}");
         if text.len() > MAX_STATE_LEN {
             let mut end = MAX_STATE_LEN;
@@ -165,6 +164,8 @@ impl DirectoryFeed {
         }
         self.pods.set_last_error(&text["reconnecting: ".len()..]);
         self.pods.set_status(SOURCE, text);
+        // Counted last: whoever sees the count sees this error's text too.
+        self.pods.count_error();
         self.erred = true;
         self.lines_at_error = self.lines.load(Ordering::Relaxed);
         AfterError::Continue

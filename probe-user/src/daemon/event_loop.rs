@@ -25,9 +25,14 @@ use crate::{
 
 /// Records taken from the ring per drain: signals, ticks and API queries get their turn
 /// between batches, even under a storm. A turn drains at most twice (in the tick or query
-/// arm, then after the `select!`), so at most 2 × `DRAIN_BATCH` records, each of bounded cost:
+/// arm, then after the `select!`), so at most 2 × `DRAIN_BATCH` records and 2 × `DRAIN_BUDGET`,
+/// each record of bounded cost:
 /// the pipeline's tables are O(1) per record and printing only queues (`printer`, `output`).
 const DRAIN_BATCH: usize = 8192;
+
+/// And at most this long per drain, so the turn's bound holds in time too: a record's cost
+/// varies (debug builds, slow or busy CPUs), an API client's patience does not.
+const DRAIN_BUDGET: Duration = Duration::from_millis(50);
 
 /// Runs until SIGINT/SIGTERM, then drains the ring and prints the final counters. With `api`
 /// (the daemon), it also answers API queries and feeds live watchers.
@@ -75,7 +80,7 @@ pub async fn run(
             // Every drain tick: `--backup-probes auto` reacts to the first skipped run at once.
             _ = drain_tick.tick() => state.ensure_backups(),
             _ = second.tick() => {
-                reader.drain(DRAIN_BATCH, |bytes| state.record(bytes));
+                reader.drain(DRAIN_BATCH, DRAIN_BUDGET, |bytes| state.record(bytes));
                 state.tick();
                 state.publish();
             }
@@ -96,13 +101,15 @@ pub async fn run(
                 }
             } => {
                 // Answer from fresh state: take what the ring holds first.
-                reader.drain(DRAIN_BATCH, |bytes| state.record(bytes));
+                reader.drain(DRAIN_BATCH, DRAIN_BUDGET, |bytes| state.record(bytes));
                 state.answer(q);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
-        backlog = reader.drain(DRAIN_BATCH, |bytes| state.record(bytes)) == DRAIN_BATCH;
+        backlog = reader
+            .drain(DRAIN_BATCH, DRAIN_BUDGET, |bytes| state.record(bytes))
+            .more;
     }
     finish(args, reader, state)?;
     drop(loaded);
@@ -118,7 +125,7 @@ fn finish(
     mut state: LoopState<'_>,
 ) -> Result<(), RunError> {
     let ring_records = args.ring_bytes as usize / probe_common::FLOW_RECORD_SIZE;
-    reader.drain(2 * ring_records.max(DRAIN_BATCH), |bytes| {
+    reader.drain(2 * ring_records.max(DRAIN_BATCH), Duration::MAX, |bytes| {
         state.record(bytes)
     });
     state.finish(args.dump_flows)

@@ -255,6 +255,10 @@ pub struct TopArgs {
     /// Rank the pods of this node that own sockets instead of peers and local ports.
     #[arg(long)]
     pub pods: bool,
+    /// Only peers and local ports of this network namespace: an `ip netns` name, `host`, or a
+    /// netns cookie (as `-o wide` shows).
+    #[arg(long, value_name = "NAME|COOKIE", conflicts_with = "pods")]
+    pub netns: Option<String>,
     /// Refresh interval in seconds.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub interval: u64,

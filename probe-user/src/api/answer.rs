@@ -9,6 +9,7 @@ use crate::{
             PodsRow, ProbeRow, Query, Reply, SortKey, StatusReport,
         },
     },
+    attrib::netns_names,
     clock::monotonic_ns,
     config::Config,
     event::totals::Totals,
@@ -51,11 +52,23 @@ pub fn answer(q: &Query, st: &Lent<'_>) -> Reply {
         Query::Status => Reply::Status(Box::new(status(st))),
         Query::Flow { cookie } => flow(st, *cookie),
         Query::Anomalies { .. } => anomalies(st),
-        Query::Top { by, limit, pods } => {
-            let mut report =
-                st.pipeline
-                    .top
-                    .report_of(monotonic_ns(), *by, (*limit).min(MAX_LIMIT), *pods);
+        Query::Top {
+            by,
+            limit,
+            pods,
+            netns: wanted,
+        } => {
+            let cookie = match wanted.as_deref().map(netns_names::resolve).transpose() {
+                Ok(c) => c,
+                Err(e) => return error(ErrorCode::BadRequest, e.to_string()).reply,
+            };
+            let mut report = st.pipeline.top.report_of(
+                monotonic_ns(),
+                *by,
+                (*limit).min(MAX_LIMIT),
+                *pods,
+                cookie,
+            );
             netns::name_top(&mut report, &st.pipeline.attrib);
             Reply::Top(report)
         }

@@ -60,6 +60,9 @@ pub enum Query {
         /// Rank the pods of this node instead of peers and ports.
         #[serde(default)]
         pods: bool,
+        /// Only scopes of this network namespace: an `ip netns` name, `host` or a cookie.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<String>,
     },
 }
 

@@ -171,6 +171,7 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
                 by: a.by,
                 limit: a.limit,
                 pods: a.pods,
+                netns: a.netns.clone(),
             };
             let r = check(Conn::ask(socket, q)?)?;
             let Reply::Top(report) = r else {

@@ -25,14 +25,19 @@ use crate::{
 
 /// Records taken from the ring per drain: signals, ticks and API queries get their turn
 /// between batches, even under a storm. A turn drains at most twice (in the tick or query
-/// arm, then after the `select!`), so at most 2 × `DRAIN_BATCH` records and 2 × `DRAIN_BUDGET`,
-/// each record of bounded cost:
+/// arm, then after the `select!`), so at most 2 × `DRAIN_BATCH` records, and in time
+/// `DRAIN_BUDGET` plus that of the arm (a query's drain has the longer `QUERY_DRAIN_BUDGET`);
+/// each record is of bounded cost:
 /// the pipeline's tables are O(1) per record and printing only queues (`printer`, `output`).
 const DRAIN_BATCH: usize = 8192;
 
 /// And at most this long per drain, so the turn's bound holds in time too: a record's cost
 /// varies (debug builds, slow or busy CPUs), an API client's patience does not.
 const DRAIN_BUDGET: Duration = Duration::from_millis(50);
+
+/// A query first takes what the ring holds, so that what a user just did is in the answer
+/// (`curl …; linkprobe flows`): up to a batch, for at most this long.
+const QUERY_DRAIN_BUDGET: Duration = Duration::from_secs(1);
 
 /// Runs until SIGINT/SIGTERM, then drains the ring and prints the final counters. With `api`
 /// (the daemon), it also answers API queries and feeds live watchers.
@@ -101,7 +106,7 @@ pub async fn run(
                 }
             } => {
                 // Answer from fresh state: take what the ring holds first.
-                reader.drain(DRAIN_BATCH, DRAIN_BUDGET, |bytes| state.record(bytes));
+                reader.drain(DRAIN_BATCH, QUERY_DRAIN_BUDGET, |bytes| state.record(bytes));
                 state.answer(q);
             }
             _ = sigint.recv() => break,

@@ -318,16 +318,29 @@ impl Top {
     /// The `limit` busiest peers and local ports by `key` over the window ending at `now_ns`.
     #[cfg(test)]
     pub fn report(&self, now_ns: u64, key: TopKey, limit: usize) -> TopReport {
-        self.report_of(now_ns, key, limit, false)
+        self.report_of(now_ns, key, limit, false, None)
     }
 
     /// The same over peers and ports, or (`pods`) over the pods of this node.
-    pub fn report_of(&self, now_ns: u64, key: TopKey, limit: usize, pods: bool) -> TopReport {
+    /// With `netns`, only the scopes of that network namespace (pods have none: no rows).
+    pub fn report_of(
+        &self,
+        now_ns: u64,
+        key: TopKey,
+        limit: usize,
+        pods: bool,
+        netns: Option<u64>,
+    ) -> TopReport {
         let now_sec = now_ns / NS;
         let mut rows: Vec<TopRow> = self
             .slots
             .iter()
             .filter(|s| matches!(s.scope, TopScope::Pod(_)) == pods)
+            .filter(|s| {
+                netns.is_none_or(
+                    |n| matches!(&s.scope, TopScope::Scope(sc) if sc.netns() == Some(n)),
+                )
+            })
             .map(|s| (&s.scope, s.rates.sum(now_sec), &s.process))
             .filter(|(_, b, _)| b.connections + b.rsts + b.failures + b.segments > 0)
             .map(|(scope, b, process)| TopRow {

@@ -316,6 +316,26 @@ fn two_namespaces_on_one_port_are_named_and_kept_apart() {
         "two rows for port {PORT}: {:#}",
         daemon.json(&["top", "--once"])
     );
+    // top --netns NAME: that namespace's rows only (its port row among them); a missing name
+    // is an error.
+    let only = daemon.json(&["top", "--once", "--limit", "500", "--netns", &b.name]);
+    let scopes: Vec<&str> = array(&only["rows"])
+        .iter()
+        .filter_map(|r| r["scope"].as_str())
+        .collect();
+    assert!(
+        scopes.contains(&format!("{local}{}", b.name).as_str()),
+        "{only:#}"
+    );
+    assert!(
+        array(&only["rows"])
+            .iter()
+            .all(|r| r["netns"] == b.name.as_str()),
+        "{only:#}"
+    );
+    let bad = daemon.cli(&["top", "--once", "--netns", "no-such-netns-lpt"]);
+    assert!(!bad.status.success(), "a missing namespace accepted by top");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ip netns list"));
     drop(servers);
     daemon.stop();
 }

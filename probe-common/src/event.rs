@@ -94,6 +94,7 @@ pub mod misc {
     pub const CONNECT_FAILED_LOST_UNREACHABLE: u32 = 5;
     /// Any other (or unreadable) `sk_err`.
     pub const CONNECT_FAILED_LOST_OTHER: u32 = 6;
+    // CONNECT_FAILED_LOST_ABANDONED is after the backup slots (added later).
     /// Flow state could not be created (out of memory): the flow is reported without it.
     pub const STATE_CREATE_FAILED: u32 = 7;
     /// Flows first seen after their start (opened before linkprobe, or their state was
@@ -126,7 +127,10 @@ pub mod misc {
     /// A primary could not leave its mark for its backup (no task storage): that hit may be
     /// counted twice.
     pub const BACKUP_MARK_FAILED: u32 = BACKUP_RUNS + crate::event::backup::COUNT;
-    pub const COUNT: u32 = BACKUP_MARK_FAILED + 1;
+    /// Failed connects whose FlowEnd the ring could not take, closed by the app in SYN_SENT
+    /// without a socket error ([`crate::CloseClass::Abandoned`]).
+    pub const CONNECT_FAILED_LOST_ABANDONED: u32 = BACKUP_MARK_FAILED + 1;
+    pub const COUNT: u32 = CONNECT_FAILED_LOST_ABANDONED + 1;
 
     /// The `CONNECT_FAILED_LOST_*` slot of a failed connect's `sk_err`.
     pub const fn connect_failed_lost_slot(sk_err: i32) -> u32 {
@@ -333,11 +337,15 @@ pub enum CloseClass {
     Refused,
     Timeout,
     Unreachable,
+    /// The app closed its socket while connecting (SYN_SENT, no socket error): it gave up
+    /// (its own connect timeout) before the kernel did; `Timeout` is the kernel's (ETIMEDOUT).
+    Abandoned,
 }
 
 impl CloseClass {
     /// A connect that never established is typed by the kernel's `sk_err` (a received RST
-    /// without one is a refusal, no error at all a timeout); any other flow by its RSTs.
+    /// without one is a refusal, no error and no RST the app's own close, any other error a
+    /// timeout); any other flow by its RSTs.
     pub const fn of(
         role: u8,
         established: bool,
@@ -353,6 +361,7 @@ impl CloseClass {
                     CloseClass::Unreachable
                 }
                 _ if rst_received > 0 => CloseClass::Refused,
+                0 => CloseClass::Abandoned,
                 _ => CloseClass::Timeout,
             };
         }

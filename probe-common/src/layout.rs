@@ -161,7 +161,9 @@ pub struct KernelOffsets {
     pub skb_transport_header: u32,
     /// Non-zero when userspace filled these from BTF.
     pub valid: u32,
-    pub _pad: u32,
+    /// `inet_sock.inet_sport` (__be16): the local port as the socket keeps it; `skc_num` is
+    /// already 0 when a connect's CLOSE is announced (the port was released), this is not.
+    pub inet_sport: u32,
 }
 
 impl KernelOffsets {
@@ -204,7 +206,7 @@ impl KernelOffsets {
         skb_network_header: Self::ABSENT,
         skb_transport_header: Self::ABSENT,
         valid: 0,
-        _pad: 0,
+        inet_sport: Self::ABSENT,
     };
 }
 

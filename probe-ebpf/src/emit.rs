@@ -206,6 +206,7 @@ fn lost_with_flow(kind: EventKind, st: &mut FlowState, sk_err: i32) {
             CloseClass::Refused | CloseClass::Timeout | CloseClass::Unreachable => {
                 count_misc(misc::connect_failed_lost_slot(sk_err));
             }
+            CloseClass::Abandoned => count_misc(misc::CONNECT_FAILED_LOST_ABANDONED),
             CloseClass::RstReceived | CloseClass::RstSent => count_misc(misc::LOST_FAIL_RESET),
             CloseClass::Fin => {}
         }

@@ -279,6 +279,10 @@ fn flow_end<S: Store>(
         }
         note_rtos(st, total_rto);
     }
+    // A connect closed before any other hit noted its port: the socket still has it.
+    if addrs.sport == 0 {
+        addrs.sport = sock::released_local_port(sk.addr);
+    }
     let header = |cookie| Header {
         now,
         cookie,

@@ -226,6 +226,13 @@ pub fn local_port(sk: u64) -> u16 {
     read0::<u16>(sk, OFFSETS.load().sk_num)
 }
 
+/// The local port (host order) as the socket keeps it after the port was released at CLOSE
+/// (`inet_sport`); 0 where unreadable or never bound.
+#[inline(always)]
+pub fn released_local_port(sk: u64) -> u16 {
+    u16::from_be(read0::<u16>(sk, OFFSETS.load().inet_sport))
+}
+
 /// The remote port (host order); 0 until the socket has a peer.
 #[inline(always)]
 pub fn remote_port(sk: u64) -> u16 {

@@ -62,7 +62,7 @@ pub enum Command {
     Flow(FlowArgs),
     /// Active and recently cleared anomalies.
     #[command(
-        after_help = "Examples:\n  linkprobe anomalies\n  linkprobe anomalies --watch\n  linkprobe anomalies -o json"
+        after_help = "Examples:\n  linkprobe anomalies\n  linkprobe anomalies --watch\n  linkprobe anomalies --active --since 10m\n  linkprobe anomalies --kind rst_storm --peer 10.0.0.7\n  linkprobe anomalies -o json"
     )]
     Anomalies(AnomaliesArgs),
     /// Live event stream with the same filters as `flows`.
@@ -161,13 +161,18 @@ pub struct FilterArgs {
     /// cgroup v2 id, or a cgroup directory (its id is taken from it).
     #[arg(long, value_name = "ID|PATH")]
     pub cgroup: Option<String>,
+    /// Network namespace: an `ip netns` name, `host`, or a netns cookie (as `-o wide` shows).
+    #[arg(long, value_name = "NAME|COOKIE")]
+    pub netns: Option<String>,
     /// Only flows with an RST sent or received (watch: RST events).
     #[arg(long)]
     pub with_rst: bool,
     /// Only flows with retransmits (watch: retransmit events).
     #[arg(long)]
     pub with_retrans: bool,
-    /// Only failed connection attempts: refused, timed out, unreachable.
+    /// Only failed connections, as connect_failures_total counts them: connects refused, timed
+    /// out by the kernel, unreachable or abandoned by the app, and connections ended by an
+    /// RST (reset); not those closed with a FIN.
     #[arg(long)]
     pub failed: bool,
     /// Only flows active within this long, e.g. 30s, 5m, 1h (flows only).
@@ -208,6 +213,23 @@ pub struct AnomaliesArgs {
     /// Keep printing anomaly changes as they happen.
     #[arg(long)]
     pub watch: bool,
+    /// Only incidents and anomalies active within this long, e.g. 30s, 5m, 1h.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    pub since: Option<u64>,
+    /// Only anomalies of this kind (rst_storm, connect_refused, …), and the incidents with one.
+    #[arg(long, value_parser = check_kind)]
+    pub kind: Option<String>,
+    /// Only anomalies about this peer (IP or IP:PORT; an IP matches every port), and the
+    /// incidents with one.
+    #[arg(long, value_parser = check_peer)]
+    pub peer: Option<String>,
+    /// Only what is still active.
+    #[arg(long)]
+    pub active: bool,
+    /// Only anomalies whose peer or local port is in this network namespace (an `ip netns`
+    /// name, `host`, a `pid N (comm)` name as shown, or a cookie), and the incidents with one.
+    #[arg(long, value_name = "NAME|COOKIE")]
+    pub netns: Option<String>,
     #[arg(short, long, value_enum, default_value_t = View::Table)]
     pub output: View,
 }
@@ -233,6 +255,10 @@ pub struct TopArgs {
     /// Rank the pods of this node that own sockets instead of peers and local ports.
     #[arg(long)]
     pub pods: bool,
+    /// Only peers and local ports of this network namespace: an `ip netns` name, `host`, or a
+    /// netns cookie (as `-o wide` shows).
+    #[arg(long, value_name = "NAME|COOKIE", conflicts_with = "pods")]
+    pub netns: Option<String>,
     /// Refresh interval in seconds.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub interval: u64,
@@ -247,6 +273,18 @@ fn check_peer(s: &str) -> Result<String, String> {
     crate::event::parse::peer(s)
         .map(|_| s.to_owned())
         .map_err(|e| e.to_string())
+}
+
+fn check_kind(s: &str) -> Result<String, String> {
+    let kinds = crate::pipeline::detect::AnomalyKind::ALL;
+    if kinds.iter().any(|k| k.name() == s) {
+        return Ok(s.to_owned());
+    }
+    let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+    Err(format!(
+        "{s:?} is not an anomaly kind: one of {}",
+        names.join(", ")
+    ))
 }
 
 fn check_state(s: &str) -> Result<String, String> {

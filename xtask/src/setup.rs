@@ -94,6 +94,13 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "binutils",
         "the kernel matrix strips debug info from the VM's test binaries",
     ),
+    // The incidents tests put a real proxy in front of failing upstreams (run in the
+    // foreground in the test's namespace; its package's service is not started: see
+    // `NoServiceStarts`).
+    (
+        "haproxy",
+        "the incidents tests run HAProxy in front of a refused and an aborting upstream",
+    ),
     // Debian's python3 makes the validators' venv (kubernetes-validate, yamllint) with it.
     (
         "python3-venv",

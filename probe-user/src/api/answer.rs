@@ -9,15 +9,22 @@ use crate::{
             PodsRow, ProbeRow, Query, Reply, SortKey, StatusReport,
         },
     },
+    attrib::netns_names,
     clock::monotonic_ns,
     config::Config,
     event::totals::Totals,
     kernel::counters,
     kernel::loader::Loaded,
+    pipeline::coverage,
     pipeline::flowtable::{CloseCause, Flow},
     pipeline::Pipeline,
-    render::anomaly::name_pods,
+    render::{
+        anomaly::{name_pods, name_processes},
+        incident::{self, HostView},
+        netns,
+    },
 };
+use std::{collections::HashSet, net::IpAddr};
 
 /// Most flows one `flows` answer returns, whatever the request's limit: the loop answers
 /// synchronously, so the work per query stays small (a few ms).
@@ -45,12 +52,26 @@ pub fn answer(q: &Query, st: &Lent<'_>) -> Reply {
         Query::Status => Reply::Status(Box::new(status(st))),
         Query::Flow { cookie } => flow(st, *cookie),
         Query::Anomalies { .. } => anomalies(st),
-        Query::Top { by, limit, pods } => Reply::Top(st.pipeline.top.report_of(
-            monotonic_ns(),
-            *by,
-            (*limit).min(MAX_LIMIT),
-            *pods,
-        )),
+        Query::Top {
+            by,
+            limit,
+            pods,
+            netns: wanted,
+        } => {
+            let cookie = match wanted.as_deref().map(netns_names::resolve).transpose() {
+                Ok(c) => c,
+                Err(e) => return error(ErrorCode::BadRequest, e.to_string()).reply,
+            };
+            let mut report = st.pipeline.top.report_of(
+                monotonic_ns(),
+                *by,
+                (*limit).min(MAX_LIMIT),
+                *pods,
+                cookie,
+            );
+            netns::name_top(&mut report, &st.pipeline.attrib);
+            Reply::Top(report)
+        }
         Query::Watch { .. } => Reply::Error {
             code: ErrorCode::Internal,
             message: "not answered here (watch streams are served by the API thread)".to_owned(),
@@ -157,6 +178,7 @@ fn flows(st: &Lent<'_>, m: &Matcher, sort: SortKey, limit: usize) -> Reply {
     Reply::Flows {
         total: table.len(),
         matched: n,
+        truncated: matched.len() < n,
         flows: matched
             .iter()
             .map(|f| FlowRecord::new(f, &st.loaded.reason_names).attributed(f, attrib))
@@ -209,14 +231,21 @@ fn flow(st: &Lent<'_>, cookie: u64) -> Reply {
     };
     let now = monotonic_ns();
     let det = &st.pipeline.detectors;
+    // The flow's anomalies: those that name it as evidence and those that cover it (their
+    // evidence lists are bounded; what they cover is not).
+    let mine = |a: &&crate::pipeline::detect::Anomaly| {
+        a.evidence.contains(&cookie) || coverage::covers(a, f, now)
+    };
     let mut anomalies = Vec::new();
-    for a in det.active().filter(|a| a.evidence.contains(&cookie)) {
+    for a in det.active().filter(mine) {
         anomalies.push(AnomalyRecord::new(a, "active", now));
     }
-    for a in det.recent().filter(|a| a.evidence.contains(&cookie)) {
+    for a in det.recent().filter(mine) {
         anomalies.push(AnomalyRecord::new(a, "cleared", now));
     }
     name_pods(&mut anomalies, &st.pipeline.flows, &st.pipeline.attrib);
+    name_processes(&mut anomalies, &st.pipeline.flows);
+    netns::name_anomalies(&mut anomalies, &st.pipeline.attrib);
     let hint = root_cause(f, &st.loaded.reason_names, &anomalies);
     Reply::Flow {
         flow: Box::new(
@@ -245,7 +274,66 @@ fn anomalies(st: &Lent<'_>) -> Reply {
     let (flows, attrib) = (&st.pipeline.flows, &st.pipeline.attrib);
     name_pods(&mut active, flows, attrib);
     name_pods(&mut recent, flows, attrib);
-    Reply::Anomalies { active, recent }
+    name_processes(&mut active, flows);
+    name_processes(&mut recent, flows);
+    netns::name_anomalies(&mut active, attrib);
+    netns::name_anomalies(&mut recent, attrib);
+    // How many flows of the table each covers (one pass over the flow table).
+    let listed: Vec<&crate::pipeline::detect::Anomaly> = det.active().chain(det.recent()).collect();
+    let covered = coverage::count_covered(&listed, flows.iter(), now);
+    for r in active.iter_mut().chain(recent.iter_mut()) {
+        r.flows = covered.get(&r.id).copied();
+    }
+    let all: Vec<AnomalyRecord> = active.iter().chain(&recent).cloned().collect();
+    let incidents = incident::group(&all, &host_view(flows, &all), now);
+    Reply::Anomalies {
+        active,
+        recent,
+        incidents,
+    }
+}
+
+/// This host's addresses, as its sockets show them (a peer endpoint at one of them is one of
+/// our own service ports), and the service port each evidence flow was about: one pass over
+/// the flow table.
+fn host_view(flows: &crate::pipeline::flowtable::FlowTable, all: &[AnomalyRecord]) -> HostView {
+    let evidence: HashSet<u64> = all
+        .iter()
+        .flat_map(|a| a.evidence.iter().copied())
+        .collect();
+    let local_ips: HashSet<IpAddr> = flows.iter().map(|f| f.local.ip()).collect();
+    let mut ip_netns: std::collections::HashMap<IpAddr, std::collections::BTreeSet<u64>> =
+        std::collections::HashMap::new();
+    for f in flows.iter() {
+        let held = ip_netns.entry(f.local.ip()).or_default();
+        // Bounded: an address is in a few namespaces at most that matter here.
+        if held.len() < 16 {
+            held.insert(f.key.netns);
+        }
+    }
+    let mut service_port = std::collections::HashMap::new();
+    let mut flow_netns = std::collections::HashMap::new();
+    for f in flows.iter().filter(|f| evidence.contains(&f.key.cookie)) {
+        let port = match f.role {
+            Some(crate::event::Role::Server) => Some(f.local.port()),
+            Some(crate::event::Role::Client)
+                if f.remote.ip().is_loopback() || local_ips.contains(&f.remote.ip()) =>
+            {
+                Some(f.remote.port())
+            }
+            _ => None,
+        };
+        if let Some(p) = port {
+            service_port.insert(f.key.cookie, p);
+            flow_netns.insert(f.key.cookie, f.key.netns);
+        }
+    }
+    HostView {
+        local_ips,
+        service_port,
+        flow_netns,
+        ip_netns,
+    }
 }
 
 /// One line: why this flow ended (or how it is doing), from its close cause, counters and the
@@ -261,8 +349,18 @@ pub fn root_cause(
             format!("nothing listening on {remote} (RST to SYN): connection refused")
         }
         Some(CloseCause::Timeout) => format!(
-            "SYNs to {remote} unanswered ({} retransmits): backend down or a firewall dropping \
-             SYNs",
+            "connect to {remote} timed out in the kernel (ETIMEDOUT after {} SYN retransmits): \
+             backend down or a firewall dropping SYNs",
+            f.syn_retransmits
+        ),
+        Some(CloseCause::Abandoned) => format!(
+            "connect to {remote} aborted by the app after {} ({} SYN retransmits unanswered, \
+             no kernel timeout): backend down or a firewall dropping SYNs, or the app's connect \
+             timeout is shorter than the path needs",
+            f.closed_ns.map_or_else(
+                || "-".to_owned(),
+                |c| format!("{:.1} s", c.get().saturating_sub(f.start_ns) as f64 / 1e9)
+            ),
             f.syn_retransmits
         ),
         Some(CloseCause::Unreachable) => format!("no route to {remote} (ICMP unreachable)"),
@@ -274,12 +372,11 @@ pub fn root_cause(
                 ""
             }
         ),
+        // This host sent it: the kernel's reason says whether its application aborted or it
+        // answered a segment of the peer's.
         Some(CloseCause::RstSent) => {
-            let reason = f
-                .last_rst_reason
-                .map(|r| format!(" (kernel reason {})", reasons.name(r)))
-                .unwrap_or_default();
-            format!("this host reset the connection to {remote}{reason}")
+            let reason = f.last_rst_reason.map(|r| reasons.shared(r));
+            crate::event::rst_reason::explain_sent(reason.as_deref(), &remote.to_string())
         }
         // A reset after CLOSE (SO_LINGER 0) already turned the cause into RstSent/RstReceived.
         Some(CloseCause::Fin) => "closed normally (FIN)".to_owned(),
@@ -287,7 +384,17 @@ pub fn root_cause(
             "still connecting to {remote}: {} SYN retransmits so far",
             f.syn_retransmits
         ),
-        None => "open".to_owned(),
+        None if f.established && f.rst_sent + f.rst_received + f.data_retransmits == 0 => {
+            format!(
+                "open and healthy: established with {remote} ({}), no retransmits or resets so far",
+                f.state
+            )
+        }
+        None if f.established => format!("open: established with {remote} ({})", f.state),
+        None if f.state == crate::event::TcpState::SYN_SENT => {
+            format!("connecting to {remote}: SYN sent, no answer yet")
+        }
+        None => format!("open ({}), nothing unusual seen", f.state),
     };
     // RTOs before the handshake are SYN retries, already told above.
     if f.data_retransmits > 0 || (f.established && f.rtos > 0) {
@@ -300,10 +407,10 @@ pub fn root_cause(
     let wanted: &[&str] = match f.close {
         Some(CloseCause::Refused) => &["connect_refused", "rst_storm", "rst_ratio"],
         Some(CloseCause::Timeout) => &["connect_timeout", "syn_retry"],
+        Some(CloseCause::Abandoned) => &["connect_abandoned", "syn_retry"],
         Some(CloseCause::Unreachable) => &["connect_unreachable"],
-        Some(CloseCause::RstReceived | CloseCause::RstSent) => {
-            &["reset_after_established", "rst_storm", "rst_ratio"]
-        }
+        Some(CloseCause::RstReceived) => &["reset_after_established", "rst_storm", "rst_ratio"],
+        Some(CloseCause::RstSent) => &["local_reset_established", "rst_storm", "rst_ratio"],
         _ => &[],
     };
     let best = wanted

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::{
     api::proto::Filter,
-    attrib::Owner,
+    attrib::{netns_names, Owner},
     event::{
         parse::{self, ParseError},
         Detail, Event, Process, TcpState,
@@ -23,6 +23,8 @@ pub enum FilterError {
          watch a pod's events with --cgroup"
     )]
     OwnerOnEvents,
+    #[error(transparent)]
+    Netns(#[from] netns_names::NetnsNameError),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub struct Matcher {
     pid: Option<u32>,
     comm: Option<String>,
     cgroup: Option<u64>,
+    /// The network namespace's cookie (`--netns` resolved once, when the query arrives).
+    netns: Option<u64>,
     namespace: Option<String>,
     pod: Option<String>,
     with_rst: bool,
@@ -81,6 +85,7 @@ impl Matcher {
             pid: f.pid,
             comm: f.comm.clone(),
             cgroup: f.cgroup,
+            netns: f.netns.as_deref().map(netns_names::resolve).transpose()?,
             namespace: f.namespace.clone(),
             pod: f.pod.clone(),
             with_rst: f.with_rst,
@@ -136,6 +141,7 @@ impl Matcher {
         self.endpoint(f.local, f.remote)
             && self.process(proc)
             && self.cgroup.is_none_or(|c| f.cgroup_id == Some(c))
+            && self.netns.is_none_or(|n| f.key.netns == n)
             && self.state.is_none_or(|s| match s {
                 StateMatch::Is(n) => f.state.0 == n,
                 StateMatch::Open => f.close.is_none(),
@@ -143,19 +149,16 @@ impl Matcher {
             })
             && (!self.with_rst || f.rst_sent + f.rst_received > 0)
             && (!self.with_retrans || f.syn_retransmits + f.data_retransmits + f.rtos > 0)
-            && (!self.failed
-                || matches!(
-                    f.close,
-                    Some(CloseCause::Refused | CloseCause::Timeout | CloseCause::Unreachable)
-                ))
+            && (!self.failed || f.close.and_then(CloseCause::failure).is_some())
             && self.since_ms.is_none_or(|ms| {
                 f.last_seen_ns >= now_ns.saturating_sub(ms.saturating_mul(1_000_000))
             })
     }
 
     /// Event filter for `watch`: flow-level conditions become per-event ones (`--with-rst`:
-    /// RST events, `--with-retrans`: retransmit events, `--failed`: a connect that ended with
-    /// an error, `--state`: the state the event reports). `--since` does not apply.
+    /// RST events, `--with-retrans`: retransmit events, `--failed`: the end of a flow that
+    /// `connect_failures_total` counts, classified from the record's own flow state,
+    /// `--state`: the state the event reports). `--since` does not apply.
     pub fn event(&self, ev: &Event) -> bool {
         let proc = ev.process.as_ref();
         let state = match &ev.detail {
@@ -171,6 +174,7 @@ impl Matcher {
         self.endpoint(ev.local, ev.remote)
             && self.process(proc)
             && self.cgroup.is_none_or(|c| ev.cgroup_id == Some(c))
+            && self.netns.is_none_or(|n| ev.netns_cookie == Some(n))
             && self.state.is_none_or(|s| match s {
                 StateMatch::Is(n) => state.is_some_and(|st| st.0 == n),
                 StateMatch::Open => state.is_some_and(|st| st != TcpState::CLOSE),
@@ -187,10 +191,9 @@ impl Matcher {
                     Detail::Retransmit { .. } | Detail::Rto { .. } | Detail::RetransmitSynack
                 ))
             && (!self.failed
-                || matches!(
-                    (&ev.detail, ev.sk_err),
-                    (Detail::FlowEnd { from: TcpState::SYN_SENT }, Some(e)) if e != 0
-                ))
+                || CloseCause::of_end(ev)
+                    .and_then(CloseCause::failure)
+                    .is_some())
     }
 }
 

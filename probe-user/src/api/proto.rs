@@ -10,7 +10,9 @@ use crate::config::Config;
 // Records are defined once, where they are rendered; the top report is the pipeline's own.
 pub use crate::{
     pipeline::top::{TopKey, TopReport},
-    render::{anomaly::AnomalyRecord, event::EventRecord, flow::FlowRecord},
+    render::{
+        anomaly::AnomalyRecord, event::EventRecord, flow::FlowRecord, incident::IncidentRecord,
+    },
 };
 
 /// Protocol version: a daemon answers requests of this version only.
@@ -58,6 +60,9 @@ pub enum Query {
         /// Rank the pods of this node instead of peers and ports.
         #[serde(default)]
         pods: bool,
+        /// Only scopes of this network namespace: an `ip netns` name, `host` or a cookie.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<String>,
     },
 }
 
@@ -78,6 +83,8 @@ pub struct Filter {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub cgroup: Option<u64>,
+    /// The network namespace: an `ip netns` name, `host`, or a netns cookie (digits).
+    pub netns: Option<String>,
     /// The owning pod's namespace (pod attribution).
     pub namespace: Option<String>,
     /// The owning pod's name.
@@ -127,6 +134,9 @@ pub enum Reply {
         total: usize,
         matched: usize,
         flows: Vec<FlowRecord>,
+        /// Fewer flows returned than matched (`limit`, or the daemon's cap of 2000).
+        #[serde(default)]
+        truncated: bool,
     },
     Flow {
         flow: Box<FlowRecord>,
@@ -138,6 +148,9 @@ pub enum Reply {
     Anomalies {
         active: Vec<AnomalyRecord>,
         recent: Vec<AnomalyRecord>,
+        /// `active` and `recent` grouped: one incident per outage (absent from older daemons).
+        #[serde(default)]
+        incidents: Vec<IncidentRecord>,
     },
     Top(TopReport),
     /// Streams: the subscription is live (every later event is sent).

@@ -62,6 +62,11 @@ pub struct LoopQuery {
 
 /// What the loop streams to watchers.
 #[derive(Clone, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "items are shared behind an Arc in the broadcast channel: one allocation each, \
+              a box would add another per anomaly"
+)]
 pub enum Live {
     Event(Event),
     Anomaly(AnomalyRecord),
@@ -452,7 +457,7 @@ pub struct Seen {
 
 impl Seen {
     fn of(snapshot: &Reply) -> Seen {
-        let Reply::Anomalies { active, recent } = snapshot else {
+        let Reply::Anomalies { active, recent, .. } = snapshot else {
             return Seen::default();
         };
         let all = active.iter().chain(recent);

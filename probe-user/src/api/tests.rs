@@ -72,7 +72,7 @@ fn sample_anomaly() -> Anomaly {
     Anomaly {
         id: 3,
         kind: AnomalyKind::ConnectRefused,
-        scope: Scope::LocalPort(80),
+        scope: Scope::LocalPort(0, 80),
         start_ns: 1,
         end_ns: None,
         last_ns: 2,
@@ -128,6 +128,7 @@ fn records_decode_to_what_was_encoded() {
         total: 3,
         matched: 1,
         flows: vec![flow],
+        truncated: false,
     });
     let line = encode_line(&reply);
     assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
@@ -154,6 +155,7 @@ fn json_field_names_are_stable() {
             "cgroup_id",
             "preexisting",
             "start_ns",
+            "start_time",
             "handshake_us",
             "syn_retransmits",
             "syn_retransmit_intervals_ms",
@@ -162,11 +164,14 @@ fn json_field_names_are_stable() {
             "data_retransmits",
             "rtos",
             "counters",
+            "payload_sent",
+            "payload_received",
             "rst_sent",
             "rst_received",
             "state",
             "close",
             "closed_ns",
+            "closed_time",
             "timeline",
         ])
     );
@@ -197,13 +202,17 @@ fn json_field_names_are_stable() {
             "change",
             "id",
             "at_ns",
+            "time",
             "kind",
             "scope",
             "local_port",
             "start_ns",
             "last_ns",
             "end_ns",
+            "start_time",
+            "last_time",
             "peak_rate",
+            "peak_unit",
             "evidence",
             "hint",
             "detail",
@@ -215,6 +224,7 @@ fn json_field_names_are_stable() {
         set(&[
             "type",
             "ts_ns",
+            "time",
             "kind",
             "cookie",
             "netns_cookie",
@@ -243,12 +253,13 @@ fn json_field_names_are_stable() {
         total: 1,
         matched: 1,
         flows: vec![],
+        truncated: true,
     }))
     .unwrap();
     assert_eq!(keys(&flows), set(&["v", "reply"]));
     assert_eq!(
         keys(&flows["reply"]),
-        set(&["type", "total", "matched", "flows"])
+        set(&["type", "total", "matched", "flows", "truncated"])
     );
     let flow = serde_json::to_value(Reply::Flow {
         flow: Box::new(serde_json::from_value(flow).unwrap()),
@@ -260,9 +271,13 @@ fn json_field_names_are_stable() {
     let anomalies = serde_json::to_value(Reply::Anomalies {
         active: vec![],
         recent: vec![],
+        incidents: vec![],
     })
     .unwrap();
-    assert_eq!(keys(&anomalies), set(&["type", "active", "recent"]));
+    assert_eq!(
+        keys(&anomalies),
+        set(&["type", "active", "recent", "incidents"])
+    );
     let err = serde_json::to_value(error(ErrorCode::Busy, "x")).unwrap();
     assert_eq!(keys(&err["reply"]), set(&["type", "code", "message"]));
     assert_eq!(err["reply"]["code"], "busy");
@@ -280,6 +295,9 @@ fn json_field_names_are_stable() {
             rst_per_sec: 0.1,
             failure_rate: 0.0,
             retransmit_rate: 0.0,
+            process: Some("nginx/42".into()),
+            netns_cookie: None,
+            netns: None,
         }],
     }))
     .unwrap();
@@ -305,6 +323,7 @@ fn json_field_names_are_stable() {
             "rst_per_sec",
             "failure_rate",
             "retransmit_rate",
+            "process",
         ])
     );
     let status = serde_json::to_value(StatusReport {
@@ -390,6 +409,34 @@ fn root_cause_follows_the_close_cause_and_the_matching_anomaly() {
     assert_eq!(
         super::answer::root_cause(&open, &reasons, &[]),
         "still connecting to 127.0.0.1:9: 3 SYN retransmits so far"
+    );
+    // A healthy open flow says so (not just "open").
+    let mut healthy = sample_flow();
+    (healthy.close, healthy.closed_ns) = (None, None);
+    (healthy.established, healthy.state) = (true, crate::event::TcpState::ESTABLISHED);
+    (
+        healthy.syn_retransmits,
+        healthy.rtos,
+        healthy.rst_sent,
+        healthy.rst_received,
+    ) = (0, 0, 0, 0);
+    healthy.data_retransmits = 0;
+    assert_eq!(
+        super::answer::root_cause(&healthy, &reasons, &[]),
+        "open and healthy: established with 127.0.0.1:9 (ESTABLISHED), no retransmits or \
+         resets so far"
+    );
+    // The app's own connect timeout is not the kernel's.
+    let mut abandoned = sample_flow();
+    abandoned.close = Some(crate::pipeline::flowtable::CloseCause::Abandoned);
+    abandoned.closed_ns = std::num::NonZeroU64::new(abandoned.start_ns + 3_000_000_000);
+    abandoned.syn_retransmits = 2;
+    assert!(
+        super::answer::root_cause(&abandoned, &reasons, &[]).starts_with(
+            "connect to 127.0.0.1:9 aborted by the app after 3.0 s (2 SYN retransmits"
+        ),
+        "{}",
+        super::answer::root_cause(&abandoned, &reasons, &[])
     );
 }
 

@@ -10,6 +10,8 @@
 pub mod cgroup_paths;
 pub mod kube;
 pub mod kubepath;
+pub mod listeners;
+pub mod netns_names;
 pub mod podlogs;
 pub mod pods;
 
@@ -24,6 +26,7 @@ use std::{
 
 use cgroup_paths::{CgroupPathStats, CgroupPaths};
 use kubepath::PodRef;
+use netns_names::NetnsNames;
 use pods::{PodDirectory, PodMeta, SourceStatus};
 
 /// `[kubernetes] pods` (declared with the configuration, which every stage reads).
@@ -138,7 +141,16 @@ pub struct Attributor {
     pods: PodDirectory,
     _source: Source,
     fallback: Option<String>,
+    /// Network namespace names, pods or not.
+    netns: RefCell<NetnsNames>,
+    /// The daemon's `--netns` namespace, if scoped.
+    home_netns: Option<u64>,
 }
+
+/// How often a miss may rescan for namespace names (and, attribution off, cgroup paths).
+const NAME_RESCAN: Duration = Duration::from_secs(1);
+/// cgroup paths kept with attribution off (named for `flows`, not for pods).
+const OFF_CGROUPS: usize = 4096;
 
 struct Cache {
     paths: CgroupPaths,
@@ -148,18 +160,22 @@ struct Cache {
 }
 
 impl Attributor {
-    /// Attribution off: every owner is [`Owner::Unknown`], no peer is a pod.
+    /// Attribution off: every owner is [`Owner::Unknown`], no peer is a pod; cgroup paths
+    /// (from the first cgroup2 mount) and namespace names are still shown.
     pub fn off() -> Attributor {
+        let root = crate::host::mounts::cgroup2_root().unwrap_or_default();
         Attributor {
             mode: PodsMode::Off,
             cache: RefCell::new(Cache {
-                paths: CgroupPaths::new(PathBuf::new(), 1, Duration::MAX),
+                paths: CgroupPaths::new(root, OFF_CGROUPS, NAME_RESCAN),
                 owners: HashMap::new(),
                 cap: 1,
             }),
             pods: PodDirectory::new(0),
             _source: Source::None,
             fallback: None,
+            netns: RefCell::new(NetnsNames::new(NAME_RESCAN)),
+            home_netns: None,
         }
     }
 
@@ -219,6 +235,8 @@ impl Attributor {
             pods,
             _source: source,
             fallback,
+            netns: RefCell::new(NetnsNames::new(NAME_RESCAN)),
+            home_netns: None,
         }
     }
 
@@ -251,6 +269,32 @@ impl Attributor {
         match self.pods.by_uid(&at.uid) {
             Some(pod) => Owner::Pod { pod, at },
             None => Owner::UnnamedPod(at),
+        }
+    }
+
+    /// The path of cgroup `id` below the cgroup2 root (`/system.slice/nginx.service`), where
+    /// the tree has it.
+    pub fn cgroup_path(&self, id: Option<u64>) -> Option<Arc<str>> {
+        self.cache.borrow_mut().paths.lookup(id?)
+    }
+
+    /// The name of the network namespace with `cookie`: `host`, an `ip netns` name or
+    /// `pid N (comm)` of a process in it.
+    pub fn netns_name(&self, cookie: u64) -> Option<Arc<str>> {
+        self.netns.borrow_mut().name(cookie)
+    }
+
+    /// The namespace a scope's text need not name: the `--netns` one when the daemon sees
+    /// only it, else the host's.
+    pub fn set_home_netns(&mut self, cookie: Option<u64>) {
+        self.home_netns = cookie;
+    }
+
+    /// Whether scopes in namespace `cookie` go without naming it (see `set_home_netns`).
+    pub fn is_home_netns(&self, cookie: u64) -> bool {
+        match self.home_netns {
+            Some(home) => home == cookie,
+            None => self.netns_name(cookie).as_deref() == Some("host"),
         }
     }
 

@@ -22,6 +22,11 @@ pub enum ConnError {
     )]
     NotRunning(PathBuf),
     #[error(
+        "{path} is {what}, not a socket: point --socket / LINKPROBE_SOCKET at the daemon's \
+         api.sock (in its --run-dir, /run/linkprobe/api.sock by default)"
+    )]
+    NotSocket { path: PathBuf, what: &'static str },
+    #[error(
         "permission denied on {0}: run as root (sudo linkprobe …) or add yourself to the group \
          the daemon was started with (`linkprobe daemon --api-group GROUP`)"
     )]
@@ -38,6 +43,21 @@ pub enum ConnError {
     Version(u32),
 }
 
+/// What `path` is when it is not a socket (`None` for a socket, or what cannot be looked at).
+fn not_a_socket(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let t = std::fs::metadata(path).ok()?.file_type();
+    if t.is_socket() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_file() {
+        Some("a regular file")
+    } else {
+        Some("not a socket (a device or a pipe)")
+    }
+}
+
 pub struct Conn {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
@@ -47,7 +67,14 @@ impl Conn {
     pub fn open(path: &Path) -> Result<Conn, ConnError> {
         let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => ConnError::Missing(path.to_owned()),
-            io::ErrorKind::ConnectionRefused => ConnError::NotRunning(path.to_owned()),
+            // Refused also when the path is no socket at all: only a socket is "stale".
+            io::ErrorKind::ConnectionRefused => match not_a_socket(path) {
+                Some(what) => ConnError::NotSocket {
+                    path: path.to_owned(),
+                    what,
+                },
+                None => ConnError::NotRunning(path.to_owned()),
+            },
             io::ErrorKind::PermissionDenied => ConnError::Denied(path.to_owned()),
             _ => ConnError::Connect {
                 path: path.to_owned(),
@@ -104,5 +131,28 @@ impl Conn {
         let mut c = Conn::open(path)?;
         c.send(query)?;
         c.reply()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory or a regular file given as --socket is said to be one, not a stale socket.
+    #[test]
+    fn a_path_that_is_no_socket_says_what_it_is() {
+        let dir = std::env::temp_dir().join(format!("lp-conn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        for (path, what) in [(&dir, "a directory"), (&file, "a regular file")] {
+            let Err(e) = Conn::open(path) else {
+                panic!("{} opened", path.display())
+            };
+            let said = e.to_string();
+            assert!(said.contains(&format!("is {what}, not a socket")), "{said}");
+            assert!(!said.contains("stale"), "{said}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

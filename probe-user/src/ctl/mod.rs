@@ -1,60 +1,45 @@
 //! The on-call CLI commands (`status`, `flows`, `flow`, `anomalies`, `watch`, `top`): ask the
 //! daemon over its API socket and render the answer as a table, a wide table or JSON.
+mod anomalies;
 mod conn;
+mod output;
 mod views;
 
-use std::{
-    io::{self, Write},
-    os::unix::fs::MetadataExt as _,
-    path::Path,
-    time::Duration,
-};
+use std::{os::unix::fs::MetadataExt as _, path::Path, time::Duration};
 
 use crate::{
-    api::proto::{ErrorCode, Filter, Query, Reply},
+    api::proto::{Filter, Query, Reply},
     cli::{Command, FilterArgs, View},
     clock::monotonic_ns,
-    render::{anomaly, event, flow, table::Paint},
+    render::{event, flow, table::Paint},
 };
-use conn::{Conn, ConnError};
+use conn::Conn;
+pub use output::CtlError;
+use output::{check, json, out, overflow, reply_name};
 
-#[derive(Debug, thiserror::Error)]
-pub enum CtlError {
-    #[error(transparent)]
-    Conn(#[from] ConnError),
-    #[error("{message}")]
-    Daemon { code: ErrorCode, message: String },
-    #[error("--cgroup {path}: {source} (give a cgroup v2 directory or its numeric id)")]
-    Cgroup { path: String, source: io::Error },
-    #[error("the daemon answered with an unexpected reply ({0}); are the CLI and daemon the same version?")]
-    Unexpected(&'static str),
-    #[error("writing output: {0}")]
-    Output(io::Error),
-    #[error("{0} is not a CLI command")]
-    NotCli(&'static str),
-}
-
-fn reply_name(r: &Reply) -> &'static str {
-    match r {
-        Reply::Status(_) => "status",
-        Reply::Flows { .. } => "flows",
-        Reply::Flow { .. } => "flow",
-        Reply::Anomalies { .. } => "anomalies",
-        Reply::Top(_) => "top",
-        Reply::Subscribed => "subscribed",
-        Reply::Event { .. } => "event",
-        Reply::Anomaly { .. } => "anomaly",
-        Reply::Overflow { .. } => "overflow",
-        Reply::Error { .. } => "error",
+/// Why `path` is not a cgroup v2 directory (`None` when it is): any other directory's inode
+/// number would filter on nothing, silently.
+fn not_cgroup2_dir(path: &Path, meta: &std::fs::Metadata) -> Option<&'static str> {
+    /// `CGROUP2_SUPER_MAGIC` (linux/magic.h).
+    const CGROUP2_MAGIC: i64 = 0x6367_7270;
+    if !meta.is_dir() {
+        return Some("not a directory");
     }
-}
-
-/// Turns a daemon error reply into an error; passes anything else through.
-fn check(r: Reply) -> Result<Reply, CtlError> {
-    match r {
-        Reply::Error { code, message } => Err(CtlError::Daemon { code, message }),
-        other => Ok(other),
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: an all-zero statfs is a valid value for statfs(2) to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statfs we own, both alive for the call.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
     }
+    // `f_type` is an i64 (`__fsword_t`) on the 64-bit targets linkprobe is built for; the
+    // conversion keeps the comparison right where libc declares it narrower.
+    #[expect(
+        clippy::useless_conversion,
+        reason = "f_type is i64 here, narrower on some libc targets"
+    )]
+    let magic = i64::from(st.f_type);
+    (magic != CGROUP2_MAGIC).then_some("not on a cgroup2 filesystem")
 }
 
 /// The API filter from the command-line flags (a `--cgroup` directory becomes its id).
@@ -64,12 +49,19 @@ pub fn filter(a: &FilterArgs) -> Result<Filter, CtlError> {
         Some(s) => Some(match s.parse::<u64>() {
             Ok(id) => id,
             // A cgroup v2 id is its directory's inode number.
-            Err(_) => std::fs::metadata(s)
-                .map_err(|source| CtlError::Cgroup {
+            Err(_) => {
+                let meta = std::fs::metadata(s).map_err(|source| CtlError::Cgroup {
                     path: s.clone(),
                     source,
-                })?
-                .ino(),
+                })?;
+                if let Some(why) = not_cgroup2_dir(std::path::Path::new(s), &meta) {
+                    return Err(CtlError::NotCgroup {
+                        path: s.clone(),
+                        why,
+                    });
+                }
+                meta.ino()
+            }
         }),
     };
     Ok(Filter {
@@ -79,6 +71,7 @@ pub fn filter(a: &FilterArgs) -> Result<Filter, CtlError> {
         pid: a.pid,
         comm: a.comm.clone(),
         cgroup,
+        netns: a.netns.clone(),
         with_rst: a.with_rst,
         with_retrans: a.with_retrans,
         failed: a.failed,
@@ -86,20 +79,6 @@ pub fn filter(a: &FilterArgs) -> Result<Filter, CtlError> {
         namespace: None,
         pod: None,
     })
-}
-
-fn out(text: &str) -> Result<(), CtlError> {
-    let mut o = io::stdout().lock();
-    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
-        // `| head` closed the pipe: not an error for the user.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.map_err(CtlError::Output),
-    }
-}
-
-fn json<T: serde::Serialize>(v: &T) -> Result<(), CtlError> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| CtlError::Output(e.into()))?;
-    out(&(text + "\n"))
 }
 
 /// Runs one CLI command against the daemon at `socket`.
@@ -130,12 +109,23 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
                 flows,
                 matched,
                 total,
+                truncated,
             } = r
             else {
                 return Err(CtlError::Unexpected(reply_name(&r)));
             };
             match a.output {
-                View::Json => json(&flows),
+                View::Json => {
+                    // stdout stays the bare array consumers parse; the cut is said on stderr.
+                    if truncated || matched > flows.len() {
+                        eprintln!(
+                            "linkprobe: truncated: {} of {matched} matching flows shown (--limit; \
+                             the daemon returns at most 2000); {total} in the table",
+                            flows.len()
+                        );
+                    }
+                    json(&flows)
+                }
                 v => {
                     let mut text = flow::table(&flows, monotonic_ns(), v == View::Wide, paint);
                     if matched > flows.len() {
@@ -143,6 +133,9 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
                             "({} of {matched} matching flows shown; --limit to see more; {total} in the table)\n",
                             flows.len()
                         ));
+                    } else if matched == 0 {
+                        // Not a bare header: say that nothing matched, out of how many.
+                        text.push_str(&format!("(0 of {total} flows match)\n"));
                     }
                     out(&text)
                 }
@@ -171,13 +164,14 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
                 )),
             }
         }
-        Command::Anomalies(a) => anomalies(socket, a.watch, a.output, paint),
+        Command::Anomalies(a) => anomalies::run(socket, &a, paint),
         Command::Watch(a) => watch(socket, &a.filter, a.count, a.output, paint),
         Command::Top(a) => loop {
             let q = Query::Top {
                 by: a.by,
                 limit: a.limit,
                 pods: a.pods,
+                netns: a.netns.clone(),
             };
             let r = check(Conn::ask(socket, q)?)?;
             let Reply::Top(report) = r else {
@@ -199,7 +193,7 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
                     };
                     out(&format!(
                         "{clear}{}",
-                        views::top_table(&report, v == View::Wide, paint)
+                        views::top_table(&report, a.by, v == View::Wide, paint)
                     ))?;
                 }
             }
@@ -215,64 +209,6 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
     }
 }
 
-fn anomalies(socket: &Path, follow: bool, view: View, paint: Paint) -> Result<(), CtlError> {
-    let mut conn = Conn::open(socket)?;
-    conn.send(Query::Anomalies { watch: follow })?;
-    let r = check(conn.reply()?)?;
-    let Reply::Anomalies { active, recent } = r else {
-        return Err(CtlError::Unexpected(reply_name(&r)));
-    };
-    match view {
-        View::Json if follow => {
-            // A stream: one object per line.
-            for a in active.iter().chain(&recent) {
-                out(&format!(
-                    "{}\n",
-                    serde_json::to_string(a).unwrap_or_default()
-                ))?;
-            }
-        }
-        View::Json => json(&serde_json::json!({ "active": active, "recent": recent }))?,
-        v => out(&anomaly::table(
-            &active,
-            &recent,
-            monotonic_ns(),
-            v == View::Wide,
-            paint,
-        ))?,
-    }
-    if !follow {
-        return Ok(());
-    }
-    loop {
-        let (r, raw) = conn.next_raw()?;
-        match check(r)? {
-            Reply::Anomaly { anomaly: a } => match view {
-                View::Json => out(&format!(
-                    "{}\n",
-                    serde_json::to_string(&a).unwrap_or_default()
-                ))?,
-                _ => out(&format!("{}\n", anomaly::line(&a, paint)))?,
-            },
-            Reply::Overflow { lost } => overflow(lost, view)?,
-            Reply::Subscribed => eprintln!("linkprobe: watching anomaly changes (Ctrl-C to stop)"),
-            other => {
-                log::debug!("ignoring {} in the stream: {raw}", reply_name(&other));
-            }
-        }
-    }
-}
-
-fn overflow(lost: u64, view: View) -> Result<(), CtlError> {
-    match view {
-        View::Json => out(&format!("{{\"type\":\"overflow\",\"lost\":{lost}}}\n")),
-        _ => {
-            eprintln!("linkprobe: this client fell behind; {lost} items were dropped for it");
-            Ok(())
-        }
-    }
-}
-
 fn watch(
     socket: &Path,
     f: &FilterArgs,
@@ -280,6 +216,10 @@ fn watch(
     view: View,
     paint: Paint,
 ) -> Result<(), CtlError> {
+    if f.since.is_some() {
+        // Not silently ignored: a live stream has no past to filter.
+        return Err(CtlError::WatchSince);
+    }
     let mut conn = Conn::open(socket)?;
     conn.send(Query::Watch { filter: filter(f)? })?;
     let mut seen = 0u64;
@@ -306,5 +246,52 @@ fn watch(
             Reply::Overflow { lost } => overflow(lost, view)?,
             other => return Err(CtlError::Unexpected(reply_name(&other))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--cgroup` names a cgroup v2 directory or it is refused (any other path's inode number
+    /// would match nothing, silently); `watch --since` is refused rather than ignored.
+    #[test]
+    fn cgroup_paths_must_be_cgroup2_directories_and_watch_takes_no_since() {
+        let args = |path: &str| FilterArgs {
+            cgroup: Some(path.to_owned()),
+            ..FilterArgs::default()
+        };
+        let Err(e) = filter(&args("/tmp")) else {
+            panic!("/tmp accepted as a cgroup")
+        };
+        assert!(e.to_string().contains("not on a cgroup2 filesystem"), "{e}");
+        let Err(e) = filter(&args("/etc/hostname")) else {
+            panic!("a file accepted as a cgroup")
+        };
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        assert_eq!(filter(&args("42")).map(|f| f.cgroup).ok(), Some(Some(42)));
+        let cgroup2 = std::fs::read_to_string("/proc/mounts")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.split(' ').nth(2) == Some("cgroup2"))
+            .and_then(|l| l.split(' ').nth(1).map(str::to_owned));
+        if let Some(root) = cgroup2 {
+            assert!(
+                filter(&args(&root)).is_ok(),
+                "{root} is a cgroup2 directory"
+            );
+        }
+        let since = FilterArgs {
+            since: Some(1000),
+            ..FilterArgs::default()
+        };
+        let err = watch(
+            Path::new("/nonexistent"),
+            &since,
+            None,
+            View::Table,
+            Paint::OFF,
+        );
+        assert!(matches!(err, Err(CtlError::WatchSince)), "{err:?}");
     }
 }

@@ -25,9 +25,19 @@ use crate::{
 
 /// Records taken from the ring per drain: signals, ticks and API queries get their turn
 /// between batches, even under a storm. A turn drains at most twice (in the tick or query
-/// arm, then after the `select!`), so at most 2 × `DRAIN_BATCH` records, each of bounded cost:
+/// arm, then after the `select!`), so at most 2 × `DRAIN_BATCH` records, and in time
+/// `DRAIN_BUDGET` plus that of the arm (a query's drain has the longer `QUERY_DRAIN_BUDGET`);
+/// each record is of bounded cost:
 /// the pipeline's tables are O(1) per record and printing only queues (`printer`, `output`).
 const DRAIN_BATCH: usize = 8192;
+
+/// And at most this long per drain, so the turn's bound holds in time too: a record's cost
+/// varies (debug builds, slow or busy CPUs), an API client's patience does not.
+const DRAIN_BUDGET: Duration = Duration::from_millis(50);
+
+/// A query first takes what the ring holds, so that what a user just did is in the answer
+/// (`curl …; linkprobe flows`): up to a batch, for at most this long.
+const QUERY_DRAIN_BUDGET: Duration = Duration::from_secs(1);
 
 /// Runs until SIGINT/SIGTERM, then drains the ring and prints the final counters. With `api`
 /// (the daemon), it also answers API queries and feeds live watchers.
@@ -40,6 +50,7 @@ pub async fn run(
         mut loaded,
         config,
         existing,
+        scoped_netns,
         exporter,
     } = started;
     let mut reader = EventReader::new(&mut loaded.ebpf)?;
@@ -57,6 +68,7 @@ pub async fn run(
     let mut second = every(Duration::from_secs(1));
     let mut pipeline = Pipeline::new(&config, ephemeral_ports());
     pipeline.attrib = attribution(args, &config);
+    pipeline.attrib.set_home_netns(scoped_netns);
     if let Some((netns, sockets)) = &existing {
         pipeline.seed_existing(*netns, sockets, monotonic_ns());
     }
@@ -73,7 +85,7 @@ pub async fn run(
             // Every drain tick: `--backup-probes auto` reacts to the first skipped run at once.
             _ = drain_tick.tick() => state.ensure_backups(),
             _ = second.tick() => {
-                reader.drain(DRAIN_BATCH, |bytes| state.record(bytes));
+                reader.drain(DRAIN_BATCH, DRAIN_BUDGET, |bytes| state.record(bytes));
                 state.tick();
                 state.publish();
             }
@@ -94,13 +106,15 @@ pub async fn run(
                 }
             } => {
                 // Answer from fresh state: take what the ring holds first.
-                reader.drain(DRAIN_BATCH, |bytes| state.record(bytes));
+                reader.drain(DRAIN_BATCH, QUERY_DRAIN_BUDGET, |bytes| state.record(bytes));
                 state.answer(q);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
-        backlog = reader.drain(DRAIN_BATCH, |bytes| state.record(bytes)) == DRAIN_BATCH;
+        backlog = reader
+            .drain(DRAIN_BATCH, DRAIN_BUDGET, |bytes| state.record(bytes))
+            .more;
     }
     finish(args, reader, state)?;
     drop(loaded);
@@ -116,7 +130,7 @@ fn finish(
     mut state: LoopState<'_>,
 ) -> Result<(), RunError> {
     let ring_records = args.ring_bytes as usize / probe_common::FLOW_RECORD_SIZE;
-    reader.drain(2 * ring_records.max(DRAIN_BATCH), |bytes| {
+    reader.drain(2 * ring_records.max(DRAIN_BATCH), Duration::MAX, |bytes| {
         state.record(bytes)
     });
     state.finish(args.dump_flows)

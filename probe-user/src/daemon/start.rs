@@ -161,6 +161,8 @@ pub struct Started {
     pub loaded: Loaded,
     pub config: Config,
     pub existing: Option<(u64, Vec<diag::ExistingSocket>)>,
+    /// The `--netns` namespace's cookie: the one the daemon sees only.
+    pub scoped_netns: Option<u64>,
     /// The daemon's HTTP exporter (none for `trace`, or with `--metrics-addr off`).
     pub exporter: Option<Exporter>,
 }
@@ -181,7 +183,8 @@ pub fn start(args: &ProbeArgs) -> Result<Started, RunError> {
     }
     let netns = scoped_netns(args)?;
     let existing = existing_sockets(netns.as_ref());
-    let opts = load_options(args, &cfg, netns.map(|(_, cookie)| cookie))?;
+    let scoped_netns = netns.map(|(_, cookie)| cookie);
+    let opts = load_options(args, &cfg, scoped_netns)?;
     let loaded = loader::load(&opts)?;
     for note in &loaded.btf_notes {
         log::warn!("{note}");
@@ -202,6 +205,7 @@ pub fn start(args: &ProbeArgs) -> Result<Started, RunError> {
         loaded,
         config: cfg,
         existing,
+        scoped_netns,
         exporter: None,
     })
 }

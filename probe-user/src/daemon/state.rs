@@ -82,6 +82,8 @@ impl<'a> LoopState<'a> {
             .map(|c| AnomalyRecord::of_change(c, now))
             .collect();
         name_pods(&mut records, &self.pipeline.flows, &self.pipeline.attrib);
+        crate::render::anomaly::name_processes(&mut records, &self.pipeline.flows);
+        crate::render::netns::name_anomalies(&mut records, &self.pipeline.attrib);
         for record in records {
             self.printer.anomaly(&record);
             if let Some(api) = self.api.as_ref().filter(|a| a.watched()) {

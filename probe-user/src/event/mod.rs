@@ -42,6 +42,10 @@ impl TcpState {
     pub const LISTEN: TcpState = TcpState(tcp_state::LISTEN);
     pub const TIME_WAIT: TcpState = TcpState(tcp_state::TIME_WAIT);
     pub const NEW_SYN_RECV: TcpState = TcpState(tcp_state::NEW_SYN_RECV);
+    pub const FIN_WAIT2: TcpState = TcpState(tcp_state::FIN_WAIT2);
+    pub const CLOSE_WAIT: TcpState = TcpState(tcp_state::CLOSE_WAIT);
+    pub const LAST_ACK: TcpState = TcpState(tcp_state::LAST_ACK);
+    pub const CLOSING: TcpState = TcpState(tcp_state::CLOSING);
 
     pub fn name(self) -> &'static str {
         match self.0 {

@@ -46,7 +46,7 @@ pub struct KernelCounters {
     pub rst_reasons: BTreeMap<String, u64>,
     pub connect_failed: u64,
     /// Failed connects whose FlowEnd was lost in the ring, by failure cause (`refused`, `timeout`,
-    /// `unreachable`, `unknown`).
+    /// `unreachable`, `abandoned`, `unknown`).
     pub connect_failed_lost: BTreeMap<&'static str, u64>,
     pub scope_unknown: u64,
     /// Data-retransmit and RTO hits counted in their flow but sent with its next record (the
@@ -90,6 +90,23 @@ fn sum_all(ebpf: &Ebpf, map: &'static str, len: u32) -> Result<Vec<u64>, Counter
         .collect()
 }
 
+/// Every state change the kernel counted (connects, accepts, handshakes, closes, any other
+/// move): unchanged since the open-flow iterator's last pass, that pass still lists every
+/// open flow in its current state. A few array reads, no pass over the sockets.
+pub fn state_moves(ebpf: &Ebpf) -> Result<u64, CounterError> {
+    let events = sum_all(ebpf, "EVENT_COUNTS", EVENT_KIND_COUNT)?;
+    Ok([
+        EventKind::Connect,
+        EventKind::ActiveEstablished,
+        EventKind::PassiveEstablished,
+        EventKind::StateChange,
+        EventKind::FlowEnd,
+    ]
+    .iter()
+    .filter_map(|k| events.get(*k as usize))
+    .sum())
+}
+
 fn by_kind(values: &[u64]) -> BTreeMap<&'static str, u64> {
     EventKind::ALL
         .iter()
@@ -131,6 +148,7 @@ pub fn read(ebpf: &Ebpf, names: &ReasonNames) -> Result<KernelCounters, CounterE
             ("refused", misc::CONNECT_FAILED_LOST_REFUSED),
             ("timeout", misc::CONNECT_FAILED_LOST_TIMEOUT),
             ("unreachable", misc::CONNECT_FAILED_LOST_UNREACHABLE),
+            ("abandoned", misc::CONNECT_FAILED_LOST_ABANDONED),
             ("unknown", misc::CONNECT_FAILED_LOST_OTHER),
         ]
         .into_iter()

@@ -135,26 +135,44 @@ pub struct ProbeStatus {
     pub state: ProbeState,
 }
 
-/// The per-probe attach table, one row per probe.
+/// The per-probe attach table, one row per probe; each column as wide as its widest cell (a
+/// long hook path or kernel requirement does not push the columns after it out of line).
 pub fn table(probes: &[ProbeStatus]) -> String {
-    let row = |probe: &str, hook: &str, how: &str, state: &str, needs: &str, detail: &str| {
-        format!("{probe:<18} {hook:<30} {how:<26} {state:<9} {needs:<36} {detail}\n")
-    };
-    let mut out = row("PROBE", "HOOK", "HOW", "STATE", "NEEDS KERNEL", "DETAIL");
+    let mut rows: Vec<[String; 6]> =
+        vec![["PROBE", "HOOK", "HOW", "STATE", "NEEDS KERNEL", "DETAIL"].map(str::to_owned)];
     for p in probes {
         let (state, detail) = match &p.state {
             ProbeState::Attached => ("attached", p.spec.provides.to_owned()),
             ProbeState::Skipped(why) => ("skipped", why.clone()),
             ProbeState::Off(why) => ("OFF", why.clone()),
         };
-        out.push_str(&row(
-            p.spec.program,
-            &p.target,
-            &p.how,
-            state,
-            p.spec.requires,
-            &detail,
-        ));
+        rows.push([
+            p.spec.program.to_owned(),
+            p.target.clone(),
+            p.how.clone(),
+            state.to_owned(),
+            p.spec.requires.to_owned(),
+            detail,
+        ]);
+    }
+    let mut width = [0usize; 6];
+    for r in &rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i + 1 < r.len() {
+                line.push_str(&format!("{cell:<w$}  ", w = width[i]));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     out
 }
@@ -212,7 +230,46 @@ mod tests {
     use aya::programs::ProgramError;
     use aya_obj::VerifierLog;
 
-    use super::load_refusal;
+    use super::{load_refusal, table, ProbeState, ProbeStatus, PROBES};
+
+    /// A long hook path and a long kernel requirement widen their columns; the columns after
+    /// them stay in line (the DETAIL column starts at the same place on every row).
+    #[test]
+    fn the_probe_table_keeps_its_columns_in_line() {
+        let probes: Vec<ProbeStatus> = PROBES
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| ProbeStatus {
+                spec: *spec,
+                program: spec.program,
+                target: if i == 0 {
+                    "cgroup /sys/fs/cgroup/kubepods.slice/a-very-long-unified-path".to_owned()
+                } else {
+                    format!("tp_btf {}", spec.program)
+                },
+                how: "tp_btf, socket storage".to_owned(),
+                state: if i == 1 {
+                    ProbeState::Off("not on this kernel".to_owned())
+                } else {
+                    ProbeState::Attached
+                },
+            })
+            .collect();
+        let text = table(&probes);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), PROBES.len() + 1);
+        let starts = |l: &str, word: &str| l.find(word).unwrap_or_else(|| panic!("{word} in {l}"));
+        let detail = starts(lines[0], "DETAIL");
+        let state = starts(lines[0], "STATE");
+        assert_eq!(starts(lines[2], "OFF"), state, "{text}");
+        for (l, p) in lines[1..].iter().zip(&probes) {
+            let cell = match &p.state {
+                ProbeState::Attached => p.spec.provides,
+                _ => "not on this kernel",
+            };
+            assert_eq!(l.find(cell), Some(detail), "{text}");
+        }
+    }
 
     fn load_error(errno: i32, log: &str) -> ProgramError {
         ProgramError::LoadError {

@@ -1,6 +1,9 @@
 //! Drains the ring buffer. Wake-ups are batched in the kernel, so the daemon also drains on a
 //! short timer; a storm costs one wake-up per batch, not per record.
-use std::io;
+use std::{
+    io,
+    time::{Duration, Instant},
+};
 
 use aya::{
     maps::{MapData, RingBuf},
@@ -40,16 +43,45 @@ impl EventReader {
         Ok(())
     }
 
-    /// Hands up to `limit` available records to `f`; returns how many there were (`limit`:
-    /// there may be more).
-    pub fn drain(&mut self, limit: usize, mut f: impl FnMut(&[u8])) -> usize {
+    /// Hands up to `limit` available records to `f`, stopping early once `budget` has passed
+    /// (checked every [`BUDGET_CHECK_EVERY`] records), so a turn of the event loop is bounded
+    /// in time whatever a record costs (a debug build, a slow CPU, a busy machine).
+    pub fn drain(&mut self, limit: usize, budget: Duration, mut f: impl FnMut(&[u8])) -> Drained {
         let ring = self.ring.get_mut();
-        let mut n = 0;
-        while n < limit {
-            let Some(item) = ring.next() else { break };
+        let started = Instant::now();
+        let mut records = 0;
+        while records < limit {
+            if records % BUDGET_CHECK_EVERY == BUDGET_CHECK_EVERY - 1 && started.elapsed() >= budget
+            {
+                return Drained {
+                    records,
+                    more: true,
+                };
+            }
+            let Some(item) = ring.next() else {
+                return Drained {
+                    records,
+                    more: false,
+                };
+            };
             f(&item);
-            n += 1;
+            records += 1;
         }
-        n
+        Drained {
+            records,
+            more: true,
+        }
     }
+}
+
+/// How often [`EventReader::drain`] looks at the clock: often enough that a turn overshoots its
+/// budget by little, rarely enough that reading the clock costs nothing next to the records.
+const BUDGET_CHECK_EVERY: usize = 64;
+
+/// What one [`EventReader::drain`] took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    pub records: usize,
+    /// It stopped at its limit or budget: the ring may hold more.
+    pub more: bool,
 }

@@ -1,5 +1,6 @@
 //! The userspace event path after decoding: events → flow table → signals → detectors and
 //! metrics → anomaly changes. Owned by the daemon loop; no I/O here.
+pub mod coverage;
 pub mod detect;
 pub mod flowtable;
 mod lru;
@@ -9,7 +10,7 @@ pub mod top;
 use std::{ops::RangeInclusive, time::Duration};
 
 use crate::{
-    attrib::Attributor,
+    attrib::{listeners::ListenerOwners, Attributor},
     config::Config,
     event::rst_reason::ReasonNames,
     event::Event,
@@ -31,6 +32,8 @@ pub struct Pipeline {
     pub top: Top,
     /// Who owns each socket (pods of this node); off until the daemon starts a pod source.
     pub attrib: Attributor,
+    /// Owners of listeners that predate the daemon, for their accepted sockets.
+    pub listeners: ListenerOwners,
     signals: Vec<Signal>,
 }
 
@@ -49,6 +52,7 @@ impl Pipeline {
             metrics: Metrics::new(cfg.metrics.clone(), ephemeral),
             top: Top::new(TOP_SCOPES),
             attrib: Attributor::off(),
+            listeners: ListenerOwners::default(),
             signals: Vec::new(),
         }
     }
@@ -59,12 +63,26 @@ impl Pipeline {
     pub fn on_event(&mut self, ev: &Event, reasons: &ReasonNames) {
         self.signals.clear();
         self.flows.apply(ev, reasons, &mut self.signals);
+        // An accepted socket of a listener that predates us: its listener's owner.
+        if let Some((key, port)) = self.flows.needs_listener_owner(ev) {
+            if let Some(process) = self.listeners.owner(key.netns, port) {
+                self.flows.adopt_owner(&key, process);
+            }
+        }
         let owner = (self.attrib.enabled() && !self.signals.is_empty())
             .then(|| self.attrib.owner(ev.cgroup_id));
+        let process = if self.signals.is_empty() {
+            None
+        } else {
+            self.flows.process_of(ev).cloned()
+        };
         for s in &self.signals {
             self.detectors.observe(s);
             self.metrics.observe(s);
             self.top.observe(s);
+            if let Some(p) = &process {
+                self.top.observe_process(s, p);
+            }
             if let Some(owner) = &owner {
                 self.metrics.observe_owner(s, owner);
                 self.top.observe_owner(s, owner);

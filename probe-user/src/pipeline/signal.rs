@@ -5,11 +5,14 @@ use std::{net::IpAddr, time::Duration};
 use crate::event::{RepeatScope, Role};
 
 /// Where a peer is: its address, plus its port only when that is a service port (we are the
-/// client). Never an ephemeral port, so scopes stay bounded.
+/// client), seen from one network namespace (the same address in two namespaces is two
+/// peers). Never an ephemeral port, so scopes stay bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Peer {
     pub addr: IpAddr,
     pub port: Option<u16>,
+    /// The netns cookie of our end (0: unknown). Not shown by `Display`: renderers name it.
+    pub netns: u64,
 }
 
 impl std::fmt::Display for Peer {
@@ -49,6 +52,8 @@ pub enum ConnectFailure {
     Timeout,
     /// ICMP unreachable or another hard error (EHOSTUNREACH, ENETUNREACH, …).
     Unreachable,
+    /// The app closed its socket in SYN_SENT without a socket error: it gave up first.
+    Abandoned,
     /// The connection (or its handshake) ended with an RST, sent or received.
     Reset,
 }
@@ -60,6 +65,7 @@ impl ConnectFailure {
             ConnectFailure::Refused => "refused",
             ConnectFailure::Timeout => "timeout",
             ConnectFailure::Unreachable => "unreachable",
+            ConnectFailure::Abandoned => "abandoned",
             ConnectFailure::Reset => "reset",
         }
     }
@@ -117,6 +123,10 @@ pub enum Signal {
         reason: Option<std::sync::Arc<str>>,
         /// The flow was established before the reset (a "reset after established").
         after_established: bool,
+        /// On the first RST of a flow whose `Connection` was counted: that connection's
+        /// `ts_ns`. The RST ratio counts reset flows (not RST packets) against the connections
+        /// of the same window, so it stays a fraction of the same flows.
+        connection_ns: Option<u64>,
     },
     /// A segment was retransmitted or the retransmission timer fired: one signal per
     /// retransmit, SYN-ACK retransmit and RTO event, with or without a socket.
@@ -164,6 +174,8 @@ pub enum Signal {
         scope: RepeatScope,
         peer: Option<Peer>,
         local_port: Option<u16>,
+        /// The netns cookie of our end (0: unknown): a local port's scope is in it.
+        netns: u64,
         cookie: Option<u64>,
         count: u32,
     },

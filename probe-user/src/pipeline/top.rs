@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     attrib::{Owner, PodKey},
+    event::Process,
     pipeline::detect::Scope,
     pipeline::lru::{self, Links, List, Slots, NIL},
     pipeline::signal::{ConnectFailure, Signal},
@@ -48,6 +49,16 @@ pub struct TopRow {
     pub rst_per_sec: f64,
     pub failure_rate: f64,
     pub retransmit_rate: f64,
+    /// The last process seen on the scope's flows (`comm/pid`): a local port's is its
+    /// listener's owner, a peer's the last that talked to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// The network namespace (cookie) of a peer or local port scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_cookie: Option<u64>,
+    /// Its name (`host`, an `ip netns` name, `pid N (comm)`), named by the API's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 /// Length of the rolling window, in one-second buckets.
@@ -121,6 +132,8 @@ enum TopScope {
 struct Slot {
     scope: TopScope,
     rates: Rates,
+    /// The last process seen on the scope's flows.
+    process: Option<Process>,
     links: Links<()>,
 }
 
@@ -181,6 +194,7 @@ impl Top {
         let fresh = Slot {
             scope,
             rates: Rates::EMPTY,
+            process: None,
             links: Links::unlinked(()),
         };
         let slot = if self.slots.len() < self.max_scopes {
@@ -210,7 +224,8 @@ impl Top {
             } => {
                 self.rates(Scope::Peer(*peer), sec).connections += 1;
                 if let Some(p) = local_port {
-                    self.rates(Scope::LocalPort(*p), sec).connections += 1;
+                    self.rates(Scope::LocalPort(peer.netns, *p), sec)
+                        .connections += 1;
                 }
             }
             Signal::Rst {
@@ -218,7 +233,7 @@ impl Top {
             } => {
                 self.rates(Scope::Peer(*peer), sec).rsts += 1;
                 if let Some(p) = local_port {
-                    self.rates(Scope::LocalPort(*p), sec).rsts += 1;
+                    self.rates(Scope::LocalPort(peer.netns, *p), sec).rsts += 1;
                 }
             }
             // Failed attempts; connections that ended in a reset rank by their RSTs.
@@ -236,6 +251,33 @@ impl Top {
                 b.retransmits += retransmitted;
             }
             _ => {}
+        }
+    }
+
+    /// The process owning the socket of `s` (after [`Top::observe`]): remembered for the
+    /// signal's peer and local port scopes. No new scope: a hash lookup each.
+    pub fn observe_process(&mut self, s: &Signal, process: &Process) {
+        let (peer, local_port) = match s {
+            Signal::Connection {
+                peer, local_port, ..
+            }
+            | Signal::Rst {
+                peer, local_port, ..
+            } => (*peer, *local_port),
+            Signal::ConnectFailed { peer, .. } | Signal::DataSegments { peer, .. } => (*peer, None),
+            _ => return,
+        };
+        let scopes = [
+            Some(Scope::Peer(peer)),
+            local_port.map(|p| Scope::LocalPort(peer.netns, p)),
+        ];
+        for scope in scopes.into_iter().flatten() {
+            if let Some(&slot) = self.index.get(&TopScope::Scope(scope)) {
+                let held = &mut self.slots[slot as usize].process;
+                if held.as_ref() != Some(process) {
+                    *held = Some(process.clone());
+                }
+            }
         }
     }
 
@@ -276,19 +318,32 @@ impl Top {
     /// The `limit` busiest peers and local ports by `key` over the window ending at `now_ns`.
     #[cfg(test)]
     pub fn report(&self, now_ns: u64, key: TopKey, limit: usize) -> TopReport {
-        self.report_of(now_ns, key, limit, false)
+        self.report_of(now_ns, key, limit, false, None)
     }
 
     /// The same over peers and ports, or (`pods`) over the pods of this node.
-    pub fn report_of(&self, now_ns: u64, key: TopKey, limit: usize, pods: bool) -> TopReport {
+    /// With `netns`, only the scopes of that network namespace (pods have none: no rows).
+    pub fn report_of(
+        &self,
+        now_ns: u64,
+        key: TopKey,
+        limit: usize,
+        pods: bool,
+        netns: Option<u64>,
+    ) -> TopReport {
         let now_sec = now_ns / NS;
         let mut rows: Vec<TopRow> = self
             .slots
             .iter()
             .filter(|s| matches!(s.scope, TopScope::Pod(_)) == pods)
-            .map(|s| (&s.scope, s.rates.sum(now_sec)))
-            .filter(|(_, b)| b.connections + b.rsts + b.failures + b.segments > 0)
-            .map(|(scope, b)| TopRow {
+            .filter(|s| {
+                netns.is_none_or(
+                    |n| matches!(&s.scope, TopScope::Scope(sc) if sc.netns() == Some(n)),
+                )
+            })
+            .map(|s| (&s.scope, s.rates.sum(now_sec), &s.process))
+            .filter(|(_, b, _)| b.connections + b.rsts + b.failures + b.segments > 0)
+            .map(|(scope, b, process)| TopRow {
                 scope: match scope {
                     TopScope::Scope(s) => s.to_string(),
                     TopScope::Pod(k) => {
@@ -303,6 +358,14 @@ impl Top {
                 rst_per_sec: b.rsts as f64 / WINDOW_SECS as f64,
                 failure_rate: ratio(b.failures, b.connections),
                 retransmit_rate: ratio(b.retransmits, b.segments),
+                process: process
+                    .as_ref()
+                    .map(|p| format!("{}/{}", p.comm.as_str(), p.pid)),
+                netns_cookie: match scope {
+                    TopScope::Scope(s) => s.netns().filter(|c| *c != 0),
+                    TopScope::Pod(_) => None,
+                },
+                netns: None,
             })
             .collect();
         let value = |r: &TopRow| match key {
@@ -310,10 +373,14 @@ impl Top {
             TopKey::Failure => r.failure_rate,
             TopKey::Retrans => r.retransmit_rate,
         };
+        // A row is about what it is ranked by: scopes with none of it (healthy traffic under
+        // `--by rst`) are not rows of zeros.
+        rows.retain(|r| value(r) > 0.0);
         rows.sort_by(|a, b| {
             value(b)
                 .total_cmp(&value(a))
                 .then_with(|| a.scope.cmp(&b.scope))
+                .then_with(|| a.netns_cookie.cmp(&b.netns_cookie))
         });
         rows.truncate(limit);
         TopReport {
@@ -348,6 +415,7 @@ mod tests {
         Peer {
             addr: IpAddr::from([10, 0, 0, 1]),
             port: Some(port),
+            netns: 0,
         }
     }
 
@@ -360,6 +428,7 @@ mod tests {
             cookie: Some(1),
             reason: None,
             after_established: false,
+            connection_ns: None,
         }
     }
 
@@ -387,6 +456,61 @@ mod tests {
         assert_eq!(r.rows[0].scope, "peer 10.0.0.1:443");
         // Ten seconds later the window is empty.
         assert!(top.report(16 * NS, TopKey::Rst, 10).rows.is_empty());
+        // Ranked by retransmits, nobody has any: no rows of zeros.
+        assert!(top.report(6 * NS, TopKey::Retrans, 10).rows.is_empty());
+    }
+
+    /// Two listeners on one port in two network namespaces are two rows, each with its
+    /// namespace's cookie (the API's answer names it).
+    #[test]
+    fn one_port_in_two_namespaces_is_two_rows() {
+        let mut top = Top::new(16);
+        for (netns, n) in [(11, 3), (22, 1)] {
+            for i in 0..n {
+                let mut s = rst(5 * NS + i, 80);
+                if let Signal::Rst {
+                    local_port, peer, ..
+                } = &mut s
+                {
+                    *local_port = Some(8080);
+                    peer.netns = netns;
+                }
+                top.observe(&s);
+            }
+        }
+        let r = top.report(6 * NS, TopKey::Rst, 10);
+        let ports: Vec<(u64, Option<u64>)> = r
+            .rows
+            .iter()
+            .filter(|r| r.scope == "local port 8080")
+            .map(|r| (r.rsts, r.netns_cookie))
+            .collect();
+        assert_eq!(ports, [(3, Some(11)), (1, Some(22))]);
+    }
+
+    #[test]
+    fn a_local_port_row_names_its_owner() {
+        let mut top = Top::new(16);
+        let mut s = rst(5 * NS, 80);
+        if let Signal::Rst { local_port, .. } = &mut s {
+            *local_port = Some(8080);
+        }
+        top.observe(&s);
+        let owner = Process {
+            pid: 42,
+            comm: "nginx".into(),
+        };
+        top.observe_process(&s, &owner);
+        let r = top.report(6 * NS, TopKey::Rst, 10);
+        let port = r
+            .rows
+            .iter()
+            .find(|r| r.scope == "local port 8080")
+            .expect("the port's row");
+        assert_eq!(port.process.as_deref(), Some("nginx/42"));
+        // No scope is made for a process alone.
+        top.observe_process(&rst(5 * NS, 9), &owner);
+        assert_eq!(top.report(6 * NS, TopKey::Rst, 10).rows.len(), 2);
     }
 
     #[test]
@@ -408,11 +532,13 @@ mod tests {
             peer: Peer {
                 addr: IpAddr::from(addr.to_be_bytes()),
                 port: Some(40_000),
+                netns: 0,
             },
             local_port: Some(9),
             cookie: None,
             reason: None,
             after_established: false,
+            connection_ns: None,
         }
     }
 
@@ -433,12 +559,14 @@ mod tests {
         let newest = IpAddr::from((base + 99_999).to_be_bytes());
         assert!(top.index.contains_key(&TopScope::Scope(Scope::Peer(Peer {
             addr: newest,
-            port: Some(40_000)
+            port: Some(40_000),
+            netns: 0,
         }))));
         let evicted = IpAddr::from((base + 95_000).to_be_bytes());
         assert!(!top.index.contains_key(&TopScope::Scope(Scope::Peer(Peer {
             addr: evicted,
-            port: Some(40_000)
+            port: Some(40_000),
+            netns: 0,
         }))));
         assert_eq!(top.slots.len(), 4096);
         assert_eq!(top.recency.len, 4096);

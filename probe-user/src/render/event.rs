@@ -15,7 +15,11 @@ use crate::{
 pub struct EventRecord {
     #[serde(rename = "type")]
     pub record: String,
+    /// CLOCK_MONOTONIC ns (the kernel's `bpf_ktime_get_ns`): orders and subtracts exactly.
     pub ts_ns: u64,
+    /// The same instant in local wall-clock time, RFC 3339 (lines up with other logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
     pub kind: String,
     pub cookie: Option<u64>,
     pub netns_cookie: Option<u64>,
@@ -97,6 +101,7 @@ impl EventRecord {
         let mut r = EventRecord {
             record: "event".to_owned(),
             ts_ns: ev.ts_ns,
+            time: Some(crate::clock::rfc3339_of_monotonic(ev.ts_ns)),
             kind: kind_name(ev.detail.kind()).to_owned(),
             cookie: ev.cookie,
             netns_cookie: ev.netns_cookie,
@@ -152,6 +157,18 @@ impl EventRecord {
     }
 }
 
+/// An address as the text views show it: port 0 (not bound yet: connect() announces its
+/// SYN_SENT before the kernel picks the local port) as `*`, the way `ss` shows it.
+pub fn endpoint(a: SocketAddr) -> String {
+    if a.port() != 0 {
+        return a.to_string();
+    }
+    match a {
+        SocketAddr::V4(v4) => format!("{}:*", v4.ip()),
+        SocketAddr::V6(v6) => format!("[{}]:*", v6.ip()),
+    }
+}
+
 /// One event, one line.
 pub fn line(e: &EventRecord, paint: Paint) -> String {
     let mut extra = Vec::new();
@@ -204,15 +221,32 @@ pub fn line(e: &EventRecord, paint: Paint) -> String {
     } else {
         kind
     };
+    // Local time of day (the JSON has the full RFC 3339 time and the monotonic ns); a record
+    // without it (an older daemon) shows its monotonic seconds.
+    let at = e.time.as_deref().map_or_else(
+        || format!("{:>15.6}", e.ts_ns as f64 / 1e9),
+        |t| crate::clock::time_of_day(t).to_owned(),
+    );
     format!(
-        "{:>14.6} {} cookie={:<8} {} -> {} {}",
-        e.ts_ns as f64 / 1e9,
+        "{at} {} cookie={:<8} {} -> {} {}",
         kind,
         e.cookie.map_or("-".to_owned(), |c| c.to_string()),
-        e.local,
-        e.remote,
+        endpoint(e.local),
+        endpoint(e.remote),
         extra.join(" ")
     )
     .trim_end()
     .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unbound_port_shows_as_a_star() {
+        assert_eq!(endpoint("127.0.0.1:0".parse().unwrap()), "127.0.0.1:*");
+        assert_eq!(endpoint("[::1]:0".parse().unwrap()), "[::1]:*");
+        assert_eq!(endpoint("10.0.0.1:80".parse().unwrap()), "10.0.0.1:80");
+    }
 }

@@ -7,10 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     attrib::{pods::PodMeta, Attributor, Owner},
+    clock::{rfc3339_of_monotonic, time_of_day},
     event::rst_reason::ReasonNames,
     event::SockStats,
-    pipeline::flowtable::{Flow, TimelineEntry},
+    pipeline::flowtable::{Flow, Timeline, TimelineEntry},
     render::anomaly::AnomalyRecord,
+    render::event::endpoint,
     render::table::{human_bytes, human_ns, human_us, plain, Paint, Table, Tone},
     untrusted::escape_str,
 };
@@ -32,14 +34,24 @@ pub struct FlowRecord {
     pub record: String,
     pub cookie: u64,
     pub netns_cookie: u64,
+    /// The network namespace's name: `host`, an `ip netns` name, or `pid N (comm)` of a
+    /// process in it; absent when none was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub role: Option<String>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub cgroup_id: Option<u64>,
+    /// The cgroup's path below the cgroup2 root (`/system.slice/nginx.service`), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     pub preexisting: bool,
     pub start_ns: u64,
+    /// `start_ns` in local wall-clock time, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
     pub handshake_us: Option<u64>,
     pub syn_retransmits: u32,
     pub syn_retransmit_intervals_ms: Vec<u32>,
@@ -49,11 +61,20 @@ pub struct FlowRecord {
     pub rtos: u32,
     /// sock_ops counters: segments, data segments, bytes, total retransmits.
     pub counters: SockStats,
+    /// Payload bytes sent (and acknowledged) and received: `counters.bytes_acked` and
+    /// `bytes_received` without the SYN and FINs the kernel also counts there.
+    #[serde(default)]
+    pub payload_sent: u64,
+    #[serde(default)]
+    pub payload_received: u64,
     pub rst_sent: u32,
     pub rst_received: u32,
     pub state: String,
     pub close: Option<String>,
     pub closed_ns: Option<u64>,
+    /// `closed_ns` in local wall-clock time, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_time: Option<String>,
     pub timeline: Vec<TimelineRecord>,
     /// Who owns the socket (pod attribution on): absent when unknown.
     #[serde(flatten)]
@@ -124,6 +145,36 @@ impl TimelineRecord {
             detail: e.detail(reasons),
         }
     }
+
+    /// The flow's timeline as shown: its first entries, a `dropped` marker saying what was
+    /// left out (if anything), then the later entries.
+    fn all_of(t: &Timeline, reasons: &ReasonNames) -> Vec<TimelineRecord> {
+        let mut out: Vec<TimelineRecord> =
+            t.first_entries().map(|e| Self::new(e, reasons)).collect();
+        if let Some(detail) = t.marker() {
+            let at = t
+                .later_entries()
+                .next()
+                .or(t.first_entries().last())
+                .map_or(0, |e| e.offset_ns);
+            out.push(TimelineRecord {
+                offset_ns: at,
+                kind: DROPPED_KIND.to_owned(),
+                state: None,
+                detail,
+            });
+        }
+        out.extend(t.later_entries().map(|e| Self::new(e, reasons)));
+        out
+    }
+}
+
+/// The `kind` of a timeline's marker of dropped entries.
+pub const DROPPED_KIND: &str = "dropped";
+
+/// `at 01:40:03.123456, ` from an RFC 3339 time (nothing without one).
+fn at_local(time: Option<&str>) -> String {
+    time.map_or(String::new(), |t| format!("at {}, ", time_of_day(t)))
 }
 
 impl FlowRecord {
@@ -133,14 +184,17 @@ impl FlowRecord {
             record: "flow".to_owned(),
             cookie: f.key.cookie,
             netns_cookie: f.key.netns,
+            netns: None,
             local: f.local,
             remote: f.remote,
             role: f.role.map(|r| r.name().to_owned()),
             pid: f.process.as_ref().map(|p| p.pid),
             comm: f.process.as_ref().map(|p| p.comm.as_str().into_owned()),
             cgroup_id: f.cgroup_id,
+            cgroup: None,
             preexisting: f.preexisting,
             start_ns: f.start_ns,
+            start_time: Some(rfc3339_of_monotonic(f.start_ns)),
             handshake_us: f.handshake_ns.map(|ns| ns.get() / 1000),
             syn_retransmits: f.syn_retransmits,
             syn_retransmit_intervals_ms: f.syn_retransmit_intervals_ms().to_vec(),
@@ -149,22 +203,27 @@ impl FlowRecord {
             data_retransmits: f.data_retransmits,
             rtos: f.rtos,
             counters: f.counters,
+            payload_sent: f.payload().0,
+            payload_received: f.payload().1,
             rst_sent: f.rst_sent,
             rst_received: f.rst_received,
             state: f.state.name().to_owned(),
             close: f.close.map(|c| c.name().to_owned()),
             closed_ns: f.closed_ns.map(NonZeroU64::get),
-            timeline: f
-                .timeline
-                .iter()
-                .map(|e| TimelineRecord::new(e, reasons))
-                .collect(),
+            closed_time: f.closed_ns.map(|t| rfc3339_of_monotonic(t.get())),
+            timeline: TimelineRecord::all_of(&f.timeline, reasons),
             owner: OwnerFields::default(),
         }
     }
 
-    /// Adds the flow's owner and its peer's pod (nothing when attribution is off).
+    /// Adds the names of the flow's network namespace and cgroup, and its owner and its
+    /// peer's pod (attribution on).
     pub fn attributed(mut self, f: &Flow, attrib: &Attributor) -> Self {
+        // Names come from the host (process names, directory names): escaped there.
+        self.netns = attrib.netns_name(f.key.netns).map(|n| n.to_string());
+        self.cgroup = attrib
+            .cgroup_path(f.cgroup_id)
+            .map(|p| escape_str(&p).into_owned());
         if attrib.enabled() {
             let peer = attrib.peer_pod(f.remote.ip());
             self.owner = OwnerFields::of(&attrib.owner(f.cgroup_id), peer.as_deref());
@@ -176,7 +235,9 @@ impl FlowRecord {
 fn close_tone(close: Option<&str>) -> Tone {
     match close {
         Some("fin") | None => Tone::Plain,
-        Some("refused" | "timeout" | "unreachable" | "rst_received" | "rst_sent") => Tone::Bad,
+        Some("refused" | "timeout" | "unreachable" | "abandoned" | "rst_received" | "rst_sent") => {
+            Tone::Bad
+        }
         Some(_) => Tone::Warn,
     }
 }
@@ -192,6 +253,22 @@ fn process(f: &FlowRecord) -> String {
 
 fn count(n: u32) -> (String, Tone) {
     (n.to_string(), if n > 0 { Tone::Warn } else { Tone::Plain })
+}
+
+/// The namespace's name, else its cookie.
+fn netns_text(f: &FlowRecord) -> String {
+    f.netns
+        .clone()
+        .unwrap_or_else(|| f.netns_cookie.to_string())
+}
+
+/// The cgroup's path, else its id.
+fn cgroup_text(f: &FlowRecord) -> String {
+    match (&f.cgroup, f.cgroup_id) {
+        (Some(p), _) => p.clone(),
+        (None, Some(id)) => id.to_string(),
+        (None, None) => "-".to_owned(),
+    }
 }
 
 /// A container id's first 12 characters, as `crictl` and `docker ps` show it.
@@ -236,7 +313,7 @@ pub fn table(flows: &[FlowRecord], now_ns: u64, wide: bool, paint: Paint) -> Str
         let rst = f.rst_sent + f.rst_received;
         let mut row = vec![
             plain(f.cookie.to_string()),
-            plain(f.local.to_string()),
+            plain(endpoint(f.local)),
             plain(remote(f)),
             plain(f.role.as_deref().unwrap_or("-")),
             plain(f.state.clone()),
@@ -262,15 +339,21 @@ pub fn table(flows: &[FlowRecord], now_ns: u64, wide: bool, paint: Paint) -> Str
         }
         if wide {
             row.extend([
-                plain(f.netns_cookie.to_string()),
-                plain(f.cgroup_id.map_or("-".to_owned(), |c| c.to_string())),
+                plain(netns_text(f)),
+                plain(cgroup_text(f)),
                 plain(f.handshake_us.map_or("-".to_owned(), human_us)),
                 count(f.syn_retransmits),
                 count(f.rtos),
                 plain(f.counters.segs_out.to_string()),
-                plain(human_bytes(f.counters.bytes_acked)),
-                plain(human_bytes(f.counters.bytes_received)),
-                plain(f.timeline.len().to_string()),
+                plain(human_bytes(f.payload_sent)),
+                plain(human_bytes(f.payload_received)),
+                plain(
+                    f.timeline
+                        .iter()
+                        .filter(|e| e.kind != DROPPED_KIND)
+                        .count()
+                        .to_string(),
+                ),
             ]);
         }
         t.row(row);
@@ -298,7 +381,7 @@ pub fn story(
         paint.bold("flow"),
         f.cookie,
         f.cookie,
-        f.local,
+        endpoint(f.local),
         remote(f),
         role
     );
@@ -320,8 +403,8 @@ pub fn story(
         s,
         "  process  {}    cgroup {}    netns {}{}",
         process(f),
-        f.cgroup_id.map_or("-".to_owned(), |c| c.to_string()),
-        f.netns_cookie,
+        cgroup_text(f),
+        netns_text(f),
         if f.preexisting {
             "    (open before the daemon started)"
         } else {
@@ -330,17 +413,19 @@ pub fn story(
     );
     let close = match (&f.close, f.closed_ns) {
         (Some(c), Some(at)) => format!(
-            "closed: {} {} ago",
+            "closed: {} {}{} ago",
             paint.red(c),
+            at_local(f.closed_time.as_deref()),
             human_ns(now_ns.saturating_sub(at))
         ),
         _ => "open".to_owned(),
     };
     let _ = writeln!(
         s,
-        "  state    {}    {}    started {} ago",
+        "  state    {}    {}    started {}{} ago",
         f.state,
         close,
+        at_local(f.start_time.as_deref()),
         human_ns(now_ns.saturating_sub(f.start_ns))
     );
     let _ = writeln!(
@@ -390,11 +475,15 @@ pub fn story(
         "  traffic  segs out {} in {}  sent {}  received {}",
         f.counters.segs_out,
         f.counters.segs_in,
-        human_bytes(f.counters.bytes_acked),
-        human_bytes(f.counters.bytes_received)
+        human_bytes(f.payload_sent),
+        human_bytes(f.payload_received)
     );
     let _ = writeln!(s, "{}", paint.bold("timeline"));
     for e in &f.timeline {
+        if e.kind == DROPPED_KIND {
+            let _ = writeln!(s, "  {:>12}  … {} …", "", e.detail);
+            continue;
+        }
         let kind = if e.kind.starts_with("rst") {
             paint.red(&format!("{:<20}", e.kind))
         } else if e.kind.contains("retrans") || e.kind == "rto" {

@@ -6,6 +6,8 @@
 pub mod anomaly;
 pub mod event;
 pub mod flow;
+pub mod incident;
+pub mod netns;
 pub mod table;
 #[cfg(test)]
 mod tests_pods;

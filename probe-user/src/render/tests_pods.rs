@@ -114,15 +114,16 @@ fn flows_and_anomalies_name_their_pods_and_pod_peers() {
 
     // Evidence flows name their owners and pod peers; a peer scope names the peer's pod.
     let mut anomalies = vec![
-        anomaly(Scope::LocalPort(80), vec![1, 2, 99]),
+        anomaly(Scope::LocalPort(0, 80), vec![1, 2, 99]),
         anomaly(
             Scope::Peer(Peer {
                 addr: "10.1.0.9".parse().unwrap(),
                 port: Some(5432),
+                netns: 0,
             }),
             vec![],
         ),
-        anomaly(Scope::LocalPort(81), vec![2]),
+        anomaly(Scope::LocalPort(0, 81), vec![2]),
     ];
     name_pods(&mut anomalies, &flows, &attrib);
     assert_eq!(anomalies[0].pods, ["db/pg-0", "shop/cart"]);

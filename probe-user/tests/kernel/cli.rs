@@ -106,9 +106,19 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
         .filter_map(|f| f["cookie"].as_u64())
         .collect();
     got.sort_unstable();
-    let mut want = refused.clone();
+    // One vocabulary with connect_failures_total: refused connects and connections ended by
+    // an RST (cause "reset"), on both ends of the aborted pairs.
+    let mut want: Vec<u64> = refused
+        .iter()
+        .chain(&aborted_clients)
+        .chain(&aborted_servers)
+        .copied()
+        .collect();
     want.sort_unstable();
-    assert_eq!(got, want, "--failed lists exactly the refused connects");
+    assert_eq!(
+        got, want,
+        "--failed lists exactly the refused and the reset flows"
+    );
     let with_rst = daemon.json(&[
         "flows",
         "--with-rst",
@@ -135,7 +145,10 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
     let table = daemon.ok(&["flows", "--failed"]);
     eprintln!("== linkprobe flows --failed\n{table}");
     assert_aligned_table(&table, "COOKIE");
-    assert_eq!(table.lines().count(), 1 + REFUSED);
+    assert_eq!(
+        table.lines().count(),
+        1 + REFUSED + aborted_clients.len() + aborted_servers.len()
+    );
     for c in &refused {
         assert!(table.contains(&c.to_string()));
     }
@@ -280,7 +293,12 @@ fn cli_commands_tell_the_story_of_a_known_workload() {
     );
     let table = daemon.ok(&["anomalies"]);
     eprintln!("== linkprobe anomalies\n{table}");
-    assert_aligned_table(&table, "ID");
+    // Incidents first, then the anomalies.
+    let (incidents, table) = table
+        .split_once("\n\n")
+        .unwrap_or_else(|| panic!("incidents, then anomalies: {table}"));
+    assert_aligned_table(incidents, "INCIDENT");
+    assert_aligned_table(table, "ID");
     assert!(table.contains("rst_storm") && table.contains("active"));
 
     // top ranks the storm first by RST rate.

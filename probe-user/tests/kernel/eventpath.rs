@@ -320,10 +320,23 @@ fn rsts_to_a_hundred_thousand_spoofed_sources_keep_the_loop_responsive_and_bound
         assert!(status["pid"].as_u64().is_some(), "{status}");
     }
     let took = storm.join().expect("storm");
-    // Let the loop take the last records, then ask what `top` keeps.
-    std::thread::sleep(Duration::from_millis(500));
+    // Let the loop take the last records (each of its turns is bounded in time, so a backlog
+    // takes several): every RST the kernel saw is then either received or counted lost.
+    let caught_up = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let status = daemon.json(&["status"]);
+        let field = |k: &str| status[k]["rst_sent"].as_u64().unwrap_or(0);
+        let seen = field("kernel_events");
+        if seen > 0 && field("records") + field("kernel_lost") == seen {
+            break status;
+        }
+        assert!(
+            Instant::now() < caught_up,
+            "the loop never caught up: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let top = daemon.json(&["top", "--once"]);
-    let status = daemon.json(&["status"]);
     let after = ns.nstat();
     let trace_counters = daemon.stop();
     let out_rsts = delta(&before, &after, "TcpOutRsts");
@@ -368,7 +381,8 @@ fn rsts_to_a_hundred_thousand_spoofed_sources_keep_the_loop_responsive_and_bound
     assert_eq!(scopes_evicted, received + 1 - 4096);
     assert!(detect["scopes_tracked"].as_u64() <= Some(4096), "{detect}");
     assert_eq!(detect["scopes_evicted"].as_u64(), Some(received + 1 - 4096));
-    // Debug builds answer slower; the bound is for a loop that keeps taking its turns.
+    // Each turn of the loop is bounded in time (50 ms per drain), whatever a record costs: the
+    // bound is loose for a debug build's CLI on a busy machine, not for the loop.
     assert!(
         slowest < Duration::from_secs(3),
         "a status query took {slowest:?} during the storm"

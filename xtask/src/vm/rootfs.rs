@@ -46,7 +46,14 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "python3",
         "the pods test serves HTTP from a kubelet-like cgroup (python3 -m http.server)",
     ),
-    ("curl", "the pods test's client, in that cgroup"),
+    (
+        "curl",
+        "the pods test's client, in that cgroup; the incidents tests' client",
+    ),
+    (
+        "haproxy",
+        "the incidents tests put a real proxy in front of a refused and an aborting upstream",
+    ),
 ];
 
 /// Leaves out what no test reads: documentation, manuals, translations.

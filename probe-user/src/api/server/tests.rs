@@ -21,7 +21,7 @@ fn record(id: u64, change: &str, at_ns: u64) -> AnomalyRecord {
     let a = Anomaly {
         id,
         kind: AnomalyKind::ConnectRefused,
-        scope: Scope::LocalPort(80),
+        scope: Scope::LocalPort(0, 80),
         start_ns: 1,
         end_ns: None,
         last_ns: at_ns,
@@ -65,6 +65,7 @@ fn anomalies_watch_loses_nothing_between_snapshot_and_subscription_and_repeats_n
     let snapshot = Reply::Anomalies {
         active: vec![record(1, "active", 50)],
         recent: vec![],
+        incidents: vec![],
     };
     q.reply.send(snapshot).ok().unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());

@@ -256,6 +256,13 @@ pub fn kernel_offsets(btf: &Btf) -> (KernelOffsets, Vec<String>) {
         "missing",
         "connect failures cannot be typed as refused/timeout/unreachable",
     );
+    o.inet_sport = f.field(
+        "inet_sock",
+        "inet_sport",
+        2,
+        "missing",
+        "a connect closed before any other hit shows local port 0",
+    );
     o.sk_protocol = f.field(
         "sock",
         "sk_protocol",

@@ -2,7 +2,7 @@
 //! and its changes, and the window they are measured in.
 use std::fmt;
 
-use crate::pipeline::signal::Peer;
+use crate::{event::rst_reason::ResetCause, pipeline::signal::Peer};
 
 /// Length of one detector window.
 pub const WINDOW_NS: u64 = 1_000_000_000;
@@ -19,10 +19,12 @@ pub enum AnomalyKind {
     ResetAfterEstablished,
     RetransmitRate,
     KernelRepeatRst,
+    ConnectAbandoned,
+    LocalResetEstablished,
 }
 
 impl AnomalyKind {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 11;
     pub const ALL: [AnomalyKind; AnomalyKind::COUNT] = [
         AnomalyKind::RstStorm,
         AnomalyKind::RstRatio,
@@ -33,6 +35,8 @@ impl AnomalyKind {
         AnomalyKind::ResetAfterEstablished,
         AnomalyKind::RetransmitRate,
         AnomalyKind::KernelRepeatRst,
+        AnomalyKind::ConnectAbandoned,
+        AnomalyKind::LocalResetEstablished,
     ];
 
     /// Position in [`AnomalyKind::ALL`] (and in per-kind arrays).
@@ -52,6 +56,8 @@ impl AnomalyKind {
             AnomalyKind::ResetAfterEstablished => "reset_after_established",
             AnomalyKind::RetransmitRate => "retransmit_rate",
             AnomalyKind::KernelRepeatRst => "kernel_repeat_rst",
+            AnomalyKind::ConnectAbandoned => "connect_abandoned",
+            AnomalyKind::LocalResetEstablished => "local_reset_established",
         }
     }
 
@@ -70,13 +76,54 @@ impl AnomalyKind {
                 "SYNs unanswered: backend down or firewall dropping SYNs"
             }
             AnomalyKind::ConnectUnreachable => "no route to the backend (ICMP unreachable)",
+            AnomalyKind::ConnectAbandoned => {
+                "the app gave up connecting (its own timeout) while its SYNs went unanswered: \
+                 backend down or firewall dropping SYNs"
+            }
             AnomalyKind::ResetAfterEstablished => {
-                "peer reset an established connection: app crash, idle timeout or LB/proxy reset"
+                "the peer reset established connections (RSTs received): its app aborted or \
+                 crashed, an idle timeout, or an LB/proxy in between reset them"
             }
             AnomalyKind::RetransmitRate => "network loss or middlebox QoS",
             AnomalyKind::KernelRepeatRst => {
                 "the kernel saw repeated resets on the same socket/endpoint/port within 1 s"
             }
+            // The raise picks the hint of the kernel's reason (`local_reset_hint`).
+            AnomalyKind::LocalResetEstablished => {
+                "this host reset established connections (RSTs sent; the kernel gave no reason)"
+            }
+        }
+    }
+
+    /// The hint of a [`AnomalyKind::LocalResetEstablished`] whose RST had kernel reason `cause`:
+    /// who reset whom.
+    pub fn local_reset_hint(cause: ResetCause) -> &'static str {
+        match cause {
+            ResetCause::LocalApp => {
+                "the local application aborted established connections (RSTs sent: close with \
+                 SO_LINGER 0 or with unread data): look at this host's app, not at the peer"
+            }
+            ResetCause::LocalKernel => {
+                "this host's kernel aborted established connections (RSTs sent: keepalive \
+                 timeout, TCP memory or orphan limits)"
+            }
+            ResetCause::PeerSegment => {
+                "this host reset established connections answering segments it could not \
+                 accept: the peer's view of the connection is out of step (stale connection, \
+                 NAT or middlebox timeout)"
+            }
+            ResetCause::Mptcp => "MPTCP on this host reset subflows (RSTs sent)",
+            ResetCause::Unspecified => AnomalyKind::LocalResetEstablished.hint(),
+        }
+    }
+
+    /// What `peak_rate` counts for this kind: `RST/s` (storms), `ratio` (a fraction of 1, shown
+    /// as %), `count` (occurrences per window; the kernel's RST count for its repeat check).
+    pub fn peak_unit(self) -> &'static str {
+        match self {
+            AnomalyKind::RstStorm => "RST/s",
+            AnomalyKind::RstRatio | AnomalyKind::RetransmitRate => "ratio",
+            _ => "count",
         }
     }
 
@@ -100,17 +147,29 @@ impl fmt::Display for AnomalyKind {
 pub enum Scope {
     /// A remote endpoint (its port only when it is a service port).
     Peer(Peer),
-    /// One of our listening ports.
-    LocalPort(u16),
+    /// One of our listening ports, in a network namespace (its cookie; 0: unknown).
+    LocalPort(u64, u16),
     /// One socket, by cookie.
     Socket(u64),
+}
+
+impl Scope {
+    /// The network namespace (cookie) the scope is in; `None` for a socket (its cookie is
+    /// unique across namespaces).
+    pub fn netns(&self) -> Option<u64> {
+        match self {
+            Scope::Peer(p) => Some(p.netns),
+            Scope::LocalPort(netns, _) => Some(*netns),
+            Scope::Socket(_) => None,
+        }
+    }
 }
 
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Scope::Peer(p) => write!(f, "peer {p}"),
-            Scope::LocalPort(p) => write!(f, "local port {p}"),
+            Scope::LocalPort(_, p) => write!(f, "local port {p}"),
             Scope::Socket(c) => write!(f, "socket {c}"),
         }
     }

@@ -28,6 +28,8 @@ pub(super) struct NewAnomaly {
     pub rate: f64,
     pub evidence: Vec<u64>,
     pub detail: String,
+    /// The kind's hint, or one the occurrence chose (who reset whom).
+    pub hint: &'static str,
 }
 
 impl Book {
@@ -64,7 +66,7 @@ impl Book {
             last_ns: new.last_ns,
             peak_rate: new.rate,
             evidence,
-            hint: new.kind.hint(),
+            hint: new.hint,
             detail: new.detail,
         };
         self.push(AnomalyChange::Raised(anomaly.clone()));

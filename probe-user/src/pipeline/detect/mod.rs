@@ -30,8 +30,9 @@
 //! - event kinds, raised by the signal itself when none is active for the (kind, scope),
 //!   cleared after `event_clear_after` [10] windows without a new occurrence:
 //!   [`AnomalyKind::SynRetry`] (SYN retransmit more than `syn_retry_min_ms` [1000] after the
-//!   first SYN), the typed connect failures, [`AnomalyKind::ResetAfterEstablished`] (per peer)
-//!   and [`AnomalyKind::KernelRepeatRst`] (per socket, peer or local port, as the kernel said).
+//!   first SYN), the typed connect failures, [`AnomalyKind::ResetAfterEstablished`] (per peer,
+//!   RSTs received: the peer reset us), [`AnomalyKind::LocalResetEstablished`] (per peer, RSTs
+//!   sent: this host reset the peer, with the kernel reason's meaning and hint) and [`AnomalyKind::KernelRepeatRst`] (per socket, peer or local port, as the kernel said).
 //!
 //! At most one anomaly is active per (kind, scope); its `peak_rate` and evidence (socket
 //! cookies, at most `evidence_len` [16]) grow while it is. Ids increase monotonically.
@@ -53,13 +54,16 @@ use std::time::Duration;
 
 pub use crate::config::DetectConfig;
 use crate::{
-    event::RepeatScope,
-    pipeline::signal::{ConnectFailure, RetransmitKind, RstDirection, Signal},
+    event::{
+        rst_reason::{self, ResetCause},
+        RepeatScope,
+    },
+    pipeline::signal::{ConnectFailure, Peer, RetransmitKind, RstDirection, Signal},
 };
 
 pub use anomaly::{Anomaly, AnomalyChange, AnomalyKind, Scope, WINDOW_NS};
 use book::Book;
-use state::ScopeState;
+use state::{Said, ScopeState};
 use table::ScopeTable;
 
 /// Detector counters.
@@ -110,13 +114,18 @@ impl Detectors {
     pub fn observe(&mut self, s: &Signal) {
         let ts = s.ts_ns();
         self.advance(ts / WINDOW_NS);
+        let open = self.open.unwrap_or_default();
         match s {
             Signal::Connection {
                 peer, local_port, ..
             } => {
-                self.update(Scope::Peer(*peer), |st, cfg, _| st.connection(cfg));
+                self.update(Scope::Peer(*peer), |st, cfg, _| {
+                    st.connection(ts, open, cfg);
+                });
                 if let Some(port) = local_port {
-                    self.update(Scope::LocalPort(*port), |st, cfg, _| st.connection(cfg));
+                    self.update(Scope::LocalPort(peer.netns, *port), |st, cfg, _| {
+                        st.connection(ts, open, cfg);
+                    });
                 }
             }
             Signal::Rst {
@@ -126,21 +135,23 @@ impl Detectors {
                 cookie,
                 reason,
                 after_established,
+                connection_ns,
                 ..
             } => {
-                self.update(Scope::Peer(*peer), |st, cfg, book| {
-                    st.rst(*cookie, cfg, book)
-                });
+                let counted = |st: &mut ScopeState, cfg: &DetectConfig, book: &mut Book| {
+                    st.rst(*cookie, book);
+                    if let Some(c) = connection_ns {
+                        st.flow_reset(*c, open, cfg);
+                    }
+                };
+                self.update(Scope::Peer(*peer), counted);
                 if let Some(port) = local_port {
-                    self.update(Scope::LocalPort(*port), |st, cfg, book| {
-                        st.rst(*cookie, cfg, book)
-                    });
+                    self.update(Scope::LocalPort(peer.netns, *port), counted);
                 }
                 if *after_established {
-                    let detail = reset_detail(*direction, reason.as_deref());
+                    let (kind, said) = reset_said(*direction, *peer, reason.as_deref());
                     self.update(Scope::Peer(*peer), |st, _, book| {
-                        let kind = AnomalyKind::ResetAfterEstablished;
-                        st.event(kind, ts, *cookie, None, detail, book);
+                        st.event(kind, ts, *cookie, None, said, book);
                     });
                 }
             }
@@ -159,7 +170,8 @@ impl Detectors {
                         since_first_syn.as_millis()
                     );
                     self.update(Scope::Peer(*peer), |st, _, book| {
-                        st.event(AnomalyKind::SynRetry, ts, Some(*cookie), None, detail, book);
+                        let kind = AnomalyKind::SynRetry;
+                        st.event(kind, ts, Some(*cookie), None, Said::of(kind, detail), book);
                     });
                 }
             }
@@ -175,11 +187,16 @@ impl Detectors {
                     ConnectFailure::Unreachable => {
                         (AnomalyKind::ConnectUnreachable, "peer unreachable")
                     }
+                    ConnectFailure::Abandoned => (
+                        AnomalyKind::ConnectAbandoned,
+                        "connect abandoned by the app before the kernel timed out",
+                    ),
                     // Resets are raised from the RST itself (reset after established, storms).
                     ConnectFailure::Reset => return,
                 };
                 self.update(Scope::Peer(*peer), |st, _, book| {
-                    st.event(kind, ts, Some(*cookie), None, detail.to_string(), book);
+                    let said = Said::of(kind, detail.to_owned());
+                    st.event(kind, ts, Some(*cookie), None, said, book);
                 });
             }
             Signal::DataSegments {
@@ -196,6 +213,7 @@ impl Detectors {
                 scope,
                 peer,
                 local_port,
+                netns,
                 cookie,
                 count,
                 ..
@@ -203,7 +221,7 @@ impl Detectors {
                 let target = match scope {
                     RepeatScope::Socket => cookie.map(Scope::Socket),
                     RepeatScope::Peer => peer.map(Scope::Peer),
-                    RepeatScope::LocalPort => local_port.map(Scope::LocalPort),
+                    RepeatScope::LocalPort => local_port.map(|p| Scope::LocalPort(*netns, p)),
                 };
                 let Some(target) = target else {
                     self.unscoped += 1;
@@ -213,7 +231,7 @@ impl Detectors {
                 let peak = Some(f64::from(*count));
                 self.update(target, |st, _, book| {
                     let kind = AnomalyKind::KernelRepeatRst;
-                    st.event(kind, ts, *cookie, peak, detail, book);
+                    st.event(kind, ts, *cookie, peak, Said::of(kind, detail), book);
                 });
             }
             // Counted by the exporter; no detector rule uses them (yet).
@@ -291,13 +309,25 @@ impl Detectors {
     }
 }
 
-fn reset_detail(direction: RstDirection, reason: Option<&str>) -> String {
-    let dir = match direction {
-        RstDirection::Sent => "RST sent",
-        RstDirection::Received => "RST received",
-    };
-    match reason {
-        Some(r) => format!("{dir} on an established connection (reason {r})"),
-        None => format!("{dir} on an established connection"),
+/// A reset on an established connection: received, the peer did it; sent, this host did, and
+/// the kernel's reason says whether its application aborted or it answered the peer.
+fn reset_said(direction: RstDirection, peer: Peer, reason: Option<&str>) -> (AnomalyKind, Said) {
+    match direction {
+        RstDirection::Received => {
+            let kind = AnomalyKind::ResetAfterEstablished;
+            let detail = format!("{peer} reset an established connection (RST received)");
+            (kind, Said::of(kind, detail))
+        }
+        RstDirection::Sent => {
+            let kind = AnomalyKind::LocalResetEstablished;
+            let cause = reason
+                .and_then(rst_reason::meaning)
+                .map_or(ResetCause::Unspecified, |m| m.cause);
+            let said = Said {
+                detail: rst_reason::explain_sent(reason, &peer.to_string()),
+                hint: AnomalyKind::local_reset_hint(cause),
+            };
+            (kind, said)
+        }
     }
 }

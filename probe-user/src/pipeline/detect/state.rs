@@ -44,11 +44,87 @@ impl Sliding {
     }
 }
 
+/// (reset flows, connections) of each of the last `len` windows, in a bucket per window
+/// (`window % len`, tagged with the window): a flow's reset is counted in the window its
+/// connection was counted in, so every bucket, and the sums, count resets of flows whose
+/// connection they count (a fraction of the same flows, never above 1).
+pub(super) struct PerWindow {
+    buckets: Box<[Bucket]>,
+    num: u64,
+    den: u64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Bucket {
+    window: u64,
+    num: u32,
+    den: u32,
+}
+
+impl PerWindow {
+    fn new(len: u32) -> Box<PerWindow> {
+        let len = usize::try_from(len.max(1)).unwrap_or(1);
+        Box::new(PerWindow {
+            buckets: vec![Bucket::default(); len].into_boxed_slice(),
+            num: 0,
+            den: 0,
+        })
+    }
+
+    fn len(&self) -> u64 {
+        self.buckets.len() as u64
+    }
+
+    /// Adds to window `w`, one of the last `len` windows up to `open`; false (nothing counted)
+    /// for a window out of that range.
+    fn add(&mut self, w: u64, open: u64, num: u32, den: u32) -> bool {
+        if w > open || w.saturating_add(self.len()) <= open {
+            return false;
+        }
+        let i = usize::try_from(w % self.len()).unwrap_or(0);
+        let Some(b) = self.buckets.get_mut(i) else {
+            return false;
+        };
+        if b.window != w {
+            // The window this bucket held left the range.
+            self.num -= u64::from(b.num);
+            self.den -= u64::from(b.den);
+            *b = Bucket {
+                window: w,
+                num: 0,
+                den: 0,
+            };
+        }
+        b.num = b.num.saturating_add(num);
+        b.den = b.den.saturating_add(den);
+        self.num = self.num.saturating_add(u64::from(num));
+        self.den = self.den.saturating_add(u64::from(den));
+        true
+    }
+
+    /// Window `w` closes: the sums become those of windows `w - len + 1 ..= w` (the bucket
+    /// `w` shares with `w - len` is emptied if `w` counted nothing).
+    fn close(&mut self, w: u64) {
+        let i = usize::try_from(w % self.len()).unwrap_or(0);
+        let len = self.len();
+        if let Some(b) = self.buckets.get_mut(i) {
+            if b.window != w && b.window.saturating_add(len) <= w {
+                self.num -= u64::from(b.num);
+                self.den -= u64::from(b.den);
+                *b = Bucket::default();
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.num == 0 && self.den == 0
+    }
+}
+
 /// The open window's counts.
 #[derive(Clone, Copy, Default)]
 struct Counts {
     rst: u64,
-    conns: u64,
     sent: u64,
     retrans: u64,
 }
@@ -131,6 +207,22 @@ impl KindState {
     }
 }
 
+/// What an occurrence of an event kind says: its measurement and the hint it raises with.
+pub(super) struct Said {
+    pub detail: String,
+    pub hint: &'static str,
+}
+
+impl Said {
+    /// The kind's own hint.
+    pub fn of(kind: AnomalyKind, detail: String) -> Said {
+        Said {
+            detail,
+            hint: kind.hint(),
+        }
+    }
+}
+
 pub(super) struct ScopeState {
     pub scope: Scope,
     counts: Counts,
@@ -138,7 +230,8 @@ pub(super) struct ScopeState {
     baseline: f64,
     /// First window not yet folded into `baseline`.
     baseline_next: u64,
-    rst_conn: Option<Box<Sliding>>,
+    /// Reset flows / connections for the RST ratio.
+    rst_conn: Option<Box<PerWindow>>,
     segments: Option<Box<Sliding>>,
     /// Recent RST cookies: the evidence of a rate anomaly when it is raised.
     cookies: VecDeque<u64>,
@@ -173,21 +266,31 @@ impl ScopeState {
             && self.rst_conn.as_ref().is_none_or(|s| s.is_empty())
             && self.segments.as_ref().is_none_or(|s| s.is_empty())
             && self.counts.rst == 0
-            && self.counts.conns == 0
             && self.counts.sent == 0
             && self.counts.retrans == 0
     }
 
-    pub fn connection(&mut self, cfg: &DetectConfig) {
-        self.counts.conns += 1;
-        self.rst_conn
-            .get_or_insert_with(|| Sliding::new(cfg.rst_ratio_window_secs));
+    /// A connection at `ts_ns`, counted in its window (or the open one `open` when that left
+    /// the ratio's range: its reset will not count either).
+    pub fn connection(&mut self, ts_ns: u64, open: u64, cfg: &DetectConfig) {
+        let ratio = self
+            .rst_conn
+            .get_or_insert_with(|| PerWindow::new(cfg.rst_ratio_window_secs));
+        if !ratio.add(ts_ns / WINDOW_NS, open, 0, 1) {
+            ratio.add(open, open, 0, 1);
+        }
     }
 
-    pub fn rst(&mut self, cookie: Option<u64>, cfg: &DetectConfig, book: &mut Book) {
+    /// The first RST of a flow whose connection (at `connection_ns`) this scope counted.
+    pub fn flow_reset(&mut self, connection_ns: u64, open: u64, cfg: &DetectConfig) {
+        let ratio = self
+            .rst_conn
+            .get_or_insert_with(|| PerWindow::new(cfg.rst_ratio_window_secs));
+        ratio.add(connection_ns / WINDOW_NS, open, 1, 0);
+    }
+
+    pub fn rst(&mut self, cookie: Option<u64>, book: &mut Book) {
         self.counts.rst += 1;
-        self.rst_conn
-            .get_or_insert_with(|| Sliding::new(cfg.rst_ratio_window_secs));
         let Some(cookie) = cookie else {
             return;
         };
@@ -220,9 +323,10 @@ impl ScopeState {
         ts: u64,
         cookie: Option<u64>,
         peak: Option<f64>,
-        detail: String,
+        said: Said,
         book: &mut Book,
     ) {
+        let Said { detail, hint } = said;
         let ks = &mut self.kinds[kind.index()];
         ks.hits = ks.hits.saturating_add(1);
         let rate = peak.unwrap_or(f64::from(ks.hits));
@@ -246,6 +350,7 @@ impl ScopeState {
                     rate,
                     evidence: cookie.into_iter().collect(),
                     detail,
+                    hint,
                 });
                 ks.active = Some(id);
                 ks.below = 0;
@@ -264,21 +369,15 @@ impl ScopeState {
         if !matches!(self.scope, Scope::Socket(_)) {
             self.close_storm(w, start, end, cfg, book);
         }
-        if let Some(mut sliding) = self.rst_conn.take() {
-            sliding.push(self.counts.rst, self.counts.conns);
-            self.close_ratio(&RatioRule::rst(cfg), &sliding, (start, end), cfg, book);
-            self.rst_conn = Some(sliding);
+        if let Some(ratio) = self.rst_conn.as_mut() {
+            ratio.close(w);
+            let sums = (ratio.num, ratio.den);
+            self.close_ratio(&RatioRule::rst(cfg), sums, (start, end), cfg, book);
         }
-        if let Some(mut sliding) = self.segments.take() {
+        if let Some(sliding) = self.segments.as_mut() {
             sliding.push(self.counts.retrans, self.counts.sent);
-            self.close_ratio(
-                &RatioRule::retransmit(cfg),
-                &sliding,
-                (start, end),
-                cfg,
-                book,
-            );
-            self.segments = Some(sliding);
+            let sums = (sliding.num, sliding.den);
+            self.close_ratio(&RatioRule::retransmit(cfg), sums, (start, end), cfg, book);
         }
         for kind in AnomalyKind::ALL.into_iter().filter(|k| k.is_event()) {
             let ks = &mut self.kinds[kind.index()];
@@ -343,12 +442,11 @@ impl ScopeState {
     fn close_ratio(
         &mut self,
         rule: &RatioRule,
-        sliding: &Sliding,
+        (num, den): (u64, u64),
         span: (u64, u64),
         cfg: &DetectConfig,
         book: &mut Book,
     ) {
-        let (num, den) = (sliding.num, sliding.den);
         let enough = den >= rule.min_den;
         let ratio = num as f64 / den.max(1) as f64;
         self.rate_kind(
@@ -392,6 +490,7 @@ impl ScopeState {
                     rate: value,
                     evidence: self.cookies.iter().copied().collect(),
                     detail: detail(),
+                    hint: kind.hint(),
                 });
                 ks.active = Some(id);
                 ks.reported_peak = value;
@@ -439,9 +538,9 @@ impl RatioRule {
             clear: cfg.rst_ratio_clear,
             raise_after: cfg.rst_ratio_raise_after,
             window_secs: cfg.rst_ratio_window_secs,
-            detail: |rsts, conns, secs, ratio| {
+            detail: |reset, conns, secs, ratio| {
                 format!(
-                    "{rsts} RSTs for {conns} connections in {secs} s ({:.1} %)",
+                    "{reset} of {conns} connections reset in {secs} s ({:.1} %)",
                     ratio * 100.0
                 )
             },

@@ -13,6 +13,7 @@ pub(super) fn peer(n: u8) -> Peer {
     Peer {
         addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)),
         port: Some(443),
+        netns: 0,
     }
 }
 
@@ -21,6 +22,7 @@ pub(super) fn client(n: u8) -> Peer {
     Peer {
         addr: IpAddr::V4(Ipv4Addr::new(192, 168, 1, n)),
         port: None,
+        netns: 0,
     }
 }
 
@@ -33,6 +35,21 @@ pub(super) fn rst(ts: u64, peer: Peer, cookie: u64) -> Signal {
         cookie: Some(cookie),
         reason: None,
         after_established: false,
+        connection_ns: None,
+    }
+}
+
+/// The first RST of a flow whose connection was counted at `conn_ts`.
+pub(super) fn reset(ts: u64, peer: Peer, conn_ts: u64) -> Signal {
+    Signal::Rst {
+        ts_ns: ts,
+        direction: RstDirection::Received,
+        peer,
+        local_port: None,
+        cookie: Some(conn_ts),
+        reason: None,
+        after_established: false,
+        connection_ns: Some(conn_ts),
     }
 }
 
@@ -284,6 +301,7 @@ fn rst_storm_per_local_port_in_both_directions_and_new_peaks() {
         cookie: Some(ts),
         reason: Some("NOT_SPECIFIED".into()),
         after_established: false,
+        connection_ns: None,
     };
     // 60 RST/s on port 8080, spread over 60 clients, half sent, half received.
     h.run(3, |sec, out| {
@@ -299,7 +317,7 @@ fn rst_storm_per_local_port_in_both_directions_and_new_peaks() {
     });
     let raised = h.raised();
     assert_eq!(raised.len(), 1, "{raised:?}");
-    assert_eq!(raised[0].1.scope, Scope::LocalPort(8080));
+    assert_eq!(raised[0].1.scope, Scope::LocalPort(0, 8080));
     assert_eq!(raised[0].1.peak_rate, 60.0);
     // The rate doubled: one Updated with the new peak, not one per window.
     let updated = h.updated();
@@ -317,7 +335,7 @@ fn rst_ratio_needs_enough_connections() {
         if sec % 6 == 0 && sec < 114 {
             let ts = T0 + sec * S;
             out.push(conn(ts, a, None));
-            out.push(rst(ts + 1000, a, ts));
+            out.push(reset(ts + 1000, a, ts));
         }
     });
     assert!(h.log.is_empty(), "{:?}", h.log);
@@ -331,7 +349,7 @@ fn rst_ratio_raises_above_five_percent_and_clears_below_half_of_it() {
     h.run(13, |sec, out| {
         for (p, n) in [(a, 10), (b, 25)] {
             out.extend(spread(sec, n).map(|ts| conn(ts, p, None)));
-            out.extend(spread(sec, 1).map(|ts| rst(ts + 3, p, ts + 3)));
+            out.extend(spread(sec, 1).map(|ts| reset(ts + 3, p, ts)));
         }
     });
     let raised = h.raised();
@@ -343,7 +361,7 @@ fn rst_ratio_raises_above_five_percent_and_clears_below_half_of_it() {
     assert_eq!(an.start_ns, T0 + S);
     assert!((an.peak_rate - 0.1).abs() < 1e-9);
     assert_eq!(an.evidence.len(), 3);
-    assert_eq!(an.detail, "3 RSTs for 30 connections in 60 s (10.0 %)");
+    assert_eq!(an.detail, "3 of 30 connections reset in 60 s (10.0 %)");
     // RSTs stop; connections go on: the 13 RSTs fall below 2.5 % of the window's connections.
     h.run(80, |sec, out| {
         out.extend(spread(sec, 10).map(|ts| conn(ts, a, None)));
@@ -374,12 +392,111 @@ fn rst_ratio_per_local_port_across_many_clients() {
             cookie: Some(sec),
             reason: None,
             after_established: false,
+            connection_ns: Some(T0 + sec * S),
         });
     });
     let raised = h.raised();
     assert_eq!(raised.len(), 1, "{raised:?}");
     assert_eq!(raised[0].1.kind, AnomalyKind::RstRatio);
-    assert_eq!(raised[0].1.scope, Scope::LocalPort(8080));
+    assert_eq!(raised[0].1.scope, Scope::LocalPort(0, 8080));
+}
+
+/// The bare-peer scope: RSTs without a socket (a closed port answering), a flow's
+/// second and third RSTs and resets of connections counted before the window all add RST
+/// packets, not reset flows: the ratio stays a fraction of the same flows, 100 % at most.
+#[test]
+fn rst_ratio_counts_reset_flows_of_its_own_connections_never_above_one() {
+    let a = client(9);
+    let mut h = Harness::new(DetectConfig::default());
+    // A long-lived connection, reset 70 s later (its connection left the 60 s window).
+    h.run(1, |_, out| out.push(conn(T0 + 10, a, None)));
+    h.run(69, |_, _| {});
+    h.run(10, |sec, out| {
+        if sec == 70 {
+            out.push(reset(T0 + sec * S + 5, a, T0 + 10));
+        }
+        for ts in spread(sec, 10) {
+            out.push(conn(ts, a, None));
+            // Every flow reset, three RSTs each; 40 RSTs without a socket besides.
+            out.push(reset(ts + 1, a, ts));
+            out.push(rst(ts + 2, a, ts));
+            out.push(rst(ts + 3, a, ts));
+        }
+        out.extend(spread(sec, 40).map(|ts| Signal::Rst {
+            ts_ns: ts + 4,
+            direction: RstDirection::Sent,
+            peer: a,
+            local_port: None,
+            cookie: None,
+            reason: Some("NO_SOCKET".into()),
+            after_established: false,
+            connection_ns: None,
+        }));
+    });
+    let ratio: Vec<&Anomaly> = h
+        .raised()
+        .into_iter()
+        .chain(h.updated())
+        .map(|(_, an)| an)
+        .filter(|an| an.kind == AnomalyKind::RstRatio)
+        .collect();
+    assert_eq!(ratio.len(), 1, "{ratio:?}");
+    for an in &ratio {
+        assert!((an.peak_rate - 1.0).abs() < 1e-9, "{an:?}");
+        assert!(an.detail.contains(" of "), "{}", an.detail);
+    }
+    for (_, an) in h.log.iter().map(|(s, c)| (s, c.anomaly())) {
+        if an.kind == AnomalyKind::RstRatio {
+            assert!(an.peak_rate <= 1.0, "{an:?}");
+        }
+    }
+    // Raised after two windows over the 20-connection minimum.
+    assert_eq!(
+        ratio[0].detail,
+        "30 of 30 connections reset in 60 s (100.0 %)"
+    );
+}
+
+/// Any mix of connections, resets and stray RSTs: no ratio above 1.
+#[test]
+fn rst_ratio_never_exceeds_one_over_random_traffic() {
+    let mut h = Harness::new(DetectConfig {
+        rst_ratio_window_secs: 5,
+        ..DetectConfig::default()
+    });
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut open: Vec<u64> = Vec::new();
+    h.run(300, |sec, out| {
+        for ts in spread(sec, next() % 60) {
+            match next() % 4 {
+                0 | 1 => {
+                    out.push(conn(ts, client(1), Some(80)));
+                    open.push(ts);
+                }
+                2 if !open.is_empty() => {
+                    let i = usize::try_from(next() % open.len() as u64).unwrap_or(0);
+                    let c = open.swap_remove(i);
+                    out.push(reset(ts, client(1), c));
+                }
+                _ => out.push(rst(ts, client(1), ts)),
+            }
+        }
+    });
+    let ratios: Vec<f64> = h
+        .log
+        .iter()
+        .map(|(_, c)| c.anomaly())
+        .filter(|an| an.kind == AnomalyKind::RstRatio)
+        .map(|an| an.peak_rate)
+        .collect();
+    assert!(!ratios.is_empty(), "the traffic raises a ratio");
+    assert!(ratios.iter().all(|r| *r <= 1.0), "{ratios:?}");
 }
 
 #[test]

@@ -38,6 +38,7 @@ fn repeat(ts: u64, scope: RepeatScope, cookie: Option<u64>, count: u32) -> Signa
         scope,
         peer: Some(peer(9)),
         local_port: Some(8080),
+        netns: 0,
         cookie,
         count,
     }
@@ -140,8 +141,9 @@ fn reset_after_established_is_per_peer() {
             peer: client(7),
             local_port: Some(8080),
             cookie: Some(2),
-            reason: Some("TCP_ABORT_ON_DATA".into()),
+            reason: None,
             after_established: true,
+            connection_ns: None,
         });
     });
     let raised = h.raised();
@@ -154,9 +156,70 @@ fn reset_after_established_is_per_peer() {
     assert_eq!(an.evidence, vec![2]);
     assert_eq!(
         an.detail,
-        "RST received on an established connection (reason TCP_ABORT_ON_DATA)"
+        format!(
+            "{} reset an established connection (RST received)",
+            client(7)
+        )
     );
-    assert!(an.hint.starts_with("peer reset an established connection"));
+    assert!(an
+        .hint
+        .starts_with("the peer reset established connections"));
+}
+
+/// An RST this host sent on an established connection is this host's doing: a kind of its
+/// own, and the hint follows the kernel's reason (the local app aborted, or the kernel answered
+/// the peer's segment), never "the peer reset".
+#[test]
+fn reset_sent_says_who_reset_whom() {
+    let mut h = Harness::new(DetectConfig::default());
+    let sent = |ts, n: u8, cookie, reason: &str| Signal::Rst {
+        ts_ns: ts,
+        direction: RstDirection::Sent,
+        peer: client(n),
+        local_port: Some(8080),
+        cookie: Some(cookie),
+        reason: Some(reason.into()),
+        after_established: true,
+        connection_ns: None,
+    };
+    h.run(1, |_, out| {
+        out.push(sent(T0 + 1, 7, 1, "TCP_STATE"));
+        out.push(sent(T0 + 2, 8, 2, "TCP_INVALID_ACK_SEQUENCE"));
+        out.push(sent(T0 + 3, 9, 3, "SOMETHING_NEWER"));
+    });
+    let raised = h.raised();
+    assert_eq!(raised.len(), 3);
+    for (_, an) in &raised {
+        assert_eq!(an.kind, AnomalyKind::LocalResetEstablished);
+        assert!(!an.hint.contains("peer reset"), "{}", an.hint);
+    }
+    let by_peer = |n| {
+        raised
+            .iter()
+            .map(|(_, a)| *a)
+            .find(|a| a.scope == Scope::Peer(client(n)))
+            .expect("raised")
+    };
+    let abort = by_peer(7);
+    assert!(
+        abort.hint.starts_with("the local application aborted"),
+        "{}",
+        abort.hint
+    );
+    assert_eq!(
+        abort.detail,
+        format!(
+            "the local application aborted the connection to {} (kernel reason TCP_STATE: close \
+             with SO_LINGER 0, or disconnect)",
+            client(7)
+        )
+    );
+    assert!(by_peer(8)
+        .hint
+        .contains("answering segments it could not accept"));
+    assert!(by_peer(9)
+        .detail
+        .ends_with("(kernel reason SOMETHING_NEWER)"));
 }
 
 #[test]
@@ -204,7 +267,7 @@ fn kernel_repeat_rst_raises_at_once_per_scope() {
         vec![
             (AnomalyKind::KernelRepeatRst, Scope::Socket(77)),
             (AnomalyKind::KernelRepeatRst, Scope::Peer(peer(9))),
-            (AnomalyKind::KernelRepeatRst, Scope::LocalPort(8080)),
+            (AnomalyKind::KernelRepeatRst, Scope::LocalPort(0, 8080)),
         ]
     );
     assert_eq!(raised[1].1.peak_rate, 10.0);

@@ -6,7 +6,10 @@ use std::{net::SocketAddr, num::NonZeroU64};
 use probe_common::{role, CloseClass, EventKind};
 
 use super::timeline::{Note, Timeline, TimelineEntry};
-use crate::event::{Detail, Event, FlowCounts, Process, Role, SockStats, TcpState};
+use crate::{
+    event::{Detail, Event, FlowCounts, Process, Role, SockStats, TcpState},
+    pipeline::signal::ConnectFailure,
+};
 
 /// A flow's identity: socket cookies are unique per boot; the netns cookie tells namespaces
 /// apart in what the table shows.
@@ -23,9 +26,12 @@ pub enum CloseCause {
     Fin,
     RstReceived,
     RstSent,
+    /// The kernel gave up (ETIMEDOUT: SYN retries exhausted).
     Timeout,
     Refused,
     Unreachable,
+    /// The app closed the socket while connecting (no socket error): its own timeout.
+    Abandoned,
 }
 
 impl CloseCause {
@@ -38,7 +44,54 @@ impl CloseCause {
             CloseCause::Timeout => "timeout",
             CloseCause::Refused => "refused",
             CloseCause::Unreachable => "unreachable",
+            CloseCause::Abandoned => "abandoned",
         }
+    }
+}
+
+impl CloseCause {
+    /// What `connect_failures_total{cause}` counts this close as, and what `--failed` keeps:
+    /// one vocabulary. Every close but a FIN is a failure: a connect that did not connect
+    /// (refused, timeout, unreachable, abandoned) or a connection ended by an RST (reset).
+    pub fn failure(self) -> Option<ConnectFailure> {
+        match self {
+            CloseCause::Refused => Some(ConnectFailure::Refused),
+            CloseCause::Timeout => Some(ConnectFailure::Timeout),
+            CloseCause::Unreachable => Some(ConnectFailure::Unreachable),
+            CloseCause::Abandoned => Some(ConnectFailure::Abandoned),
+            CloseCause::RstReceived | CloseCause::RstSent => Some(ConnectFailure::Reset),
+            CloseCause::Fin => None,
+        }
+    }
+
+    /// The close cause a flow's end record says, from its own state (`watch` has no flow
+    /// table): the classification the kernel and [`Flow`] use.
+    pub fn of_end(ev: &Event) -> Option<CloseCause> {
+        let (Detail::FlowEnd { .. }, Some(flow)) = (&ev.detail, &ev.flow) else {
+            return None;
+        };
+        let role = match flow.role {
+            Some(Role::Client) => role::CLIENT,
+            Some(Role::Server) => role::SERVER,
+            None => role::UNKNOWN,
+        };
+        let established = flow.established_ns.is_some();
+        // An unreadable `sk_err` of a connect without an RST: a timeout, as `classify` says.
+        let unread = if established || flow.counts.rst_received > 0 {
+            0
+        } else {
+            probe_common::kernel::errno::ETIMEDOUT
+        };
+        Some(
+            CloseClass::of(
+                role,
+                established,
+                ev.sk_err.unwrap_or(unread),
+                flow.counts.rst_sent,
+                flow.counts.rst_received,
+            )
+            .into(),
+        )
     }
 }
 
@@ -51,6 +104,7 @@ impl From<CloseClass> for CloseCause {
             CloseClass::Refused => CloseCause::Refused,
             CloseClass::Timeout => CloseCause::Timeout,
             CloseClass::Unreachable => CloseCause::Unreachable,
+            CloseClass::Abandoned => CloseCause::Abandoned,
         }
     }
 }
@@ -92,6 +146,8 @@ pub struct Flow {
     pub state: TcpState,
     pub established: bool,
     pub close: Option<CloseCause>,
+    /// The state the flow left for CLOSE.
+    pub close_from: Option<TcpState>,
     /// When the flow ended (kernel clock, never 0 once set).
     pub closed_ns: Option<NonZeroU64>,
     /// The kernel's `sk_err` at the flow's end.
@@ -102,6 +158,8 @@ pub struct Flow {
     pub(super) accounted: FlowCounts,
     /// The connection signal was given (once per flow).
     pub(super) connection_counted: bool,
+    /// The flow was counted as reset for the RST ratio (its first RST after its connection).
+    pub(super) reset_counted: bool,
     pub(super) handshake_counted: bool,
     /// Last socket counters reported as a `DataSegments` signal.
     pub(super) reported_segs_out: u32,
@@ -136,12 +194,14 @@ impl Flow {
             state: TcpState(0),
             established: false,
             close: None,
+            close_from: None,
             closed_ns: None,
             close_sk_err: None,
             last_seen_ns: ts_ns,
             timeline: Timeline::default(),
             accounted: FlowCounts::default(),
             connection_counted: false,
+            reset_counted: false,
             handshake_counted: false,
             reported_segs_out: 0,
             reported_retrans: 0,
@@ -171,6 +231,41 @@ impl Flow {
         c.bytes_acked = c.bytes_acked.max(s.bytes_acked);
     }
 
+    /// Payload bytes (sent and acknowledged, received), without the sequence space the
+    /// kernel's counters also hold: `bytes_acked` counts a client's SYN once it is acknowledged
+    /// and this end's FIN once acknowledged; `bytes_received` counts the peer's FIN. (So curl's
+    /// 78-byte request read 80 sent on its side and 79 received on the server's.) A flow that
+    /// left FIN_WAIT2 by the FIN timeout, without the peer's FIN, reads one byte short.
+    pub fn payload(&self) -> (u64, u64) {
+        use TcpState as S;
+        let syn_acked = self.role == Some(Role::Client) && self.established;
+        let (our_fin_acked, peer_fin) = match self.close_from {
+            // Left for CLOSE from: FIN_WAIT2 (our FIN acked, the peer's in: time-wait),
+            // CLOSING and LAST_ACK (the ACK of our FIN, after the peer's), CLOSE_WAIT (an
+            // abort after the peer's FIN).
+            Some(from) => (
+                matches!(from, S::FIN_WAIT2 | S::CLOSING | S::LAST_ACK),
+                matches!(
+                    from,
+                    S::FIN_WAIT2 | S::CLOSING | S::LAST_ACK | S::CLOSE_WAIT
+                ),
+            ),
+            None => (
+                matches!(self.state, S::FIN_WAIT2 | S::TIME_WAIT),
+                matches!(
+                    self.state,
+                    S::CLOSE_WAIT | S::LAST_ACK | S::CLOSING | S::TIME_WAIT
+                ),
+            ),
+        };
+        let c = &self.counters;
+        (
+            c.bytes_acked
+                .saturating_sub(u64::from(syn_acked) + u64::from(our_fin_acked)),
+            c.bytes_received.saturating_sub(u64::from(peer_fin)),
+        )
+    }
+
     /// When the first SYN went out: a client's start (connect()), unless first seen late.
     pub fn first_syn_ns(&self) -> Option<u64> {
         (self.role == Some(Role::Client) && !self.preexisting).then_some(self.start_ns)
@@ -188,10 +283,17 @@ impl Flow {
     /// The close cause from what the flow knows now (the kernel decides a lost FlowEnd's the
     /// same way).
     pub(super) fn classify(&self) -> CloseCause {
+        // Where the kernel's `sk_err` cannot be read, a connect that ended without an RST is
+        // taken for a timeout, as before the app's own close could be told apart.
+        let unread = if self.rst_received > 0 {
+            0
+        } else {
+            probe_common::kernel::errno::ETIMEDOUT
+        };
         CloseClass::of(
             self.kernel_role(),
             self.established,
-            self.close_sk_err.unwrap_or(0),
+            self.close_sk_err.unwrap_or(unread),
             self.rst_sent,
             self.rst_received,
         )
@@ -282,6 +384,7 @@ impl Flow {
         let note = match &ev.detail {
             Detail::FlowEnd { from } => {
                 self.state = TcpState::CLOSE;
+                self.close_from = Some(*from);
                 self.close_sk_err = ev.sk_err;
                 if self.close.is_none() {
                     self.closed_ns = NonZeroU64::new(ts);
@@ -362,6 +465,13 @@ impl Flow {
                 return;
             }
         };
+        // A record names the state the socket is in (a SYN retransmit: SYN_SENT): an open flow
+        // first learnt from it is not UNKNOWN until the next open-flow pass.
+        if let Some(s) = state.filter(|s| s.0 != 0 && *s != TcpState::CLOSE) {
+            if self.close.is_none() {
+                self.state = s;
+            }
+        }
         self.push(
             TimelineEntry {
                 offset_ns: ts.saturating_sub(self.start_ns),

@@ -16,6 +16,7 @@ mod timeline;
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 pub use flow::{CloseCause, Flow, FlowKey};
+pub use signals::scope;
 pub use timeline::{Timeline, TimelineEntry};
 
 use crate::{
@@ -253,6 +254,43 @@ impl FlowTable {
         let close_changed = just_closed || (cause_before.is_some() && flow.close != cause_before);
         signals::from_flow(flow, ev, reasons, close_changed, out);
         self.refile(slot, just_closed);
+    }
+
+    /// The flow of `ev` when it is an accepted socket without an owner (its listener predates
+    /// the daemon, so the kernel had no owner to give it): its key and local port.
+    pub fn needs_listener_owner(&self, ev: &Event) -> Option<(FlowKey, u16)> {
+        let key = FlowKey {
+            netns: ev.netns_cookie.unwrap_or(0),
+            cookie: ev.cookie?,
+        };
+        let f = &self.slots[self.slot_of(&key)? as usize].flow;
+        let wanted = f.role == Some(crate::event::Role::Server)
+            && f.process.is_none()
+            && !f.preexisting
+            && f.local.port() != 0;
+        wanted.then_some((key, f.local.port()))
+    }
+
+    /// The process owning the flow of `ev`, where known.
+    pub fn process_of(&self, ev: &Event) -> Option<&crate::event::Process> {
+        let key = FlowKey {
+            netns: ev.netns_cookie.unwrap_or(0),
+            cookie: ev.cookie?,
+        };
+        self.slots[self.slot_of(&key)? as usize]
+            .flow
+            .process
+            .as_ref()
+    }
+
+    /// Gives the flow `key` its listener's owner (see [`FlowTable::needs_listener_owner`]).
+    pub fn adopt_owner(&mut self, key: &FlowKey, process: crate::event::Process) {
+        if let Some(slot) = self.slot_of(key) {
+            self.slots[slot as usize]
+                .flow
+                .process
+                .get_or_insert(process);
+        }
     }
 
     /// A socket that existed before the daemon started.

@@ -7,17 +7,18 @@ use super::flow::{CloseCause, Flow};
 use crate::{
     event::rst_reason::ReasonNames,
     event::{Detail, Event, FlowCounts, RepeatScope, Role, SockStats, TcpState},
-    pipeline::signal::{ConnectFailure, Peer, RetransmitKind, RstDirection, Signal},
+    pipeline::signal::{Peer, RetransmitKind, RstDirection, Signal},
 };
 
 /// Scope of a flow's peer: a client's peer keeps its service port; a server's peer is the
 /// address alone and the scope also names our listening port.
-fn scope(flow: &Flow) -> (Peer, Option<u16>) {
+pub fn scope(flow: &Flow) -> (Peer, Option<u16>) {
     match flow.role {
         Some(Role::Client) => (
             Peer {
                 addr: flow.remote.ip(),
                 port: Some(flow.remote.port()),
+                netns: flow.key.netns,
             },
             None,
         ),
@@ -25,6 +26,7 @@ fn scope(flow: &Flow) -> (Peer, Option<u16>) {
             Peer {
                 addr: flow.remote.ip(),
                 port: None,
+                netns: flow.key.netns,
             },
             Some(flow.local.port()),
         ),
@@ -32,6 +34,7 @@ fn scope(flow: &Flow) -> (Peer, Option<u16>) {
             Peer {
                 addr: flow.remote.ip(),
                 port: None,
+                netns: flow.key.netns,
             },
             None,
         ),
@@ -73,6 +76,7 @@ pub fn from_flow(
     let cookie = flow.key.cookie;
     let (peer, local_port) = scope(flow);
     connection(flow, peer, local_port, out);
+    let first_fact = out.len();
     match ev.flow {
         Some(snapshot) => {
             let new = snapshot.counts.since(&flow.accounted);
@@ -80,6 +84,9 @@ pub fn from_flow(
             facts(flow, ev, &new, reasons, out);
         }
         None => bare_fact(flow, ev, reasons, out),
+    }
+    if let Some(facts) = out.get_mut(first_fact..) {
+        mark_first_reset(flow, facts);
     }
     if let Some(stats) = &ev.stats {
         data_segments(flow, ts_ns, stats, out);
@@ -95,19 +102,14 @@ pub fn from_flow(
             scope: *s,
             peer: Some(peer),
             local_port: local_port.or(Some(ev.local.port())),
+            netns: peer.netns,
             cookie: Some(cookie),
             count: *count,
         }),
         _ => {}
     }
     if close_changed {
-        let cause = match flow.close {
-            Some(CloseCause::Refused) => Some(ConnectFailure::Refused),
-            Some(CloseCause::Timeout) => Some(ConnectFailure::Timeout),
-            Some(CloseCause::Unreachable) => Some(ConnectFailure::Unreachable),
-            Some(CloseCause::RstReceived | CloseCause::RstSent) => Some(ConnectFailure::Reset),
-            Some(CloseCause::Fin) | None => None,
-        };
+        let cause = flow.close.and_then(CloseCause::failure);
         if let Some(cause) = cause {
             out.push(Signal::ConnectFailed {
                 ts_ns,
@@ -118,6 +120,21 @@ pub fn from_flow(
                 cause,
             });
         }
+    }
+}
+
+/// The first RST of a flow whose connection was counted carries that connection's time: the
+/// RST ratio counts the flow as reset once, against the window its connection is in, so the
+/// ratio is of the same flows (never above 100 %).
+fn mark_first_reset(flow: &mut Flow, facts: &mut [Signal]) {
+    if !flow.connection_counted || flow.reset_counted {
+        return;
+    }
+    if let Some(Signal::Rst { connection_ns, .. }) =
+        facts.iter_mut().find(|s| matches!(s, Signal::Rst { .. }))
+    {
+        *connection_ns = Some(flow.start_ns);
+        flow.reset_counted = true;
     }
 }
 
@@ -181,6 +198,7 @@ fn facts(flow: &Flow, ev: &Event, new: &FlowCounts, reasons: &ReasonNames, out: 
         cookie,
         reason: reason_name(reason, reasons),
         after_established: flow.established,
+        connection_ns: None,
     };
     let retransmit = |kind| Signal::Retransmit {
         ts_ns,
@@ -222,6 +240,7 @@ fn bare_fact(flow: &Flow, ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signa
             cookie,
             reason: reason_name(*reason, reasons),
             after_established: flow.established,
+            connection_ns: None,
         },
         Detail::RstReceived { .. } => Signal::Rst {
             ts_ns,
@@ -231,6 +250,7 @@ fn bare_fact(flow: &Flow, ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signa
             cookie,
             reason: None,
             after_established: flow.established,
+            connection_ns: None,
         },
         Detail::Retransmit { state, err } => Signal::Retransmit {
             ts_ns,
@@ -278,6 +298,7 @@ pub fn socketless(ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
     let peer = Peer {
         addr: ev.remote.ip(),
         port: None,
+        netns: ev.netns_cookie.unwrap_or(0),
     };
     let local_port = Some(ev.local.port());
     match &ev.detail {
@@ -289,6 +310,7 @@ pub fn socketless(ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
             cookie: ev.cookie,
             reason: reason_name(*reason, reasons),
             after_established: false,
+            connection_ns: None,
         }),
         Detail::RstReceived { .. } => out.push(Signal::Rst {
             ts_ns: ev.ts_ns,
@@ -298,6 +320,7 @@ pub fn socketless(ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
             cookie: ev.cookie,
             reason: None,
             after_established: false,
+            connection_ns: None,
         }),
         Detail::Retransmit { state, err } => out.push(Signal::Retransmit {
             ts_ns: ev.ts_ns,
@@ -322,6 +345,7 @@ pub fn socketless(ev: &Event, reasons: &ReasonNames, out: &mut Vec<Signal>) {
             scope: *scope,
             peer: (*scope == RepeatScope::Peer).then_some(peer),
             local_port,
+            netns: peer.netns,
             cookie: ev.cookie,
             count: *count,
         }),

@@ -208,15 +208,14 @@ fn refused_and_timed_out_connects_are_typed() {
             rst_received: rst,
             ..FlowCounts::default()
         };
-        let signals = run(
-            &mut t,
-            &[
-                syn_retransmit(START + 1_500_000_000, 1),
-                end(START + 1_700_000_000, 2, sk_err, None, counts),
-            ],
-        );
+        let last = end(START + 1_700_000_000, 2, sk_err, None, counts);
+        // `watch` classifies the end record alone, as the table does.
+        assert_eq!(CloseCause::of_end(&last), Some(want), "{sk_err}");
+        let signals = run(&mut t, &[syn_retransmit(START + 1_500_000_000, 1), last]);
         let f = t.get(&key(CLIENT)).unwrap();
         assert_eq!(f.close, Some(want), "{sk_err}");
+        // `--failed` and connect_failures_total: one vocabulary.
+        assert_eq!(want.failure(), Some(cause));
         assert_eq!(f.syn_retransmits, 1);
         assert_eq!(f.syn_retransmit_intervals_ms(), [1500]);
         assert_eq!(
@@ -253,6 +252,29 @@ fn refused_and_timed_out_connects_are_typed() {
             Some(CloseClass::of(probe_common::role::CLIENT, false, sk_err, 0, rst).into())
         );
     }
+}
+
+/// Every close but a FIN is a failure `--failed` lists and connect_failures_total counts;
+/// a reset is `cause="reset"` whichever side sent it.
+#[test]
+fn failures_have_one_vocabulary() {
+    for (close, cause) in [
+        (CloseCause::RstReceived, Some(ConnectFailure::Reset)),
+        (CloseCause::RstSent, Some(ConnectFailure::Reset)),
+        (CloseCause::Abandoned, Some(ConnectFailure::Abandoned)),
+        (CloseCause::Fin, None),
+    ] {
+        assert_eq!(close.failure(), cause, "{}", close.name());
+    }
+    let established = Some(START + 1_000);
+    let reset = FlowCounts {
+        rst_received: 1,
+        ..FlowCounts::default()
+    };
+    let quiet = FlowCounts::default();
+    let of = |counts| CloseCause::of_end(&end(START + 2_000, 1, 0, established, counts));
+    assert_eq!(of(reset), Some(CloseCause::RstReceived));
+    assert_eq!(of(quiet), Some(CloseCause::Fin));
 }
 
 #[test]

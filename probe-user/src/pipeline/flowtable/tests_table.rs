@@ -267,3 +267,82 @@ fn measure_memory_per_flow() {
         std::mem::size_of::<TimelineEntry>()
     );
 }
+
+#[test]
+fn a_connect_first_seen_by_its_syn_retransmit_is_syn_sent_with_its_owner() {
+    let mut t = FlowTable::new(FlowConfig::default());
+    run(&mut t, &[syn_retransmit(START + 1_000_000_000, 1)]);
+    let f = t.get(&key(CLIENT)).unwrap();
+    assert_eq!(f.state, TcpState::SYN_SENT);
+    assert_eq!(
+        f.process.as_ref().map(|p| p.comm.as_str().into_owned()),
+        Some("psql".into())
+    );
+    // Its close is not undone by a later record naming an open state.
+    run(
+        &mut t,
+        &[
+            end(START + 2_000_000_000, 2, 110, None, FlowCounts::default()),
+            syn_retransmit(START + 2_100_000_000, 1),
+        ],
+    );
+    assert_eq!(t.get(&key(CLIENT)).unwrap().state, TcpState::CLOSE);
+}
+
+#[test]
+fn payload_bytes_leave_out_the_syn_and_fins_the_kernel_counts() {
+    // curl's 78-byte request, a 1106-byte response (measured: bytes_acked 80 on curl's side,
+    // bytes_received 79 on the server's, 1107 both ways for the response).
+    let mut t = FlowTable::new(FlowConfig::default());
+    let mut client = end(
+        START + 5_000_000,
+        crate::event::TcpState::FIN_WAIT2.0,
+        0,
+        Some(START + 100_000),
+        FlowCounts::default(),
+    );
+    client.stats = Some(crate::event::SockStats {
+        bytes_acked: 80,
+        bytes_received: 1107,
+        ..crate::event::SockStats::default()
+    });
+    run(&mut t, &[client]);
+    assert_eq!(t.get(&key(CLIENT)).unwrap().payload(), (78, 1106));
+
+    let mut server = end(
+        START + 5_000_000,
+        crate::event::TcpState::LAST_ACK.0,
+        0,
+        Some(START + 100_000),
+        FlowCounts::default(),
+    );
+    server.cookie = Some(8);
+    if let Some(f) = server.flow.as_mut() {
+        f.role = Some(crate::event::Role::Server);
+    }
+    server.stats = Some(crate::event::SockStats {
+        bytes_acked: 1107,
+        bytes_received: 79,
+        ..crate::event::SockStats::default()
+    });
+    run(&mut t, &[server]);
+    assert_eq!(t.get(&key(8)).unwrap().payload(), (1106, 78));
+
+    // Open and established: only the client's SYN is in its count.
+    let mut open = rec(
+        START + 1_000_000,
+        Detail::Open {
+            state: crate::event::TcpState::ESTABLISHED,
+        },
+        Some(START + 100_000),
+        FlowCounts::default(),
+    );
+    open.cookie = Some(9);
+    open.stats = Some(crate::event::SockStats {
+        bytes_acked: 11,
+        bytes_received: 20,
+        ..crate::event::SockStats::default()
+    });
+    run(&mut t, &[open]);
+    assert_eq!(t.get(&key(9)).unwrap().payload(), (10, 20));
+}

@@ -112,7 +112,9 @@ impl Metrics {
 
     /// A peer's port is kept only when it is a service port: a port from the ephemeral range
     /// (a server bound to port 0, or a client port seen from a socketless event) is dropped.
+    /// Labels do not name network namespaces: a peer's series sums its namespaces.
     fn normalise(&self, mut peer: Peer) -> Peer {
+        peer.netns = 0;
         if peer.port.is_some_and(|p| self.ephemeral.contains(&p)) {
             peer.port = None;
         }
@@ -242,7 +244,7 @@ impl Metrics {
                 };
                 ("peer", Some(label), None)
             }
-            Scope::LocalPort(p) => {
+            Scope::LocalPort(_, p) => {
                 let label = if self.ephemeral.contains(p) {
                     PortLabel::Ephemeral
                 } else if self.ports.is_admitted(p) {

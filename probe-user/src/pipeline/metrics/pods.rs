@@ -49,6 +49,7 @@ fn event_name(s: &Signal) -> Option<&'static str> {
             ConnectFailure::Refused => "connect_refused",
             ConnectFailure::Timeout => "connect_timeout",
             ConnectFailure::Unreachable => "connect_unreachable",
+            ConnectFailure::Abandoned => "connect_abandoned",
             ConnectFailure::Reset => "connection_reset",
         },
         _ => return None,
@@ -180,6 +181,7 @@ mod tests {
             peer: Peer {
                 addr: "10.0.0.1".parse().unwrap(),
                 port: Some(80),
+                netns: 0,
             },
             local_port: None,
             cookie: 1,

@@ -216,11 +216,13 @@ mod tests {
         let p = Peer {
             addr: "10.0.0.5".parse().unwrap(),
             port: Some(443),
+            netns: 0,
         };
         assert_eq!(PeerLabel::Peer(p).to_string(), "10.0.0.5:443");
         let v6 = Peer {
             addr: "fd00::1".parse().unwrap(),
             port: Some(80),
+            netns: 0,
         };
         assert_eq!(PeerLabel::Peer(v6).to_string(), "[fd00::1]:80");
         assert_eq!(PeerLabel::Other.to_string(), "other");

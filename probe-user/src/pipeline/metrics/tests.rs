@@ -24,6 +24,7 @@ fn client_peer(i: u32) -> Peer {
     Peer {
         addr: ip(i),
         port: Some(443),
+        netns: 0,
     }
 }
 
@@ -34,11 +35,13 @@ fn rst(i: u32, reason: &str) -> Signal {
         peer: Peer {
             addr: ip(i),
             port: None,
+            netns: 0,
         },
         local_port: Some(8080),
         cookie: None,
         reason: Some(reason.into()),
         after_established: false,
+        connection_ns: None,
     }
 }
 
@@ -147,6 +150,7 @@ fn ten_thousand_peers_stay_under_the_cap_and_sums_stay_exact() {
             cookie: Some(1),
             reason: None,
             after_established: false,
+            connection_ns: None,
         });
         m.observe(&Signal::Retransmit {
             ts_ns: 1,

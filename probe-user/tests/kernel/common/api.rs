@@ -22,7 +22,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts the daemon scoped to `netns` with a fresh run dir, and waits for its socket.
+    /// Starts the daemon scoped to `netns` (empty: the whole host, other traffic of the
+    /// machine included) with a fresh run dir, and waits for its socket.
     pub fn start(netns: &str, tag: &str, extra: &[&str]) -> Daemon {
         let run_dir = RunDir::create(&format!("lpt-{tag}")).expect("run dir");
         let tracer = Tracer::start_daemon_with(netns, run_dir.as_str(), extra);

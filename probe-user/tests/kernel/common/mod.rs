@@ -7,6 +7,7 @@
 pub mod api;
 pub mod netns;
 pub mod prometheus;
+pub mod proxy;
 pub mod tracer;
 pub mod workload;
 

@@ -232,15 +232,11 @@ impl Tracer {
     /// (tests run in parallel and must not compete for the default port).
     pub fn start_daemon_with(netns: &str, run_dir: &str, extra: &[&str]) -> Tracer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_linkprobe"));
-        cmd.args([
-            "daemon",
-            "--run-dir",
-            run_dir,
-            "-o",
-            "json",
-            "--netns",
-            netns,
-        ]);
+        cmd.args(["daemon", "--run-dir", run_dir, "-o", "json"]);
+        // No namespace: the whole host (a test that watches several namespaces of its own).
+        if !netns.is_empty() {
+            cmd.args(["--netns", netns]);
+        }
         for (flag, default) in TEST_DEFAULTS.into_iter().chain([("--metrics-addr", "off")]) {
             if !extra.contains(&flag) {
                 cmd.args([flag, default]);

@@ -116,8 +116,10 @@ fn connecting_sockets_are_listed_syn_sent_with_their_owner_from_connect_on() {
     let took = started.elapsed();
     // Before the first SYN retransmit (1 s after connect()) no record of these flows can have
     // reached the daemon: what it lists, it learnt from the kernel's flow state. (A host too
-    // slow to ask within that second still checks the rest.)
+    // slow to ask within that second still checks the rest; each row also carries the
+    // kernel's own retransmit count, which says whether that row was listed before one.)
     let early = took < Duration::from_millis(950);
+    let mut before_any_retransmit = 0;
     let ports = syn_sent_ports(&ns.name);
     for (what, got) in [
         ("--state SYN_SENT", &syn_sent),
@@ -148,7 +150,10 @@ fn connecting_sockets_are_listed_syn_sent_with_their_owner_from_connect_on() {
                 ports.contains(&port),
                 "{what}: {f:#} not among ss's {ports:?}"
             );
-            if early {
+            // Listed while the kernel's own count says no SYN was retransmitted yet: no
+            // record about the flow can have reached the daemon but its connect's state.
+            if f["counters"]["total_retrans"] == 0 {
+                before_any_retransmit += 1;
                 assert_eq!(
                     f["syn_retransmits"], 0,
                     "{what}: before the first retransmit"
@@ -173,7 +178,9 @@ fn connecting_sockets_are_listed_syn_sent_with_their_owner_from_connect_on() {
             .as_object()
             .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
     };
-    if early {
+    eprintln!("== {before_any_retransmit} of 6 rows listed before the kernel retransmitted a SYN");
+    // (Under emulation the guest's timers can run ahead of its clock: `early` is not enough.)
+    if early && before_any_retransmit == 6 {
         assert_eq!(
             records(&status),
             records(&before_counters),

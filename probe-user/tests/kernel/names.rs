@@ -120,6 +120,46 @@ fn two_namespaces_on_one_port_are_named_and_kept_apart() {
         }
     }
 
+    // top first (its window is 10 s, and a slow machine spends that on the checks below):
+    // the two listeners on PORT are two rows, each named.
+    let local = format!("local port {PORT} in netns ");
+    let top_rows = eventually(Duration::from_secs(5), || {
+        let top = daemon.json(&["top", "--once", "--limit", "500"]);
+        let rows: Vec<String> = array(&top["rows"])
+            .iter()
+            .filter_map(|r| r["scope"].as_str())
+            .filter(|s| s.starts_with(&local))
+            .map(str::to_owned)
+            .collect();
+        (rows.contains(&format!("{local}{}", a.name))
+            && rows.contains(&format!("{local}{}", b.name)))
+        .then_some(rows)
+    });
+    assert!(
+        top_rows.is_some(),
+        "two rows for port {PORT}: {:#}",
+        daemon.json(&["top", "--once"])
+    );
+    // top --netns NAME: that namespace's rows only (its port row among them); a missing name
+    // is an error.
+    let only = daemon.json(&["top", "--once", "--limit", "500", "--netns", &b.name]);
+    let scopes: Vec<&str> = array(&only["rows"])
+        .iter()
+        .filter_map(|r| r["scope"].as_str())
+        .collect();
+    assert!(
+        scopes.contains(&format!("{local}{}", b.name).as_str()),
+        "{only:#}"
+    );
+    assert!(
+        array(&only["rows"])
+            .iter()
+            .all(|r| r["netns"] == b.name.as_str()),
+        "{only:#}"
+    );
+    let bad = daemon.cli(&["top", "--once", "--netns", "no-such-netns-lpt"]);
+    assert!(!bad.status.success(), "a missing namespace accepted by top");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ip netns list"));
     // flows: each flow of PORT names its namespace; both namespaces are there.
     let port = PORT.to_string();
     let names = eventually(Duration::from_secs(5), || {
@@ -297,45 +337,6 @@ fn two_namespaces_on_one_port_are_named_and_kept_apart() {
     );
     drop(watch);
 
-    // top: the two listeners on PORT are two rows, each named.
-    let local = format!("local port {PORT} in netns ");
-    let top_rows = eventually(Duration::from_secs(5), || {
-        let top = daemon.json(&["top", "--once", "--limit", "500"]);
-        let rows: Vec<String> = array(&top["rows"])
-            .iter()
-            .filter_map(|r| r["scope"].as_str())
-            .filter(|s| s.starts_with(&local))
-            .map(str::to_owned)
-            .collect();
-        (rows.contains(&format!("{local}{}", a.name))
-            && rows.contains(&format!("{local}{}", b.name)))
-        .then_some(rows)
-    });
-    assert!(
-        top_rows.is_some(),
-        "two rows for port {PORT}: {:#}",
-        daemon.json(&["top", "--once"])
-    );
-    // top --netns NAME: that namespace's rows only (its port row among them); a missing name
-    // is an error.
-    let only = daemon.json(&["top", "--once", "--limit", "500", "--netns", &b.name]);
-    let scopes: Vec<&str> = array(&only["rows"])
-        .iter()
-        .filter_map(|r| r["scope"].as_str())
-        .collect();
-    assert!(
-        scopes.contains(&format!("{local}{}", b.name).as_str()),
-        "{only:#}"
-    );
-    assert!(
-        array(&only["rows"])
-            .iter()
-            .all(|r| r["netns"] == b.name.as_str()),
-        "{only:#}"
-    );
-    let bad = daemon.cli(&["top", "--once", "--netns", "no-such-netns-lpt"]);
-    assert!(!bad.status.success(), "a missing namespace accepted by top");
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("ip netns list"));
     drop(servers);
     daemon.stop();
 }

@@ -5,8 +5,8 @@ use crate::{
     api::{
         filter::Matcher,
         proto::{
-            error, AnomalyCounts, AnomalyRecord, ApiCounters, ErrorCode, FlowRecord, FlowTableRow,
-            PodsRow, ProbeRow, Query, Reply, SortKey, StatusReport,
+            error, AnomalyCounts, AnomalyRecord, ApiCounters, EnvoyRow, ErrorCode, FlowRecord,
+            FlowTableRow, LogSourceRow, PodsRow, ProbeRow, Query, Reply, SortKey, StatusReport,
         },
     },
     clock::monotonic_ns,
@@ -128,7 +128,35 @@ fn status(st: &Lent<'_>) -> StatusReport {
         command_line: std::env::args().collect(),
         config: st.config.clone(),
         pods: pods_row(&st.pipeline.attrib),
+        envoy: envoy_row(&st.pipeline.requests),
     }
+}
+
+fn envoy_row(r: &crate::pipeline::requests::Requests) -> Option<EnvoyRow> {
+    let reader = r.reader_status()?;
+    Some(EnvoyRow {
+        sources: reader
+            .sources
+            .into_iter()
+            .map(|s| LogSourceRow {
+                path: s.path,
+                state: s.state,
+                ok: s.ok,
+                files: s.files,
+                lines: s.lines,
+                requests: s.requests,
+                malformed: s.malformed,
+                other: s.other,
+                overlong: s.overlong,
+                rotations: s.rotations,
+                truncations: s.truncations,
+                last_error: s.last_error,
+            })
+            .collect(),
+        queue_full: reader.queue_full,
+        files_over_cap: reader.files_over_cap,
+        received: r.received,
+    })
 }
 
 fn pods_row(attrib: &crate::attrib::Attributor) -> PodsRow {

@@ -213,6 +213,39 @@ pub struct StatusReport {
     /// Pod attribution: the pod source in use and the cgroup path cache.
     #[serde(default)]
     pub pods: PodsRow,
+    /// Proxy access logs (`[envoy]`): sources and the join's counts; absent when off.
+    #[serde(default)]
+    pub envoy: Option<EnvoyRow>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EnvoyRow {
+    pub sources: Vec<LogSourceRow>,
+    /// Requests the reader's full queue did not take.
+    pub queue_full: u64,
+    /// Files not followed: `envoy.max_files` reached.
+    pub files_over_cap: u64,
+    /// Requests taken by the loop.
+    pub received: u64,
+}
+
+/// One path of `[envoy] paths`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogSourceRow {
+    pub path: String,
+    pub state: String,
+    pub ok: bool,
+    pub files: usize,
+    pub lines: u64,
+    pub requests: u64,
+    pub malformed: u64,
+    pub other: u64,
+    pub overlong: u64,
+    pub rotations: u64,
+    pub truncations: u64,
+    pub last_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -343,6 +343,7 @@ fn json_field_names_are_stable() {
         command_line: vec!["linkprobe".into(), "daemon".into()],
         config: crate::config::Config::default(),
         pods: Default::default(),
+        envoy: None,
     })
     .unwrap();
     assert_eq!(
@@ -364,6 +365,7 @@ fn json_field_names_are_stable() {
             "command_line",
             "config",
             "pods",
+            "envoy",
         ])
     );
     assert_eq!(

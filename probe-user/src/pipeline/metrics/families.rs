@@ -30,6 +30,8 @@ pub struct Health<'a> {
     /// Times the kernel skipped each probe (`progstats`).
     pub recursion_misses: &'a BTreeMap<&'static str, u64>,
     pub version: &'a str,
+    /// Proxy access logs, when `[envoy] paths` names any.
+    pub envoy: Option<&'a crate::pipeline::requests::EnvoyStats>,
 }
 
 /// One family under construction.
@@ -148,6 +150,9 @@ impl Metrics {
         }
         self.anomalies(h, active, &mut out);
         health(h, self, &mut out);
+        if let Some(e) = h.envoy {
+            envoy(e, &mut out);
+        }
         out
     }
 
@@ -558,4 +563,51 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
         1.0,
     );
     f.done(out);
+}
+
+/// `[envoy]`: the access-log reader and the join. Labels are bounded: `path` by the config
+/// (at most 64), `result` and `reason` by fixed sets.
+fn envoy(e: &crate::pipeline::requests::EnvoyStats, out: &mut Vec<MetricFamily>) {
+    let mut up = gauge(
+        "linkprobe_envoy_log_source_up",
+        "1 while an [envoy] path exists and every file under it could be read, else 0 \
+         (missing or unreadable: see linkprobe status).",
+    );
+    let mut lines = counter(
+        "linkprobe_envoy_log_lines_total",
+        "Access-log lines read per [envoy] path: request (parsed), malformed (skipped), \
+         overlong (past envoy.max_line_bytes, skipped), other (a container's other output).",
+    );
+    for src in &e.reader.sources {
+        up.value(&[("path", src.path.clone())], f64::from(u8::from(src.ok)));
+        for (result, v) in [
+            ("request", src.requests),
+            ("malformed", src.malformed),
+            ("overlong", src.overlong),
+            ("other", src.other),
+        ] {
+            lines.value(
+                &[("path", src.path.clone()), ("result", s(result))],
+                v as f64,
+            );
+        }
+    }
+    up.done(out);
+    lines.done(out);
+    single(
+        out,
+        counter(
+            "linkprobe_envoy_requests_dropped_total",
+            "Parsed requests the reader's full queue did not take (envoy.queue_len).",
+        ),
+        e.reader.queue_full as f64,
+    );
+    single(
+        out,
+        counter(
+            "linkprobe_envoy_requests_received_total",
+            "Parsed requests the event loop took from the reader.",
+        ),
+        e.received as f64,
+    );
 }

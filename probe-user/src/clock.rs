@@ -86,6 +86,12 @@ pub fn time_of_day(rfc3339: &str) -> &str {
     rfc3339.get(11..26).unwrap_or(rfc3339)
 }
 
+/// The difference REALTIME − MONOTONIC now, ns: a wall-clock time minus it is the monotonic
+/// time it happened at. Re-read it whenever it is used for a while: a clock step moves it.
+pub fn wall_minus_monotonic_ns() -> i128 {
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
+}
+
 /// An RFC 3339 time (`2024-02-29T18:04:56.789Z`, `…+05:30`, fraction optional, up to 9
 /// digits; a space instead of `T` is accepted) → ns since the Unix epoch. `None` for anything
 /// else (hostile text: no panics, bounded work).

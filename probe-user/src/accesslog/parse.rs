@@ -76,6 +76,17 @@ pub struct Request {
     pub request_id: Option<String>,
 }
 
+impl Request {
+    /// The flags as Envoy writes them (`UF,URX`), `-` for none.
+    pub fn flags_text(&self) -> String {
+        if self.flags.is_empty() {
+            "-".to_owned()
+        } else {
+            self.flags.join(",")
+        }
+    }
+}
+
 /// Why a line was not a request.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum LineError {

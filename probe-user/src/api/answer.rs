@@ -133,7 +133,8 @@ fn status(st: &Lent<'_>) -> StatusReport {
 }
 
 fn envoy_row(r: &crate::pipeline::requests::Requests) -> Option<EnvoyRow> {
-    let reader = r.reader_status()?;
+    let stats = r.stats()?;
+    let reader = stats.reader;
     Some(EnvoyRow {
         sources: reader
             .sources
@@ -155,7 +156,19 @@ fn envoy_row(r: &crate::pipeline::requests::Requests) -> Option<EnvoyRow> {
             .collect(),
         queue_full: reader.queue_full,
         files_over_cap: reader.files_over_cap,
-        received: r.received,
+        received: stats.received,
+        results: stats
+            .results
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
+        unmatched: stats
+            .unmatched
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
+        kept: stats.kept,
+        kept_flows: stats.kept_flows,
     })
 }
 

@@ -228,6 +228,13 @@ pub struct EnvoyRow {
     pub files_over_cap: u64,
     /// Requests taken by the loop.
     pub received: u64,
+    /// Joined requests: matched, approximate, unmatched.
+    pub results: BTreeMap<String, u64>,
+    /// Unmatched requests by reason.
+    pub unmatched: BTreeMap<String, u64>,
+    /// Requests kept on flows now (for `flow <cookie>`), and on how many flows.
+    pub kept: usize,
+    pub kept_flows: usize,
 }
 
 /// One path of `[envoy] paths`.

@@ -14,6 +14,27 @@ fn envoy_text(out: &mut String, e: &crate::api::proto::EnvoyRow, paint: Paint) {
         "envoy access logs: {} requests taken, {} dropped (queue full), {} files over the cap",
         e.received, e.queue_full, e.files_over_cap
     );
+    let n = |k: &str| e.results.get(k).copied().unwrap_or(0);
+    let reasons: Vec<String> = e
+        .unmatched
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{} {v}", escape_str(k)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  joined: {} matched, {} approximate, {} unmatched{}; {} requests kept on {} flows",
+        n("matched"),
+        n("approximate"),
+        n("unmatched"),
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", reasons.join(", "))
+        },
+        e.kept,
+        e.kept_flows
+    );
     let mut t = Table::new(vec![
         "PATH",
         "STATE",

@@ -104,7 +104,7 @@ impl Pipeline {
             self.metrics.on_anomaly(c);
         }
         self.metrics.tick(now_ns);
-        self.requests.tick();
+        self.requests.tick(now_ns, &self.flows);
         changes
     }
 

@@ -602,6 +602,34 @@ fn envoy(e: &crate::pipeline::requests::EnvoyStats, out: &mut Vec<MetricFamily>)
         ),
         e.reader.queue_full as f64,
     );
+    let mut f = counter(
+        "linkprobe_envoy_requests_total",
+        "Access-log requests joined to flows: matched (by the upstream 4-tuple, or the \
+         downstream pair when there is no upstream), approximate (by upstream_host and time \
+         only: UF lines without a local address), unmatched.",
+    );
+    for (result, v) in &e.results {
+        f.value(&[("result", s(result))], *v as f64);
+    }
+    f.done(out);
+    let mut f = counter(
+        "linkprobe_envoy_unmatched_requests_total",
+        "Requests that matched no flow, by reason (no_address, no_flow, outside_window, \
+         evicted, expired, other_netns).",
+    );
+    for (reason, v) in &e.unmatched {
+        f.value(&[("reason", s(reason))], *v as f64);
+    }
+    f.done(out);
+    let mut f = counter(
+        "linkprobe_envoy_failures_total",
+        "Requests with Envoy response flags, by flag (documented flags, else other) and how \
+         the flow behind the request ended (close cause, open, or unmatched).",
+    );
+    for ((flag, cause), v) in &e.failures {
+        f.value(&[("flag", s(flag)), ("close_cause", s(cause))], *v as f64);
+    }
+    f.done(out);
     single(
         out,
         counter(

@@ -92,6 +92,10 @@ pub struct Filter {
     pub failed: bool,
     /// Only flows active in the last this many milliseconds.
     pub since_ms: Option<u64>,
+    /// Only flows that carried a proxy request with this Envoy response flag (`UC`).
+    pub envoy_flag: Option<String>,
+    /// Only flows that carried a proxy request with this response code.
+    pub status: Option<u16>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

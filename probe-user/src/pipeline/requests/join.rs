@@ -19,7 +19,6 @@ pub enum Side {
 }
 
 impl Side {
-    #[expect(dead_code, reason = "the API and the CLI use it (next commit)")]
     pub fn name(self) -> &'static str {
         match self {
             Side::Upstream => "upstream",

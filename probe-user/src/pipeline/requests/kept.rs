@@ -48,7 +48,6 @@ impl JoinedRequest {
     }
 
     /// Carries Envoy response flag `flag` (`UC`), case-insensitive.
-    #[expect(dead_code, reason = "the API and the CLI use it (next commit)")]
     pub fn has_flag(&self, flag: &str) -> bool {
         self.flags.split(',').any(|f| f.eq_ignore_ascii_case(flag))
     }
@@ -95,6 +94,11 @@ impl Kept {
             keep
         });
         self.total = total;
+    }
+
+    /// Every flow with requests.
+    pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &FlowRequests)> {
+        self.by_flow.iter()
     }
 
     pub fn total(&self) -> usize {

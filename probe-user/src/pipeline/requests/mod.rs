@@ -254,19 +254,14 @@ impl Requests {
         }
     }
 
-    /// The requests joined to flow `key`.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the API and the CLI use it (next commit)")
-    )]
-    pub fn of(&self, key: &FlowKey) -> Option<&FlowRequests> {
-        self.kept.of(key)
+    /// Every flow with joined requests.
+    pub fn flows(&self) -> impl Iterator<Item = (&FlowKey, &FlowRequests)> {
+        self.kept.iter()
     }
 
-    /// Whether access logs are read (or requests were joined, in tests).
-    #[expect(dead_code, reason = "the API and the CLI use it (next commit)")]
-    pub fn enabled(&self) -> bool {
-        self.logs.is_some() || self.kept.flows() > 0
+    /// The requests joined to flow `key`.
+    pub fn of(&self, key: &FlowKey) -> Option<&FlowRequests> {
+        self.kept.of(key)
     }
 
     /// What the exporter and `status` show, `None` when no access log is configured.

@@ -48,6 +48,9 @@ pub struct Tail {
     partial: Vec<u8>,
     /// Inside a line that passed `max_line`: skip to its newline.
     skipping: bool,
+    /// The path disappeared after its file was read to the end (renamed away): the file
+    /// that appears there next is a rotation.
+    moved_away: bool,
 }
 
 struct Open {
@@ -66,6 +69,7 @@ impl Tail {
             max_line,
             partial: Vec::new(),
             skipping: false,
+            moved_away: false,
         };
         let mut open = t.open_path()?;
         if from_end {
@@ -120,6 +124,8 @@ impl Tail {
             }
             if now.is_ok() {
                 stats.rotations += 1;
+            } else {
+                self.moved_away = true;
             }
         }
         if self.open.is_none() {
@@ -129,6 +135,9 @@ impl Tail {
                 source,
             })?;
             self.open = Some(self.open_path()?);
+            if std::mem::take(&mut self.moved_away) {
+                stats.rotations += 1;
+            }
         }
         let Some(mut open) = self.open.take() else {
             return Ok(stats);

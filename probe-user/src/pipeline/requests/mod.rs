@@ -254,6 +254,12 @@ impl Requests {
         }
     }
 
+    /// Requests wait for the next tick's join: the loop refreshes the open flows from the
+    /// kernel first (a quiet open connection sends no record until it ends).
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Every flow with joined requests.
     pub fn flows(&self) -> impl Iterator<Item = (&FlowKey, &FlowRequests)> {
         self.kept.iter()

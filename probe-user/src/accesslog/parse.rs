@@ -74,6 +74,9 @@ pub struct Request {
     pub downstream_local: Option<SocketAddr>,
     pub upstream_connection_id: Option<u64>,
     pub request_id: Option<String>,
+    /// REALTIME − MONOTONIC when the reader read the line (set by the reader, not the line):
+    /// the clocks' offset the line's times were written under.
+    pub wall_minus_mono: Option<i128>,
 }
 
 impl Request {
@@ -149,6 +152,7 @@ pub fn parse_line(line: &str, names: &FieldNames) -> Result<Request, LineError> 
         downstream_local: addr(&obj, &names.downstream_local_address),
         upstream_connection_id: number(&obj, &names.upstream_connection_id).ok().flatten(),
         request_id: text(&obj, &names.x_request_id).map(|d| cut(d, MAX_TEXT)),
+        wall_minus_mono: None,
     })
 }
 

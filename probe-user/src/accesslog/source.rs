@@ -102,6 +102,7 @@ impl Reader {
     /// Lists every path again: new files are followed (from their end on the first listing,
     /// from their start later), files gone from the listing are read to their end and left.
     pub(super) fn rescan(&mut self, first: bool) {
+        let mut over = 0;
         let mut budget = self
             .s
             .max_files
@@ -137,7 +138,7 @@ impl Reader {
                     continue;
                 }
                 if budget == 0 {
-                    self.files_over_cap += 1;
+                    over += 1;
                     continue;
                 }
                 match Tail::new(p, self.s.max_line, first) {
@@ -155,6 +156,7 @@ impl Reader {
                 }
             }
         }
+        self.files_over_cap = over;
     }
 
     fn poll(&mut self) {
@@ -211,6 +213,9 @@ fn poll_one(
     let path = tail.path().to_path_buf();
     let st = &mut src.status;
     let mut bad: Option<String> = None;
+    // The clocks' offset when the lines were read, moments after they were written: a later
+    // step of the wall clock does not move where their requests land.
+    let offset = crate::clock::wall_minus_monotonic_ns();
     let mut on_line = |raw: &[u8]| {
         if raw.iter().all(u8::is_ascii_whitespace) {
             return;
@@ -235,7 +240,8 @@ fn poll_one(
             }
         };
         match parse::parse_line(&line, &s.names) {
-            Ok(req) => {
+            Ok(mut req) => {
+                req.wall_minus_mono = Some(offset);
                 st.requests += 1;
                 if let Err(mpsc::TrySendError::Full(_)) = tx.try_send(req) {
                     *queue_full += 1;

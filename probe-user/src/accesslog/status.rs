@@ -29,6 +29,6 @@ pub struct ReaderStatus {
     pub sources: Vec<SourceStatus>,
     /// Requests the full queue did not take.
     pub queue_full: u64,
-    /// Files not followed: `max_files` reached.
+    /// Files the last listing found but did not follow: `max_files` reached.
     pub files_over_cap: u64,
 }

@@ -403,3 +403,48 @@ fn a_full_queue_counts_and_never_blocks_the_reader() {
     logs.drain(1000, &mut got);
     assert_eq!(got.len(), 16);
 }
+
+mod hostile {
+    use proptest::prelude::*;
+
+    use super::super::{cri, parse};
+
+    proptest! {
+        /// Any text: an error or a request, never a panic; a request's kept strings bounded.
+        #[test]
+        fn any_line_parses_or_fails_cleanly(line in ".{0,400}") {
+            if let Ok(r) = parse::parse_line(&line, &parse::FieldNames::default()) {
+                prop_assert!(r.request_id.is_none_or(|s| s.len() <= parse::MAX_TEXT));
+                prop_assert!(r.flags.len() <= parse::MAX_FLAGS);
+            }
+            let _ = crate::clock::parse_rfc3339(&line);
+            let _ = cri::unwrap(&line);
+        }
+
+        /// Near-JSON built from the fields' own vocabulary.
+        #[test]
+        fn near_json_never_panics(
+            line in r#"\{("start_time"|"duration"|"response_code"|"response_flags"|"upstream_host"|:|,|"2024-01-01T00:00:00Z"|"-"|null|-1|18446744073709551616|1e9|"10.0.0.1:80"|"\[::1\]:0"|\[|\]|\{|\}){0,30}"#,
+        ) {
+            let _ = parse::parse_line(&line, &parse::FieldNames::default());
+        }
+
+        /// The CRI joiner never holds more than its bound, whatever the pieces.
+        #[test]
+        fn the_joiner_stays_bounded(
+            pieces in prop::collection::vec((any::<bool>(), any::<bool>(), ".{0,40}"), 0..60),
+        ) {
+            let mut j = cri::Joiner::default();
+            for (stderr, partial, content) in pieces {
+                let line = format!(
+                    "2024-01-01T00:00:00Z {} {} {content}",
+                    if stderr { "stderr" } else { "stdout" },
+                    if partial { "P" } else { "F" }
+                );
+                if let cri::Joined::Line { line, .. } = j.push(&line, 64) {
+                    prop_assert!(line.len() <= 64);
+                }
+            }
+        }
+    }
+}

@@ -228,7 +228,7 @@ pub struct EnvoyRow {
     pub sources: Vec<LogSourceRow>,
     /// Requests the reader's full queue did not take.
     pub queue_full: u64,
-    /// Files not followed: `envoy.max_files` reached.
+    /// Files the last listing found but did not follow: `envoy.max_files` reached.
     pub files_over_cap: u64,
     /// Requests taken by the loop.
     pub received: u64,

@@ -4,8 +4,9 @@
 //! and retained closed flows alike, then takes what the reader queued since (bounded).
 //!
 //! Times: a request's `start_time` is wall-clock; flows are on CLOCK_MONOTONIC. The offset
-//! between the two is read again at every tick, so a step of the wall clock (NTP, an
-//! operator) is followed from the next tick on.
+//! between the two is read by the reader for each batch of lines it reads (moments after the
+//! proxy wrote them), so a step of the wall clock (NTP, an operator) is followed from the next
+//! lines on, and lines read before a step still land where they happened.
 pub mod join;
 pub mod kept;
 pub mod labels;
@@ -137,8 +138,9 @@ impl Requests {
         self.kept.retain(|k| flows.contains(k));
     }
 
-    /// Joins `requests` against `flows` at monotonic time `now`; `wall_minus_mono`: the
-    /// clocks' offset now. Returns each request's outcome (in order).
+    /// Joins `requests` against `flows` at monotonic time `now`; a request's times map to
+    /// the monotonic clock with the offset the reader saw when it read the line, else
+    /// `wall_minus_mono` (the offset now). Returns each request's outcome (in order).
     pub fn join(
         &mut self,
         requests: &[Request],
@@ -169,7 +171,7 @@ impl Requests {
             let w = Window::of(
                 r.start_unix_ns,
                 r.duration_ms,
-                wall_minus_mono,
+                r.wall_minus_mono.unwrap_or(wall_minus_mono),
                 self.settings.slack_ns,
             );
             let up = match (r.upstream_local, r.upstream_host) {

@@ -139,6 +139,7 @@ fn req(
         downstream_remote: down.map(|d| a(d.1)),
         upstream_connection_id: None,
         request_id: Some(format!("r{start}")),
+        wall_minus_mono: None,
     }
 }
 
@@ -215,6 +216,14 @@ fn a_wall_clock_step_is_followed() {
     assert_eq!(
         r.join(&[late], 301 * SEC, OFFSET, &t.flows),
         [Outcome::Unmatched(Unmatched::OutsideWindow)]
+    );
+    // A line read before the step carries the offset it was written under: joined after
+    // the step, it still lands where it happened.
+    let mut before = req(250, 10, Some((PROXY, UPSTREAM)), None, &[]);
+    before.wall_minus_mono = Some(OFFSET);
+    assert_eq!(
+        r.join(&[before], 302 * SEC, OFFSET + step, &t.flows),
+        [Outcome::Matched(key(1, 1))]
     );
 }
 

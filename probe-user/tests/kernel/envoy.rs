@@ -804,7 +804,12 @@ fn replayed_envoy_lines_join_through_rotation_truncation_and_garbage() {
     wait("the rest", &|s| s["requests"] == 8 && s["overlong"] == 1);
 
     let e = joined(&daemon, 8);
-    eprintln!("{}", daemon.ok(&["status"]));
+    let status = daemon.ok(&["status"]);
+    eprintln!("{status}");
+    assert!(
+        status.contains("joined: 6 matched, 1 approximate, 1 unmatched (no_flow 1)"),
+        "{status}"
+    );
     let s = &e["sources"][0];
     assert_eq!(
         (

@@ -4,7 +4,10 @@
 //! show them (local, remote), within the request's time window; or, for a request without
 //! a local address (`UF`: the connection never came up), by `upstream_host` and the window
 //! alone (approximate). When nothing matches, the reason.
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
 
 use crate::{
     accesslog::parse::canonical,
@@ -108,7 +111,9 @@ pub struct Found {
     pub exact: bool,
 }
 
-/// The flow table indexed by tuple and by remote endpoint, built once per batch of requests.
+/// The flows a batch of requests names, by tuple and by remote endpoint: one pass over the
+/// table that keeps only the flows whose tuple (or remote end) some request asks for, so a
+/// batch costs one hash lookup per flow and no allocation for the others.
 pub struct Index<'a> {
     by_tuple: HashMap<(SocketAddr, SocketAddr), Vec<&'a Flow>>,
     by_remote: HashMap<SocketAddr, Vec<&'a Flow>>,
@@ -126,13 +131,21 @@ pub struct Context {
 }
 
 impl<'a> Index<'a> {
-    pub fn build(flows: impl Iterator<Item = &'a Flow>, with_remote: bool) -> Index<'a> {
+    /// `tuples`: the (local, remote) pairs asked for; `remotes`: the remote ends asked for
+    /// without a local one. Both come from log lines: std's keyed hash, not a fast one.
+    pub fn build(
+        flows: impl Iterator<Item = &'a Flow>,
+        tuples: &HashSet<(SocketAddr, SocketAddr)>,
+        remotes: &HashSet<SocketAddr>,
+    ) -> Index<'a> {
         let mut by_tuple: HashMap<_, Vec<&Flow>> = HashMap::new();
         let mut by_remote: HashMap<_, Vec<&Flow>> = HashMap::new();
         for f in flows {
             let (l, r) = (canonical(f.local), canonical(f.remote));
-            by_tuple.entry((l, r)).or_default().push(f);
-            if with_remote {
+            if tuples.contains(&(l, r)) {
+                by_tuple.entry((l, r)).or_default().push(f);
+            }
+            if !remotes.is_empty() && remotes.contains(&r) {
                 by_remote.entry(r).or_default().push(f);
             }
         }

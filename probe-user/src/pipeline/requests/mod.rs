@@ -156,10 +156,23 @@ impl Requests {
         if requests.is_empty() {
             return Vec::new();
         }
-        let approximate = requests
-            .iter()
-            .any(|r| r.upstream_local.is_none() && r.upstream_host.is_some());
-        let index = Index::build(flows.iter(), approximate);
+        let mut tuples = std::collections::HashSet::new();
+        let mut remotes = std::collections::HashSet::new();
+        for r in requests {
+            match (r.upstream_local, r.upstream_host) {
+                (Some(l), Some(h)) => {
+                    tuples.insert((l, h));
+                }
+                (None, Some(h)) => {
+                    remotes.insert(h);
+                }
+                _ => {}
+            }
+            if let (Some(l), Some(rem)) = (r.downstream_local, r.downstream_remote) {
+                tuples.insert((l, rem));
+            }
+        }
+        let index = Index::build(flows.iter(), &tuples, &remotes);
         let cx = Context {
             netns: self.settings.netns,
             now,

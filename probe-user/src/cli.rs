@@ -190,6 +190,13 @@ pub struct FlowsArgs {
     /// Only flows owned by this pod (its name; add --namespace to pick one namespace).
     #[arg(long)]
     pub pod: Option<String>,
+    /// Only flows behind proxy requests with this Envoy response flag (UF, UC, URX, UH, …;
+    /// `[envoy]` access logs, see `status`).
+    #[arg(long, value_name = "FLAG", value_parser = check_envoy_flag)]
+    pub envoy_flag: Option<String>,
+    /// Only flows behind proxy requests answered with this status code (e.g. 503).
+    #[arg(long, value_name = "CODE")]
+    pub status: Option<u16>,
     #[arg(long, value_enum, default_value_t = SortKey::Age)]
     pub sort: SortKey,
     /// Most flows to list (the daemon returns at most 2000 per query).
@@ -285,6 +292,10 @@ fn check_kind(s: &str) -> Result<String, String> {
         "{s:?} is not an anomaly kind: one of {}",
         names.join(", ")
     ))
+}
+
+fn check_envoy_flag(s: &str) -> Result<String, String> {
+    crate::api::filter::check_flag(s).map_err(|e| e.to_string())
 }
 
 fn check_state(s: &str) -> Result<String, String> {

@@ -25,6 +25,23 @@ pub fn btf(bytes: &[u8]) -> bool {
         .is_ok()
 }
 
+/// Proxy access-log text (`accesslog`): lines through the CRI unwrapper and joiner (bounded at
+/// 4 KiB), each complete one through Envoy's JSON line parser.
+pub fn access_log(bytes: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    let names = crate::accesslog::parse::FieldNames::default();
+    let mut joiner = crate::accesslog::cri::Joiner::default();
+    let mut any = false;
+    for line in text.split('\n') {
+        if let crate::accesslog::cri::Joined::Line { line, .. } = joiner.push(line, 4096) {
+            any |= crate::accesslog::parse::parse_line(&line, &names).is_ok();
+        }
+    }
+    any
+}
+
 /// One sock_diag dump datagram (`host::diag`'s wire parser), as an IPv4 then an IPv6 reply.
 pub fn sock_diag_datagram(bytes: &[u8]) -> bool {
     crate::host::diag::fuzz_datagram(bytes)

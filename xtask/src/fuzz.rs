@@ -1,5 +1,5 @@
 //! `cargo xtask fuzz`: the decoders of hostile input (ring records, API requests, tracefs
-//! format files, BTF, sock_diag datagrams) under libFuzzer, through cargo-fuzz on the nightly
+//! format files, BTF, sock_diag datagrams, proxy access logs) under libFuzzer, through cargo-fuzz on the nightly
 //! toolchain (`fuzz/`, targets over `probe_user::fuzzing`). Each target starts from its seeds
 //! in `fuzz/seeds/<target>` and grows a corpus of its own in `target/fuzz/corpus/<target>`;
 //! a crash leaves its input in `target/fuzz/artifacts/<target>/` and fails the run.
@@ -17,13 +17,14 @@ pub const SHORT_RUN_SECONDS: u32 = 15;
 
 /// Each target and the largest input worth trying (libFuzzer's `-max_len`): a ring record is
 /// 272 bytes, an API request line at most 64 KiB, a format file a few KiB, BTF seeds 64 KiB, a
-/// sock_diag datagram at most the daemon's 32 KiB receive buffer.
+/// sock_diag datagram at most the daemon's 32 KiB receive buffer, access-log text a few lines.
 pub const TARGETS: &[(&str, u32)] = &[
     ("ring_record", 1024),
     ("api_request", 4096),
     ("tracefs_format", 16 * 1024),
     ("btf", 128 * 1024),
     ("sock_diag_datagram", 32 * 1024),
+    ("access_log", 16 * 1024),
 ];
 
 /// What one target's run did.

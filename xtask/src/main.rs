@@ -84,7 +84,8 @@ enum Task {
     /// latency (needs root). Writes a table, target/bench/bench.json and target/bench/bench.png.
     Bench(BenchArgs),
     /// The decoders of hostile input under libFuzzer (cargo-fuzz, nightly; installed on first
-    /// use): ring records, API requests, tracefs format files, BTF, sock_diag datagrams. Prints
+    /// use): ring records, API requests, tracefs format files, BTF, sock_diag datagrams, proxy
+    /// access logs. Prints
     /// executions and crashes per target; fails on a crash (its input in target/fuzz/artifacts).
     Fuzz {
         /// Seconds per target.

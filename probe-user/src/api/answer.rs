@@ -5,8 +5,8 @@ use crate::{
     api::{
         filter::Matcher,
         proto::{
-            error, AnomalyCounts, AnomalyRecord, ApiCounters, ErrorCode, FlowRecord, FlowTableRow,
-            PodsRow, ProbeRow, Query, Reply, SortKey, StatusReport,
+            error, AnomalyCounts, AnomalyRecord, ApiCounters, EnvoyRow, ErrorCode, FlowRecord,
+            FlowTableRow, LogSourceRow, PodsRow, ProbeRow, Query, Reply, SortKey, StatusReport,
         },
     },
     attrib::netns_names,
@@ -22,6 +22,7 @@ use crate::{
         anomaly::{name_pods, name_processes},
         incident::{self, HostView},
         netns,
+        request::RequestRecord,
     },
 };
 use std::{collections::HashSet, net::IpAddr};
@@ -141,7 +142,48 @@ fn status(st: &Lent<'_>) -> StatusReport {
         command_line: std::env::args().collect(),
         config: st.config.clone(),
         pods: pods_row(&st.pipeline.attrib),
+        envoy: envoy_row(&st.pipeline.requests),
     }
+}
+
+fn envoy_row(r: &crate::pipeline::requests::Requests) -> Option<EnvoyRow> {
+    let stats = r.stats()?;
+    let reader = stats.reader;
+    Some(EnvoyRow {
+        sources: reader
+            .sources
+            .into_iter()
+            .map(|s| LogSourceRow {
+                path: s.path,
+                state: s.state,
+                ok: s.ok,
+                files: s.files,
+                lines: s.lines,
+                requests: s.requests,
+                malformed: s.malformed,
+                other: s.other,
+                overlong: s.overlong,
+                rotations: s.rotations,
+                truncations: s.truncations,
+                last_error: s.last_error,
+            })
+            .collect(),
+        queue_full: reader.queue_full,
+        files_over_cap: reader.files_over_cap,
+        received: stats.received,
+        results: stats
+            .results
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
+        unmatched: stats
+            .unmatched
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
+        kept: stats.kept,
+        kept_flows: stats.kept_flows,
+    })
 }
 
 fn pods_row(attrib: &crate::attrib::Attributor) -> PodsRow {
@@ -169,9 +211,17 @@ fn flows(st: &Lent<'_>, m: &Matcher, sort: SortKey, limit: usize) -> Reply {
     let now = monotonic_ns();
     let table = &st.pipeline.flows;
     let attrib = &st.pipeline.attrib;
+    let requests = &st.pipeline.requests;
     let matched: Vec<&Flow> = table
         .iter()
-        .filter(|f| m.flow(f, now) && (!m.wants_owner() || m.owner(&attrib.owner(f.cgroup_id))))
+        .filter(|f| {
+            m.flow(f, now)
+                && (!m.wants_owner() || m.owner(&attrib.owner(f.cgroup_id)))
+                && (!m.wants_requests()
+                    || requests
+                        .of(&f.key)
+                        .is_some_and(|r| r.kept.iter().any(|r| m.request(r))))
+        })
         .collect();
     let n = matched.len();
     let matched = best_flows(matched, sort, limit);
@@ -181,7 +231,11 @@ fn flows(st: &Lent<'_>, m: &Matcher, sort: SortKey, limit: usize) -> Reply {
         truncated: matched.len() < n,
         flows: matched
             .iter()
-            .map(|f| FlowRecord::new(f, &st.loaded.reason_names).attributed(f, attrib))
+            .map(|f| {
+                FlowRecord::new(f, &st.loaded.reason_names)
+                    .attributed(f, attrib)
+                    .with_requests(requests.of(&f.key), |r| m.request(r))
+            })
             .collect(),
     }
 }
@@ -249,7 +303,9 @@ fn flow(st: &Lent<'_>, cookie: u64) -> Reply {
     let hint = root_cause(f, &st.loaded.reason_names, &anomalies);
     Reply::Flow {
         flow: Box::new(
-            FlowRecord::new(f, &st.loaded.reason_names).attributed(f, &st.pipeline.attrib),
+            FlowRecord::new(f, &st.loaded.reason_names)
+                .attributed(f, &st.pipeline.attrib)
+                .with_requests(st.pipeline.requests.of(&f.key), |_| true),
         ),
         anomalies,
         hint,
@@ -285,13 +341,61 @@ fn anomalies(st: &Lent<'_>) -> Reply {
         r.flows = covered.get(&r.id).copied();
     }
     let all: Vec<AnomalyRecord> = active.iter().chain(&recent).cloned().collect();
-    let incidents = incident::group(&all, &host_view(flows, &all), now);
+    let mut incidents = incident::group(&all, &host_view(flows, &all), now);
+    let cookies: std::collections::HashMap<u64, &crate::pipeline::flowtable::FlowKey> = st
+        .pipeline
+        .requests
+        .flows()
+        .map(|(k, _)| (k.cookie, k))
+        .collect();
+    incident::add_requests(
+        &mut incidents,
+        &request_flows_by_anomaly(st, &listed, now),
+        |cookie| {
+            cookies
+                .get(&cookie)
+                .and_then(|k| st.pipeline.requests.of(k))
+                .map(|j| RequestRecord::all_of(j, |_| true))
+                .unwrap_or_default()
+        },
+    );
     Reply::Anomalies {
         active,
         recent,
         incidents,
     }
 }
+
+/// Flows with joined requests that each anomaly covers or names, by anomaly id: one check
+/// per flow with requests, at most [`MAX_REQUEST_FLOWS`] flows per anomaly.
+fn request_flows_by_anomaly(
+    st: &Lent<'_>,
+    listed: &[&crate::pipeline::detect::Anomaly],
+    now: u64,
+) -> std::collections::HashMap<u64, Vec<u64>> {
+    let mut out: std::collections::HashMap<u64, Vec<u64>> = std::collections::HashMap::new();
+    if listed.is_empty() {
+        return out;
+    }
+    let index = coverage::CoverIndex::new(listed);
+    let mut ids = Vec::new();
+    for (key, _) in st.pipeline.requests.flows() {
+        let Some(f) = st.pipeline.flows.get(key) else {
+            continue;
+        };
+        index.ids_of(f, now, &mut ids);
+        for id in &ids {
+            let list = out.entry(*id).or_default();
+            if list.len() < MAX_REQUEST_FLOWS {
+                list.push(key.cookie);
+            }
+        }
+    }
+    out
+}
+
+/// Flows with requests considered per anomaly for its incident's requests.
+const MAX_REQUEST_FLOWS: usize = 4096;
 
 /// This host's addresses, as its sockets show them (a peer endpoint at one of them is one of
 /// our own service ports), and the service port each evidence flow was about: one pass over

@@ -10,6 +10,7 @@ use crate::{
         Detail, Event, Process, TcpState,
     },
     pipeline::flowtable::{CloseCause, Flow},
+    pipeline::requests::kept::JoinedRequest,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,13 @@ pub enum FilterError {
     OwnerOnEvents,
     #[error(transparent)]
     Netns(#[from] netns_names::NetnsNameError),
+    #[error(
+        "--envoy-flag and --status apply to flows only (`linkprobe flows`): events carry no \
+         requests"
+    )]
+    RequestsOnEvents,
+    #[error("{0:?} is not an Envoy response flag (letters, at most 16: UF, UC, URX, …)")]
+    Flag(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +58,8 @@ pub struct Matcher {
     with_retrans: bool,
     failed: bool,
     since_ms: Option<u64>,
+    envoy_flag: Option<String>,
+    status: Option<u16>,
 }
 
 fn parse_state(s: &str) -> Option<StateMatch> {
@@ -62,6 +72,18 @@ fn parse_state(s: &str) -> Option<StateMatch> {
     (1..=13u8)
         .find(|n| TcpState(*n).name() == up)
         .map(StateMatch::Is)
+}
+
+/// For the command line: the `--envoy-flag` value, checked (uppercased).
+pub fn check_flag(s: &str) -> Result<String, FilterError> {
+    let ok = !s.is_empty() && s.len() <= 16 && s.bytes().all(|b| b.is_ascii_alphabetic());
+    if ok {
+        Ok(s.to_ascii_uppercase())
+    } else {
+        Err(FilterError::Flag(
+            crate::untrusted::escape_str(s).into_owned(),
+        ))
+    }
 }
 
 /// For the command line: the `--state` value, checked.
@@ -92,6 +114,8 @@ impl Matcher {
             with_retrans: f.with_retrans,
             failed: f.failed,
             since_ms: f.since_ms,
+            envoy_flag: f.envoy_flag.as_deref().map(check_flag).transpose()?,
+            status: f.status,
         })
     }
 
@@ -100,7 +124,22 @@ impl Matcher {
         if self.wants_owner() {
             return Err(FilterError::OwnerOnEvents);
         }
+        if self.wants_requests() {
+            return Err(FilterError::RequestsOnEvents);
+        }
         Ok(self)
+    }
+
+    /// `--envoy-flag` or `--status` was given: [`Matcher::request`] must accept one of the
+    /// flow's requests.
+    pub fn wants_requests(&self) -> bool {
+        self.envoy_flag.is_some() || self.status.is_some()
+    }
+
+    /// `--envoy-flag` / `--status` against one request joined to the flow.
+    pub fn request(&self, r: &JoinedRequest) -> bool {
+        self.envoy_flag.as_deref().is_none_or(|f| r.has_flag(f))
+            && self.status.is_none_or(|s| r.status == Some(s))
     }
 
     /// `--namespace` or `--pod` was given: [`Matcher::owner`] must be asked too.

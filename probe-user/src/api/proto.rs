@@ -95,6 +95,10 @@ pub struct Filter {
     pub failed: bool,
     /// Only flows active in the last this many milliseconds.
     pub since_ms: Option<u64>,
+    /// Only flows that carried a proxy request with this Envoy response flag (`UC`).
+    pub envoy_flag: Option<String>,
+    /// Only flows that carried a proxy request with this response code.
+    pub status: Option<u16>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -216,6 +220,46 @@ pub struct StatusReport {
     /// Pod attribution: the pod source in use and the cgroup path cache.
     #[serde(default)]
     pub pods: PodsRow,
+    /// Proxy access logs (`[envoy]`): sources and the join's counts; absent when off.
+    #[serde(default)]
+    pub envoy: Option<EnvoyRow>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EnvoyRow {
+    pub sources: Vec<LogSourceRow>,
+    /// Requests the reader's full queue did not take.
+    pub queue_full: u64,
+    /// Files the last listing found but did not follow: `envoy.max_files` reached.
+    pub files_over_cap: u64,
+    /// Requests taken by the loop.
+    pub received: u64,
+    /// Joined requests: matched, approximate, unmatched.
+    pub results: BTreeMap<String, u64>,
+    /// Unmatched requests by reason.
+    pub unmatched: BTreeMap<String, u64>,
+    /// Requests kept on flows now (for `flow <cookie>`), and on how many flows.
+    pub kept: usize,
+    pub kept_flows: usize,
+}
+
+/// One path of `[envoy] paths`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogSourceRow {
+    pub path: String,
+    pub state: String,
+    pub ok: bool,
+    pub files: usize,
+    pub lines: u64,
+    pub requests: u64,
+    pub malformed: u64,
+    pub other: u64,
+    pub overlong: u64,
+    pub rotations: u64,
+    pub truncations: u64,
+    pub last_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -343,6 +343,7 @@ fn json_field_names_are_stable() {
         command_line: vec!["linkprobe".into(), "daemon".into()],
         config: crate::config::Config::default(),
         pods: Default::default(),
+        envoy: None,
     })
     .unwrap();
     assert_eq!(
@@ -364,6 +365,7 @@ fn json_field_names_are_stable() {
             "command_line",
             "config",
             "pods",
+            "envoy",
         ])
     );
     assert_eq!(
@@ -537,4 +539,116 @@ proptest! {
         let cut = cut % body.len();
         prop_assert!(decode_request(&body.as_bytes()[..cut]).is_err());
     }
+}
+
+/// A flow's joined proxy requests: their JSON field names, the `flow` story's section, the
+/// table's summary column, the `--envoy-flag` / `--status` filter and incidents' requests.
+#[test]
+fn joined_requests_show_in_flows_flow_and_incidents() {
+    use crate::{
+        pipeline::requests::{join::Side, kept::FlowRequests, kept::JoinedRequest},
+        render::{flow, incident, request::RequestRecord, table::Paint},
+    };
+    let req = |status: u16, flags: &str, id: &str, side: Side| JoinedRequest {
+        start_unix_ns: 1_704_067_200_123_000_000,
+        duration_ms: 12,
+        status: Some(status),
+        flags: flags.into(),
+        details: Some("upstream_reset_before_response_started{connection_termination}".into()),
+        request_id: Some(id.into()),
+        upstream_host: Some("127.0.0.1:9".parse().unwrap()),
+        side,
+        exact: side == Side::Downstream || flags != "UF",
+        other_flow: Some(77),
+    };
+    let joined = FlowRequests {
+        kept: [
+            req(503, "UC", "a", Side::Upstream),
+            req(503, "UC", "b", Side::Upstream),
+            req(200, "-", "c", Side::Upstream),
+        ]
+        .into(),
+        more: 2,
+    };
+    let f = sample_flow();
+    let all = FlowRecord::new(&f, &ReasonNames::default()).with_requests(Some(&joined), |_| true);
+    assert_eq!((all.requests.len(), all.requests_more), (3, 2));
+    let v = serde_json::to_value(&all).unwrap();
+    assert_eq!(
+        keys(&v["requests"][0]),
+        set(&[
+            "time",
+            "duration_ms",
+            "status",
+            "flags",
+            "details",
+            "request_id",
+            "upstream_host",
+            "side",
+            "match",
+            "other_flow"
+        ])
+    );
+    assert_eq!(v["requests"][0]["match"], "exact");
+    // A flow without requests keeps its old shape.
+    let bare = serde_json::to_value(FlowRecord::new(&f, &ReasonNames::default())).unwrap();
+    assert!(bare.get("requests").is_none() && bare.get("requests_more").is_none());
+    let story = flow::story(&all, &[], "hint", 2_000, Paint::OFF);
+    assert!(
+        story.contains("requests (5 joined, the last 3 kept)"),
+        "{story}"
+    );
+    assert!(
+        story.contains("503     UC     12 ms     upstream  exact  a"),
+        "{story}"
+    );
+    let table = flow::table(std::slice::from_ref(&all), 2_000, false, Paint::OFF);
+    assert!(table.contains("REQUESTS"), "{table}");
+    assert!(table.contains("503 UC ×2, 200, +2 more"), "{table}");
+
+    // --envoy-flag uc --status 503: the flow matches through two of its requests.
+    let m = crate::api::filter::Matcher::new(&Filter {
+        envoy_flag: Some(crate::api::filter::check_flag("uc").unwrap()),
+        status: Some(503),
+        ..Filter::default()
+    })
+    .unwrap();
+    assert!(m.wants_requests());
+    assert_eq!(joined.kept.iter().filter(|r| m.request(r)).count(), 2);
+    let only =
+        FlowRecord::new(&f, &ReasonNames::default()).with_requests(Some(&joined), |r| m.request(r));
+    assert_eq!((only.requests.len(), only.requests_more), (2, 3));
+    assert!(m.clone().for_events().is_err());
+    assert!(crate::api::filter::check_flag("U C").is_err());
+    assert!(crate::api::filter::check_flag("").is_err());
+
+    // Incidents list the requests of the flows their anomalies cover, each flow once.
+    let change = AnomalyChange::Raised(sample_anomaly());
+    let a: AnomalyRecord =
+        serde_json::from_value(serde_json::to_value(AnomalyRecord::of_change(&change, 9)).unwrap())
+            .unwrap();
+    let mut incidents =
+        incident::group(std::slice::from_ref(&a), &incident::HostView::default(), 10);
+    assert_eq!(incidents.len(), 1);
+    let flows_of = std::collections::HashMap::from([(a.id, vec![42, 42, 43])]);
+    incident::add_requests(&mut incidents, &flows_of, |cookie| {
+        if cookie == 42 {
+            RequestRecord::all_of(&joined, |_| true)
+        } else {
+            Vec::new()
+        }
+    });
+    assert_eq!(incidents[0].requests_total, 3);
+    assert_eq!(incidents[0].requests[0].flow, 42);
+    let text = incident::requests_text(&incidents);
+    assert!(
+        text.starts_with(&format!(
+            "#{} affected 3 proxy requests: 503 UC ×2, 200\n",
+            incidents[0].id
+        )),
+        "{text}"
+    );
+    let v = serde_json::to_value(&incidents[0]).unwrap();
+    assert_eq!(v["requests"][0]["flow"], 42);
+    assert_eq!(v["requests"][0]["status"], 503);
 }

@@ -1,6 +1,6 @@
 //! The daemon's TOML configuration: `[flows]` (flow table), `[detect]` (anomaly detectors),
 //! `[kernel]` (in-kernel repeat-RST check), `[metrics]` (exporter label budget) and
-//! `[kubernetes]` (pod attribution). Every key
+//! `[kubernetes]` (pod attribution) and `[envoy]` (access logs joined to flows). Every key
 //! is optional and defaults to the value in `deploy/linkprobe.toml`; unknown keys, wrong types
 //! and out-of-range values are errors that name the file, the dotted key, the value and the
 //! allowed range.
@@ -134,6 +134,49 @@ impl Field for PodsMode {
     }
     fn as_f64(&self) -> f64 {
         0.0
+    }
+}
+
+/// A list of strings (paths); its range bounds the number of entries, each entry is at most
+/// [`StringList::MAX_ENTRY`] bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct StringList(pub Vec<String>);
+
+impl StringList {
+    pub const MAX_ENTRY: usize = 4096;
+}
+
+impl fmt::Display for StringList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{s:?}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+impl Field for StringList {
+    const EXPECTED: &'static str = "a list of strings";
+    fn number(v: &Value) -> Option<f64> {
+        let a = v.as_array()?;
+        a.iter()
+            .all(|e| e.as_str().is_some_and(|s| s.len() <= Self::MAX_ENTRY))
+            .then_some(a.len() as f64)
+    }
+    fn convert(v: &Value) -> Option<Self> {
+        let a = v.as_array()?;
+        a.iter()
+            .map(|e| e.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .map(StringList)
+    }
+    fn as_f64(&self) -> f64 {
+        self.0.len() as f64
     }
 }
 
@@ -356,6 +399,49 @@ config_table! {
     }
 }
 
+config_table! {
+    /// `[envoy]`: Envoy (or any proxy writing Envoy's field names) JSON access logs joined to
+    /// the flows that carried each request. Field names are configurable: each `field_*` key
+    /// names the JSON key of one of Envoy's documented fields.
+    pub struct EnvoyConfig in "envoy" {
+        /// Files and directories to follow (empty: off). A directory means its `*.log` files
+        /// and, for kubelet pod log directories (`<namespace>_<pod>_<uid>`, or their parent
+        /// such as `/var/log/pods`), each pod's `istio-proxy/*.log`. At most 64 entries.
+        paths: StringList = StringList::default(), Lo::Ge(0.0), Hi::Le(64.0);
+        /// The network namespace the proxy's sockets live in (`ip netns` name, `host` or a
+        /// netns cookie); empty: any namespace (a tuple found only elsewhere is then reported
+        /// as "other netns").
+        netns: String = String::new(), Lo::Ge(0.0), Hi::Le(253.0);
+        field_start_time: String = "start_time".to_string(), Lo::Ge(1.0), Hi::Le(128.0);
+        field_duration: String = "duration".to_string(), Lo::Ge(1.0), Hi::Le(128.0);
+        field_response_code: String = "response_code".to_string(), Lo::Ge(1.0), Hi::Le(128.0);
+        field_response_flags: String = "response_flags".to_string(), Lo::Ge(1.0), Hi::Le(128.0);
+        field_response_code_details: String = "response_code_details".to_string(), Lo::Ge(1.0), Hi::Le(128.0);
+        field_upstream_host: String = "upstream_host".to_string(), Lo::Ge(1.0), Hi::Le(128.0);
+        field_upstream_local_address: String = "upstream_local_address".to_string(), Lo::Ge(1.0), Hi::Le(128.0);
+        field_downstream_remote_address: String = "downstream_remote_address".to_string(), Lo::Ge(1.0), Hi::Le(128.0);
+        field_downstream_local_address: String = "downstream_local_address".to_string(), Lo::Ge(1.0), Hi::Le(128.0);
+        field_upstream_connection_id: String = "upstream_connection_id".to_string(), Lo::Ge(1.0), Hi::Le(128.0);
+        field_x_request_id: String = "x_request_id".to_string(), Lo::Ge(1.0), Hi::Le(128.0);
+        /// Longest access-log line read (a CRI-joined line included); longer ones are
+        /// skipped and counted.
+        max_line_bytes: usize = 16_384, Lo::Ge(256.0), Hi::Le(1_048_576.0);
+        /// Parsed requests queued for the event loop; when full, more are counted, not kept.
+        queue_len: usize = 8192, Lo::Ge(16.0), Hi::Le(1_048_576.0);
+        /// Files followed at once over all paths.
+        max_files: usize = 256, Lo::Ge(1.0), Hi::Le(65_536.0);
+        /// Milliseconds between two reads of the followed files.
+        poll_ms: u64 = 200, Lo::Ge(10.0), Hi::Le(60_000.0);
+        /// Seconds between two listings of the configured directories (new files, rotation).
+        rescan_secs: u64 = 5, Lo::Ge(1.0), Hi::Le(3600.0);
+        /// Slack around a request's time window when matching flows, milliseconds (log
+        /// timestamps are rounded to ms; the connection may predate the request).
+        join_slack_ms: u64 = 1000, Lo::Ge(0.0), Hi::Le(600_000.0);
+        /// Requests kept per flow for `linkprobe flow`; more are counted.
+        requests_per_flow: usize = 16, Lo::Ge(1.0), Hi::Le(1024.0);
+    }
+}
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -365,6 +451,7 @@ pub struct Config {
     pub kernel: KernelConfig,
     pub metrics: MetricsConfig,
     pub kubernetes: KubernetesConfig,
+    pub envoy: EnvoyConfig,
 }
 
 const TABLES: &[&str] = &[
@@ -373,6 +460,7 @@ const TABLES: &[&str] = &[
     KernelConfig::TABLE,
     MetricsConfig::TABLE,
     KubernetesConfig::TABLE,
+    EnvoyConfig::TABLE,
 ];
 
 fn field_error(
@@ -411,6 +499,7 @@ fn keys_of(table: &str) -> &'static [&'static str] {
         "detect" => DetectConfig::KEYS,
         "metrics" => MetricsConfig::KEYS,
         "kubernetes" => KubernetesConfig::KEYS,
+        "envoy" => EnvoyConfig::KEYS,
         _ => KernelConfig::KEYS,
     }
 }
@@ -497,6 +586,7 @@ impl Config {
             "kernel" => self.kernel.set_value(key, v),
             "metrics" => self.metrics.set_value(key, v),
             "kubernetes" => self.kubernetes.set_value(key, v),
+            "envoy" => self.envoy.set_value(key, v),
             _ => Err(FieldError::Unknown),
         }
     }
@@ -535,6 +625,7 @@ impl Config {
         self.kernel.check_ranges()?;
         self.metrics.check_ranges()?;
         self.kubernetes.check_ranges()?;
+        self.envoy.check_ranges()?;
         let d = &self.detect;
         let below = |key: &str, value: f64, other: &str, other_value: f64| {
             if value < other_value {

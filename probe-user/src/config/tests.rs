@@ -37,6 +37,7 @@ fn example_file_parses_to_defaults_and_lists_every_key() {
         ("kernel", KernelConfig::KEYS),
         ("metrics", MetricsConfig::KEYS),
         ("kubernetes", KubernetesConfig::KEYS),
+        ("envoy", EnvoyConfig::KEYS),
     ] {
         assert!(EXAMPLE.contains(&format!("[{table}]")));
         for key in keys {
@@ -221,7 +222,7 @@ fn unknown_keys_list_the_valid_ones() {
     let msg = err("[flows]\n[detector]\nx = 1\n");
     assert_eq!(
         msg,
-        "config: unknown key detector at line 2, column 2; valid keys at the top level: flows, detect, kernel, metrics, kubernetes"
+        "config: unknown key detector at line 2, column 2; valid keys at the top level: flows, detect, kernel, metrics, kubernetes, envoy"
     );
     let msg = err("[kernel]\nwindow = 3\n");
     assert!(msg.ends_with("valid keys of [kernel]: fallback_flows, repeat_rst_window_ms, repeat_rst_peer_threshold, repeat_rst_port_threshold"), "{msg}");
@@ -298,7 +299,7 @@ fn set_overrides_keys() {
     ));
     assert_eq!(
         e(c.set("nope.x", "1")),
-        "config override: unknown key nope.x; valid keys at the top level: flows, detect, kernel, metrics, kubernetes"
+        "config override: unknown key nope.x; valid keys at the top level: flows, detect, kernel, metrics, kubernetes, envoy"
     );
     assert!(e(c.set("detect", "1")).contains("unknown key detect."));
     assert_eq!(
@@ -364,4 +365,27 @@ fn kubernetes_strings_and_modes() {
     assert_eq!(c.kubernetes.node_name, "worker-2");
     assert!(c.set("kubernetes.pods", "maybe").is_err());
     assert_eq!(c.kubernetes.pods, PodsMode::Off);
+}
+
+#[test]
+fn envoy_paths_and_field_names() {
+    let c = Config::from_toml_str(
+        "[envoy]\npaths = [\"/var/log/pods\", \"/tmp/envoy.log\"]\nfield_start_time = \"ts\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.envoy.paths.0, ["/var/log/pods", "/tmp/envoy.log"]);
+    assert_eq!(c.envoy.field_start_time, "ts");
+    assert_eq!(c.envoy.field_duration, "duration");
+    let msg = err("[envoy]\npaths = \"/var/log/pods\"\n");
+    assert!(msg.contains("is not a list of strings"), "{msg}");
+    let msg = err("[envoy]\npaths = [1]\n");
+    assert!(msg.contains("is not a list of strings"), "{msg}");
+    let many: Vec<String> = (0..65).map(|i| format!("\"/p{i}\"")).collect();
+    let msg = err(&format!("[envoy]\npaths = [{}]\n", many.join(",")));
+    assert!(msg.contains("is out of range (0 <= value <= 64)"), "{msg}");
+    let msg = err("[envoy]\nfield_duration = \"\"\n");
+    assert!(msg.contains("envoy.field_duration"), "{msg}");
+    let mut c = Config::default();
+    c.set("envoy.paths", r#"["/a.log"]"#).unwrap();
+    assert_eq!(c.envoy.paths.0, ["/a.log"]);
 }

@@ -211,6 +211,7 @@ fn text(
         };
     }
     let mut s = incident::table(incidents, now, paint);
+    s.push_str(&incident::requests_text(incidents));
     s.push('\n');
     s.push_str(&anomaly::table(active, recent, now, wide, paint));
     if !pick.is_empty() {

@@ -78,6 +78,8 @@ pub fn filter(a: &FilterArgs) -> Result<Filter, CtlError> {
         since_ms: a.since,
         namespace: None,
         pod: None,
+        envoy_flag: None,
+        status: None,
     })
 }
 
@@ -99,6 +101,8 @@ pub fn run(socket: &Path, cmd: Command) -> Result<(), CtlError> {
                 filter: Filter {
                     namespace: a.namespace.clone(),
                     pod: a.pod.clone(),
+                    envoy_flag: a.envoy_flag.clone(),
+                    status: a.status,
                     ..filter(&a.filter)?
                 },
                 sort: a.sort,

@@ -7,6 +7,83 @@ use crate::{
     untrusted::escape_str,
 };
 
+/// `[envoy]`: each access-log path with its counts, and what the join made of the requests.
+fn envoy_text(out: &mut String, e: &crate::api::proto::EnvoyRow, paint: Paint) {
+    let _ = writeln!(
+        out,
+        "envoy access logs: {} requests taken, {} dropped (queue full), {} files over the cap",
+        e.received, e.queue_full, e.files_over_cap
+    );
+    let n = |k: &str| e.results.get(k).copied().unwrap_or(0);
+    let reasons: Vec<String> = e
+        .unmatched
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{} {v}", escape_str(k)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  joined: {} matched, {} approximate, {} unmatched{}; {} requests kept on {} flows",
+        n("matched"),
+        n("approximate"),
+        n("unmatched"),
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", reasons.join(", "))
+        },
+        e.kept,
+        e.kept_flows
+    );
+    let mut t = Table::new(vec![
+        "PATH",
+        "STATE",
+        "FILES",
+        "LINES",
+        "REQUESTS",
+        "MALFORMED",
+        "OVERLONG",
+        "OTHER",
+        "ROTATED",
+        "TRUNCATED",
+    ]);
+    for src in &e.sources {
+        t.row(vec![
+            plain(escape_str(&src.path).into_owned()),
+            (
+                escape_str(&src.state).into_owned(),
+                if src.ok { Tone::Good } else { Tone::Bad },
+            ),
+            plain(src.files.to_string()),
+            plain(src.lines.to_string()),
+            plain(src.requests.to_string()),
+            (
+                src.malformed.to_string(),
+                if src.malformed > 0 {
+                    Tone::Warn
+                } else {
+                    Tone::Plain
+                },
+            ),
+            plain(src.overlong.to_string()),
+            plain(src.other.to_string()),
+            plain(src.rotations.to_string()),
+            plain(src.truncations.to_string()),
+        ]);
+    }
+    for l in t.render(paint).lines() {
+        let _ = writeln!(out, "  {}", l.trim_end());
+    }
+    for src in e.sources.iter().filter(|s| s.last_error.is_some()) {
+        let _ = writeln!(
+            out,
+            "  last error of {}: {}",
+            escape_str(&src.path),
+            escape_str(src.last_error.as_deref().unwrap_or_default())
+        );
+    }
+}
+
 pub fn status_text(s: &StatusReport, paint: Paint) -> String {
     let mut out = String::new();
     let attached = s.probes.iter().filter(|p| p.attached).count();
@@ -126,6 +203,9 @@ pub fn status_text(s: &StatusReport, paint: Paint) -> String {
             p.cgroup_last_scan_us,
             p.cgroups_skipped
         );
+    }
+    if let Some(e) = &s.envoy {
+        envoy_text(&mut out, e, paint);
     }
     let fill = if s.flows.max == 0 {
         0.0

@@ -69,6 +69,8 @@ pub async fn run(
     let mut pipeline = Pipeline::new(&config, ephemeral_ports());
     pipeline.attrib = attribution(args, &config);
     pipeline.attrib.set_home_netns(scoped_netns);
+    pipeline.requests =
+        crate::pipeline::requests::Requests::start(&config.envoy, config.flows.retain_closed_secs);
     if let Some((netns, sockets)) = &existing {
         pipeline.seed_existing(*netns, sockets, monotonic_ns());
     }

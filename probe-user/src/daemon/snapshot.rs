@@ -28,6 +28,7 @@ pub fn take(
         &progstats::recursion_misses(&loaded.ebpf, &loaded.probes),
         &kernel.backup_runs,
     );
+    let envoy = pipeline.requests.stats();
     let health = Health {
         kernel: &kernel,
         totals,
@@ -37,6 +38,7 @@ pub fn take(
         probes: &loaded.probes,
         recursion_misses: &recursion_misses,
         version: env!("CARGO_PKG_VERSION"),
+        envoy: envoy.as_ref(),
     };
     let families = pipeline
         .metrics

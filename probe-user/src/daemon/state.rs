@@ -72,6 +72,11 @@ impl<'a> LoopState<'a> {
 
     /// Closes detector windows and expires flows; anomaly changes go to watchers and out.
     pub fn tick(&mut self) {
+        // Requests join at this tick: their open connections must be in the table, and a
+        // quiet one is known only from the kernel's open-flow list.
+        if self.pipeline.requests.has_pending() {
+            self.refresh_open_flows();
+        }
         let now = monotonic_ns();
         let kernel_pass =
             self.open_flows

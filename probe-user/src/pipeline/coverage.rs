@@ -42,29 +42,32 @@ fn did(kind: AnomalyKind, f: &Flow) -> bool {
     }
 }
 
-/// How many flows of `flows` each of `anomalies` covers or names as evidence, by anomaly id:
-/// one pass over the flows, each checked only against the anomalies of its own scopes and
-/// those naming it.
-pub fn count_covered<'a>(
-    anomalies: &[&Anomaly],
-    flows: impl Iterator<Item = &'a Flow>,
-    now_ns: u64,
-) -> HashMap<u64, u64> {
-    let mut by_scope: HashMap<Scope, Vec<&Anomaly>> = HashMap::new();
-    let mut by_evidence: HashMap<u64, Vec<u64>> = HashMap::new();
-    for a in anomalies {
-        by_scope.entry(a.scope).or_default().push(a);
-        for c in &a.evidence {
-            by_evidence.entry(*c).or_default().push(a.id);
+/// Anomalies by scope and by evidence cookie: which of them cover or name a flow, checked
+/// against the anomalies of the flow's own scopes and those naming it only.
+pub struct CoverIndex<'a> {
+    by_scope: HashMap<Scope, Vec<&'a Anomaly>>,
+    by_evidence: HashMap<u64, Vec<u64>>,
+}
+
+impl<'a> CoverIndex<'a> {
+    pub fn new(anomalies: &[&'a Anomaly]) -> CoverIndex<'a> {
+        let mut by_scope: HashMap<Scope, Vec<&Anomaly>> = HashMap::new();
+        let mut by_evidence: HashMap<u64, Vec<u64>> = HashMap::new();
+        for a in anomalies {
+            by_scope.entry(a.scope).or_default().push(a);
+            for c in &a.evidence {
+                by_evidence.entry(*c).or_default().push(a.id);
+            }
+        }
+        CoverIndex {
+            by_scope,
+            by_evidence,
         }
     }
-    let mut counts: HashMap<u64, u64> = anomalies.iter().map(|a| (a.id, 0)).collect();
-    if anomalies.is_empty() {
-        return counts;
-    }
-    let mut mine: Vec<u64> = Vec::new();
-    for f in flows {
-        mine.clear();
+
+    /// The ids of the anomalies that cover or name `f`, sorted, each once, into `out`.
+    pub fn ids_of(&self, f: &Flow, now_ns: u64, out: &mut Vec<u64>) {
+        out.clear();
         let (peer, local_port) = scope(f);
         let scopes = [
             Some(Scope::Peer(peer)),
@@ -72,12 +75,30 @@ pub fn count_covered<'a>(
             Some(Scope::Socket(f.key.cookie)),
         ];
         for s in scopes.iter().flatten() {
-            let covering = by_scope.get(s).into_iter().flatten();
-            mine.extend(covering.filter(|a| covers(a, f, now_ns)).map(|a| a.id));
+            let covering = self.by_scope.get(s).into_iter().flatten();
+            out.extend(covering.filter(|a| covers(a, f, now_ns)).map(|a| a.id));
         }
-        mine.extend(by_evidence.get(&f.key.cookie).into_iter().flatten());
-        mine.sort_unstable();
-        mine.dedup();
+        out.extend(self.by_evidence.get(&f.key.cookie).into_iter().flatten());
+        out.sort_unstable();
+        out.dedup();
+    }
+}
+
+/// How many flows of `flows` each of `anomalies` covers or names as evidence, by anomaly id:
+/// one pass over the flows.
+pub fn count_covered<'a>(
+    anomalies: &[&Anomaly],
+    flows: impl Iterator<Item = &'a Flow>,
+    now_ns: u64,
+) -> HashMap<u64, u64> {
+    let mut counts: HashMap<u64, u64> = anomalies.iter().map(|a| (a.id, 0)).collect();
+    if anomalies.is_empty() {
+        return counts;
+    }
+    let index = CoverIndex::new(anomalies);
+    let mut mine: Vec<u64> = Vec::new();
+    for f in flows {
+        index.ids_of(f, now_ns, &mut mine);
         for id in &mine {
             *counts.entry(*id).or_default() += 1;
         }

@@ -5,6 +5,7 @@ pub mod detect;
 pub mod flowtable;
 mod lru;
 pub mod metrics;
+pub mod requests;
 pub mod signal;
 pub mod top;
 use std::{ops::RangeInclusive, time::Duration};
@@ -34,6 +35,8 @@ pub struct Pipeline {
     pub attrib: Attributor,
     /// Owners of listeners that predate the daemon, for their accepted sockets.
     pub listeners: ListenerOwners,
+    /// Proxy access-log requests joined to flows; off until the daemon starts the reader.
+    pub requests: requests::Requests,
     signals: Vec<Signal>,
 }
 
@@ -53,6 +56,7 @@ impl Pipeline {
             top: Top::new(TOP_SCOPES),
             attrib: Attributor::off(),
             listeners: ListenerOwners::default(),
+            requests: requests::Requests::default(),
             signals: Vec::new(),
         }
     }
@@ -100,6 +104,7 @@ impl Pipeline {
             self.metrics.on_anomaly(c);
         }
         self.metrics.tick(now_ns);
+        self.requests.tick(now_ns, &self.flows);
         changes
     }
 

@@ -11,8 +11,10 @@ use crate::{
     event::rst_reason::ReasonNames,
     event::SockStats,
     pipeline::flowtable::{Flow, Timeline, TimelineEntry},
+    pipeline::requests::kept::{FlowRequests, JoinedRequest},
     render::anomaly::AnomalyRecord,
     render::event::endpoint,
+    render::request::{self, RequestRecord},
     render::table::{human_bytes, human_ns, human_us, plain, Paint, Table, Tone},
     untrusted::escape_str,
 };
@@ -79,6 +81,16 @@ pub struct FlowRecord {
     /// Who owns the socket (pod attribution on): absent when unknown.
     #[serde(flatten)]
     pub owner: OwnerFields,
+    /// Proxy requests this flow carried (`[envoy]` access logs), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<RequestRecord>,
+    /// Requests joined to the flow beyond those listed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub requests_more: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A flow's owner and its peer's pod, as `-o json` and the API show them.
@@ -213,7 +225,23 @@ impl FlowRecord {
             closed_time: f.closed_ns.map(|t| rfc3339_of_monotonic(t.get())),
             timeline: TimelineRecord::all_of(&f.timeline, reasons),
             owner: OwnerFields::default(),
+            requests: Vec::new(),
+            requests_more: 0,
         }
+    }
+
+    /// Adds the proxy requests joined to the flow (those `keep` accepts; `requests_more`
+    /// counts the others joined, kept or not).
+    pub fn with_requests(
+        mut self,
+        joined: Option<&FlowRequests>,
+        keep: impl Fn(&JoinedRequest) -> bool,
+    ) -> Self {
+        if let Some(j) = joined {
+            self.requests = RequestRecord::all_of(j, keep);
+            self.requests_more = (j.kept.len() - self.requests.len()) as u64 + j.more;
+        }
+        self
     }
 
     /// Adds the names of the flow's network namespace and cgroup, and its owner and its
@@ -295,6 +323,10 @@ pub fn table(flows: &[FlowRecord], now_ns: u64, wide: bool, paint: Paint) -> Str
     if pods {
         header.push("POD");
     }
+    let requests = flows.iter().any(|f| !f.requests.is_empty());
+    if requests {
+        header.push("REQUESTS");
+    }
     if wide {
         header.extend([
             "NETNS",
@@ -336,6 +368,16 @@ pub fn table(flows: &[FlowRecord], now_ns: u64, wide: bool, paint: Paint) -> Str
         ];
         if pods {
             row.push(plain(f.owner.short()));
+        }
+        if requests {
+            row.push((
+                request::summary(&f.requests, f.requests_more),
+                if f.requests.is_empty() {
+                    Tone::Plain
+                } else {
+                    Tone::Warn
+                },
+            ));
         }
         if wide {
             row.extend([
@@ -500,6 +542,9 @@ pub fn story(
             e.detail
         )
         .map(|()| ());
+    }
+    if !f.requests.is_empty() || f.requests_more > 0 {
+        s.push_str(&request::section(&f.requests, f.requests_more, paint));
     }
     let _ = writeln!(s, "{}", paint.bold("anomalies"));
     if anomalies.is_empty() {

@@ -21,6 +21,7 @@ use crate::{
     clock::time_of_day,
     render::{
         anomaly::{peak, AnomalyRecord},
+        request::RequestRecord,
         table::{human_ns, plain, Paint, Table, Tone},
     },
 };
@@ -67,6 +68,85 @@ pub struct IncidentRecord {
     pub hint: String,
     /// One line: primary cause and symptoms.
     pub summary: String,
+    /// Proxy requests (`[envoy]` access logs) joined to the flows its anomalies cover or
+    /// name, the latest [`MAX_REQUESTS`]; `requests_total` counts them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<AffectedRequest>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub requests_total: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Requests listed per incident.
+pub const MAX_REQUESTS: usize = 20;
+
+/// A request an incident affected: the request and the flow that carried it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AffectedRequest {
+    /// The flow's socket cookie (`linkprobe flow <cookie>`).
+    pub flow: u64,
+    #[serde(flatten)]
+    pub request: RequestRecord,
+}
+
+/// Adds to each incident the requests joined to the flows its anomalies cover or name:
+/// `flows_of` gives, per anomaly id, those flows' cookies; `requests_of` a flow's requests.
+pub fn add_requests(
+    incidents: &mut [IncidentRecord],
+    flows_of: &HashMap<u64, Vec<u64>>,
+    requests_of: impl Fn(u64) -> Vec<RequestRecord>,
+) {
+    for i in incidents {
+        let flows: BTreeSet<u64> = std::iter::once(&i.primary)
+            .chain(&i.symptoms)
+            .flat_map(|id| flows_of.get(id).into_iter().flatten().copied())
+            .collect();
+        let mut all: Vec<(u64, RequestRecord)> = flows
+            .into_iter()
+            .flat_map(|c| requests_of(c).into_iter().map(move |r| (c, r)))
+            .collect();
+        all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        i.requests_total = all.len() as u64;
+        let skip = all.len().saturating_sub(MAX_REQUESTS);
+        i.requests = all
+            .into_iter()
+            .skip(skip)
+            .map(|(flow, request)| AffectedRequest { flow, request })
+            .collect();
+    }
+}
+
+/// Under the incidents table: the requests each incident affected, summarised, with the
+/// latest one as an example.
+pub fn requests_text(incidents: &[IncidentRecord]) -> String {
+    let mut s = String::new();
+    for i in incidents.iter().filter(|i| i.requests_total > 0) {
+        let records: Vec<RequestRecord> = i.requests.iter().map(|r| r.request.clone()).collect();
+        let more = i.requests_total.saturating_sub(records.len() as u64);
+        s.push_str(&format!(
+            "#{} affected {} proxy requests: {}\n",
+            i.id,
+            i.requests_total,
+            crate::render::request::summary(&records, more)
+        ));
+        if let Some(last) = i.requests.last() {
+            let r = &last.request;
+            s.push_str(&format!(
+                "  latest: {} {} {} {} on flow {} ({}, {})\n",
+                time_of_day(&r.time),
+                r.status.map_or("-".to_owned(), |c| c.to_string()),
+                r.flags,
+                r.request_id.as_deref().unwrap_or("-"),
+                last.flow,
+                r.side,
+                r.matched
+            ));
+        }
+    }
+    s
 }
 
 /// How causal a kind is: lower explains higher (a refused connect explains the RST storm it
@@ -402,6 +482,8 @@ fn incident(members: &[&AnomalyRecord], now_ns: u64) -> IncidentRecord {
             primary.scope,
             peak(primary)
         ),
+        requests: Vec::new(),
+        requests_total: 0,
     }
 }
 

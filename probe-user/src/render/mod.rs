@@ -8,6 +8,7 @@ pub mod event;
 pub mod flow;
 pub mod incident;
 pub mod netns;
+pub mod request;
 pub mod table;
 #[cfg(test)]
 mod tests_pods;

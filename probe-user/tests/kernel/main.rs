@@ -5,6 +5,7 @@ mod cli;
 mod cli_robust;
 mod common;
 mod detect;
+mod envoy;
 mod eventpath;
 mod exactness;
 mod exporter;

@@ -380,7 +380,11 @@ impl FlowTable {
         n
     }
 
-    #[cfg(test)]
+    /// Whether the table still holds the flow `key`.
+    pub fn contains(&self, key: &FlowKey) -> bool {
+        self.slot_of(key).is_some()
+    }
+
     pub fn get(&self, key: &FlowKey) -> Option<&Flow> {
         self.slot_of(key).map(|s| &self.slots[s as usize].flow)
     }

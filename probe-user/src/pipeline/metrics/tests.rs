@@ -87,6 +87,7 @@ fn encode(m: &Metrics, kernel: &KernelCounters) -> (Vec<MetricFamily>, String) {
         probes: &probes,
         recursion_misses: &BTreeMap::from([("lp_rst_sent", 0)]),
         version: "0.1.0",
+        envoy: None,
     };
     let families = m.families(&h, std::iter::empty());
     let mut buf = Vec::new();
@@ -478,6 +479,7 @@ fn anomaly_series_count_against_the_cap_and_fold_past_it() {
         probes: &[],
         recursion_misses: &BTreeMap::new(),
         version: "0",
+        envoy: None,
     };
     let families = m.families(&h, anomalies.iter());
     let active = families

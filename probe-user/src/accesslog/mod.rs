@@ -24,7 +24,7 @@ use std::{
 
 pub use parse::Request;
 pub use settings::Settings;
-pub use status::ReaderStatus;
+pub use status::{ReaderStatus, SourceStatus};
 
 /// The reader thread and its queue; dropping it stops the thread.
 pub struct AccessLogs {

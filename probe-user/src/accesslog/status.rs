@@ -1,7 +1,8 @@
 //! What the reader reports: per configured path and as a whole (`linkprobe status`, metrics).
 
-/// One configured path as `status` shows it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// One configured path as `status` shows it (also the API's row: `api::proto::EnvoyRow`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct SourceStatus {
     pub path: String,
     /// `following N files`, `missing: …`, `unreadable: …`.

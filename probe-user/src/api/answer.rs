@@ -6,7 +6,7 @@ use crate::{
         filter::Matcher,
         proto::{
             error, AnomalyCounts, AnomalyRecord, ApiCounters, EnvoyRow, ErrorCode, FlowRecord,
-            FlowTableRow, LogSourceRow, PodsRow, ProbeRow, Query, Reply, SortKey, StatusReport,
+            FlowTableRow, PodsRow, ProbeRow, Query, Reply, SortKey, StatusReport,
         },
     },
     attrib::netns_names,
@@ -150,24 +150,7 @@ fn envoy_row(r: &crate::pipeline::requests::Requests) -> Option<EnvoyRow> {
     let stats = r.stats()?;
     let reader = stats.reader;
     Some(EnvoyRow {
-        sources: reader
-            .sources
-            .into_iter()
-            .map(|s| LogSourceRow {
-                path: s.path,
-                state: s.state,
-                ok: s.ok,
-                files: s.files,
-                lines: s.lines,
-                requests: s.requests,
-                malformed: s.malformed,
-                other: s.other,
-                overlong: s.overlong,
-                rotations: s.rotations,
-                truncations: s.truncations,
-                last_error: s.last_error,
-            })
-            .collect(),
+        sources: reader.sources,
         queue_full: reader.queue_full,
         files_over_cap: reader.files_over_cap,
         received: stats.received,

@@ -228,7 +228,8 @@ pub struct StatusReport {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EnvoyRow {
-    pub sources: Vec<LogSourceRow>,
+    /// One row per path of `[envoy] paths`.
+    pub sources: Vec<crate::accesslog::SourceStatus>,
     /// Requests the reader's full queue did not take.
     pub queue_full: u64,
     /// Files the last listing found but did not follow: `envoy.max_files` reached.
@@ -242,24 +243,6 @@ pub struct EnvoyRow {
     /// Requests kept on flows now (for `flow <cookie>`), and on how many flows.
     pub kept: usize,
     pub kept_flows: usize,
-}
-
-/// One path of `[envoy] paths`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LogSourceRow {
-    pub path: String,
-    pub state: String,
-    pub ok: bool,
-    pub files: usize,
-    pub lines: u64,
-    pub requests: u64,
-    pub malformed: u64,
-    pub other: u64,
-    pub overlong: u64,
-    pub rotations: u64,
-    pub truncations: u64,
-    pub last_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -148,6 +148,15 @@ pub const KNOWN: &[Known] = &[
     },
     Known {
         suite: KERNEL_TESTS,
+        test: "flows_truth::connecting_sockets_are_listed_syn_sent_with_their_owner_from_connect_on",
+        before: EVERY,
+        accel: Some("tcg"),
+        why: "under software emulation the guest's SYN retransmit timer fired before its clock \
+              said 950 ms had passed since connect() (rows listed SYN_SENT with their owner, but \
+              with syn_retransmits 1 where the test asserts 0 that early; 6.1)",
+    },
+    Known {
+        suite: KERNEL_TESTS,
         test: "eventpath::sigterm_is_handled_at_once_while_stdout_is_stalled_under_a_storm",
         before: EVERY,
         accel: Some("tcg"),

@@ -174,17 +174,20 @@ failures:\r
 test result: FAILED. 3 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 9.01s\r
 ";
 
+    fn failed_names(s: &Summary) -> Vec<&str> {
+        s.tests
+            .iter()
+            .filter(|t| t.outcome == Outcome::Failed)
+            .map(|t| t.name.as_str())
+            .collect()
+    }
+
     #[test]
     fn parses_results_split_by_child_output() {
         let s = parse(RUN);
         assert!(s.finished);
         assert_eq!((s.passed, s.failed, s.ignored), (3, 1, 1));
-        let failed: Vec<&str> = s
-            .tests
-            .iter()
-            .filter(|t| t.outcome == Outcome::Failed)
-            .map(|t| t.name.as_str())
-            .collect();
+        let failed = failed_names(&s);
         assert_eq!(failed, ["cli::b"]);
         let names: Vec<&str> = s.tests.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["cli::a", "cli::b", "slow", "interleaved", "detach"]);
@@ -197,12 +200,7 @@ test result: FAILED. 3 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; 
             RUN.replace("cli::b ... FAILED", "cli::c ... FAILED")
         );
         let s = parse(&two);
-        let failed: Vec<&str> = s
-            .tests
-            .iter()
-            .filter(|t| t.outcome == Outcome::Failed)
-            .map(|t| t.name.as_str())
-            .collect();
+        let failed = failed_names(&s);
         assert_eq!(failed, ["cli::b", "cli::c"]);
         assert_eq!((s.passed, s.failed, s.ignored), (6, 2, 2));
     }

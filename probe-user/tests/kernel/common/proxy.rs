@@ -125,14 +125,7 @@ impl AbortingUpstream {
                 s.set_read_timeout(Some(Duration::from_secs(2)))
                     .expect("timeout");
                 // Read the whole request head, so nothing is left unread at the abort.
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                read_head(&mut s);
                 aborted2.lock().expect("lock").push(workload::cookie(&s));
                 let s = Socket::from(s);
                 s.set_linger(Some(Duration::ZERO)).expect("SO_LINGER 0");
@@ -167,6 +160,20 @@ impl Drop for AbortingUpstream {
             let _ = t.join();
         }
     }
+}
+
+/// Reads one HTTP request head (up to the blank line, the peer's close or the socket's read
+/// timeout).
+pub fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// A closed port in a fresh namespace (nothing listens on it): bound then dropped.

@@ -24,7 +24,7 @@ use crate::{
         api::Daemon,
         can_run_kernel_tests,
         netns::{enter_current_thread, TestNetns},
-        proxy::closed_port,
+        proxy::{closed_port, read_head},
     },
     KERNEL,
 };
@@ -155,18 +155,6 @@ impl Drop for Upstream {
             let _ = t.join();
         }
     }
-}
-
-fn read_head(s: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&head).into_owned()
 }
 
 fn header(head: &str, name: &str) -> Option<String> {

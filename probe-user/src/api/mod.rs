@@ -9,6 +9,8 @@ pub mod server;
 pub mod socket;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_requests;
 
 pub use server::{spawn, ApiLoop, Live, LoopQuery};
 

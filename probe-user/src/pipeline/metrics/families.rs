@@ -2,12 +2,10 @@
 //! self-health. Names and labels are a contract (see README "Metrics").
 use std::collections::BTreeMap;
 
-use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
-};
+use prometheus::proto::{MetricFamily, MetricType};
 
 use super::{
-    series::{Hist, BUCKETS},
+    fam::{counter, gauge, s, single, Fam},
     AnomalyKey, Metrics, PeerLabel, PortLabel,
 };
 use crate::{
@@ -32,92 +30,6 @@ pub struct Health<'a> {
     pub version: &'a str,
     /// Proxy access logs, when `[envoy] paths` names any.
     pub envoy: Option<&'a crate::pipeline::requests::EnvoyStats>,
-}
-
-/// One family under construction.
-struct Fam(MetricFamily);
-
-impl Fam {
-    fn new(name: &str, help: &str, ty: MetricType) -> Fam {
-        let mut mf = MetricFamily::default();
-        mf.set_name(name.to_string());
-        mf.set_help(help.to_string());
-        mf.set_field_type(ty);
-        Fam(mf)
-    }
-
-    fn push(&mut self, labels: &[(&str, String)], fill: impl FnOnce(&mut Metric)) {
-        let mut m = Metric::default();
-        m.set_label(
-            labels
-                .iter()
-                .map(|(k, v)| {
-                    let mut l = LabelPair::default();
-                    l.set_name((*k).to_string());
-                    l.set_value(v.clone());
-                    l
-                })
-                .collect(),
-        );
-        fill(&mut m);
-        self.0.mut_metric().push(m);
-    }
-
-    fn value(&mut self, labels: &[(&str, String)], v: f64) {
-        match self.0.get_field_type() {
-            MetricType::GAUGE => self.push(labels, |m| {
-                let mut g = Gauge::default();
-                g.set_value(v);
-                m.set_gauge(g);
-            }),
-            _ => self.push(labels, |m| {
-                let mut c = Counter::default();
-                c.set_value(v);
-                m.set_counter(c);
-            }),
-        }
-    }
-
-    fn hist(&mut self, labels: &[(&str, String)], h: &Hist) {
-        self.push(labels, |m| {
-            let mut out = Histogram::default();
-            let mut cumulative = 0;
-            let buckets = BUCKETS
-                .iter()
-                .zip(h.counts)
-                .map(|(le, n)| {
-                    cumulative += n;
-                    let mut b = Bucket::default();
-                    b.set_upper_bound(*le);
-                    b.set_cumulative_count(cumulative);
-                    b
-                })
-                .collect();
-            out.set_bucket(buckets);
-            out.set_sample_count(h.count());
-            out.set_sample_sum(h.sum);
-            m.set_histogram(out);
-        });
-    }
-
-    /// The family, or nothing when it has no series (the text format needs one).
-    fn done(self, out: &mut Vec<MetricFamily>) {
-        if !self.0.get_metric().is_empty() {
-            out.push(self.0);
-        }
-    }
-}
-
-fn counter(name: &str, help: &str) -> Fam {
-    Fam::new(name, help, MetricType::COUNTER)
-}
-
-fn gauge(name: &str, help: &str) -> Fam {
-    Fam::new(name, help, MetricType::GAUGE)
-}
-
-fn s(v: impl ToString) -> String {
-    v.to_string()
 }
 
 /// Facts whose only record the ring could not take (the kernel counted them), summed.
@@ -151,7 +63,7 @@ impl Metrics {
         self.anomalies(h, active, &mut out);
         health(h, self, &mut out);
         if let Some(e) = h.envoy {
-            envoy(e, &mut out);
+            super::envoy::families(e, &mut out);
         }
         out
     }
@@ -331,12 +243,6 @@ fn per_kind(name: &str, help: &str, values: &BTreeMap<&'static str, u64>) -> Fam
         f.value(&[("kind", s(kind))], *v as f64);
     }
     f
-}
-
-/// A family of one unlabelled series.
-fn single(out: &mut Vec<MetricFamily>, mut f: Fam, v: f64) {
-    f.value(&[], v);
-    f.done(out);
 }
 
 fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
@@ -563,79 +469,4 @@ fn health(h: &Health<'_>, m: &Metrics, out: &mut Vec<MetricFamily>) {
         1.0,
     );
     f.done(out);
-}
-
-/// `[envoy]`: the access-log reader and the join. Labels are bounded: `path` by the config
-/// (at most 64), `result` and `reason` by fixed sets.
-fn envoy(e: &crate::pipeline::requests::EnvoyStats, out: &mut Vec<MetricFamily>) {
-    let mut up = gauge(
-        "linkprobe_envoy_log_source_up",
-        "1 while an [envoy] path exists and every file under it could be read, else 0 \
-         (missing or unreadable: see linkprobe status).",
-    );
-    let mut lines = counter(
-        "linkprobe_envoy_log_lines_total",
-        "Access-log lines read per [envoy] path: request (parsed), malformed (skipped), \
-         overlong (past envoy.max_line_bytes, skipped), other (a container's other output).",
-    );
-    for src in &e.reader.sources {
-        up.value(&[("path", src.path.clone())], f64::from(u8::from(src.ok)));
-        for (result, v) in [
-            ("request", src.requests),
-            ("malformed", src.malformed),
-            ("overlong", src.overlong),
-            ("other", src.other),
-        ] {
-            lines.value(
-                &[("path", src.path.clone()), ("result", s(result))],
-                v as f64,
-            );
-        }
-    }
-    up.done(out);
-    lines.done(out);
-    single(
-        out,
-        counter(
-            "linkprobe_envoy_requests_dropped_total",
-            "Parsed requests the reader's full queue did not take (envoy.queue_len).",
-        ),
-        e.reader.queue_full as f64,
-    );
-    let mut f = counter(
-        "linkprobe_envoy_requests_total",
-        "Access-log requests joined to flows: matched (by the upstream 4-tuple, or the \
-         downstream pair when there is no upstream), approximate (by upstream_host and time \
-         only: UF lines without a local address), unmatched.",
-    );
-    for (result, v) in &e.results {
-        f.value(&[("result", s(result))], *v as f64);
-    }
-    f.done(out);
-    let mut f = counter(
-        "linkprobe_envoy_unmatched_requests_total",
-        "Requests that matched no flow, by reason (no_address, no_flow, outside_window, \
-         evicted, expired, other_netns).",
-    );
-    for (reason, v) in &e.unmatched {
-        f.value(&[("reason", s(reason))], *v as f64);
-    }
-    f.done(out);
-    let mut f = counter(
-        "linkprobe_envoy_failures_total",
-        "Requests with Envoy response flags, by flag (documented flags, else other) and how \
-         the flow behind the request ended (close cause, open, or unmatched).",
-    );
-    for ((flag, cause), v) in &e.failures {
-        f.value(&[("flag", s(flag)), ("close_cause", s(cause))], *v as f64);
-    }
-    f.done(out);
-    single(
-        out,
-        counter(
-            "linkprobe_envoy_requests_received_total",
-            "Parsed requests the event loop took from the reader.",
-        ),
-        e.received as f64,
-    );
 }

@@ -8,6 +8,8 @@
 //! counts into `other`, a retired value's series is merged into `other`, and records the
 //! kernel could not deliver are exported under `lost` from its per-kind loss counters, so each
 //! family's sum equals the kernel's own count.
+mod envoy;
+mod fam;
 pub mod families;
 mod pods;
 mod series;
